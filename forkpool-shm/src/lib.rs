@@ -1,0 +1,1 @@
+//! forkpool-shm: shared arrays for forked processes (work in progress).

@@ -1,0 +1,1 @@
+//! forkpool: a fork-based process pool (work in progress).
