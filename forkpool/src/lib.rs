@@ -1,1 +1,71 @@
-//! forkpool: a fork-based process pool (work in progress).
+//! A fork-based process pool for Rust, in the spirit of Python's
+//! `multiprocessing.Pool`: `map`, `imap`, `imap_unordered`, `apply`,
+//! `apply_async`, `map_async`, an initializer, `max_tasks_per_child`, and no
+//! hang, ever, when a worker crashes.
+//!
+//! ```
+//! # fn main() -> Result<(), forkpool::Error> {
+//! fn collatz_len(mut n: u64) -> u32 {
+//!     let mut steps = 0;
+//!     while n != 1 {
+//!         n = if n % 2 == 0 { n / 2 } else { 3 * n + 1 };
+//!         steps += 1;
+//!     }
+//!     steps
+//! }
+//!
+//! let pool = forkpool::Pool::new(2)?;
+//! let lens = pool.map(collatz_len, 1..=10_000)?;
+//! assert_eq!(lens[26], 111); // 27 takes 111 steps
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! - **Functions cross the fork as pointers.** A worker is a fork of the
+//!   same program, so `map(f, items)` sends `f`'s address and that of a
+//!   trampoline monomorphised for its types; only arguments and results are
+//!   serialised (serde + postcard).
+//! - **Workers are forked by a zygote.** The pool forks one single-threaded
+//!   process when it starts, and that process forks every worker, so no
+//!   worker is ever forked from the parent's threads (whose locks would be
+//!   frozen in the child). The zygote reaps the workers and reports how each
+//!   one ended.
+//! - **One task pipe and one result pipe per worker**, carrying
+//!   length-prefixed frames; a parent-side collector thread routes results
+//!   and schedules tasks.
+//! - **No hang.** A panic is the item's error; a dead worker fails the
+//!   tasks it held (naming its pid and signal) and is replaced; the parent
+//!   dying closes every pipe, and workers and zygote exit on EOF.
+//!
+//! The guide (`book/`) covers the design, fork safety and the ways of
+//! sharing a large array between workers (see the `forkpool-shm` crate).
+//!
+//! # Fork safety, in short
+//!
+//! Workers inherit the parent's memory *as of [`PoolBuilder::build`]*. Build
+//! pools early, ideally before starting threads: a lock some other thread
+//! held at that moment (say, stdout's while it printed) stays locked in the
+//! workers. The pool's own code takes no such lock after the fork.
+
+#![warn(missing_docs)]
+
+mod async_result;
+mod builder;
+mod collector;
+mod control;
+mod error;
+mod fds;
+mod frame;
+mod imap;
+mod pool;
+mod scheduler;
+mod task;
+mod worker;
+mod zygote;
+
+pub use async_result::AsyncResult;
+pub use builder::PoolBuilder;
+pub use error::{Error, ExitCause, Result};
+pub use imap::IMap;
+pub use pool::Pool;

@@ -1,0 +1,252 @@
+//! Handles to work submitted with `apply_async` and `map_async`.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::frame::RESULT_HEADER;
+use crate::scheduler::Completion;
+use crate::task::decode_outcomes;
+
+/// Gathers the completions of one job into its final value.
+pub(crate) trait Sink<O>: Send {
+    fn take(&mut self, c: Completion);
+    fn finish(self: Box<Self>) -> Result<O>;
+}
+
+/// The results of a `map`: values per task, or the error of the lowest item.
+pub(crate) struct MapSink<R> {
+    chunks: Vec<Option<Vec<R>>>,
+    first_error: Option<Error>,
+    arg_type: &'static str,
+}
+
+impl<R> MapSink<R> {
+    pub(crate) fn new(tasks: usize, arg_type: &'static str) -> Self {
+        MapSink {
+            chunks: (0..tasks).map(|_| None).collect(),
+            first_error: None,
+            arg_type,
+        }
+    }
+
+    fn note(&mut self, e: Error) {
+        let lower = match (&self.first_error, e.item()) {
+            (None, _) => true,
+            (Some(old), Some(i)) => old.item().is_none_or(|o| i < o),
+            (Some(_), None) => false,
+        };
+        if lower {
+            self.first_error = Some(e);
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send> Sink<Vec<R>> for MapSink<R> {
+    fn take(&mut self, c: Completion) {
+        let meta = c.meta;
+        match c.outcome {
+            Ok(body) => {
+                let mut values = Vec::with_capacity(meta.items);
+                let mut err = None;
+                decode_outcomes::<R>(
+                    &body[RESULT_HEADER..],
+                    meta.items,
+                    meta.first,
+                    c.pid,
+                    self.arg_type,
+                    |r| match r {
+                        Ok(v) => values.push(v),
+                        Err(e) => {
+                            err.get_or_insert(e);
+                        }
+                    },
+                );
+                match err {
+                    Some(e) => self.note(e),
+                    None => self.chunks[meta.chunk] = Some(values),
+                }
+            }
+            Err(e) => self.note(e),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<Vec<R>> {
+        if let Some(e) = self.first_error {
+            return Err(e);
+        }
+        let total = self.chunks.iter().flatten().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(total);
+        for chunk in self.chunks {
+            out.extend(chunk.expect("every task completed"));
+        }
+        Ok(out)
+    }
+}
+
+/// The result of an `apply`: one task of one item.
+pub(crate) struct ApplySink<R> {
+    value: Option<Result<R>>,
+    arg_type: &'static str,
+}
+
+impl<R> ApplySink<R> {
+    pub(crate) fn new(arg_type: &'static str) -> Self {
+        ApplySink {
+            value: None,
+            arg_type,
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send> Sink<R> for ApplySink<R> {
+    fn take(&mut self, c: Completion) {
+        let meta = c.meta;
+        self.value = Some(match c.outcome {
+            Ok(body) => {
+                let mut value = None;
+                decode_outcomes::<R>(
+                    &body[RESULT_HEADER..],
+                    meta.items,
+                    meta.first,
+                    c.pid,
+                    self.arg_type,
+                    |r| value = Some(r),
+                );
+                value.expect("one outcome per item")
+            }
+            Err(e) => Err(e),
+        });
+    }
+
+    fn finish(self: Box<Self>) -> Result<R> {
+        self.value.expect("the task completed")
+    }
+}
+
+/// A result that will arrive: returned by
+/// [`Pool::apply_async`](crate::Pool::apply_async) and
+/// [`Pool::map_async`](crate::Pool::map_async), like Python's `AsyncResult`.
+///
+/// The work runs whether or not the handle is kept: dropping it only
+/// discards the result.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), forkpool::Error> {
+/// use std::time::Duration;
+///
+/// let pool = forkpool::Pool::new(2)?;
+/// let mut h = pool.apply_async(|x: u64| x + 1, 41);
+/// let answer = h.get_timeout(Duration::from_secs(10))?;
+/// assert_eq!(answer, 42);
+/// # Ok(()) }
+/// ```
+pub struct AsyncResult<O> {
+    state: Inner<O>,
+}
+
+enum Inner<O> {
+    Waiting {
+        rx: Receiver<Completion>,
+        /// Completions not yet received.
+        pending: usize,
+        sink: Box<dyn Sink<O>>,
+    },
+    /// Submission failed, or the result was taken.
+    Failed(Error),
+    Taken,
+}
+
+impl<O> AsyncResult<O> {
+    pub(crate) fn new(rx: Receiver<Completion>, pending: usize, sink: Box<dyn Sink<O>>) -> Self {
+        AsyncResult {
+            state: Inner::Waiting { rx, pending, sink },
+        }
+    }
+
+    pub(crate) fn failed(e: Error) -> Self {
+        AsyncResult {
+            state: Inner::Failed(e),
+        }
+    }
+
+    /// Waits for the result.
+    ///
+    /// # Errors
+    ///
+    /// The first error among the items (lowest item index) for a map, the
+    /// task's error for an apply, or why the work could not be submitted
+    /// ([`Error::Closed`], [`Error::Terminated`], ...).
+    pub fn get(mut self) -> Result<O> {
+        self.wait_until(None)
+    }
+
+    /// Waits at most `timeout` for the result. On [`Error::Timeout`] the
+    /// handle stays usable: ask again later.
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get), plus [`Error::Timeout`] and, after the result
+    /// was taken, [`Error::AlreadyTaken`].
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<O> {
+        self.wait_until(Some((Instant::now() + timeout, timeout)))
+    }
+
+    /// Whether the result has arrived (so [`get`](Self::get) will not
+    /// block).
+    pub fn ready(&self) -> bool {
+        match &self.state {
+            Inner::Waiting { rx, pending, .. } => rx.len() >= *pending,
+            Inner::Failed(_) | Inner::Taken => true,
+        }
+    }
+
+    fn wait_until(&mut self, deadline: Option<(Instant, Duration)>) -> Result<O> {
+        if let Inner::Waiting { rx, pending, sink } = &mut self.state {
+            while *pending > 0 {
+                let next = match deadline {
+                    Some((d, waited)) => match rx.recv_deadline(d) {
+                        Ok(c) => Ok(c),
+                        Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout { waited }),
+                        Err(RecvTimeoutError::Disconnected) => Err(()),
+                    },
+                    None => rx.recv().map_err(|_| ()),
+                };
+                match next {
+                    Ok(c) => {
+                        sink.take(c);
+                        *pending -= 1;
+                    }
+                    // Every task's sender is gone without completing it:
+                    // only a pool shut down under it does that.
+                    Err(()) => {
+                        self.state = Inner::Failed(Error::Terminated);
+                        break;
+                    }
+                }
+            }
+        }
+        match std::mem::replace(&mut self.state, Inner::Taken) {
+            Inner::Waiting { sink, .. } => sink.finish(),
+            Inner::Failed(e) => Err(e),
+            Inner::Taken => Err(Error::AlreadyTaken),
+        }
+    }
+}
+
+impl<O> std::fmt::Debug for AsyncResult<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            Inner::Waiting { pending, .. } => format!("waiting for {pending} tasks"),
+            Inner::Failed(e) => format!("failed: {e}"),
+            Inner::Taken => "taken".to_string(),
+        };
+        f.debug_struct("AsyncResult")
+            .field("state", &state)
+            .finish()
+    }
+}

@@ -1,0 +1,229 @@
+//! [`PoolBuilder`]: how many workers, what each runs first, when to recycle.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use parking_lot::Mutex;
+
+use crate::collector::{self, Shared};
+use crate::error::{Error, Result};
+use crate::fds::{PoolFd, fork_zygote};
+use crate::pool::Pool;
+use crate::scheduler::State;
+use crate::worker::Initializer;
+use crate::zygote;
+
+/// Configures and starts a [`Pool`], like the arguments of Python's
+/// `multiprocessing.Pool(processes, initializer, initargs, maxtasksperchild)`.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::OnceLock;
+///
+/// static SCALE: OnceLock<u64> = OnceLock::new();
+///
+/// # fn main() -> Result<(), forkpool::Error> {
+/// let factor = 3;
+/// let pool = forkpool::Pool::builder()
+///     .processes(2)
+///     // Runs once in every worker, after the fork; `factor` crosses the
+///     // fork for free.
+///     .initializer(move || {
+///         SCALE.set(factor).unwrap();
+///     })
+///     .max_tasks_per_child(1000)
+///     .build()?;
+/// let out = pool.map(|x: u64| x * SCALE.get().unwrap(), 1..=4)?;
+/// assert_eq!(out, [3, 6, 9, 12]);
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until .build()"]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    initializer: Option<Initializer>,
+    max_tasks_per_child: Option<usize>,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("initializer", &self.initializer.as_ref().map(|_| ".."))
+            .field("max_tasks_per_child", &self.max_tasks_per_child)
+            .finish()
+    }
+}
+
+impl PoolBuilder {
+    pub(crate) fn new() -> Self {
+        PoolBuilder {
+            processes: None,
+            initializer: None,
+            max_tasks_per_child: None,
+        }
+    }
+
+    /// Number of worker processes (default: the available parallelism).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// A closure every worker runs once, after the fork and before its first
+    /// task (replacement workers run it again). What it captures crosses
+    /// the fork for free; the usual pattern stores a handle in a `static`
+    /// [`OnceLock`](std::sync::OnceLock) that the pool's functions read.
+    ///
+    /// If it panics, [`build`](Self::build) returns
+    /// [`Error::Initializer`] with the panic message.
+    pub fn initializer<F: FnMut() + 'static>(self, mut f: F) -> Self {
+        self.try_initializer(move || {
+            f();
+            Ok::<(), String>(())
+        })
+    }
+
+    /// Like [`initializer`](Self::initializer), for one that can fail: an
+    /// `Err` fails [`build`](Self::build) with [`Error::Initializer`]
+    /// carrying the error's message.
+    ///
+    /// ```
+    /// let err = forkpool::Pool::builder()
+    ///     .processes(1)
+    ///     .try_initializer(|| std::fs::read("/no/such/file").map(drop))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("No such file"), "{err}");
+    /// ```
+    pub fn try_initializer<F, E>(mut self, mut f: F) -> Self
+    where
+        F: FnMut() -> std::result::Result<(), E> + 'static,
+        E: fmt::Display,
+    {
+        self.initializer = Some(Box::new(move || f().map_err(|e| e.to_string())));
+        self
+    }
+
+    /// Replace each worker after it has run this many tasks (a task is one
+    /// chunk of a map), as Python's `maxtasksperchild`: a way to return
+    /// memory a long-lived worker holds. Default: never.
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Forks the zygote, which forks the workers; returns once every
+    /// worker's initializer has run.
+    ///
+    /// Memory the workers inherit is the parent's as of this call (the
+    /// zygote is forked now; later workers are forked from it). Shared
+    /// mappings (`MAP_SHARED`) stay shared.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Initializer`] if an initializer panicked, failed, or its
+    /// worker died; [`Error::Io`] if a pipe, socket or fork failed;
+    /// [`Error::Config`] if `processes` or `max_tasks_per_child` is zero.
+    pub fn build(self) -> Result<Pool> {
+        let processes = match self.processes {
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        if processes == 0 {
+            return Err(Error::Config {
+                reason: "processes must be at least 1".into(),
+            });
+        }
+        if self.max_tasks_per_child == Some(0) {
+            return Err(Error::Config {
+                reason: "max_tasks_per_child must be at least 1 (or unset)".into(),
+            });
+        }
+        ignore_sigpipe();
+
+        let [ours, theirs] = PoolFd::create(|| {
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map(|(a, b)| [a, b])
+        })
+        .map_err(|e| Error::io("creating the zygote's control socket", e))?;
+        let [wake] = PoolFd::create(|| {
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map(|e| [OwnedFd::from(e)])
+        })
+        .map_err(|e| Error::io("creating the collector's eventfd", e))?;
+
+        let init = self
+            .initializer
+            .unwrap_or_else(|| Box::new(|| Ok::<(), String>(())));
+        let keep = theirs.as_fd().as_raw_fd();
+        // SAFETY: the child runs `zygote::run`, which is written for a child
+        // of a possibly multithreaded parent (no locks other threads may
+        // hold, no printing, ends in `_exit`), and never returns.
+        let zygote = unsafe {
+            fork_zygote(keep, move || zygote::run(theirs.into_owned(), init))
+        }
+            .map_err(|e| Error::io("forking the zygote", e))?;
+
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(ours, processes, self.max_tasks_per_child)),
+            wake,
+            zygote,
+        });
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let for_thread = shared.clone();
+        let collector = std::thread::Builder::new()
+            .name("forkpool-collector".into())
+            .spawn(move || collector::run(for_thread, tx));
+        let collector = match collector {
+            Ok(handle) => handle,
+            Err(e) => {
+                // Closing our control socket end makes the zygote exit.
+                let _ = nix::sys::signal::kill(zygote, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(zygote, None);
+                return Err(Error::io("starting the collector thread", e));
+            }
+        };
+        let started = rx.recv().unwrap_or_else(|_| {
+            Err(Error::Broken {
+                reason: "the collector thread ended during start-up".into(),
+            })
+        });
+        let pool = Pool::from_parts(shared, collector, processes);
+        match started {
+            Ok(()) => Ok(pool),
+            Err(e) => {
+                pool.terminate();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Writes to a pipe whose reader died must fail with `EPIPE`, not kill the
+/// program: Rust's runtime already ignores `SIGPIPE` in `main`; this covers
+/// programs whose `main` is not Rust's.
+fn ignore_sigpipe() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::uninit();
+    // SAFETY: querying (null new action) only fills `current`.
+    let rc = unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), current.as_mut_ptr()) };
+    if rc != 0 {
+        return;
+    }
+    // SAFETY: sigaction returned 0, so it initialized `current`.
+    let current = unsafe { current.assume_init() };
+    if current.sa_sigaction == libc::SIG_DFL {
+        let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: ignoring a signal installs no handler code.
+        let _ = unsafe { sigaction(Signal::SIGPIPE, &ign) };
+    }
+}

@@ -1,0 +1,494 @@
+//! The result collector: the parent's one helper thread per pool.
+//!
+//! It polls the control socket (the zygote's reports), every worker's
+//! result pipe, the task pipes that have output waiting, and an eventfd
+//! that other threads use to wake it. It routes results to whoever
+//! submitted the task, hands freed workers more tasks, turns a worker's
+//! death into errors for exactly the tasks it held and asks for a
+//! replacement, and walks the pool through `close`, `join` and `terminate`
+//! until the zygote is reaped.
+//!
+//! No wait here is without an end: every descriptor it polls belongs to a
+//! process that either answers or dies, and the zygote's death (or, after
+//! `terminate`, [`TERMINATE_GRACE`] of silence, then `SIGKILL`) ends the
+//! thread.
+
+use std::os::fd::AsFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use parking_lot::Mutex;
+
+use crate::control::{self, Event, Received};
+use crate::error::{Error, ExitCause};
+use crate::fds::PoolFd;
+use crate::frame::{self, Fill, FillError};
+use crate::scheduler::{Phase, State, Worker};
+
+/// How long `terminate` waits for the zygote to kill its workers and exit
+/// before killing it (its workers then die of `PR_SET_PDEATHSIG`).
+pub(crate) const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+/// Reads from one result pipe per wake-up, at most (fairness).
+const READS_PER_WAKE: usize = 8;
+
+/// What the pool's handle and its collector share.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    /// An eventfd: writing to it wakes the collector.
+    pub(crate) wake: PoolFd,
+    pub(crate) zygote: Pid,
+}
+
+impl Shared {
+    /// Wakes the collector so it looks at the state again.
+    pub(crate) fn wake(&self) {
+        let _ = nix::unistd::write(self.wake.as_fd(), &1u64.to_ne_bytes());
+    }
+}
+
+/// Which descriptor a poll entry is.
+#[derive(Clone, Copy)]
+enum Source {
+    Ctrl,
+    Wake,
+    Result(i32),
+    Task(i32),
+}
+
+struct Collector {
+    shared: Arc<Shared>,
+    startup: Option<Sender<Result<(), Error>>>,
+    /// When `terminate` gives up on the zygote and kills it.
+    deadline: Option<Instant>,
+    /// The zygote's exit status, once reaped.
+    zygote_reaped: bool,
+}
+
+/// The collector thread's body.
+pub(crate) fn run(shared: Arc<Shared>, startup: Sender<Result<(), Error>>) {
+    let mut c = Collector {
+        shared,
+        startup: Some(startup),
+        deadline: None,
+        zygote_reaped: false,
+    };
+    let outcome = catch_unwind(AssertUnwindSafe(|| c.main_loop()));
+    if let Err(payload) = outcome {
+        // A bug in the collector must not leave callers waiting forever.
+        let message = crate::worker::panic_message(payload.as_ref());
+        let err = Error::Broken {
+            reason: format!("internal error: the collector thread panicked: {message}"),
+        };
+        c.give_up(err);
+    }
+}
+
+impl Collector {
+    fn main_loop(&mut self) {
+        {
+            let mut st = self.shared.state.lock();
+            for slot in 0..st.processes as u32 {
+                if let Err(e) = st.request_spawn(slot) {
+                    drop(st);
+                    return self.give_up(e);
+                }
+            }
+        }
+        let mut entries: Vec<(Source, Arc<PoolFd>)> = Vec::new();
+        let mut flags: Vec<PollFlags> = Vec::new();
+        loop {
+            entries.clear();
+            flags.clear();
+            let timeout = {
+                let st = self.shared.state.lock();
+                if st.phase == Phase::Finished {
+                    return;
+                }
+                entries.push((Source::Ctrl, st.ctrl.clone()));
+                flags.push(PollFlags::POLLIN);
+                if st.phase != Phase::Terminating {
+                    for w in &st.workers {
+                        if !w.eof {
+                            entries.push((Source::Result(w.pid), w.result_fd.clone()));
+                            flags.push(PollFlags::POLLIN);
+                        }
+                        if w.wants_write() {
+                            let fd = w.task_fd.clone().expect("wants_write implies a pipe");
+                            entries.push((Source::Task(w.pid), fd));
+                            flags.push(PollFlags::POLLOUT);
+                        }
+                    }
+                }
+                match self.deadline {
+                    Some(d) => {
+                        let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                        PollTimeout::try_from(ms.min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
+                    }
+                    None => PollTimeout::NONE,
+                }
+            };
+            let ready: Vec<(Source, PollFlags)> = {
+                let wake = self.shared.wake.as_fd();
+                let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(entries.len() + 1);
+                fds.push(PollFd::new(wake, PollFlags::POLLIN));
+                for ((_, fd), f) in entries.iter().zip(&flags) {
+                    fds.push(PollFd::new(fd.as_fd(), *f));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => {
+                        return self.give_up(Error::io("polling the pool's pipes", e));
+                    }
+                }
+                let sources = std::iter::once(Source::Wake).chain(entries.iter().map(|(s, _)| *s));
+                sources
+                    .zip(fds.iter())
+                    .filter_map(|(s, p)| p.revents().filter(|r| !r.is_empty()).map(|r| (s, r)))
+                    .collect()
+            };
+            self.handle(&ready);
+        }
+    }
+
+    fn handle(&mut self, ready: &[(Source, PollFlags)]) {
+        let shared = self.shared.clone();
+        let mut st = shared.state.lock();
+        for &(source, _) in ready {
+            match source {
+                Source::Wake => {
+                    let mut buf = [0u8; 8];
+                    let _ = nix::unistd::read(self.shared.wake.as_fd(), &mut buf);
+                }
+                Source::Ctrl => self.read_ctrl(&mut st),
+                Source::Result(pid) => {
+                    if let Some(w) = st.workers.iter().position(|w| w.pid == pid) {
+                        self.read_worker(&mut st, w, READS_PER_WAKE);
+                    }
+                }
+                Source::Task(pid) => {
+                    if let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) {
+                        w.flush();
+                    }
+                }
+            }
+        }
+        if matches!(st.phase, Phase::Running | Phase::Closed) {
+            st.dispatch();
+        }
+        self.advance(&mut st);
+    }
+
+    /// Moves the pool along `close` and `terminate`.
+    fn advance(&mut self, st: &mut State) {
+        match st.phase {
+            Phase::Closed if !st.draining && st.idle() => {
+                // All work is done: closing the task pipes tells the workers
+                // to exit; the zygote reports each one.
+                st.draining = true;
+                for w in &mut st.workers {
+                    w.task_fd = None;
+                }
+            }
+            Phase::Terminating => {
+                if self.deadline.is_none() {
+                    self.deadline = Some(Instant::now() + TERMINATE_GRACE);
+                }
+                st.shut_ctrl();
+                if self.deadline.is_some_and(|d| Instant::now() >= d) && !self.zygote_reaped {
+                    // The zygote did not finish in time: kill it. It is our
+                    // unreaped child, so the pid is still its own; its
+                    // workers die with it (PR_SET_PDEATHSIG).
+                    let _ = kill(self.shared.zygote, Signal::SIGKILL);
+                    self.deadline = Some(Instant::now() + TERMINATE_GRACE);
+                }
+            }
+            _ => {}
+        }
+        if st.draining && st.workers.is_empty() {
+            st.shut_ctrl();
+        }
+    }
+
+    /// Reads the zygote's reports.
+    fn read_ctrl(&mut self, st: &mut State) {
+        loop {
+            match control::recv::<Event>(st.ctrl.as_fd(), true) {
+                Ok(Received::Message(event, fds)) => self.on_event(st, event, fds),
+                Ok(Received::WouldBlock) => return,
+                Ok(Received::Eof) => return self.on_zygote_gone(st),
+                Err(e) => {
+                    // The channel is unusable: treat as the zygote gone.
+                    let _ = kill(self.shared.zygote, Signal::SIGKILL);
+                    st.broken
+                        .get_or_insert(Error::io("reading the zygote's reports", e));
+                    return self.on_zygote_gone(st);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, st: &mut State, event: Event, fds: Vec<PoolFd>) {
+        match event {
+            Event::Spawned { slot, pid } => {
+                let mut fds = fds.into_iter();
+                let (Some(task), Some(result), None) = (fds.next(), fds.next(), fds.next()) else {
+                    st.request_kill(pid);
+                    return self.fail_start_or_break(
+                        st,
+                        Error::Broken {
+                            reason: format!(
+                                "worker {pid} arrived without its two pipe ends (descriptor limit reached?)"
+                            ),
+                        },
+                    );
+                };
+                for fd in [&task, &result] {
+                    if let Err(e) = set_nonblocking(fd) {
+                        st.request_kill(pid);
+                        return self.fail_start_or_break(
+                            st,
+                            Error::io("making a worker's pipe non-blocking", e),
+                        );
+                    }
+                }
+                if st.phase == Phase::Terminating {
+                    return; // dropping the fds; the zygote is killing it
+                }
+                st.workers.push(Worker::new(slot, pid, task, result));
+            }
+            Event::SpawnFailed { slot, errno } => {
+                let e = Errno::from_raw(errno);
+                self.fail_start_or_break(
+                    st,
+                    Error::Broken {
+                        reason: format!("could not fork a worker for slot {slot}: {e}"),
+                    },
+                );
+            }
+            Event::Exited { pid, cause } => self.on_exited(st, pid, cause),
+        }
+    }
+
+    /// Reads and handles what a worker sent, up to `reads` reads.
+    fn read_worker(&mut self, st: &mut State, w: usize, reads: usize) {
+        for _ in 0..reads {
+            let worker = &mut st.workers[w];
+            if worker.eof {
+                return;
+            }
+            let fd = worker.result_fd.clone();
+            let fill = worker.reader.fill(fd.as_fd());
+            let mut more = true;
+            match fill {
+                Ok(Fill::Data) => {}
+                Ok(Fill::WouldBlock) => more = false,
+                Ok(Fill::Eof) => {
+                    worker.eof = true;
+                    more = false;
+                }
+                Err(FillError::Io(e)) => {
+                    let pid = worker.pid;
+                    worker.failure = Some(Error::io("reading a worker's results", e));
+                    worker.eof = true;
+                    st.request_kill(pid);
+                    return;
+                }
+                Err(FillError::Frame(e)) => {
+                    return self.protocol_error(st, w, e.to_string());
+                }
+            }
+            loop {
+                match st.workers[w].reader.next_frame() {
+                    Ok(Some(body)) => {
+                        if let Err(detail) = self.on_frame(st, w, body) {
+                            return self.protocol_error(st, w, detail);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.protocol_error(st, w, e.to_string()),
+                }
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    fn on_frame(&mut self, st: &mut State, w: usize, body: Vec<u8>) -> Result<(), String> {
+        let worker = &mut st.workers[w];
+        match body[0] {
+            frame::READY if !worker.ready && body.len() == 1 => {
+                worker.ready = true;
+                if st.phase == Phase::Starting
+                    && st.workers.len() == st.processes
+                    && st.workers.iter().all(|w| w.ready)
+                {
+                    st.phase = Phase::Running;
+                    if let Some(tx) = self.startup.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Ok(())
+            }
+            frame::INIT_FAILED if !worker.ready => {
+                let message = String::from_utf8_lossy(&body[1..]).into_owned();
+                let err = Error::Initializer {
+                    pid: worker.pid,
+                    message,
+                };
+                worker.failure = Some(err.clone());
+                self.fail_start_or_break(st, err);
+                Ok(())
+            }
+            frame::RESULT => st.on_result(w, body),
+            kind => Err(format!(
+                "unexpected frame of kind {kind} ({} bytes){}",
+                body.len(),
+                if worker.ready { "" } else { " before READY" }
+            )),
+        }
+    }
+
+    /// A worker sent something that is not a valid frame: its tasks fail
+    /// with that error, and the zygote kills it (a replacement follows).
+    fn protocol_error(&mut self, st: &mut State, w: usize, detail: String) {
+        let worker = &mut st.workers[w];
+        let pid = worker.pid;
+        worker.failure = Some(Error::Frame { pid, detail });
+        worker.eof = true; // stop reading it
+        st.request_kill(pid);
+    }
+
+    fn on_exited(&mut self, st: &mut State, pid: i32, cause: ExitCause) {
+        let Some(w) = st.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
+        // What it wrote before dying is still in the pipe: those results
+        // are good.
+        self.read_worker(st, w, usize::MAX);
+        let Some(w) = st.workers.iter().position(|w| w.pid == pid) else {
+            return;
+        };
+        let worker = &st.workers[w];
+        if !worker.ready && worker.failure.is_none() {
+            let err = Error::Initializer {
+                pid,
+                message: format!("the worker {cause} while running the initializer"),
+            };
+            st.workers[w].failure = Some(err.clone());
+            self.fail_start_or_break(st, err);
+        }
+        let worker = &st.workers[w];
+        let err = worker.failure.clone().unwrap_or(Error::WorkerDied {
+            item: 0,
+            pid,
+            cause,
+        });
+        let removed = st.remove_worker(w, &err);
+        let wanted = match st.phase {
+            Phase::Starting | Phase::Running => true,
+            Phase::Closed => !st.draining,
+            Phase::Terminating | Phase::Finished => false,
+        };
+        if wanted && st.broken.is_none() {
+            if let Err(e) = st.request_spawn(removed.slot) {
+                self.fail_start_or_break(st, e);
+            }
+        }
+    }
+
+    /// During start-up, `build()` fails with `err` and everything stops;
+    /// later, the pool is broken: queued work and later calls get `err`.
+    fn fail_start_or_break(&mut self, st: &mut State, err: Error) {
+        if st.phase == Phase::Starting {
+            if let Some(tx) = self.startup.take() {
+                let _ = tx.send(Err(err));
+            }
+            st.phase = Phase::Terminating;
+            st.fail_all(&Error::Terminated);
+            self.advance(st);
+        } else if st.broken.is_none() {
+            st.fail_queue(&err);
+            st.broken = Some(err);
+        }
+    }
+
+    /// The zygote's end of the control socket closed: reap it. Expected
+    /// after `terminate` or a finished `join`; otherwise the pool is broken
+    /// (the workers died with the zygote).
+    fn on_zygote_gone(&mut self, st: &mut State) {
+        let cause = self.reap_zygote();
+        if !st.ctrl_shut {
+            let what = match cause {
+                Some(c) => format!("the zygote process {} {c}", self.shared.zygote),
+                None => format!("the zygote process {} is gone", self.shared.zygote),
+            };
+            let err = Error::Broken {
+                reason: format!("{what}; its workers died with it"),
+            };
+            if let Some(tx) = self.startup.take() {
+                let _ = tx.send(Err(err.clone()));
+            }
+            st.fail_all(&err);
+            st.broken.get_or_insert(err);
+        }
+        st.fail_all(&Error::Terminated);
+        st.workers.clear();
+        st.phase = Phase::Finished;
+    }
+
+    fn reap_zygote(&mut self) -> Option<ExitCause> {
+        if self.zygote_reaped {
+            return None;
+        }
+        self.zygote_reaped = true;
+        loop {
+            match waitpid(self.shared.zygote, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Some(ExitCause::Exited(code)),
+                Ok(WaitStatus::Signaled(_, sig, core_dumped)) => {
+                    return Some(ExitCause::Signaled {
+                        signal: sig as i32,
+                        core_dumped,
+                    });
+                }
+                Ok(_) | Err(Errno::EINTR) => continue,
+                // Reaped by someone else (SIGCHLD ignored, or a `wait()`
+                // elsewhere in the program).
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Stops everything after an internal failure: fails all work, kills
+    /// the zygote (and so its workers), reaps it.
+    fn give_up(&mut self, err: Error) {
+        let shared = self.shared.clone();
+        let mut st = shared.state.lock();
+        if let Some(tx) = self.startup.take() {
+            let _ = tx.send(Err(err.clone()));
+        }
+        st.fail_all(&err);
+        st.broken.get_or_insert(err);
+        st.shut_ctrl();
+        if !self.zygote_reaped {
+            let _ = kill(self.shared.zygote, Signal::SIGKILL);
+            self.reap_zygote();
+        }
+        st.workers.clear();
+        st.phase = Phase::Finished;
+    }
+}
+
+fn set_nonblocking(fd: &PoolFd) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}

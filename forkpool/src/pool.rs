@@ -1,0 +1,475 @@
+//! [`Pool`]: the calls a Python user knows from `multiprocessing.Pool`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::async_result::{ApplySink, AsyncResult, MapSink};
+use crate::builder::PoolBuilder;
+use crate::collector::Shared;
+use crate::error::{Error, Result};
+use crate::imap::IMap;
+use crate::scheduler::{Phase, Task, TaskMeta};
+use crate::task::encode_task;
+
+/// Encoded tasks are handed to the scheduler in batches of about this many
+/// bytes (or [`BATCH_TASKS`] tasks), so workers start before a big map is
+/// fully encoded, without a lock round trip per tiny task.
+const BATCH_BYTES: usize = 1 << 20;
+const BATCH_TASKS: usize = 256;
+
+/// A pool of forked worker processes, like Python's
+/// `multiprocessing.Pool`.
+///
+/// Functions are plain `fn(T) -> R` pointers (non-capturing closures
+/// coerce): a worker is a fork of this program, so the function is at the
+/// same address there. Arguments and results cross the pipes as postcard;
+/// anything else a worker needs comes through the
+/// [`initializer`](PoolBuilder::initializer) or the memory it inherited.
+///
+/// A task that panics returns the panic as that item's error; a worker that
+/// dies fails the tasks it held, with its pid and signal, and is replaced;
+/// nothing waits forever. Dropping the pool terminates it: no worker,
+/// zygote, zombie or descriptor outlives it.
+///
+/// `Pool` is `Send + Sync`: share it by reference between threads.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), forkpool::Error> {
+/// let pool = forkpool::Pool::new(2)?;
+/// let squares = pool.map(|x: u64| x * x, 0..10)?;
+/// assert_eq!(squares[9], 81);
+/// # Ok(()) }
+/// ```
+///
+/// A closure that captures cannot cross the fork; pass the data as the
+/// argument, or through the initializer:
+///
+/// ```compile_fail
+/// # fn main() -> Result<(), forkpool::Error> {
+/// let pool = forkpool::Pool::new(2)?;
+/// let offset = 5;
+/// let out = pool.map(move |x: u64| x + offset, 0..10)?;
+/// # Ok(()) }
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    collector: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    processes: usize,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.shared.state.lock();
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("zygote", &self.shared.zygote.as_raw())
+            .field("workers", &st.pids())
+            .field("phase", &st.phase)
+            .field("queued", &st.queue.len())
+            .finish()
+    }
+}
+
+/// Python's rule for `map`'s chunk size: about four tasks per worker.
+pub(crate) fn default_chunksize(items: usize, processes: usize) -> usize {
+    items.div_ceil(processes * 4).max(1)
+}
+
+impl Pool {
+    /// A pool of `processes` workers with no initializer.
+    ///
+    /// # Errors
+    ///
+    /// As [`PoolBuilder::build`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// assert_eq!(pool.worker_pids().len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A builder for a pool with an initializer, recycling, or the default
+    /// number of processes.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    pub(crate) fn from_parts(
+        shared: Arc<Shared>,
+        collector: JoinHandle<()>,
+        processes: usize,
+    ) -> Self {
+        Pool {
+            shared,
+            collector: parking_lot::Mutex::new(Some(collector)),
+            processes,
+        }
+    }
+
+    /// The number of worker processes the pool keeps.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// Pids of the workers alive now (replacements appear under new pids).
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.shared.state.lock().pids()
+    }
+
+    /// Pid of the zygote, the process that forks the workers.
+    pub fn zygote_pid(&self) -> i32 {
+        self.shared.zygote.as_raw()
+    }
+
+    /// Hands tasks to the scheduler.
+    pub(crate) fn submit(&self, tasks: Vec<Task>) -> Result<()> {
+        let wake = self.shared.state.lock().submit(tasks)?;
+        if wake {
+            self.shared.wake();
+        }
+        Ok(())
+    }
+
+    /// Applies `f` to every item, in parallel, and returns the results in
+    /// input order. Items go out in chunks of Python's default size (about
+    /// four tasks per worker); see [`map_chunked`](Self::map_chunked).
+    ///
+    /// # Errors
+    ///
+    /// The error of the lowest-numbered item that failed (a panic, a dead
+    /// worker, a value that would not encode or decode); every other item
+    /// still ran. To get every item's own outcome, use [`imap`](Self::imap).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let lens = pool.map(|s: String| s.len(), ["a", "bb", "ccc"].map(String::from))?;
+    /// assert_eq!(lens, [1, 2, 3]);
+    /// # Ok(()) }
+    /// ```
+    pub fn map<T, R>(&self, f: fn(T) -> R, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async(f, items).get()
+    }
+
+    /// [`map`](Self::map) with `chunksize` items per task: larger chunks
+    /// cost less per item, smaller ones balance better.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let out = pool.map_chunked(|x: i32| -x, 0..100, 64)?;
+    /// assert_eq!(out[99], -99);
+    /// # Ok(()) }
+    /// ```
+    pub fn map_chunked<T, R>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+        chunksize: usize,
+    ) -> Result<Vec<R>>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_async_chunked(f, items, chunksize).get()
+    }
+
+    /// Starts a [`map`](Self::map) and returns at once with a handle to
+    /// its results. The input is encoded before this returns.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let h = pool.map_async(|x: u8| x as u32 * 2, [1, 2, 3]);
+    /// // ... other work ...
+    /// assert_eq!(h.get()?, [2, 4, 6]);
+    /// # Ok(()) }
+    /// ```
+    pub fn map_async<T, R>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let items: Vec<T> = items.into_iter().collect();
+        let chunksize = default_chunksize(items.len(), self.processes);
+        self.map_async_chunked(f, items, chunksize)
+    }
+
+    /// [`map_async`](Self::map_async) with `chunksize` items per task.
+    pub fn map_async_chunked<T, R>(
+        &self,
+        f: fn(T) -> R,
+        items: impl IntoIterator<Item = T>,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<R>>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let items: Vec<T> = items.into_iter().collect();
+        let chunksize = chunksize.max(1);
+        let tasks = items.len().div_ceil(chunksize);
+        let sink = Box::new(MapSink::<R>::new(tasks, std::any::type_name::<T>()));
+        match self.submit_chunks(f, items, chunksize) {
+            Ok(rx) => AsyncResult::new(rx, tasks, sink),
+            Err(e) => AsyncResult::failed(e),
+        }
+    }
+
+    /// Encodes `items` in chunks and submits them in batches.
+    fn submit_chunks<T, R>(
+        &self,
+        f: fn(T) -> R,
+        items: Vec<T>,
+        chunksize: usize,
+    ) -> Result<crossbeam_channel::Receiver<crate::scheduler::Completion>>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let total = items.len();
+        let mut items = items.into_iter();
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        let (mut first, mut chunk) = (0, 0);
+        while first < total {
+            let count = chunksize.min(total - first);
+            let frame = encode_task(f, items.by_ref().take(count), first)?;
+            batch_bytes += frame.len();
+            batch.push(Task {
+                meta: TaskMeta {
+                    chunk,
+                    first,
+                    items: count,
+                    bytes: frame.len(),
+                    sink: tx.clone(),
+                    cancel: None,
+                },
+                frame,
+            });
+            if batch.len() >= BATCH_TASKS || batch_bytes >= BATCH_BYTES {
+                self.submit(std::mem::take(&mut batch))?;
+                batch_bytes = 0;
+            }
+            first += count;
+            chunk += 1;
+        }
+        if !batch.is_empty() {
+            self.submit(batch)?;
+        }
+        Ok(rx)
+    }
+
+    /// A lazy, ordered map: yields each item's `Result` in input order,
+    /// pulling input only as results are consumed (bounded memory for
+    /// endless inputs). `chunksize` items go in each task.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let mut it = pool.imap(|x: u32| 100 / x, [1, 0, 5], 1);
+    /// assert_eq!(it.next().unwrap()?, 100);
+    /// assert!(it.next().unwrap().is_err()); // division by zero panicked
+    /// assert_eq!(it.next().unwrap()?, 20);
+    /// assert!(it.next().is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn imap<T, R, I>(
+        &self,
+        f: fn(T) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> IMap<'_, T, R, I::IntoIter>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        IMap::new(self, f, items.into_iter(), chunksize, true)
+    }
+
+    /// As [`imap`](Self::imap), but yields results in the order they
+    /// complete. Use [`Error::item`] to tell which item an error belongs
+    /// to; return the index with the value when order matters.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let mut got: Vec<(usize, u64)> = pool
+    ///     .imap_unordered(|(i, x): (usize, u64)| (i, x * 2), (0..100).map(|i| (i, i as u64)), 1)
+    ///     .collect::<Result<_, _>>()?;
+    /// got.sort();
+    /// assert_eq!(got[42], (42, 84));
+    /// # Ok(()) }
+    /// ```
+    pub fn imap_unordered<T, R, I>(
+        &self,
+        f: fn(T) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> IMap<'_, T, R, I::IntoIter>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        IMap::new(self, f, items.into_iter(), chunksize, false)
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result.
+    ///
+    /// # Errors
+    ///
+    /// The task's error (see [`Error`]), or why it could not be submitted.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let pid: u32 = pool.apply(|()| std::process::id(), ())?;
+    /// assert_ne!(pid, std::process::id());
+    /// # Ok(()) }
+    /// ```
+    pub fn apply<T, R>(&self, f: fn(T) -> R, arg: T) -> Result<R>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, arg).get()
+    }
+
+    /// Starts `f(arg)` in a worker and returns at once with a handle.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let handles: Vec<_> = (0..4u64).map(|i| pool.apply_async(|x: u64| x * 10, i)).collect();
+    /// let out: Vec<u64> = handles.into_iter().map(|h| h.get()).collect::<Result<_, _>>()?;
+    /// assert_eq!(out, [0, 10, 20, 30]);
+    /// # Ok(()) }
+    /// ```
+    pub fn apply_async<T, R>(&self, f: fn(T) -> R, arg: T) -> AsyncResult<R>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let sink = Box::new(ApplySink::<R>::new(std::any::type_name::<T>()));
+        let submitted = encode_task(f, std::iter::once(arg), 0).and_then(|frame| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let task = Task {
+                meta: TaskMeta {
+                    chunk: 0,
+                    first: 0,
+                    items: 1,
+                    bytes: frame.len(),
+                    sink: tx,
+                    cancel: None,
+                },
+                frame,
+            };
+            self.submit(vec![task]).map(|()| rx)
+        });
+        match submitted {
+            Ok(rx) => AsyncResult::new(rx, 1, sink),
+            Err(e) => AsyncResult::failed(e),
+        }
+    }
+
+    /// Takes no new work; what was submitted still runs. Follow with
+    /// [`join`](Self::join) to wait for the workers to finish and exit.
+    pub fn close(&self) {
+        let mut st = self.shared.state.lock();
+        if matches!(st.phase, Phase::Starting | Phase::Running) {
+            st.phase = Phase::Closed;
+        }
+        drop(st);
+        self.shared.wake();
+    }
+
+    /// Waits until every worker and the zygote have exited and been
+    /// reaped. Call [`close`](Self::close) (to finish the submitted work)
+    /// or [`terminate`](Self::terminate) first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::StillRunning`] if neither was called.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let h = pool.map_async(|x: u32| x + 1, 0..10);
+    /// pool.close();
+    /// pool.join()?;
+    /// assert_eq!(h.get()?.len(), 10);
+    /// assert!(pool.worker_pids().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn join(&self) -> Result<()> {
+        if matches!(
+            self.shared.state.lock().phase,
+            Phase::Starting | Phase::Running
+        ) {
+            return Err(Error::StillRunning);
+        }
+        self.wait_collector();
+        Ok(())
+    }
+
+    /// Stops at once: the workers are killed, the work they held and the
+    /// work queued fail with [`Error::Terminated`]. Returns once every
+    /// process is reaped.
+    pub fn terminate(&self) {
+        {
+            let mut st = self.shared.state.lock();
+            if st.phase != Phase::Finished {
+                st.phase = Phase::Terminating;
+                st.fail_all(&Error::Terminated);
+                st.shut_ctrl();
+            }
+        }
+        self.shared.wake();
+        self.wait_collector();
+    }
+
+    /// Waits for the collector thread to end (it ends once the zygote is
+    /// reaped). The lock is held while joining, so a second caller waits
+    /// for the first join to finish.
+    fn wait_collector(&self) {
+        let mut handle = self.collector.lock();
+        if let Some(handle) = handle.take() {
+            // The collector catches its own panics; a join error cannot
+            // carry anything more.
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    /// Terminates the pool (as Python's `with Pool() as p:` does on exit)
+    /// unless it was already joined.
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}

@@ -1,0 +1,261 @@
+//! Functions across the fork: trampolines, and the encoding of a task's
+//! items and of their outcomes.
+//!
+//! A worker is a fork of the same program image, so a `fn(T) -> R` is valid
+//! there at the same address. A task carries two addresses: the user's
+//! function, and a trampoline monomorphised for `(T, R)` that decodes the
+//! items, calls the function on each under `catch_unwind`, and encodes one
+//! outcome per item. Only arguments and results are serialised.
+//!
+//! Task payload: item count (postcard `u64`), then each item (postcard).
+//! Result payload: per item, a tag byte and then
+//!
+//! | tag        | followed by                                             |
+//! |------------|---------------------------------------------------------|
+//! | `OK`       | the result (postcard `R`)                               |
+//! | `PANICKED` | the panic message (postcard `String`)                   |
+//! | `ENCODE`   | why the result could not be encoded (postcard `String`) |
+//! | `DECODE`   | why this item's argument could not be decoded, and the byte count (postcard `(String, u64)`); the rest of the task is not run |
+
+use std::any::type_name;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::frame::{FrameBuilder, TASK};
+use crate::worker::panic_message;
+
+const OK: u8 = 0;
+const PANICKED: u8 = 1;
+const ENCODE: u8 = 2;
+const DECODE: u8 = 3;
+
+/// The monomorphised entry point a worker calls for a task:
+/// `(function address, payload, output)`.
+pub(crate) type Trampoline = fn(usize, &[u8], &mut Vec<u8>);
+
+/// A postcard flavor that appends to a borrowed `Vec` with `memcpy`.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends the postcard encoding of `value` to `out`; on error `out` is
+/// left as it was.
+pub(crate) fn encode_into<V: Serialize + ?Sized>(
+    value: &V,
+    out: &mut Vec<u8>,
+) -> postcard::Result<()> {
+    let mark = out.len();
+    let r = postcard::serialize_with_flavor(value, Append(out));
+    if r.is_err() {
+        out.truncate(mark);
+    }
+    r
+}
+
+/// The trampoline for `fn(T) -> R`.
+pub(crate) fn trampoline<T: DeserializeOwned, R: Serialize>() -> Trampoline {
+    run_task::<T, R>
+}
+
+/// Decodes the items of a task, runs `f` on each, encodes the outcomes.
+fn run_task<T: DeserializeOwned, R: Serialize>(func: usize, input: &[u8], out: &mut Vec<u8>) {
+    // SAFETY: `func` was made by `Task::encode` from a `fn(T) -> R`, in the
+    // program image this worker is a fork of, and travelled with this very
+    // trampoline (monomorphised for the same `T` and `R`); a function pointer
+    // stays valid at the same address in a forked child.
+    let f = unsafe { std::mem::transmute::<usize, fn(T) -> R>(func) };
+    let (count, mut rest) = match postcard::take_from_bytes::<u64>(input) {
+        Ok(v) => v,
+        Err(e) => {
+            decode_failed(out, e, input.len());
+            return;
+        }
+    };
+    for _ in 0..count {
+        let item = match postcard::take_from_bytes::<T>(rest) {
+            Ok((item, r)) => {
+                rest = r;
+                item
+            }
+            Err(e) => {
+                decode_failed(out, e, rest.len());
+                return;
+            }
+        };
+        let mark = out.len();
+        out.push(OK);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let r = f(item);
+            encode_into(&r, out)
+        }));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                out.truncate(mark);
+                out.push(ENCODE);
+                encode_into(&e.to_string(), out).expect("a String always encodes");
+            }
+            Err(payload) => {
+                out.truncate(mark);
+                out.push(PANICKED);
+                encode_into(&panic_message(payload.as_ref()), out)
+                    .expect("a String always encodes");
+            }
+        }
+    }
+}
+
+fn decode_failed(out: &mut Vec<u8>, e: postcard::Error, bytes: usize) {
+    out.push(DECODE);
+    encode_into(&(e.to_string(), bytes as u64), out)
+        .expect("a tuple of String and u64 always encodes");
+}
+
+/// Encodes a task frame for `items`, to be run with `f` in a worker;
+/// `first` is the first item's index, for errors. The task id is patched in
+/// at submission.
+pub(crate) fn encode_task<T, R, I>(f: fn(T) -> R, items: I, first: usize) -> Result<Vec<u8>, Error>
+where
+    T: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+    I: IntoIterator<Item = T>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let items = items.into_iter();
+    let tramp = trampoline::<T, R>() as usize;
+    let mut b = FrameBuilder::new(TASK, &[0, tramp as u64, f as usize as u64]);
+    let out = b.payload();
+    encode_into(&(items.len() as u64), out).expect("a u64 always encodes");
+    for (i, item) in items.enumerate() {
+        encode_into(&item, out).map_err(|e| Error::Encode {
+            item: first + i,
+            what: "argument",
+            type_name: type_name::<T>(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(b.finish())
+}
+
+/// Decodes the outcomes of a task of `count` items whose first item has
+/// index `first`, passing one `Result` per item, in order, to `each`.
+/// `arg_type` names the argument type for decode errors reported by the
+/// worker.
+pub(crate) fn decode_outcomes<R: DeserializeOwned>(
+    mut payload: &[u8],
+    count: usize,
+    first: usize,
+    pid: i32,
+    arg_type: &'static str,
+    mut each: impl FnMut(Result<R, Error>),
+) {
+    let end = first + count;
+    for item in first..end {
+        let outcome = match payload.split_first() {
+            None => Err(Error::Frame {
+                pid,
+                detail: format!(
+                    "the result of a {count}-item task ends after {} outcomes",
+                    item - first
+                ),
+            }),
+            Some((&tag, rest)) => {
+                payload = rest;
+                decode_one::<R>(&mut payload, tag, item, pid, arg_type)
+            }
+        };
+        // After an argument that did not decode, or a result or outcome
+        // that did not, the rest of the payload cannot be found: the same
+        // error stands for the remaining items.
+        let fatal = match &outcome {
+            Err(Error::Decode { .. } | Error::Frame { .. }) => outcome.as_ref().err().cloned(),
+            _ => None,
+        };
+        each(outcome);
+        if let Some(e) = fatal {
+            (item + 1..end).for_each(|j| each(Err(e.for_item(j))));
+            return;
+        }
+    }
+}
+
+/// Decodes one outcome whose tag was `tag`, advancing `payload`.
+fn decode_one<R: DeserializeOwned>(
+    payload: &mut &[u8],
+    tag: u8,
+    item: usize,
+    pid: i32,
+    arg_type: &'static str,
+) -> Result<R, Error> {
+    let bytes = payload.len();
+    let bad = |e: postcard::Error| Error::Frame {
+        pid,
+        detail: format!(
+            "the outcome of item {item} (tag {tag}, {bytes} bytes) does not decode: {e}"
+        ),
+    };
+    match tag {
+        OK => {
+            let (r, rest) = postcard::take_from_bytes::<R>(payload).map_err(|e| Error::Decode {
+                item,
+                what: "result",
+                type_name: type_name::<R>(),
+                bytes,
+                reason: e.to_string(),
+            })?;
+            *payload = rest;
+            Ok(r)
+        }
+        PANICKED => {
+            let (message, rest) = postcard::take_from_bytes::<String>(payload).map_err(bad)?;
+            *payload = rest;
+            Err(Error::Panicked { item, pid, message })
+        }
+        ENCODE => {
+            let (reason, rest) = postcard::take_from_bytes::<String>(payload).map_err(bad)?;
+            *payload = rest;
+            Err(Error::Encode {
+                item,
+                what: "result",
+                type_name: type_name::<R>(),
+                reason,
+            })
+        }
+        DECODE => {
+            let ((reason, bytes), _) =
+                postcard::take_from_bytes::<(String, u64)>(payload).map_err(bad)?;
+            Err(Error::Decode {
+                item,
+                what: "argument",
+                type_name: arg_type,
+                bytes: bytes as usize,
+                reason,
+            })
+        }
+        other => Err(Error::Frame {
+            pid,
+            detail: format!("unknown outcome tag {other} for item {item}"),
+        }),
+    }
+}

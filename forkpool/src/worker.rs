@@ -1,0 +1,165 @@
+//! The worker process: runs the initializer once, then tasks, until its task
+//! pipe reports EOF (the pool retired it, or the parent is gone).
+//!
+//! Results are buffered and written when no further complete task is
+//! waiting in the read buffer (so a burst of small tasks costs one `write`),
+//! or when the oldest buffered result has waited [`MAX_HOLD`].
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use crate::frame::{
+    self, Fill, FrameBuilder, FrameReader, INIT_FAILED, READY, RESULT, TASK, TASK_HEADER,
+};
+use crate::task::Trampoline;
+
+/// The initializer as the zygote keeps it.
+pub(crate) type Initializer = Box<dyn FnMut() -> Result<(), String>>;
+
+/// Exit status of a worker that received a task stream it cannot parse.
+pub(crate) const EXIT_BAD_FRAME: i32 = 70;
+/// Exit status of a worker whose initializer failed (after reporting it).
+pub(crate) const EXIT_INIT_FAILED: i32 = 71;
+
+/// Longest time a finished result waits in the buffer for company.
+const MAX_HOLD: Duration = Duration::from_micros(200);
+/// Buffered results are written once they reach this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+thread_local! {
+    /// Whether panics on this thread are captured for the parent rather than
+    /// printed (the worker's main thread).
+    static CAPTURE: Cell<bool> = const { Cell::new(false) };
+    /// The last captured panic: message and location.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs a panic hook that, on the worker's main thread, records the
+/// message and location for the parent instead of printing them. Other
+/// threads keep the previous hook.
+fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if CAPTURE.get() {
+            let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
+            let text = match info.location() {
+                Some(l) => format!("{message} (at {}:{}:{})", l.file(), l.line(), l.column()),
+                None => message.to_string(),
+            };
+            LAST_PANIC.set(Some(text));
+        } else {
+            previous(info);
+        }
+    }));
+    CAPTURE.set(true);
+}
+
+/// The message of a caught panic: what the hook recorded, or the payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = LAST_PANIC.take() {
+        return text;
+    }
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}
+
+/// Ends a forked process (worker or zygote) at once, without running the
+/// exit handlers or destructors of the program it is a fork of.
+pub(crate) fn exit(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and takes no locks; it ends the
+    // process without touching any state of it.
+    unsafe { libc::_exit(code) }
+}
+
+/// The worker's life. Never returns.
+pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) -> ! {
+    install_panic_hook();
+    let (kind, message) = match catch_unwind(AssertUnwindSafe(|| init())) {
+        Ok(Ok(())) => (READY, None),
+        Ok(Err(message)) => (INIT_FAILED, Some(message)),
+        Err(payload) => (
+            INIT_FAILED,
+            Some(format!("panicked: {}", panic_message(payload.as_ref()))),
+        ),
+    };
+    let mut hello = FrameBuilder::new(kind, &[]);
+    if let Some(m) = &message {
+        hello.payload().extend_from_slice(m.as_bytes());
+    }
+    if frame::write_all(result_w.as_fd(), &hello.finish()).is_err() {
+        exit(0); // the parent is gone
+    }
+    if message.is_some() {
+        exit(EXIT_INIT_FAILED);
+    }
+
+    let mut reader = FrameReader::default();
+    let mut out: Vec<u8> = Vec::with_capacity(FLUSH_AT);
+    let mut oldest: Option<Instant> = None;
+    let flush = |out: &mut Vec<u8>, oldest: &mut Option<Instant>| {
+        if out.is_empty() {
+            return;
+        }
+        if frame::write_all(result_w.as_fd(), out).is_err() {
+            exit(0); // the parent is gone: nobody wants these results
+        }
+        out.clear();
+        if out.capacity() > 4 * FLUSH_AT {
+            *out = Vec::with_capacity(FLUSH_AT);
+        }
+        *oldest = None;
+    };
+    loop {
+        match reader.next_frame() {
+            Ok(Some(body)) => {
+                if oldest.is_some_and(|t| t.elapsed() >= MAX_HOLD) {
+                    flush(&mut out, &mut oldest);
+                }
+                run_task(&body, &mut out);
+                oldest.get_or_insert_with(Instant::now);
+                if out.len() >= FLUSH_AT {
+                    flush(&mut out, &mut oldest);
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(_) => exit(EXIT_BAD_FRAME),
+        }
+        // No complete task is buffered: hand the results over before waiting.
+        flush(&mut out, &mut oldest);
+        match reader.fill(task_r.as_fd()) {
+            Ok(Fill::Data) => {}
+            Ok(Fill::Eof) if reader.partial().is_some() => exit(EXIT_BAD_FRAME),
+            Ok(Fill::Eof) => exit(0),
+            Ok(Fill::WouldBlock) | Err(_) => exit(EXIT_BAD_FRAME),
+        }
+    }
+}
+
+/// Runs one task frame, appending its result frame to `out`.
+fn run_task(body: &[u8], out: &mut Vec<u8>) {
+    if body.len() < TASK_HEADER || body[0] != TASK {
+        exit(EXIT_BAD_FRAME);
+    }
+    let id = frame::field(body, 0);
+    let tramp = frame::field(body, 1) as usize;
+    let func = frame::field(body, 2) as usize;
+    // SAFETY: the parent wrote this address from `task::trampoline::<T, R>()`,
+    // a `Trampoline` in the program image this worker is a fork of; the
+    // pipe is private to the parent and this worker.
+    let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(tramp) };
+    let start = FrameBuilder::begin(out, RESULT, &[id, 0]);
+    let t0 = Instant::now();
+    tramp(func, &body[TASK_HEADER..], out);
+    let busy = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+    frame::set_field(&mut out[start..], 1, busy);
+    frame::patch_len(out, start);
+}

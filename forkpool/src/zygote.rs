@@ -1,0 +1,223 @@
+//! The zygote: a single-threaded process, forked once when the pool starts,
+//! that forks every worker.
+//!
+//! After `fork` only the forking thread exists in the child, and a lock
+//! another thread held stays locked there forever. The parent has helper
+//! threads (the pool's I/O thread, the user's), so workers (the first ones,
+//! replacements after a crash, recycled ones) are never forked from it: the
+//! zygote, which never starts a thread, forks them all. It reaps them
+//! (`SIGCHLD` through a `signalfd`) and reports each exit status to the
+//! parent; it kills them all and exits when the parent shuts its control
+//! socket down or dies.
+//!
+//! Workers set `PR_SET_PDEATHSIG` to `SIGKILL`: that signal fires when the
+//! *thread* that forked them exits, and the zygote's only thread lives as
+//! long as the zygote. The zygote itself relies on its control socket
+//! instead, because the parent thread that built the pool may be
+//! short-lived.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::control::{self, Event, Received, Request};
+use crate::error::ExitCause;
+use crate::worker::{self, Initializer};
+
+/// Signal state to give back to workers.
+struct Inherited {
+    mask: SigSet,
+    chld: SigAction,
+}
+
+/// The zygote's life. Never returns.
+pub(crate) fn run(ctrl: OwnedFd, mut init: Initializer) -> ! {
+    let _ = nix::sys::prctl::set_name(c"forkpool-zygote");
+    let chld = SigSet::from_iter([Signal::SIGCHLD]);
+    // SIGCHLD must not be ignored here (children would vanish unreaped,
+    // their statuses lost): default action, blocked, read from a signalfd.
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing the default disposition runs no handler code.
+    let old_chld = unsafe { signal::sigaction(Signal::SIGCHLD, &dfl) }.unwrap_or(dfl);
+    let mut old_mask = SigSet::empty();
+    let setup = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), Some(&mut old_mask))
+        .and_then(|()| SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC));
+    let Ok(sfd) = setup else {
+        // Without a signalfd the zygote cannot reap; the parent sees it exit
+        // at once and reports the pool broken.
+        worker::exit(1)
+    };
+    let inherited = Inherited {
+        mask: old_mask,
+        chld: old_chld,
+    };
+    let mut workers: BTreeSet<Pid> = BTreeSet::new();
+
+    loop {
+        let (ctrl_ready, sig_ready) = {
+            let mut fds = [
+                PollFd::new(ctrl.as_fd(), PollFlags::POLLIN),
+                PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            let ready = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if sig_ready {
+            while let Ok(Some(_)) = sfd.read_signal() {}
+            reap(&ctrl, &mut workers);
+        }
+        if ctrl_ready {
+            match control::recv::<Request>(ctrl.as_fd(), true) {
+                Ok(Received::Message(Request::Spawn { slot }, _)) => {
+                    spawn(slot, &ctrl, &sfd, &inherited, &mut init, &mut workers)
+                }
+                Ok(Received::Message(Request::Kill { pid }, _)) => {
+                    // Only a worker not yet reaped: its pid cannot have been reused.
+                    let pid = Pid::from_raw(pid);
+                    if workers.contains(&pid) {
+                        let _ = signal::kill(pid, Signal::SIGKILL);
+                    }
+                }
+                Ok(Received::WouldBlock) => {}
+                Ok(Received::Eof) | Err(_) => break,
+            }
+        }
+    }
+
+    // The parent shut the control socket down, or died: no worker outlives
+    // this zygote.
+    for &pid in &workers {
+        let _ = signal::kill(pid, Signal::SIGKILL);
+    }
+    for pid in std::mem::take(&mut workers) {
+        loop {
+            match waitpid(pid, None) {
+                Err(Errno::EINTR) => continue,
+                Ok(status) => {
+                    if let Some((pid, cause)) = exit_cause(status) {
+                        let _ = control::send(ctrl.as_fd(), &Event::Exited { pid, cause }, &[]);
+                    }
+                }
+                Err(_) => {}
+            }
+            break;
+        }
+    }
+    worker::exit(0)
+}
+
+fn exit_cause(status: WaitStatus) -> Option<(i32, ExitCause)> {
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), ExitCause::Exited(code))),
+        WaitStatus::Signaled(pid, sig, core_dumped) => Some((
+            pid.as_raw(),
+            ExitCause::Signaled {
+                signal: sig as i32,
+                core_dumped,
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// Reaps every worker that has exited and reports it.
+fn reap(ctrl: &OwnedFd, workers: &mut BTreeSet<Pid>) {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return,
+            Ok(status) => {
+                if let Some((pid, cause)) = exit_cause(status) {
+                    workers.remove(&Pid::from_raw(pid));
+                    // A failed send means the parent is gone; the main loop
+                    // sees that on the socket.
+                    let _ = control::send(ctrl.as_fd(), &Event::Exited { pid, cause }, &[]);
+                }
+            }
+        }
+    }
+}
+
+/// Forks one worker and hands its pipe ends to the parent.
+fn spawn(
+    slot: u32,
+    ctrl: &OwnedFd,
+    sfd: &SignalFd,
+    inherited: &Inherited,
+    init: &mut Initializer,
+    workers: &mut BTreeSet<Pid>,
+) {
+    let failed = |errno: Errno| {
+        let _ = control::send(
+            ctrl.as_fd(),
+            &Event::SpawnFailed {
+                slot,
+                errno: errno as i32,
+            },
+            &[],
+        );
+    };
+    let pipes = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .and_then(|task| nix::unistd::pipe2(OFlag::O_CLOEXEC).map(|result| (task, result)));
+    let ((task_r, task_w), (result_r, result_w)) = match pipes {
+        Ok(p) => p,
+        Err(e) => return failed(e),
+    };
+    let zygote = nix::unistd::getpid();
+    // SAFETY: the zygote is single-threaded, so the child is a consistent
+    // copy of it; the child branch ends in `worker::run`, which never
+    // returns and ends with `_exit`.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => failed(e),
+        Ok(ForkResult::Child) => {
+            if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+                || nix::unistd::getppid() != zygote
+            {
+                worker::exit(0); // the zygote is already gone
+            }
+            // SAFETY: these descriptors belong to the zygote's objects,
+            // which this process never uses or drops (it ends in `_exit`);
+            // closing our copies keeps the zygote's liveness signals true.
+            unsafe {
+                libc::close(ctrl.as_raw_fd());
+                libc::close(sfd.as_raw_fd());
+            }
+            drop(task_w);
+            drop(result_r);
+            let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&inherited.mask), None);
+            // SAFETY: restores the disposition the user's program had.
+            let _ = unsafe { signal::sigaction(Signal::SIGCHLD, &inherited.chld) };
+            let _ = nix::sys::prctl::set_name(c"forkpool-worker");
+            worker::run(task_r, result_w, init)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(task_r);
+            drop(result_w);
+            workers.insert(child);
+            let sent = control::send(
+                ctrl.as_fd(),
+                &Event::Spawned {
+                    slot,
+                    pid: child.as_raw(),
+                },
+                &[task_w.as_raw_fd(), result_r.as_raw_fd()],
+            );
+            if sent.is_err() {
+                // The parent is gone; the main loop will see EOF and clean up.
+            }
+        }
+    }
+}
