@@ -1,1 +1,124 @@
-//! forkpool-shm: shared arrays for forked processes (work in progress).
+//! Shared arrays for forked processes: many processes read and write one
+//! array, without a copy.
+//!
+//! The Rust counterparts of Python's shared-memory tools:
+//!
+//! | Python | here |
+//! |---|---|
+//! | `multiprocessing.sharedctypes.RawArray`, `Array(lock=False)` + `np.frombuffer` | [`SharedArray`]: lock-free, atomic element access |
+//! | the same, each worker filling its own rows | [`PartitionedArray`]: rows claimed as `&mut [T]`/`ArrayViewMut`, checked across processes |
+//! | `multiprocessing.Array(lock=True)` | [`LockedArray`]: behind a robust process-shared lock |
+//! | `multiprocessing.Value(lock=False)` / `Value(lock=True)` | [`SharedValue`] / [`LockedValue`] |
+//! | `np.memmap`, `np.load(path, mmap_mode='r+')` | `create_file`/`open_file`, `create_npy`/`open_npy` on each array type |
+//! | `ps`, `pmap`, `smem` | [`MemoryReport`]: RSS, PSS, shared and private memory per process |
+//! | `MemoryError` | [`ShmError::OutOfMemory`], before any allocation |
+//!
+//! # How it works
+//!
+//! An anonymous array is a `memfd` mapped `MAP_SHARED` (never `memmap2`'s
+//! `map_anon`, which is private after `fork`), with one header page in front
+//! of the page-aligned data. Its memory is reserved with `fallocate` when it
+//! is created, after checking that the machine can give it. Every process
+//! forked afterwards shares it; it is freed when the last process that maps
+//! it drops it or dies, and nothing is left in `/dev/shm`. File-backed arrays
+//! map the file itself, so an array can be larger than RAM.
+//!
+//! Handles are cheap to clone and `Send + Sync`: a worker reaches the array
+//! through a `static OnceLock` set by an initializer, or through a global set
+//! before the pool forks.
+//!
+//! # Soundness across processes
+//!
+//! Memory another process writes concurrently never sits behind a `&[T]` or
+//! `&mut [T]` that claims to be unaliased. Without coordination, elements are
+//! accessed with atomics ([`SharedArray::get`], [`SharedArray::fill_rows`],
+//! [`SharedArray::write_row`]...), which run at memory bandwidth for bulk
+//! fills on this machine. Ordinary slices and `ndarray` views are handed out
+//! only where something makes them true: the lock of a [`LockedArray`], a
+//! claim of rows of a [`PartitionedArray`], or an `unsafe` method whose
+//! contract the caller keeps ([`SharedArray::rows_mut_unchecked`]).
+//!
+//! `fork` copies every guard and borrow into the child. Guards (of a lock, of
+//! claimed rows) record the process that made them: a child using one it
+//! inherited panics instead of aliasing the parent's. Plain borrows obtained
+//! from a guard before `fork` cannot be tracked: do not fork while holding
+//! one (forking is `unsafe`, and this is part of its contract).
+//!
+//! # Page faults
+//!
+//! Forking with a large shared array copies no page tables, so each process
+//! takes a minor fault per 4 KiB page it touches for the first time. Measured
+//! here on 512 MiB: faulting while filling runs at 1.8 GB/s for fresh memory
+//! and 3.5 GB/s for reserved memory, `madvise(MADV_POPULATE_WRITE)` maps
+//! reserved pages at 6.7 GB/s, and filling mapped pages runs at 27 GB/s. So
+//! a worker should call [`SharedArray::prefault`] (or [`RowsMut::prefault`])
+//! on its rows before a hot loop.
+//!
+//! # Examples
+//!
+//! A child's writes are seen by the parent:
+//!
+//! ```
+//! use forkpool_shm::SharedArray;
+//! use nix::sys::wait::waitpid;
+//! use nix::unistd::{fork, ForkResult};
+//!
+//! let array = SharedArray::<f64>::new(&[1000, 1000])?;
+//! // SAFETY: the child only touches the array and then `_exit`s.
+//! match unsafe { fork() }? {
+//!     ForkResult::Child => {
+//!         array.fill_row(999, 42.0);
+//!         // SAFETY: ends the child without running the parent's exit handlers.
+//!         unsafe { libc::_exit(0) };
+//!     }
+//!     ForkResult::Parent { child } => {
+//!         waitpid(child, None)?;
+//!     }
+//! }
+//! assert_eq!(array.get_at(&[999, 0]), 42.0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Asking for more memory than the machine has fails at once, with the
+//! alternative:
+//!
+//! ```
+//! use forkpool_shm::{SharedArray, ShmError};
+//!
+//! let err = SharedArray::<f64>::new(&[10_000_000, 160_000]).unwrap_err(); // 11.6 TiB
+//! assert!(matches!(err, ShmError::OutOfMemory { .. }));
+//! println!("{err}"); // asked for 11.6 TiB of shared memory but only ... use a file-backed array ...
+//! ```
+
+mod array;
+mod element;
+mod error;
+mod file;
+mod header;
+mod locked;
+mod memfd;
+mod memory;
+mod mutex;
+mod npy;
+mod partition;
+mod prefault;
+mod process;
+mod region;
+mod report;
+mod shape;
+mod units;
+mod value;
+mod view;
+
+pub use array::SharedArray;
+pub use element::Element;
+pub use error::{LockError, LockResult, OwnerDied, ShmError};
+pub use locked::{ArrayGuard, LockedArray};
+pub use memory::{Available, MemInfo, available_memory};
+pub use partition::{PartitionedArray, RowsMut, RowsRef, split_rows};
+pub use report::{MemoryReport, MemoryUsage};
+pub use units::ByteSize;
+pub use value::{LockedValue, SharedValue, ValueGuard};
+
+/// A process id, as `fork` and `waitpid` use it (re-exported from `nix`).
+pub use nix::unistd::Pid;

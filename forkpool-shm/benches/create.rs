@@ -1,0 +1,3 @@
+//! Benchmark `create` (to be written).
+
+fn main() {}

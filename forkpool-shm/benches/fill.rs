@@ -1,0 +1,3 @@
+//! Benchmark `fill` (to be written).
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Benchmark `lock` (to be written).
+
+fn main() {}

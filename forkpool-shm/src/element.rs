@@ -1,0 +1,324 @@
+//! The element types a shared array can hold.
+//!
+//! A shared array holds plain numbers only: `u8`..`u64`, `i8`..`i64`, `f32` and
+//! `f64`. Every bit pattern of these types is a valid value (so memory written
+//! by another process, or by numpy, can never be an invalid value), zero bytes
+//! are the value zero (so a fresh zero-filled mapping is a zero-filled array),
+//! and each has an atomic counterpart of the same size (`AtomicU64` for `u64`,
+//! `i64` and `f64`, ...), so every element can be read and written atomically
+//! while other processes do the same.
+//!
+//! The trait is sealed: the guarantees above are what the rest of the crate
+//! relies on, so no other type can implement it.
+
+use std::fmt::{Debug, Display};
+use std::sync::atomic::{
+    AtomicI8, AtomicI16, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering,
+};
+
+/// A plain number that can live in a shared array.
+///
+/// Implemented for `u8`, `u16`, `u32`, `u64`, `i8`, `i16`, `i32`, `i64`, `f32`
+/// and `f64`, and sealed against other implementations.
+///
+/// # Examples
+///
+/// ```
+/// use forkpool_shm::Element;
+///
+/// assert_eq!(f64::NAME, "f64");
+/// assert_eq!(f64::NPY_DESCR, "<f8");
+/// assert_eq!(u8::NPY_DESCR, "|u1");
+/// ```
+pub trait Element:
+    sealed::Atomics + Copy + Default + PartialEq + Debug + Display + Send + Sync + 'static
+{
+    /// The Rust name of the type, as used in error messages (`"f64"`).
+    const NAME: &'static str;
+    /// The numpy type descriptor of the type in little-endian byte order, as
+    /// written in a `.npy` header (`"<f8"` for `f64`, `"|u1"` for `u8`).
+    const NPY_DESCR: &'static str;
+}
+
+/// The private half of [`Element`]: atomic access to one element through a raw
+/// pointer. Lives in a private module so no other crate can implement
+/// `Element` or call these functions.
+pub(crate) mod sealed {
+    use std::sync::atomic::Ordering;
+
+    /// Atomic operations on one element in place.
+    ///
+    /// Each function's `p` must be non-null, aligned to `size_of::<Self>()`,
+    /// and point to memory that is valid for reads and writes for the whole
+    /// call and that is only ever accessed atomically, with this element size,
+    /// while the call runs.
+    pub trait Atomics: Sized {
+        /// Atomically loads the element at `p`.
+        ///
+        /// # Safety
+        /// See the trait documentation.
+        unsafe fn atomic_load(p: *const Self, order: Ordering) -> Self;
+        /// Atomically stores `v` at `p`.
+        ///
+        /// # Safety
+        /// See the trait documentation.
+        unsafe fn atomic_store(p: *mut Self, v: Self, order: Ordering);
+        /// Atomically replaces the element at `p` by `v`, returning the old value.
+        ///
+        /// # Safety
+        /// See the trait documentation.
+        unsafe fn atomic_swap(p: *mut Self, v: Self, order: Ordering) -> Self;
+        /// Atomically replaces the element at `p` by `new` if its bits equal
+        /// `current`'s; returns the previous value, `Ok` if it was replaced.
+        ///
+        /// # Safety
+        /// See the trait documentation.
+        unsafe fn atomic_compare_exchange(
+            p: *mut Self,
+            current: Self,
+            new: Self,
+            success: Ordering,
+            failure: Ordering,
+        ) -> Result<Self, Self>;
+        /// Atomically adds `v` (wrapping for integers), returning the old value.
+        ///
+        /// # Safety
+        /// See the trait documentation.
+        unsafe fn atomic_fetch_add(p: *mut Self, v: Self, order: Ordering) -> Self;
+        /// Atomically subtracts `v` (wrapping for integers), returning the old value.
+        ///
+        /// # Safety
+        /// See the trait documentation.
+        unsafe fn atomic_fetch_sub(p: *mut Self, v: Self, order: Ordering) -> Self;
+        /// Performs an atomic read-modify-write that leaves the value unchanged
+        /// (`fetch_or(0)` on the bits): a write access for the MMU, so the page
+        /// is faulted in writable, without changing what any process sees.
+        ///
+        /// # Safety
+        /// See the trait documentation.
+        unsafe fn atomic_touch(p: *mut Self);
+    }
+}
+
+macro_rules! int_element {
+    ($($t:ty => $atomic:ty, $descr:literal;)*) => {$(
+        impl Element for $t {
+            const NAME: &'static str = stringify!($t);
+            const NPY_DESCR: &'static str = $descr;
+        }
+
+        impl sealed::Atomics for $t {
+            unsafe fn atomic_load(p: *const Self, order: Ordering) -> Self {
+                // SAFETY: the caller guarantees `p` is aligned and valid and only
+                // accessed atomically with this size; the atomic type has the same
+                // size and alignment as the integer.
+                unsafe { <$atomic>::from_ptr(p.cast_mut()) }.load(order)
+            }
+            unsafe fn atomic_store(p: *mut Self, v: Self, order: Ordering) {
+                // SAFETY: as in `atomic_load`.
+                unsafe { <$atomic>::from_ptr(p) }.store(v, order)
+            }
+            unsafe fn atomic_swap(p: *mut Self, v: Self, order: Ordering) -> Self {
+                // SAFETY: as in `atomic_load`.
+                unsafe { <$atomic>::from_ptr(p) }.swap(v, order)
+            }
+            unsafe fn atomic_compare_exchange(
+                p: *mut Self,
+                current: Self,
+                new: Self,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<Self, Self> {
+                // SAFETY: as in `atomic_load`.
+                unsafe { <$atomic>::from_ptr(p) }.compare_exchange(current, new, success, failure)
+            }
+            unsafe fn atomic_fetch_add(p: *mut Self, v: Self, order: Ordering) -> Self {
+                // SAFETY: as in `atomic_load`.
+                unsafe { <$atomic>::from_ptr(p) }.fetch_add(v, order)
+            }
+            unsafe fn atomic_fetch_sub(p: *mut Self, v: Self, order: Ordering) -> Self {
+                // SAFETY: as in `atomic_load`.
+                unsafe { <$atomic>::from_ptr(p) }.fetch_sub(v, order)
+            }
+            unsafe fn atomic_touch(p: *mut Self) {
+                // SAFETY: as in `atomic_load`.
+                unsafe { <$atomic>::from_ptr(p) }.fetch_or(0, Ordering::Relaxed);
+            }
+        }
+    )*};
+}
+
+int_element! {
+    u8 => AtomicU8, "|u1";
+    u16 => AtomicU16, "<u2";
+    u32 => AtomicU32, "<u4";
+    u64 => AtomicU64, "<u8";
+    i8 => AtomicI8, "|i1";
+    i16 => AtomicI16, "<i2";
+    i32 => AtomicI32, "<i4";
+    i64 => AtomicI64, "<i8";
+}
+
+macro_rules! float_element {
+    ($($t:ty => $atomic:ty, $descr:literal;)*) => {$(
+        impl Element for $t {
+            const NAME: &'static str = stringify!($t);
+            const NPY_DESCR: &'static str = $descr;
+        }
+
+        impl sealed::Atomics for $t {
+            unsafe fn atomic_load(p: *const Self, order: Ordering) -> Self {
+                // SAFETY: the caller guarantees `p` is aligned and valid and only
+                // accessed atomically with this size; the float and the atomic
+                // integer of its bits have the same size and alignment.
+                <$t>::from_bits(unsafe { <$atomic>::from_ptr(p.cast_mut().cast()) }.load(order))
+            }
+            unsafe fn atomic_store(p: *mut Self, v: Self, order: Ordering) {
+                // SAFETY: as in `atomic_load`.
+                unsafe { <$atomic>::from_ptr(p.cast()) }.store(v.to_bits(), order)
+            }
+            unsafe fn atomic_swap(p: *mut Self, v: Self, order: Ordering) -> Self {
+                // SAFETY: as in `atomic_load`.
+                <$t>::from_bits(unsafe { <$atomic>::from_ptr(p.cast()) }.swap(v.to_bits(), order))
+            }
+            unsafe fn atomic_compare_exchange(
+                p: *mut Self,
+                current: Self,
+                new: Self,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<Self, Self> {
+                // SAFETY: as in `atomic_load`.
+                unsafe { <$atomic>::from_ptr(p.cast()) }
+                    .compare_exchange(current.to_bits(), new.to_bits(), success, failure)
+                    .map(<$t>::from_bits)
+                    .map_err(<$t>::from_bits)
+            }
+            unsafe fn atomic_fetch_add(p: *mut Self, v: Self, order: Ordering) -> Self {
+                // SAFETY: as in `atomic_load`.
+                let atomic = unsafe { <$atomic>::from_ptr(p.cast()) };
+                let load = match order {
+                    Ordering::Release | Ordering::Relaxed => Ordering::Relaxed,
+                    _ => Ordering::Acquire,
+                };
+                let old = atomic
+                    .fetch_update(order, load, |bits| Some((<$t>::from_bits(bits) + v).to_bits()))
+                    .unwrap_or_else(|bits| bits);
+                <$t>::from_bits(old)
+            }
+            unsafe fn atomic_fetch_sub(p: *mut Self, v: Self, order: Ordering) -> Self {
+                // SAFETY: forwarded contract; subtraction is addition of the negation.
+                unsafe { Self::atomic_fetch_add(p, -v, order) }
+            }
+            unsafe fn atomic_touch(p: *mut Self) {
+                // SAFETY: as in `atomic_load`.
+                unsafe { <$atomic>::from_ptr(p.cast()) }.fetch_or(0, Ordering::Relaxed);
+            }
+        }
+    )*};
+}
+
+float_element! {
+    f32 => AtomicU32, "<f4";
+    f64 => AtomicU64, "<f8";
+}
+
+/// Maps a numpy type descriptor to the Rust name of the matching element type,
+/// if there is one: `"<f8"` gives `Some("f64")`. Byte-order marks that mean
+/// little-endian on this machine (`<`, `=`, `|`) are accepted.
+pub(crate) fn rust_name_of_descr(descr: &str) -> Option<&'static str> {
+    let code = normalize_descr(descr)?;
+    Some(match code {
+        "u1" => "u8",
+        "u2" => "u16",
+        "u4" => "u32",
+        "u8" => "u64",
+        "i1" => "i8",
+        "i2" => "i16",
+        "i4" => "i32",
+        "i8" => "i64",
+        "f4" => "f32",
+        "f8" => "f64",
+        _ => return None,
+    })
+}
+
+/// Strips a byte-order mark that is little-endian (or irrelevant) on this
+/// machine; `None` for big-endian descriptors of multi-byte types.
+pub(crate) fn normalize_descr(descr: &str) -> Option<&str> {
+    let (mark, code) = match descr.as_bytes().first() {
+        Some(b'<' | b'>' | b'=' | b'|') => descr.split_at(1),
+        _ => ("", descr),
+    };
+    let one_byte = code.ends_with('1') && code.len() == 2;
+    let little = cfg!(target_endian = "little");
+    match mark {
+        "" | "=" => little.then_some(code),
+        "<" => Some(code).filter(|_| little || one_byte),
+        ">" => Some(code).filter(|_| !little || one_byte),
+        "|" => Some(code).filter(|_| one_byte),
+        _ => None,
+    }
+}
+
+/// Whether a numpy descriptor names exactly the element type `T` in this
+/// machine's byte order.
+pub(crate) fn descr_matches<T: Element>(descr: &str) -> bool {
+    normalize_descr(descr) == normalize_descr(T::NPY_DESCR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sealed::Atomics;
+    use super::*;
+
+    #[test]
+    fn descriptors_round_trip_to_names() {
+        assert_eq!(rust_name_of_descr(f64::NPY_DESCR), Some("f64"));
+        assert_eq!(rust_name_of_descr(u8::NPY_DESCR), Some("u8"));
+        assert_eq!(rust_name_of_descr("<i4"), Some("i32"));
+        assert_eq!(rust_name_of_descr("=f4"), Some("f32"));
+        assert_eq!(rust_name_of_descr("<u1"), Some("u8"));
+        assert_eq!(rust_name_of_descr(">f8"), None);
+        assert_eq!(rust_name_of_descr("<c16"), None);
+        assert_eq!(rust_name_of_descr("|f8"), None);
+        assert!(descr_matches::<f64>("<f8"));
+        assert!(!descr_matches::<f64>("<f4"));
+        assert!(descr_matches::<i8>("|i1"));
+        assert!(descr_matches::<i8>(">i1"));
+    }
+
+    #[test]
+    fn float_atomics_work_on_bits() {
+        let mut x = -0.0f64;
+        let p = &raw mut x;
+        // SAFETY: `p` points to a live, aligned local that nothing else touches.
+        unsafe {
+            f64::atomic_touch(p);
+            assert!(f64::atomic_load(p, Ordering::Relaxed).is_sign_negative());
+            assert_eq!(f64::atomic_fetch_add(p, 1.5, Ordering::SeqCst), -0.0);
+            assert_eq!(f64::atomic_fetch_sub(p, 0.5, Ordering::SeqCst), 1.5);
+            assert_eq!(f64::atomic_swap(p, 4.0, Ordering::SeqCst), 1.0);
+            assert_eq!(
+                f64::atomic_compare_exchange(p, 3.0, 5.0, Ordering::SeqCst, Ordering::SeqCst),
+                Err(4.0)
+            );
+            assert_eq!(
+                f64::atomic_compare_exchange(p, 4.0, 5.0, Ordering::SeqCst, Ordering::SeqCst),
+                Ok(4.0)
+            );
+        }
+        assert_eq!(x, 5.0);
+    }
+
+    #[test]
+    fn integer_fetch_add_wraps() {
+        let mut x = 250u8;
+        let p = &raw mut x;
+        // SAFETY: `p` points to a live, aligned local that nothing else touches.
+        unsafe {
+            assert_eq!(u8::atomic_fetch_add(p, 10, Ordering::SeqCst), 250);
+        }
+        assert_eq!(x, 4);
+    }
+}

@@ -1,0 +1,431 @@
+//! Errors: one enum for everything that can go wrong, and the lock's
+//! poisoning report that hands the guard back.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::errno::Errno;
+
+use crate::units::ByteSize;
+
+/// Everything that can go wrong in this crate.
+///
+/// Each message says what was asked, what was found, and what to do about it.
+///
+/// # Examples
+///
+/// ```
+/// use forkpool_shm::{SharedArray, ShmError};
+///
+/// // 10 TiB of RAM is more than this machine has: the request fails at once.
+/// let err = SharedArray::<u8>::new(&[10 << 40]).unwrap_err();
+/// assert!(matches!(err, ShmError::OutOfMemory { .. }));
+/// assert!(err.to_string().contains("10.0 TiB"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShmError {
+    /// An anonymous shared array larger than the memory this machine can give.
+    #[error(
+        "asked for {requested} of shared memory but only {available} is available ({limit}); \
+         anonymous shared memory lives in RAM (and swap, if any), so this would fail or be \
+         killed part way through; use a file-backed array instead, which the kernel pages to \
+         disk: `unsafe {{ SharedArray::create_file(path, shape) }}` (or `create_npy`)"
+    )]
+    OutOfMemory {
+        /// The size asked for.
+        requested: ByteSize,
+        /// The memory available for it.
+        available: ByteSize,
+        /// What bounds `available`: `MemAvailable` (plus free swap) or a cgroup limit.
+        limit: String,
+    },
+
+    /// The kernel refused to reserve the memory or disk space up front.
+    #[error(
+        "could not reserve {size} for {what}: {source}; there is not enough free memory or \
+         disk space for it (use a smaller array, free memory, or a file on a larger disk)"
+    )]
+    Reserve {
+        /// The size asked for.
+        size: ByteSize,
+        /// What was being reserved (`"an anonymous shared array"`, a path).
+        what: String,
+        /// The error from `fallocate`.
+        source: Errno,
+    },
+
+    /// A shape that no array can have.
+    #[error("invalid shape {shape:?}: {reason}")]
+    InvalidShape {
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// A system call failed.
+    #[error("{call} failed: {source}")]
+    Os {
+        /// The call and what it was doing (`"memfd_create"`).
+        call: &'static str,
+        /// The error number.
+        source: Errno,
+    },
+
+    /// Reading, writing or mapping a file failed.
+    #[error("{path}: could not {op}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done (`"open"`, `"map"`).
+        op: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+
+    /// A file holds elements of another type than the array was opened with.
+    #[error(
+        "{path}: element type mismatch: the file holds {found} but it was opened as {expected}{hint}"
+    )]
+    DtypeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The element type asked for (`"f64 (<f8)"`).
+        expected: String,
+        /// What the file holds (its numpy descriptor, e.g. `'<i4'`).
+        found: String,
+        /// How to open it instead, if there is a matching type.
+        hint: String,
+    },
+
+    /// An array has another shape than expected.
+    #[error("{what}: shape mismatch: expected {expected:?}, found {found:?}")]
+    ShapeMismatch {
+        /// The array (a path, or `"anonymous array"`).
+        what: String,
+        /// The shape asked for.
+        expected: Vec<usize>,
+        /// The shape found.
+        found: Vec<usize>,
+    },
+
+    /// A file's length does not match the shape it is opened with.
+    #[error(
+        "{path}: the file is {actual} bytes but shape {shape:?} of {elem} needs {expected} bytes \
+         of data{detail}"
+    )]
+    FileLength {
+        /// The file.
+        path: PathBuf,
+        /// The shape asked for (or read from the header).
+        shape: Vec<usize>,
+        /// The element type.
+        elem: &'static str,
+        /// The length the shape needs, including any header.
+        expected: u64,
+        /// The file's actual length.
+        actual: u64,
+        /// More about what is wrong (too short, trailing bytes).
+        detail: String,
+    },
+
+    /// A `.npy` file whose header cannot be used.
+    #[error("{path}: not a usable .npy file: {reason}")]
+    NpyHeader {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with the header.
+        reason: String,
+    },
+
+    /// A process died (or panicked) while holding a lock. Converted from a
+    /// [`LockError::OwnerDied`] by `?`, dropping the guard.
+    #[error(
+        "a process ({}) died while holding the lock; the data it protects may be half-updated \
+         (check it, then call `clear_poison`)",
+        match pid { Some(p) => format!("pid {p}"), None => "pid unknown".to_owned() }
+    )]
+    OwnerDied {
+        /// The pid of the process that held the lock, if known.
+        pid: Option<i32>,
+    },
+
+    /// The lock can no longer be used: a holder died, and the process that
+    /// learned of it released the lock without marking it consistent.
+    #[error(
+        "the lock is not recoverable (ENOTRECOVERABLE): a holder died and the state was not \
+         repaired; create a new array"
+    )]
+    LockNotRecoverable,
+
+    /// `lock()` called by the thread that already holds the lock: it would
+    /// wait for itself forever.
+    #[error("this thread already holds the lock; locking it again would deadlock")]
+    WouldDeadlock,
+
+    /// `try_lock()` found the lock held by someone else.
+    #[error("the lock is held by another thread or process")]
+    WouldBlock,
+
+    /// `lock_timeout()` gave up.
+    #[error("timed out after {0:?} waiting for the lock")]
+    LockTimeout(Duration),
+
+    /// Rows asked for with `claim_rows` overlap rows another claim holds.
+    #[error(
+        "rows {requested:?} overlap rows {held:?}, claimed by pid {pid}; hand each task a \
+         disjoint range of rows"
+    )]
+    RowsBusy {
+        /// The rows asked for.
+        requested: Range<usize>,
+        /// The overlapping rows already claimed.
+        held: Range<usize>,
+        /// The process that claimed them.
+        pid: i32,
+    },
+
+    /// Too many row claims are held at once.
+    #[error(
+        "too many row claims held at once (at most {max} per array); drop finished claims first"
+    )]
+    TooManyClaims {
+        /// The most claims an array holds at once.
+        max: usize,
+    },
+
+    /// A range of rows that does not fit the array.
+    #[error("rows {rows:?} are out of bounds for an array of {nrows} rows")]
+    RowsOutOfBounds {
+        /// The rows asked for.
+        rows: Range<usize>,
+        /// The number of rows.
+        nrows: usize,
+    },
+
+    /// Reading a process's memory figures from `/proc` failed.
+    #[error("could not read memory figures of pid {pid} ({path}): {source}")]
+    Proc {
+        /// The process.
+        pid: i32,
+        /// The file read.
+        path: PathBuf,
+        /// The error (`NotFound` when the process has exited).
+        source: std::io::Error,
+    },
+
+    /// A `/proc` file whose contents were not understood.
+    #[error("could not understand {path}: {reason}")]
+    ProcFormat {
+        /// The file read.
+        path: PathBuf,
+        /// What was not understood.
+        reason: String,
+    },
+}
+
+/// The result of locking a [`LockedArray`](crate::LockedArray) or a
+/// [`LockedValue`](crate::LockedValue), like [`std::sync::LockResult`].
+pub type LockResult<G> = Result<G, LockError<G>>;
+
+/// Why `lock()` did not simply return a guard.
+///
+/// Like [`std::sync::TryLockError`]: either the lock was taken but is
+/// poisoned (a holder died or panicked: the guard is inside), or it could not
+/// be taken.
+///
+/// `?` converts it into a [`ShmError`], a `Box<dyn Error>` or a
+/// `Box<dyn Error + Send + Sync>`, dropping the guard. (It does not implement
+/// `std::error::Error` itself: it borrows the lock, and the blanket
+/// conversion into `Box<dyn Error>` would demand `'static`, as it does for
+/// std's `PoisonError<MutexGuard<'_, T>>`.)
+///
+/// # Examples
+///
+/// ```
+/// use forkpool_shm::{LockError, LockedValue};
+///
+/// let counter = LockedValue::new(0u64)?;
+/// let mut guard = match counter.lock() {
+///     Ok(guard) => guard,
+///     // A process died holding the lock: the data may be half-updated.
+///     Err(LockError::OwnerDied(died)) => died.into_inner(),
+///     Err(LockError::Failed(err)) => return Err(err.into()),
+/// };
+/// *guard += 1;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub enum LockError<G> {
+    /// The lock was acquired, but its previous holder died or panicked while
+    /// holding it. The guard is inside.
+    OwnerDied(OwnerDied<G>),
+    /// The lock was not acquired.
+    Failed(ShmError),
+}
+
+/// The report that a lock's holder died or panicked while holding it, with
+/// the guard of the lock, now held by the caller (like
+/// [`std::sync::PoisonError`]).
+///
+/// The lock stays poisoned, and every `lock()` reports this, until
+/// `clear_poison` is called on the array or value.
+pub struct OwnerDied<G> {
+    guard: G,
+    pid: Option<i32>,
+    panicked: bool,
+}
+
+impl<G> OwnerDied<G> {
+    pub(crate) fn new(guard: G, pid: Option<i32>, panicked: bool) -> Self {
+        OwnerDied {
+            guard,
+            pid,
+            panicked,
+        }
+    }
+
+    /// The pid of the process that held the lock when it died or panicked,
+    /// if known.
+    ///
+    /// # Examples
+    ///
+    /// See [`LockedArray::lock`](crate::LockedArray::lock).
+    pub fn pid(&self) -> Option<i32> {
+        self.pid
+    }
+
+    /// Whether the holder panicked (and went on running) rather than died.
+    ///
+    /// # Examples
+    ///
+    /// See [`LockedArray::lock`](crate::LockedArray::lock).
+    pub fn panicked(&self) -> bool {
+        self.panicked
+    }
+
+    /// The guard: the lock is held.
+    ///
+    /// # Examples
+    ///
+    /// See [`LockError`].
+    pub fn into_inner(self) -> G {
+        self.guard
+    }
+
+    /// A reference to the guard.
+    ///
+    /// # Examples
+    ///
+    /// See [`LockError`].
+    pub fn get_ref(&self) -> &G {
+        &self.guard
+    }
+
+    /// A mutable reference to the guard.
+    ///
+    /// # Examples
+    ///
+    /// See [`LockError`].
+    pub fn get_mut(&mut self) -> &mut G {
+        &mut self.guard
+    }
+}
+
+impl<G> LockError<G> {
+    /// The guard, if the lock was acquired (poisoned or not).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::LockedValue;
+    ///
+    /// let flag = LockedValue::new(0u8)?;
+    /// let guard = flag.lock().or_else(|e| e.into_guard().ok_or("lock failed"))?;
+    /// assert_eq!(*guard, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn into_guard(self) -> Option<G> {
+        match self {
+            LockError::OwnerDied(died) => Some(died.into_inner()),
+            LockError::Failed(_) => None,
+        }
+    }
+}
+
+impl<G> fmt::Debug for OwnerDied<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnerDied")
+            .field("pid", &self.pid)
+            .field("panicked", &self.panicked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<G> fmt::Display for OwnerDied<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = match self.pid {
+            Some(pid) => format!("pid {pid}"),
+            None => "pid unknown".to_owned(),
+        };
+        let how = if self.panicked { "panicked" } else { "died" };
+        write!(
+            f,
+            "the previous holder of the lock ({who}) {how} while holding it; the data may be \
+             half-updated (check it, then call `clear_poison`)"
+        )
+    }
+}
+
+impl<G> std::error::Error for OwnerDied<G> {}
+
+impl<G> fmt::Debug for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::OwnerDied(died) => f.debug_tuple("OwnerDied").field(died).finish(),
+            LockError::Failed(err) => f.debug_tuple("Failed").field(err).finish(),
+        }
+    }
+}
+
+impl<G> fmt::Display for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::OwnerDied(died) => died.fmt(f),
+            LockError::Failed(err) => err.fmt(f),
+        }
+    }
+}
+
+impl<G> From<LockError<G>> for Box<dyn std::error::Error> {
+    /// Drops the guard (via [`ShmError`]), so `lock()?` works in functions
+    /// returning `Box<dyn Error>`.
+    fn from(err: LockError<G>) -> Self {
+        Box::new(ShmError::from(err))
+    }
+}
+
+impl<G> From<LockError<G>> for Box<dyn std::error::Error + Send + Sync> {
+    /// Drops the guard (via [`ShmError`]), so `lock()?` works in functions
+    /// returning `Box<dyn Error + Send + Sync>`.
+    fn from(err: LockError<G>) -> Self {
+        Box::new(ShmError::from(err))
+    }
+}
+
+impl<G> From<LockError<G>> for ShmError {
+    fn from(err: LockError<G>) -> Self {
+        match err {
+            LockError::OwnerDied(died) => ShmError::OwnerDied { pid: died.pid },
+            LockError::Failed(err) => err,
+        }
+    }
+}
+
+impl<G> From<ShmError> for LockError<G> {
+    fn from(err: ShmError) -> Self {
+        LockError::Failed(err)
+    }
+}

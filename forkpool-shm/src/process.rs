@@ -1,0 +1,123 @@
+//! Which process is this, and is that one still alive?
+//!
+//! Guards (a held lock, claimed rows) belong to the process that took them.
+//! `fork` copies a guard into the child, where it must not be used or
+//! released. A guard records the *fork generation* it was made in: a counter
+//! that a `pthread_atfork` child handler bumps in every child. Comparing it is
+//! an atomic load, cheap enough for every `Deref` (unlike `getpid`, a system
+//! call since glibc 2.25).
+//!
+//! Claims on rows record the claimer's pid and start time, so a claim left by
+//! a process that died (or whose pid was reused) can be recognised as stale.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
+static ATFORK: Once = Once::new();
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Cached identity of this process: pid and start time (clock ticks after
+/// boot, field 22 of `/proc/<pid>/stat`), valid for generation `CACHED_GEN`.
+static CACHED_GEN: AtomicU64 = AtomicU64::new(u64::MAX);
+static CACHED_PID: AtomicI32 = AtomicI32::new(0);
+static CACHED_START: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn bump_generation() {
+    // Runs in the child right after fork: async-signal-safe (one atomic add).
+    GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The fork generation of this process: changes in every child after `fork`.
+///
+/// The first call registers the `pthread_atfork` handler; generations are
+/// only compared between values read after that, which is the case for every
+/// guard (it reads the generation when it is made).
+pub(crate) fn generation() -> u64 {
+    ATFORK.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function with no arguments as
+        // the child handler; it only touches an atomic. Registration can only
+        // fail with ENOMEM; guards must not go on without the handler, so that
+        // panics below.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(bump_generation)) };
+        assert_eq!(
+            rc,
+            0,
+            "pthread_atfork failed: {}",
+            nix::errno::Errno::from_raw(rc)
+        );
+    });
+    GENERATION.load(Ordering::Relaxed)
+}
+
+/// This process's pid and start time.
+pub(crate) fn identity() -> (i32, u64) {
+    let generation = generation();
+    if CACHED_GEN.load(Ordering::Acquire) == generation {
+        return (
+            CACHED_PID.load(Ordering::Relaxed),
+            CACHED_START.load(Ordering::Relaxed),
+        );
+    }
+    let pid = nix::unistd::getpid().as_raw();
+    let start = stat_of(pid).map(|s| s.start_time).unwrap_or(0);
+    CACHED_PID.store(pid, Ordering::Relaxed);
+    CACHED_START.store(start, Ordering::Relaxed);
+    CACHED_GEN.store(generation, Ordering::Release);
+    (pid, start)
+}
+
+/// What we read from `/proc/<pid>/stat`.
+struct Stat {
+    state: char,
+    start_time: u64,
+}
+
+fn stat_of(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// Parses `pid (comm) state ppid ... starttime ...`; `comm` may hold spaces
+/// and parentheses, so fields are counted after the last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let after = &text[text.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // `state` is field 3; `starttime` is field 22, the 19th after `state`.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(Stat { state, start_time })
+}
+
+/// Whether the process `pid`, started at `start_time`, is still running
+/// (zombies and reused pids count as dead).
+pub(crate) fn is_alive(pid: i32, start_time: u64) -> bool {
+    match stat_of(pid) {
+        None => false,
+        Some(stat) => !matches!(stat.state, 'Z' | 'X' | 'x') && stat.start_time == start_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_command_names() {
+        let text = "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    987654 1000000 100 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0";
+        let stat = parse_stat(text).unwrap();
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.start_time, 987654);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_changed_start_time_is_not() {
+        let (pid, start) = identity();
+        assert_eq!(pid, std::process::id() as i32);
+        assert!(start > 0);
+        assert!(is_alive(pid, start));
+        assert!(!is_alive(pid, start + 1));
+        assert!(!is_alive(i32::MAX, start));
+    }
+}

@@ -1,0 +1,235 @@
+//! The mapping behind an array: where its header and its data are.
+//!
+//! A `Region` owns the `MAP_SHARED` mapping (or two, for file-backed arrays)
+//! and knows nothing of element types beyond their size; the typed arrays
+//! wrap an `Arc<Region>`, so cloning a handle is a reference-count increment
+//! and the mapping goes away when the last handle in this process is dropped.
+//! Other processes keep their own mappings; the memory itself is freed when
+//! the last mapping in any process is gone.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use memmap2::MmapMut;
+
+use crate::error::ShmError;
+use crate::header::{HEADER_SIZE, Header};
+use crate::memfd;
+use crate::prefault::{self, Access};
+use crate::shape::Layout;
+
+/// Where an array's data lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Backing {
+    /// A memfd: RAM, gone with the last mapping.
+    Anonymous,
+    /// A file: raw (`data_offset` 0) or `.npy` (after the header).
+    File { path: PathBuf, data_offset: u64 },
+}
+
+pub(crate) struct Region {
+    /// The mapping holding the data (and, for anonymous arrays, the header).
+    map: MmapMut,
+    /// For file-backed arrays: the separate anonymous header page.
+    _header_map: Option<MmapMut>,
+    header: NonNull<Header>,
+    data: NonNull<u8>,
+    layout: Layout,
+    elem_size: usize,
+    backing: Backing,
+}
+
+// SAFETY: a `Region` is a pair of shared mappings plus plain metadata. The
+// mappings are `Send + Sync` (`MmapMut` is); the raw pointers point into them
+// and stay valid as long as the `Region` lives. Every access to the pointed-to
+// memory goes through atomics, the robust mutex, or an `unsafe` function whose
+// contract excludes concurrent access, so sharing the pointers between threads
+// adds nothing that sharing between processes does not already cover.
+unsafe impl Send for Region {}
+// SAFETY: see `Send` above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// A fresh, zero-filled anonymous region for `shape` of `elem_size`-byte
+    /// elements with numpy descriptor `descr`.
+    pub(crate) fn anonymous(
+        descr: &str,
+        type_name: &str,
+        elem_size: usize,
+        shape: &[usize],
+    ) -> Result<Region, ShmError> {
+        let layout = Layout::new(shape, elem_size)?;
+        let data_offset = page_size().max(HEADER_SIZE);
+        let total = layout.bytes + data_offset as u64;
+        crate::memory::check_available(total)?;
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        let name = format!("forkpool-shm:{type_name}[{}]", dims.join("x"));
+        let file = memfd::create_reserved(&name, total)?;
+        // SAFETY: the memfd is ours alone: nobody else has it, so nothing can
+        // truncate it or change it behind the mapping's back.
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
+            path: PathBuf::from(format!("/memfd:{name}")),
+            op: "map the anonymous shared memory",
+            source,
+        })?;
+        drop(file); // the mapping keeps the memory alive; no descriptor to leak
+        let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
+        let header = base.cast::<Header>();
+        // SAFETY: the mapping is at least `data_offset >= HEADER_SIZE` bytes,
+        // page-aligned, zero-filled (fresh memfd), and not shared with any
+        // other process yet (nobody forked since it was made).
+        unsafe { Header::init(header.as_ptr(), descr, shape)? };
+        // SAFETY: `data_offset <= total`, so the result stays inside the mapping
+        // (one past the end at most, for an empty array).
+        let data = unsafe { base.add(data_offset) };
+        let region = Region {
+            map,
+            _header_map: None,
+            header,
+            data,
+            layout,
+            elem_size,
+            backing: Backing::Anonymous,
+        };
+        debug_assert!(region.header().describes(descr, shape));
+        Ok(region)
+    }
+
+    /// A region over `file`, whose data of `layout` starts at `data_offset`.
+    /// The caller has checked that the file is exactly long enough.
+    ///
+    /// # Safety
+    ///
+    /// The file must not be truncated, and must not be modified other than
+    /// through this region's handles (and those of processes forked after
+    /// this call), for as long as the region lives (see
+    /// [`SharedArray::create_file`](crate::SharedArray::create_file)).
+    pub(crate) unsafe fn file(
+        file: &File,
+        path: &Path,
+        descr: &str,
+        elem_size: usize,
+        layout: Layout,
+        data_offset: u64,
+    ) -> Result<Region, ShmError> {
+        if !data_offset.is_multiple_of(elem_size as u64) {
+            return Err(ShmError::NpyHeader {
+                path: path.to_owned(),
+                reason: format!(
+                    "the data starts at byte {data_offset}, which is not a multiple of the \
+                     element size {elem_size}; re-save it with a current numpy"
+                ),
+            });
+        }
+        // SAFETY: the caller promises the file is neither truncated nor changed
+        // behind our back while mapped.
+        let mut map = unsafe { MmapMut::map_mut(file) }.map_err(|source| ShmError::Io {
+            path: path.to_owned(),
+            op: "map the file",
+            source,
+        })?;
+        let mut header_map = anonymous_header_page(path)?;
+        let header = NonNull::new(header_map.as_mut_ptr())
+            .expect("a mapping is never at address 0")
+            .cast::<Header>();
+        // SAFETY: a fresh, page-aligned, zero-filled memfd page of
+        // `HEADER_SIZE` bytes that nobody else maps yet.
+        unsafe { Header::init(header.as_ptr(), descr, &layout.shape)? };
+        let data = if map.is_empty() {
+            NonNull::<u64>::dangling().cast::<u8>()
+        } else {
+            let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
+            // SAFETY: the caller checked the file holds `data_offset` bytes
+            // before the data, so the offset is inside the mapping.
+            unsafe { base.add(data_offset as usize) }
+        };
+        let region = Region {
+            map,
+            _header_map: Some(header_map),
+            header,
+            data,
+            layout,
+            elem_size,
+            backing: Backing::File {
+                path: path.to_owned(),
+                data_offset,
+            },
+        };
+        debug_assert!(region.header().describes(descr, &region.layout.shape));
+        Ok(region)
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: `header` points to an initialised header inside a mapping
+        // that lives as long as `self`. Every field that changes after
+        // initialisation is an atomic or a pthread mutex in an `UnsafeCell`.
+        unsafe { self.header.as_ref() }
+    }
+
+    pub(crate) fn data(&self) -> NonNull<u8> {
+        self.data
+    }
+
+    pub(crate) fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub(crate) fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
+    /// Faults in the pages of data bytes `[start, end)`.
+    pub(crate) fn prefault(
+        &self,
+        start: usize,
+        end: usize,
+        access: Access,
+    ) -> Result<(), ShmError> {
+        debug_assert!(start <= end && end as u64 <= self.layout.bytes);
+        if start == end {
+            return Ok(());
+        }
+        // SAFETY: `[start, end)` lies inside the data, which lies inside the
+        // mapping, alive for the duration of the call.
+        let ptr = unsafe { self.data.add(start) };
+        prefault::prefault(ptr, end - start, access, self.elem_size)
+    }
+
+    /// Writes dirty pages of a file-backed region to the file and waits.
+    pub(crate) fn flush(&self, wait: bool) -> Result<(), ShmError> {
+        let Backing::File { path, .. } = &self.backing else {
+            return Ok(());
+        };
+        let result = if wait {
+            self.map.flush()
+        } else {
+            self.map.flush_async()
+        };
+        result.map_err(|source| ShmError::Io {
+            path: path.clone(),
+            op: "flush (msync) the mapping",
+            source,
+        })
+    }
+}
+
+/// A one-page anonymous mapping for a file-backed array's header.
+fn anonymous_header_page(path: &Path) -> Result<MmapMut, ShmError> {
+    let file = memfd::create_reserved("forkpool-shm:header", HEADER_SIZE as u64)?;
+    // SAFETY: the memfd is ours alone (see `Region::anonymous`).
+    unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
+        path: path.to_owned(),
+        op: "map the array's header page",
+        source,
+    })
+}
+
+/// The system page size.
+pub(crate) fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map(|p| p as usize)
+        .unwrap_or(4096)
+}
