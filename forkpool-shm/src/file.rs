@@ -24,6 +24,7 @@ use crate::memfd;
 use crate::npy;
 use crate::region::Region;
 use crate::shape::Layout;
+use crate::units::ByteSize;
 use crate::{LockedArray, PartitionedArray, SharedArray};
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ShmError + 'a {
@@ -59,7 +60,9 @@ unsafe fn create_region(
             .map_err(io(path, "write the .npy header"))?;
         let (offset, len) = (prefix.len() as i64, layout.bytes as i64);
         if len > 0 {
-            memfd::reserve(&file, offset, len, &path.display().to_string())?;
+            check_disk_space(path, layout.bytes)?;
+            // One call: a file system reserves all of it or fails.
+            memfd::reserve(&file, offset, len, len, &path.display().to_string())?;
         }
         let data_offset = prefix.len() as u64;
         // SAFETY: forwarded from the caller.
@@ -70,6 +73,30 @@ unsafe fn create_region(
         let _ = std::fs::remove_file(path);
     }
     made
+}
+
+/// Fails with `ENOSPC` at once if the file system holding `path` has less
+/// than `bytes` free, rather than filling the disk before failing.
+fn check_disk_space(path: &Path, bytes: u64) -> Result<(), ShmError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Ok(stat) = nix::sys::statvfs::statvfs(dir) {
+        let free = stat.blocks_available() * stat.fragment_size();
+        if bytes > free {
+            return Err(ShmError::Reserve {
+                size: ByteSize(bytes),
+                what: format!(
+                    "{} ({} free on its file system)",
+                    path.display(),
+                    ByteSize(free)
+                ),
+                source: nix::errno::Errno::ENOSPC,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Opens `path` read-write, checks that it is `data_offset` bytes of header

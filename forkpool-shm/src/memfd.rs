@@ -53,18 +53,25 @@ pub(crate) fn create_reserved(name: &str, len: u64) -> Result<File, ShmError> {
         what: "an anonymous shared array".into(),
         source: Errno::EFBIG,
     })?;
-    reserve(&file, 0, size, "an anonymous shared array")?;
+    reserve(&file, 0, size, CHUNK as i64, "an anonymous shared array")?;
     Ok(file)
 }
 
-/// Reserves `[offset, offset + len)` of `file` with `fallocate`, extending the
-/// file if needed. Returns `Ok(false)` if the file system cannot reserve space
-/// (`EOPNOTSUPP`), after extending the file with `set_len` instead.
-pub(crate) fn reserve(file: &File, offset: i64, len: i64, what: &str) -> Result<bool, ShmError> {
+/// Reserves `[offset, offset + len)` of `file` with `fallocate`, `chunk`
+/// bytes per call, extending the file if needed. Returns `Ok(false)` if the
+/// file system cannot reserve space (`EOPNOTSUPP`), after extending the file
+/// with `set_len` instead.
+pub(crate) fn reserve(
+    file: &File,
+    offset: i64,
+    len: i64,
+    chunk: i64,
+    what: &str,
+) -> Result<bool, ShmError> {
     let end = offset + len;
     let mut at = offset;
     while at < end {
-        let chunk = (end - at).min(CHUNK as i64);
+        let chunk = (end - at).min(chunk);
         match fallocate(file.as_fd(), FallocateFlags::empty(), at, chunk) {
             Ok(()) => at += chunk,
             Err(Errno::EINTR) => continue,

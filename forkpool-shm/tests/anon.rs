@@ -1,0 +1,319 @@
+//! Anonymous lock-free arrays (`SharedArray`) across real forked processes.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::{Outcome, spawn, wait_until};
+use forkpool_shm::{Element, SharedArray, SharedValue, ShmError};
+
+#[test]
+fn a_childs_writes_are_seen_by_the_parent_and_by_a_sibling() {
+    let array = SharedArray::<f64>::new(&[4, 1000]).unwrap();
+    let step = SharedValue::new(0u32).unwrap();
+
+    // The first child writes row 0, then waits for its sibling's row 1.
+    let first = spawn(|| {
+        array.fill_row(0, 1.5);
+        step.store(1, Ordering::Release);
+        wait_until("the sibling's row", || step.load(Ordering::Acquire) == 2);
+        let row1 = array.row_to_vec(1);
+        ensure!(
+            row1.iter().all(|&x| x == 2.5),
+            "sibling's row 1 not seen: {:?}",
+            &row1[..4]
+        );
+        Ok(())
+    });
+    // The second child sees row 0, then writes row 1.
+    let second = spawn(|| {
+        wait_until("the first child's row", || {
+            step.load(Ordering::Acquire) == 1
+        });
+        let row0 = array.row_to_vec(0);
+        ensure!(
+            row0.iter().all(|&x| x == 1.5),
+            "sibling's row 0 not seen: {:?}",
+            &row0[..4]
+        );
+        array.fill_row(1, 2.5);
+        step.store(2, Ordering::Release);
+        Ok(())
+    });
+    first.join();
+    second.join();
+
+    let all = array.to_vec();
+    assert!(all[..1000].iter().all(|&x| x == 1.5));
+    assert!(all[1000..2000].iter().all(|&x| x == 2.5));
+    assert!(all[2000..].iter().all(|&x| x == 0.0), "rows 2..4 stay zero");
+}
+
+#[test]
+fn the_parents_writes_after_fork_are_seen_by_the_child() {
+    let array = SharedArray::<u32>::new(&[1024]).unwrap();
+    let go = SharedValue::new(0u8).unwrap();
+    let child = spawn(|| {
+        wait_until("the parent's write", || go.get() == 1);
+        ensure!(array.get(1023) == 77, "child sees {}", array.get(1023));
+        Ok(())
+    });
+    array.set(1023, 77);
+    go.set(1);
+    child.join();
+}
+
+#[test]
+fn two_workers_fill_disjoint_halves_with_atomics() {
+    let array = SharedArray::<f64>::new(&[64, 4096]).unwrap();
+    let children: Vec<_> = array
+        .row_blocks(2)
+        .into_iter()
+        .map(|rows| {
+            let array = array.clone();
+            spawn(move || {
+                array.prefault(rows.clone()).map_err(|e| e.to_string())?;
+                array.fill_rows(rows, std::process::id() as f64);
+                Ok(())
+            })
+        })
+        .collect();
+    let pids: Vec<f64> = children.iter().map(|c| c.pid().as_raw() as f64).collect();
+    children.into_iter().for_each(common::Child::join);
+
+    let all = array.to_vec();
+    let half = all.len() / 2;
+    assert!(
+        all[..half].iter().all(|&x| x == pids[0]),
+        "first half is the first worker's"
+    );
+    assert!(
+        all[half..].iter().all(|&x| x == pids[1]),
+        "second half is the second worker's"
+    );
+}
+
+#[test]
+fn two_workers_fill_disjoint_halves_through_the_unsafe_slice_path() {
+    let array = SharedArray::<u64>::new(&[32, 1000]).unwrap();
+    let children: Vec<_> = array
+        .row_blocks(2)
+        .into_iter()
+        .map(|rows| {
+            spawn(|| {
+                let first = rows.start * 1000;
+                // SAFETY: each child gets a disjoint range of rows, and the
+                // parent reads nothing until both have exited.
+                let block = unsafe { array.rows_mut_unchecked(rows) };
+                for (i, x) in block.iter_mut().enumerate() {
+                    *x = (first + i) as u64;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    children.into_iter().for_each(common::Child::join);
+    let expected: Vec<u64> = (0..32_000).collect();
+    assert_eq!(array.to_vec(), expected);
+}
+
+#[test]
+fn eight_processes_add_atomically_without_a_lock() {
+    let array = SharedArray::<u64>::new(&[3]).unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            spawn(|| {
+                for _ in 0..10_000 {
+                    array.fetch_add(1, 1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    children.into_iter().for_each(common::Child::join);
+    assert_eq!(array.to_vec(), [0, 80_000, 0]);
+}
+
+#[test]
+fn only_one_process_wins_a_compare_exchange_race() {
+    let winner = SharedValue::new(0i32).unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            spawn(|| {
+                let me = std::process::id() as i32;
+                let won = winner
+                    .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+                // Exit code 0 for the winner, 3 for the others.
+                if won { Ok(()) } else { Err("lost".into()) }
+            })
+        })
+        .collect();
+    let pids: Vec<i32> = children.iter().map(|c| c.pid().as_raw()).collect();
+    let outcomes: Vec<Outcome> = children.into_iter().map(common::Child::outcome).collect();
+    let winners: Vec<i32> = pids
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| matches!(o, Outcome::Exited(0, _)))
+        .map(|(&p, _)| p)
+        .collect();
+    assert_eq!(
+        winners,
+        [winner.get()],
+        "exactly one winner, the one recorded: {outcomes:?}"
+    );
+}
+
+fn round_trip<T: Element>(values: [T; 3]) {
+    let array = SharedArray::<T>::new(&[2, 3]).unwrap();
+    assert!(
+        array.to_vec().iter().all(|&x| x == T::default()),
+        "{} zero filled",
+        T::NAME
+    );
+    assert_eq!(array.as_ptr() as usize % 4096, 0, "page-aligned data");
+    let child = spawn(|| {
+        array.write_row(1, &values);
+        Ok(())
+    });
+    child.join();
+    assert_eq!(array.row_to_vec(1), values, "{}", T::NAME);
+    assert_eq!(array.row_to_vec(0), [T::default(); 3], "{}", T::NAME);
+}
+
+#[test]
+fn every_element_type_round_trips_through_a_child() {
+    round_trip::<u8>([1, 2, u8::MAX]);
+    round_trip::<u16>([1, 2, u16::MAX]);
+    round_trip::<u32>([1, 2, u32::MAX]);
+    round_trip::<u64>([1, 2, u64::MAX]);
+    round_trip::<i8>([-1, 2, i8::MIN]);
+    round_trip::<i16>([-1, 2, i16::MIN]);
+    round_trip::<i32>([-1, 2, i32::MIN]);
+    round_trip::<i64>([-1, 2, i64::MIN]);
+    round_trip::<f32>([-1.5, f32::MAX, f32::MIN_POSITIVE]);
+    round_trip::<f64>([-1.5, f64::MAX, f64::MIN_POSITIVE]);
+}
+
+#[test]
+fn shapes_of_every_rank_and_empty_arrays() {
+    let scalar = SharedArray::<f64>::new(&[]).unwrap();
+    assert_eq!((scalar.len(), scalar.nrows(), scalar.row_len()), (1, 1, 1));
+    scalar.set(0, 3.0);
+    assert_eq!(scalar.to_ndarray().ndim(), 0);
+
+    let cube = SharedArray::<i16>::new(&[3, 4, 5]).unwrap();
+    assert_eq!((cube.len(), cube.nrows(), cube.row_len()), (60, 3, 20));
+    cube.set_at(&[2, 3, 4], 9);
+    assert_eq!(cube.get(59), 9);
+    assert_eq!(cube.to_ndarray()[[2, 3, 4]], 9);
+    assert_eq!(cube.raw_view().shape(), &[3, 4, 5]);
+
+    let empty = SharedArray::<u8>::new(&[0, 7]).unwrap();
+    assert!(empty.is_empty());
+    assert_eq!(empty.to_vec(), Vec::<u8>::new());
+    empty.fill(1);
+    empty.prefault(0..0).unwrap();
+}
+
+#[test]
+fn clones_are_cheap_handles_to_the_same_memory() {
+    fn assert_handle<T: Clone + Send + Sync + 'static>() {}
+    assert_handle::<SharedArray<f64>>();
+
+    let a = SharedArray::<i32>::new(&[100]).unwrap();
+    let b = a.clone();
+    assert_eq!(a.as_ptr(), b.as_ptr(), "a clone maps nothing new");
+    std::thread::scope(|s| {
+        s.spawn(|| b.set(5, -5));
+    });
+    assert_eq!(a.get(5), -5);
+    drop(a);
+    assert_eq!(b.get(5), -5, "the memory lives while a handle does");
+}
+
+#[test]
+fn a_static_handle_set_before_fork_reaches_workers_running_fn_pointers() {
+    static ARRAY: std::sync::OnceLock<SharedArray<f64>> = std::sync::OnceLock::new();
+    fn populate((offset, blocksize): (usize, usize)) {
+        let array = ARRAY.get().expect("set before fork");
+        for row in offset..offset + blocksize {
+            array.fill_row(row, row as f64);
+        }
+    }
+    let array = ARRAY.get_or_init(|| SharedArray::new(&[100, 64]).unwrap());
+    let task: fn((usize, usize)) = populate;
+    let children: Vec<_> = [(0, 50), (50, 50)]
+        .into_iter()
+        .map(|block| {
+            spawn(move || {
+                task(block);
+                Ok(())
+            })
+        })
+        .collect();
+    children.into_iter().for_each(common::Child::join);
+    for row in 0..100 {
+        assert_eq!(array.row_to_vec(row), vec![row as f64; 64]);
+    }
+}
+
+#[test]
+fn prefault_maps_the_rows_pages_into_this_process() {
+    use std::io::{Read, Seek, SeekFrom};
+    let array = SharedArray::<u8>::new(&[64, 4096]).unwrap(); // one page per row
+    let mapped = |rows: std::ops::Range<usize>| {
+        let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let first = array.as_ptr() as u64 / 4096 + rows.start as u64;
+        pagemap.seek(SeekFrom::Start(first * 8)).unwrap();
+        let mut entries = vec![0u8; rows.len() * 8];
+        pagemap.read_exact(&mut entries).unwrap();
+        entries
+            .chunks_exact(8)
+            .filter(|e| u64::from_ne_bytes((*e).try_into().unwrap()) >> 63 == 1)
+            .count()
+    };
+    assert_eq!(mapped(0..64), 0, "reserved but not mapped yet");
+    array.prefault(8..24).unwrap();
+    assert_eq!(mapped(0..64), 16);
+    assert_eq!(mapped(8..24), 16);
+    array.prefault_read(40..41).unwrap();
+    assert_eq!(mapped(0..64), 17);
+    assert!(
+        array.to_vec().iter().all(|&x| x == 0),
+        "prefaulting changes no data"
+    );
+}
+
+#[test]
+#[should_panic(expected = "out of bounds")]
+fn an_index_past_the_end_panics() {
+    let array = SharedArray::<u8>::new(&[4]).unwrap();
+    array.get(4);
+}
+
+#[test]
+#[should_panic(expected = "a row has 3 elements, got 2")]
+fn a_row_of_the_wrong_length_panics() {
+    let array = SharedArray::<u8>::new(&[2, 3]).unwrap();
+    array.write_row(0, &[1, 2]);
+}
+
+#[test]
+fn impossible_shapes_are_errors() {
+    let err = SharedArray::<f64>::new(&[usize::MAX, 2]).unwrap_err();
+    assert!(matches!(err, ShmError::InvalidShape { .. }), "{err}");
+    let err = SharedArray::<u8>::new(&[1; 40]).unwrap_err();
+    assert!(err.to_string().contains("40 dimensions"), "{err}");
+}
+
+#[test]
+fn expect_shape_names_both_shapes() {
+    let array = SharedArray::<u8>::new(&[2, 3]).unwrap();
+    let err = array.expect_shape(&[3, 2]).unwrap_err();
+    assert!(matches!(err, ShmError::ShapeMismatch { .. }));
+    assert_eq!(
+        err.to_string(),
+        "anonymous array: shape mismatch: expected [3, 2], found [2, 3]"
+    );
+}
