@@ -168,9 +168,7 @@ impl PoolBuilder {
         // SAFETY: the child runs `zygote::run`, which is written for a child
         // of a possibly multithreaded parent (no locks other threads may
         // hold, no printing, ends in `_exit`), and never returns.
-        let zygote = unsafe {
-            fork_zygote(keep, move || zygote::run(theirs.into_owned(), init))
-        }
+        let zygote = unsafe { fork_zygote(keep, move || zygote::run(theirs.into_owned(), init)) }
             .map_err(|e| Error::io("forking the zygote", e))?;
 
         let shared = Arc::new(Shared {

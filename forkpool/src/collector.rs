@@ -315,6 +315,9 @@ impl Collector {
                     Err(e) => return self.protocol_error(st, w, e.to_string()),
                 }
             }
+            if let Err(detail) = st.check_pending(w) {
+                return self.protocol_error(st, w, detail);
+            }
             if !more {
                 return;
             }
@@ -386,11 +389,20 @@ impl Collector {
             self.fail_start_or_break(st, err);
         }
         let worker = &st.workers[w];
-        let err = worker.failure.clone().unwrap_or(Error::WorkerDied {
-            item: 0,
-            pid,
-            cause,
-        });
+        let err = match (&worker.failure, worker.reader.partial()) {
+            (Some(e), _) => e.clone(),
+            // A clean exit in the middle of a frame is a protocol fault,
+            // not a crash: say what was cut short.
+            (None, Some(cut)) if cause == ExitCause::Exited(0) => Error::Frame {
+                pid,
+                detail: format!("{cut}, and the worker {cause}"),
+            },
+            (None, _) => Error::WorkerDied {
+                item: 0,
+                pid,
+                cause,
+            },
+        };
         let removed = st.remove_worker(w, &err);
         let wanted = match st.phase {
             Phase::Starting | Phase::Running => true,

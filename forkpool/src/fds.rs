@@ -106,10 +106,7 @@ impl Drop for PoolFd {
 /// stderr locks among them; glibc's `malloc` is safe, its fork handler
 /// resets it), and must end the process with `_exit` rather than return or
 /// unwind into code that assumes the parent's threads.
-pub(crate) unsafe fn fork_zygote(
-    keep: RawFd,
-    child: impl FnOnce(),
-) -> io::Result<Pid> {
+pub(crate) unsafe fn fork_zygote(keep: RawFd, child: impl FnOnce()) -> io::Result<Pid> {
     let mut reg = registry();
     // SAFETY: the caller upholds the contract above for `child`; the parent
     // branch only unlocks the registry.

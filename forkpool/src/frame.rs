@@ -218,6 +218,22 @@ impl FrameReader {
         Ok(None)
     }
 
+    /// The first bytes of the body of the frame being assembled, if it is
+    /// not complete yet: lets the caller check its header without waiting
+    /// for the whole body (a worker whose stream went wrong may never send
+    /// the rest).
+    pub(crate) fn pending_body(&self) -> &[u8] {
+        if let Some(big) = &self.big {
+            return &big.body;
+        }
+        let avail = &self.buf[self.pos..];
+        if avail.len() > LEN_PREFIX {
+            &avail[LEN_PREFIX..]
+        } else {
+            &[]
+        }
+    }
+
     /// Whether a partial frame is buffered (so EOF now means truncation).
     pub(crate) fn partial(&self) -> Option<FrameError> {
         if let Some(big) = &self.big {
@@ -231,7 +247,8 @@ impl FrameReader {
             return None;
         }
         let expected = if avail.len() >= LEN_PREFIX {
-            u64::from_le_bytes(avail[..LEN_PREFIX].try_into().expect("8 bytes")) + LEN_PREFIX as u64
+            u64::from_le_bytes(avail[..LEN_PREFIX].try_into().expect("8 bytes"))
+                .saturating_add(LEN_PREFIX as u64)
         } else {
             LEN_PREFIX as u64
         };

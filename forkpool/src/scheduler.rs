@@ -320,6 +320,40 @@ impl State {
         Ok(())
     }
 
+    /// Checks the header of a result frame still arriving from worker `w`:
+    /// a frame that is not for the task the worker holds next is an error
+    /// now, not after a body that may never come.
+    pub(crate) fn check_pending(&self, w: usize) -> Result<(), String> {
+        let worker = &self.workers[w];
+        let body = worker.reader.pending_body();
+        let Some(&kind) = body.first() else {
+            return Ok(());
+        };
+        match kind {
+            frame::RESULT => {}
+            frame::READY | frame::INIT_FAILED if !worker.ready => return Ok(()),
+            _ => return Err(format!("unexpected frame of kind {kind} (incomplete)")),
+        }
+        if body.len() >= 9 {
+            let id = frame::field(body, 0);
+            match worker.in_flight.front() {
+                Some(f) if f.id == id => {}
+                Some(f) => {
+                    return Err(format!(
+                        "a result for task {id}, but task {} was next",
+                        f.id
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "a result for task {id}, but the worker holds no task"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Closes a worker's task pipe once it did `max_tasks_per_child` tasks
     /// and holds none: it exits on EOF and the zygote reports it.
     fn retire_if_spent(&mut self, w: usize) {

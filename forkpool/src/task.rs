@@ -59,6 +59,17 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     }
 }
 
+/// What postcard reports, in words: postcard drops the message of a
+/// type's own `serde` error, so say where to look.
+pub(crate) fn describe(e: &postcard::Error) -> String {
+    match e {
+        postcard::Error::SerdeDeCustom | postcard::Error::SerdeSerCustom => format!(
+            "{e}: the type's own serde impl returned an error (postcard does not keep its message)"
+        ),
+        _ => e.to_string(),
+    }
+}
+
 /// Appends the postcard encoding of `value` to `out`; on error `out` is
 /// left as it was.
 pub(crate) fn encode_into<V: Serialize + ?Sized>(
@@ -114,7 +125,7 @@ fn run_task<T: DeserializeOwned, R: Serialize>(func: usize, input: &[u8], out: &
             Ok(Err(e)) => {
                 out.truncate(mark);
                 out.push(ENCODE);
-                encode_into(&e.to_string(), out).expect("a String always encodes");
+                encode_into(&describe(&e), out).expect("a String always encodes");
             }
             Err(payload) => {
                 out.truncate(mark);
@@ -128,7 +139,7 @@ fn run_task<T: DeserializeOwned, R: Serialize>(func: usize, input: &[u8], out: &
 
 fn decode_failed(out: &mut Vec<u8>, e: postcard::Error, bytes: usize) {
     out.push(DECODE);
-    encode_into(&(e.to_string(), bytes as u64), out)
+    encode_into(&(describe(&e), bytes as u64), out)
         .expect("a tuple of String and u64 always encodes");
 }
 
@@ -152,7 +163,7 @@ where
             item: first + i,
             what: "argument",
             type_name: type_name::<T>(),
-            reason: e.to_string(),
+            reason: describe(&e),
         })?;
     }
     Ok(b.finish())
@@ -222,7 +233,7 @@ fn decode_one<R: DeserializeOwned>(
                 what: "result",
                 type_name: type_name::<R>(),
                 bytes,
-                reason: e.to_string(),
+                reason: describe(&e),
             })?;
             *payload = rest;
             Ok(r)

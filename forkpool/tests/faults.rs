@@ -1,0 +1,557 @@
+//! Fault paths: panics, killed workers, `abort`, `exit`, out of memory,
+//! failing initializers, values that will not encode or decode, and
+//! garbage on a worker's result pipe. After each, the pool keeps working
+//! (or says clearly why it cannot), and nothing hangs.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::Procs;
+use forkpool::{Error, ExitCause, Pool};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+fn double(x: u64) -> u64 {
+    x * 2
+}
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn panic_on_3(x: u64) -> u64 {
+    if x == 3 {
+        panic!("boom on {x}");
+    }
+    x
+}
+
+const SIGKILL: i32 = libc::SIGKILL;
+const SIGABRT: i32 = libc::SIGABRT;
+
+#[test]
+fn a_panic_is_that_items_error_and_the_worker_goes_on() {
+    let pool = Pool::new(2).unwrap();
+    let procs = Procs::of(&pool);
+    let before: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let err = pool.map_chunked(panic_on_3, 0..10, 1).unwrap_err();
+    match &err {
+        Error::Panicked { item, pid, message } => {
+            assert_eq!(*item, 3);
+            assert!(before.contains(pid), "{pid} is not a worker");
+            assert!(message.contains("boom on 3"), "{message}");
+            assert!(
+                message.contains("tests/faults.rs"),
+                "no location: {message}"
+            );
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    assert!(err.to_string().contains("item 3"), "{err}");
+    // Same workers, still serving.
+    let after: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    assert_eq!(before, after);
+    assert_eq!(pool.map(double, 0..10).unwrap()[9], 18);
+    drop(pool);
+    procs.assert_gone();
+}
+
+#[test]
+fn a_panic_in_a_chunk_fails_only_that_item() {
+    let pool = Pool::new(2).unwrap();
+    let results: Vec<_> = pool.imap(panic_on_3, 0..8, 8).collect();
+    for (i, r) in results.iter().enumerate() {
+        if i == 3 {
+            assert!(matches!(r, Err(Error::Panicked { item: 3, .. })), "{r:?}");
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u64);
+        }
+    }
+}
+
+#[test]
+fn sigkill_mid_map_fails_the_held_tasks_and_the_pool_goes_on() {
+    let pool = Pool::new(2).unwrap();
+    let mut procs = Procs::of(&pool);
+    let victim = pool.worker_pids()[0];
+    let it = pool.imap(sleep_ms, [400u64; 6], 1);
+    std::thread::sleep(Duration::from_millis(100));
+    common::kill(victim, SIGKILL);
+    let results: Vec<_> = it.collect();
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(!failed.is_empty(), "no task failed: {results:?}");
+    for e in &failed {
+        match e {
+            Error::WorkerDied { pid, cause, .. } => {
+                assert_eq!(*pid, victim);
+                assert_eq!(
+                    *cause,
+                    ExitCause::Signaled {
+                        signal: SIGKILL,
+                        core_dumped: false
+                    }
+                );
+                assert!(e.to_string().contains("SIGKILL"), "{e}");
+            }
+            other => panic!("expected WorkerDied, got {other:?}"),
+        }
+    }
+    // Only what the killed worker held failed (one long task at a time).
+    assert_eq!(failed.len(), 1, "{results:?}");
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 5);
+    // A replacement took its place and the pool serves a new map.
+    common::wait_for("a replacement worker", || {
+        let pids = pool.worker_pids();
+        pids.len() == 2 && !pids.contains(&victim)
+    });
+    assert_eq!(pool.map(double, 0..100).unwrap()[99], 198);
+    procs.add(&pool);
+    drop(pool);
+    procs.assert_gone();
+}
+
+#[test]
+fn sigkill_fails_a_blocking_map_with_the_pid_and_signal() {
+    let pool = Pool::new(2).unwrap();
+    let procs = Procs::of(&pool);
+    let victim = pool.worker_pids()[1];
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        common::kill(victim, SIGKILL);
+    });
+    let err = pool.map_chunked(sleep_ms, [300u64; 8], 1).unwrap_err();
+    killer.join().unwrap();
+    assert!(
+        matches!(err, Error::WorkerDied { pid, cause: ExitCause::Signaled { signal: SIGKILL, .. }, .. } if pid == victim),
+        "{err:?}"
+    );
+    assert_eq!(pool.map(double, [1, 2, 3]).unwrap(), [2, 4, 6]);
+    drop(pool);
+    procs.assert_gone();
+}
+
+#[test]
+fn abort_in_a_task_is_reported_as_sigabrt() {
+    fn abort_on_1(x: u64) -> u64 {
+        if x == 1 {
+            std::process::abort();
+        }
+        x
+    }
+    let pool = Pool::new(2).unwrap();
+    let procs = Procs::of(&pool);
+    let results: Vec<_> = pool.imap(abort_on_1, 0..4, 1).collect();
+    match &results[1] {
+        Err(Error::WorkerDied {
+            item: 1,
+            cause: ExitCause::Signaled { signal, .. },
+            ..
+        }) => assert_eq!(*signal, SIGABRT),
+        other => panic!("expected SIGABRT for item 1, got {other:?}"),
+    }
+    assert!(
+        results[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("SIGABRT")
+    );
+    assert_eq!(pool.apply(double, 4).unwrap(), 8);
+    drop(pool);
+    procs.assert_gone();
+}
+
+#[test]
+fn exit_in_a_task_is_reported_with_its_status() {
+    fn exit_3(_: ()) {
+        std::process::exit(3);
+    }
+    let pool = Pool::new(1).unwrap();
+    let victim = pool.worker_pids()[0];
+    let err = pool.apply(exit_3, ()).unwrap_err();
+    match &err {
+        Error::WorkerDied { pid, cause, item } => {
+            assert_eq!((*pid, *cause, *item), (victim, ExitCause::Exited(3), 0));
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert!(err.to_string().contains("exited with status 3"), "{err}");
+    assert_eq!(pool.apply(double, 5).unwrap(), 10);
+    assert_ne!(pool.worker_pids(), [victim]);
+}
+
+#[test]
+fn running_out_of_memory_kills_only_that_worker() {
+    /// Caps the worker's address space, then asks for more than the cap.
+    fn allocate_too_much(gib: usize) -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap();
+        let cap = vm_kib * 1024 + (256 << 20);
+        let lim = libc::rlimit {
+            rlim_cur: cap,
+            rlim_max: cap,
+        };
+        // SAFETY: setrlimit reads a valid rlimit struct.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+        let v = vec![1u8; gib << 30];
+        v.len()
+    }
+    let pool = Pool::new(2).unwrap();
+    let procs = Procs::of(&pool);
+    let err = pool.apply(allocate_too_much, 4).unwrap_err();
+    // Rust aborts on allocation failure.
+    assert!(
+        matches!(
+            err,
+            Error::WorkerDied {
+                cause: ExitCause::Signaled {
+                    signal: SIGABRT,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(pool.map(double, 0..10).unwrap()[9], 18);
+    drop(pool);
+    procs.assert_gone();
+}
+
+#[test]
+fn an_initializer_that_panics_fails_build() {
+    let err = Pool::builder()
+        .processes(2)
+        .initializer(|| panic!("cannot load the model"))
+        .build()
+        .unwrap_err();
+    match &err {
+        Error::Initializer { pid, message } => {
+            assert!(message.contains("cannot load the model"), "{message}");
+            common::wait_for("the failed worker to be gone", || {
+                common::ours(*pid).is_none()
+            });
+        }
+        other => panic!("expected Initializer, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_initializer_that_returns_an_error_fails_build() {
+    let err = Pool::builder()
+        .processes(2)
+        .try_initializer(|| Err::<(), _>("config file missing"))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Initializer { message, .. } if message == "config file missing"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn an_initializer_that_exits_or_dies_fails_build() {
+    let err = Pool::builder()
+        .processes(1)
+        .initializer(|| std::process::exit(7))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Initializer { message, .. } if message.contains("exited with status 7")),
+        "{err:?}"
+    );
+    let err = Pool::builder()
+        .processes(1)
+        .initializer(|| std::process::abort())
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Initializer { message, .. } if message.contains("SIGABRT")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_replacement_whose_initializer_fails_breaks_the_pool_clearly() {
+    // The initializer succeeds twice (the first two workers), then fails.
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    std::fs::write(&runs, b"").unwrap();
+    let path = runs.clone();
+    let pool = Pool::builder()
+        .processes(2)
+        .try_initializer(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            f.write_all(b"x").unwrap();
+            let n = std::fs::metadata(&path).unwrap().len();
+            if n > 2 {
+                Err(format!("run {n}: out of licences"))
+            } else {
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let mut procs = Procs::of(&pool);
+    let victim = pool.worker_pids()[0];
+    common::kill(victim, SIGKILL);
+    common::wait_for("the pool to report the failed initializer", || {
+        matches!(pool.map(double, [1]), Err(Error::Initializer { .. }))
+    });
+    let err = pool.apply(double, 1).unwrap_err();
+    assert!(err.to_string().contains("out of licences"), "{err}");
+    assert!(matches!(
+        pool.map_async(double, [1]).get(),
+        Err(Error::Initializer { .. })
+    ));
+    procs.add(&pool);
+    drop(pool);
+    procs.assert_gone();
+}
+
+/// A type whose `Deserialize` always fails (its `Serialize` works).
+#[derive(Debug)]
+struct Undecodable;
+
+impl Serialize for Undecodable {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(7)
+    }
+}
+
+impl<'de> Deserialize<'de> for Undecodable {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom("Undecodable never decodes"))
+    }
+}
+
+/// A type whose `Serialize` always fails.
+#[derive(Debug)]
+struct Unencodable;
+
+impl Serialize for Unencodable {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("Unencodable never encodes"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Unencodable {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u32::deserialize(d).map(|_| Unencodable)
+    }
+}
+
+#[test]
+fn a_result_that_does_not_decode_names_the_type_and_bytes() {
+    fn make(_: u8) -> Undecodable {
+        Undecodable
+    }
+    let pool = Pool::new(1).unwrap();
+    let err = pool.map(make, [1, 2]).unwrap_err();
+    match &err {
+        Error::Decode {
+            item,
+            what,
+            type_name,
+            bytes,
+            ..
+        } => {
+            assert_eq!((*item, *what), (0, "result"));
+            assert!(type_name.ends_with("Undecodable"), "{type_name}");
+            assert!(*bytes > 0);
+        }
+        other => panic!("expected Decode, got {other:?}"),
+    }
+    assert!(err.to_string().contains("bytes"), "{err}");
+    assert_eq!(pool.apply(double, 2).unwrap(), 4);
+}
+
+#[test]
+fn an_argument_that_does_not_decode_names_the_type() {
+    fn take(_: Undecodable) -> u8 {
+        1
+    }
+    let pool = Pool::new(1).unwrap();
+    let results: Vec<_> = pool.imap(take, [Undecodable, Undecodable], 2).collect();
+    assert_eq!(results.len(), 2);
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Err(Error::Decode {
+                item,
+                what: "argument",
+                type_name,
+                reason,
+                ..
+            }) => {
+                assert_eq!(*item, i);
+                assert!(type_name.ends_with("Undecodable"), "{type_name}");
+                // postcard drops a custom error's text; the reason says so.
+                assert!(reason.contains("the type's own serde impl"), "{reason}");
+            }
+            other => panic!("expected an argument Decode error, got {other:?}"),
+        }
+    }
+    assert_eq!(pool.apply(double, 2).unwrap(), 4);
+}
+
+#[test]
+fn values_that_do_not_encode_are_errors_on_both_sides() {
+    fn give(_: u8) -> Unencodable {
+        Unencodable
+    }
+    fn take(_: Unencodable) -> u8 {
+        1
+    }
+    let pool = Pool::new(1).unwrap();
+    // A result: encoded in the worker, which survives.
+    let worker = pool.worker_pids();
+    let err = pool.apply(give, 1).unwrap_err();
+    assert!(
+        matches!(&err, Error::Encode { what: "result", type_name, reason, .. }
+            if type_name.ends_with("Unencodable") && reason.contains("the type's own serde impl")),
+        "{err:?}"
+    );
+    assert_eq!(pool.worker_pids(), worker);
+    // An argument: encoded in the parent, never sent.
+    let err = pool.map(take, [Unencodable]).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Encode {
+                what: "argument",
+                item: 0,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Pipes this process holds open for writing, as `pipe:[inode]` names.
+fn write_pipes() -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if fd <= 2 || !target.starts_with("pipe:") {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| i32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            out.push((fd, target));
+        }
+    }
+    out
+}
+
+/// Writes `bytes` to this worker's result pipe: the one pipe it holds open
+/// for writing that the parent (whose write pipes are `parents`) does not.
+fn write_to_result_pipe(bytes: &[u8], parents: &[String]) {
+    let mine: Vec<i32> = write_pipes()
+        .into_iter()
+        .filter(|(_, name)| !parents.contains(name))
+        .map(|(fd, _)| fd)
+        .collect();
+    assert_eq!(mine.len(), 1, "expected exactly one result pipe: {mine:?}");
+    // SAFETY: writing a byte slice to a descriptor we hold.
+    let n = unsafe { libc::write(mine[0], bytes.as_ptr().cast(), bytes.len()) };
+    assert_eq!(n, bytes.len() as isize);
+}
+
+fn parent_pipes() -> Vec<String> {
+    write_pipes().into_iter().map(|(_, name)| name).collect()
+}
+
+#[test]
+fn garbage_on_a_result_pipe_is_a_frame_error_and_the_worker_is_replaced() {
+    fn unknown_kind(parents: Vec<String>) {
+        let mut frame = 3u64.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[99, 0, 0]);
+        write_to_result_pipe(&frame, &parents);
+    }
+    fn absurd_length(parents: Vec<String>) {
+        write_to_result_pipe(&u64::MAX.to_le_bytes(), &parents);
+    }
+    fn wrong_task(parents: Vec<String>) {
+        // A plausible result header for a task the worker does not hold,
+        // promising a body that never comes: refused at the header.
+        let mut frame = 1000u64.to_le_bytes().to_vec();
+        frame.push(4);
+        frame.extend_from_slice(&u64::MAX.to_le_bytes());
+        write_to_result_pipe(&frame, &parents);
+    }
+    let pool = Pool::new(1).unwrap();
+    let mut procs = Procs::of(&pool);
+    for (f, expect) in [
+        (
+            unknown_kind as fn(Vec<String>),
+            "unexpected frame of kind 99 (3 bytes)",
+        ),
+        (
+            absurd_length,
+            "frame length 18446744073709551615 is out of range",
+        ),
+        (
+            wrong_task,
+            "a result for task 18446744073709551615, but task",
+        ),
+    ] {
+        let victim = pool.worker_pids()[0];
+        let err = pool.apply(f, parent_pipes()).unwrap_err();
+        match &err {
+            Error::Frame { pid, detail } => {
+                assert_eq!(*pid, victim);
+                assert!(detail.contains(expect), "{detail}");
+            }
+            other => panic!("expected Frame, got {other:?}"),
+        }
+        common::wait_for("a replacement", || {
+            let pids = pool.worker_pids();
+            pids.len() == 1 && pids[0] != victim
+        });
+        procs.add(&pool);
+        assert_eq!(pool.apply(double, 3).unwrap(), 6);
+    }
+    drop(pool);
+    procs.assert_gone();
+}
+
+#[test]
+fn a_frame_cut_short_by_a_clean_exit_names_the_byte_counts() {
+    fn cut_short(parents: Vec<String>) {
+        write_to_result_pipe(&[1, 2, 3, 4, 5], &parents); // 5 of 8 length bytes
+        // SAFETY: ends this worker process at once.
+        unsafe { libc::_exit(0) };
+    }
+    let pool = Pool::new(1).unwrap();
+    let err = pool.apply(cut_short, parent_pipes()).unwrap_err();
+    match &err {
+        Error::Frame { detail, .. } => {
+            assert!(detail.contains("after 5 of 8 bytes"), "{detail}");
+            assert!(detail.contains("exited with status 0"), "{detail}");
+        }
+        other => panic!("expected Frame, got {other:?}"),
+    }
+    assert_eq!(pool.apply(double, 3).unwrap(), 6);
+}
