@@ -409,10 +409,11 @@ impl Collector {
             Phase::Closed => !st.draining,
             Phase::Terminating | Phase::Finished => false,
         };
-        if wanted && st.broken.is_none() {
-            if let Err(e) = st.request_spawn(removed.slot) {
-                self.fail_start_or_break(st, e);
-            }
+        if wanted
+            && st.broken.is_none()
+            && let Err(e) = st.request_spawn(removed.slot)
+        {
+            self.fail_start_or_break(st, e);
         }
     }
 

@@ -217,12 +217,12 @@ where
             if let Some(item) = self.current.pop_front() {
                 return Some(item);
             }
-            if self.ordered {
-                if let Some(items) = self.waiting.remove(&self.next_yield) {
-                    self.next_yield += 1;
-                    self.current = items;
-                    continue;
-                }
+            if self.ordered
+                && let Some(items) = self.waiting.remove(&self.next_yield)
+            {
+                self.next_yield += 1;
+                self.current = items;
+                continue;
             }
             self.refill();
             if !self.current.is_empty() || self.waiting.contains_key(&self.next_yield) {

@@ -82,7 +82,7 @@ pub(crate) fn exit(code: i32) -> ! {
 /// The worker's life. Never returns.
 pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) -> ! {
     install_panic_hook();
-    let (kind, message) = match catch_unwind(AssertUnwindSafe(|| init())) {
+    let (kind, message) = match catch_unwind(AssertUnwindSafe(init)) {
         Ok(Ok(())) => (READY, None),
         Ok(Err(message)) => (INIT_FAILED, Some(message)),
         Err(payload) => (

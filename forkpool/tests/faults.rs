@@ -76,10 +76,13 @@ fn sigkill_mid_map_fails_the_held_tasks_and_the_pool_goes_on() {
     let pool = Pool::new(2).unwrap();
     let mut procs = Procs::of(&pool);
     let victim = pool.worker_pids()[0];
-    let it = pool.imap(sleep_ms, [400u64; 6], 1);
-    std::thread::sleep(Duration::from_millis(100));
-    common::kill(victim, SIGKILL);
-    let results: Vec<_> = it.collect();
+    // imap is lazy: the tasks start when iteration does.
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        common::kill(victim, SIGKILL);
+    });
+    let results: Vec<_> = pool.imap(sleep_ms, [400u64; 6], 1).collect();
+    killer.join().unwrap();
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(!failed.is_empty(), "no task failed: {results:?}");
     for e in &failed {
