@@ -1,3 +1,81 @@
-//! Benchmark `lock` (to be written).
+//! Per-operation cost of element writes: lock-free atomics against the
+//! robust process-shared lock, in one process and with two forked processes
+//! contending for the same element.
 
-fn main() {}
+mod support;
+
+use std::hint::black_box;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use forkpool_shm::{LockedArray, LockedValue, SharedArray, SharedValue};
+
+fn one_process(c: &mut Criterion) {
+    let mut g = c.benchmark_group("per_op_1proc");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+
+    let array = SharedArray::<f64>::new(&[1024]).unwrap();
+    let mut i = 0usize;
+    g.bench_function("shared_array_set (relaxed store)", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            array.set(i, black_box(1.0));
+        })
+    });
+    let value = SharedValue::new(0u64).unwrap();
+    g.bench_function("shared_value_fetch_add (lock-free)", |b| {
+        b.iter(|| value.fetch_add(black_box(1), Ordering::AcqRel))
+    });
+    let locked = LockedArray::<f64>::new(&[1024]).unwrap();
+    g.bench_function("locked_array_lock_write_unlock", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            locked.lock().unwrap()[i] = black_box(1.0);
+        })
+    });
+    let counter = LockedValue::new(0u64).unwrap();
+    g.bench_function("locked_value_lock_increment_unlock", |b| {
+        b.iter(|| *counter.lock().unwrap() += black_box(1))
+    });
+    let std_mutex = std::sync::Mutex::new(0u64);
+    g.bench_function("std_mutex_increment (one process only, reference)", |b| {
+        b.iter(|| *std_mutex.lock().unwrap() += black_box(1))
+    });
+    g.finish();
+}
+
+fn two_processes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("per_op_2proc_contended");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+
+    // Each iteration is one operation; the two processes do half each, at
+    // the same time, on the same element.
+    let value = SharedValue::new(0u64).unwrap();
+    g.bench_function("shared_value_fetch_add (lock-free)", |b| {
+        b.iter_custom(|iters| {
+            support::forked(&[0, 1], |_| {
+                for _ in 0..iters / 2 {
+                    value.fetch_add(1, Ordering::AcqRel);
+                }
+            })
+        })
+    });
+    let counter = LockedValue::new(0u64).unwrap();
+    g.bench_function("locked_value_lock_increment_unlock", |b| {
+        b.iter_custom(|iters| {
+            support::forked(&[0, 1], |_| {
+                for _ in 0..iters / 2 {
+                    *counter.lock().unwrap() += 1;
+                }
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, one_process, two_processes);
+criterion_main!(benches);

@@ -108,20 +108,24 @@ macro_rules! int_element {
         }
 
         impl sealed::Atomics for $t {
+            #[inline]
             unsafe fn atomic_load(p: *const Self, order: Ordering) -> Self {
                 // SAFETY: the caller guarantees `p` is aligned and valid and only
                 // accessed atomically with this size; the atomic type has the same
                 // size and alignment as the integer.
                 unsafe { <$atomic>::from_ptr(p.cast_mut()) }.load(order)
             }
+            #[inline]
             unsafe fn atomic_store(p: *mut Self, v: Self, order: Ordering) {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p) }.store(v, order)
             }
+            #[inline]
             unsafe fn atomic_swap(p: *mut Self, v: Self, order: Ordering) -> Self {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p) }.swap(v, order)
             }
+            #[inline]
             unsafe fn atomic_compare_exchange(
                 p: *mut Self,
                 current: Self,
@@ -132,14 +136,17 @@ macro_rules! int_element {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p) }.compare_exchange(current, new, success, failure)
             }
+            #[inline]
             unsafe fn atomic_fetch_add(p: *mut Self, v: Self, order: Ordering) -> Self {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p) }.fetch_add(v, order)
             }
+            #[inline]
             unsafe fn atomic_fetch_sub(p: *mut Self, v: Self, order: Ordering) -> Self {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p) }.fetch_sub(v, order)
             }
+            #[inline]
             unsafe fn atomic_touch(p: *mut Self) {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p) }.fetch_or(0, Ordering::Relaxed);
@@ -167,20 +174,24 @@ macro_rules! float_element {
         }
 
         impl sealed::Atomics for $t {
+            #[inline]
             unsafe fn atomic_load(p: *const Self, order: Ordering) -> Self {
                 // SAFETY: the caller guarantees `p` is aligned and valid and only
                 // accessed atomically with this size; the float and the atomic
                 // integer of its bits have the same size and alignment.
                 <$t>::from_bits(unsafe { <$atomic>::from_ptr(p.cast_mut().cast()) }.load(order))
             }
+            #[inline]
             unsafe fn atomic_store(p: *mut Self, v: Self, order: Ordering) {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p.cast()) }.store(v.to_bits(), order)
             }
+            #[inline]
             unsafe fn atomic_swap(p: *mut Self, v: Self, order: Ordering) -> Self {
                 // SAFETY: as in `atomic_load`.
                 <$t>::from_bits(unsafe { <$atomic>::from_ptr(p.cast()) }.swap(v.to_bits(), order))
             }
+            #[inline]
             unsafe fn atomic_compare_exchange(
                 p: *mut Self,
                 current: Self,
@@ -194,6 +205,7 @@ macro_rules! float_element {
                     .map(<$t>::from_bits)
                     .map_err(<$t>::from_bits)
             }
+            #[inline]
             unsafe fn atomic_fetch_add(p: *mut Self, v: Self, order: Ordering) -> Self {
                 // SAFETY: as in `atomic_load`.
                 let atomic = unsafe { <$atomic>::from_ptr(p.cast()) };
@@ -206,10 +218,12 @@ macro_rules! float_element {
                     .unwrap_or_else(|bits| bits);
                 <$t>::from_bits(old)
             }
+            #[inline]
             unsafe fn atomic_fetch_sub(p: *mut Self, v: Self, order: Ordering) -> Self {
                 // SAFETY: forwarded contract; subtraction is addition of the negation.
                 unsafe { Self::atomic_fetch_add(p, -v, order) }
             }
+            #[inline]
             unsafe fn atomic_touch(p: *mut Self) {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p.cast()) }.fetch_or(0, Ordering::Relaxed);
