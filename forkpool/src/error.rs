@@ -243,15 +243,13 @@ impl fmt::Display for ExitCause {
                 core_dumped,
             } => {
                 let name = self.signal_name().unwrap_or("an unknown signal");
-                write!(f, "was killed by {name} (signal {signal})")?;
+                write!(f, "was killed by {name} (signal {signal}")?;
+                if *signal == libc::SIGKILL {
+                    write!(f, "; also how the kernel's OOM killer ends a process")?;
+                }
+                write!(f, ")")?;
                 if *core_dumped {
                     write!(f, " and dumped core")?;
-                }
-                if *signal == libc::SIGKILL {
-                    write!(
-                        f,
-                        " (the kernel's OOM killer sends SIGKILL when memory runs out)"
-                    )?;
                 }
                 Ok(())
             }

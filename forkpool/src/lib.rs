@@ -69,3 +69,8 @@ pub use builder::PoolBuilder;
 pub use error::{Error, ExitCause, Result};
 pub use imap::IMap;
 pub use pool::Pool;
+
+/// The README's examples, compiled and run as doctests so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
