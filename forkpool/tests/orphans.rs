@@ -10,7 +10,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,10 +23,8 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0);
     g
 }
 
@@ -77,8 +74,7 @@ fn killing_the_program_ends_its_zygote_and_workers() {
         }
         ForkResult::Parent { child } => {
             drop(w);
-            // SAFETY: `r` is ours; the File takes it over.
-            let file = unsafe { std::fs::File::from_raw_fd(r.into_raw_fd()) };
+            let file = std::fs::File::from(r);
             let mut line = String::new();
             BufReader::new(file).read_line(&mut line).unwrap();
             let pids: Vec<i32> = line
