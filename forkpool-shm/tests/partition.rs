@@ -114,30 +114,3 @@ fn a_claim_left_by_a_killed_process_is_cleared() {
         .expect("the dead process's claim is stale");
     assert_eq!(rows.as_slice(), [1; 8]);
 }
-
-#[test]
-fn a_claim_inherited_through_fork_cannot_be_used_by_the_child() {
-    let array = PartitionedArray::<u8>::new(&[4, 4]).unwrap();
-    let rows = array.claim_rows(0..2).unwrap();
-    let rows_ref = &rows;
-    let child = spawn(move || {
-        let _ = rows_ref.as_slice();
-        Ok(())
-    });
-    match child.outcome() {
-        Outcome::Exited(2, message) => {
-            assert!(
-                message.contains("claimed by the parent before fork"),
-                "{message}"
-            )
-        }
-        other => panic!("expected a panic in the child, got {other:?}"),
-    }
-    // The child's exit did not release the parent's claim.
-    assert!(matches!(
-        array.claim_rows(1..2),
-        Err(ShmError::RowsBusy { .. })
-    ));
-    drop(rows);
-    assert!(array.claim_rows(1..2).is_ok());
-}
