@@ -174,11 +174,12 @@ fn one_gib_shared_by_the_parent_and_two_workers_adds_under_5_percent_to_summed_p
     let added = with.total().pss as f64 - before.total().pss as f64;
     let ratio = added / GIB as f64;
     println!(
-        "summed PSS: {} before, {} with; the 1 GiB array adds {} ({:.4}x its size, {:+.2}%); \
-         summed RSS {}",
+        "summed PSS: {} before, {} with; the 1 GiB array adds {} ({} bytes, {:.4}x its size, \
+         {:+.2}%); summed RSS {}",
         ByteSize(before.total().pss),
         ByteSize(with.total().pss),
         ByteSize(added.max(0.0) as u64),
+        added as i64,
         ratio,
         (ratio - 1.0) * 100.0,
         ByteSize(with.total().rss),
