@@ -419,7 +419,7 @@ unsafe impl<T: Element> Sync for ArrayGuard<'_, T> {}
 impl<T: Element> ArrayGuard<'_, T> {
     fn check_owner(&self) {
         assert!(
-            process::generation() == self.generation,
+            process::current_generation() == self.generation,
             "this lock guard was inherited through fork; the child does not hold the lock"
         );
     }
@@ -588,7 +588,7 @@ impl<T: Element> fmt::Debug for ArrayGuard<'_, T> {
 
 impl<T: Element> Drop for ArrayGuard<'_, T> {
     fn drop(&mut self) {
-        if process::generation() != self.generation {
+        if process::current_generation() != self.generation {
             return; // inherited through fork: the child does not hold the lock
         }
         if std::thread::panicking() {

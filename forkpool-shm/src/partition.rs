@@ -478,7 +478,7 @@ struct Claim<'a, T: Element> {
 impl<T: Element> Claim<'_, T> {
     fn check_owner(&self) {
         assert!(
-            process::generation() == self.generation,
+            process::current_generation() == self.generation,
             "rows {:?} were claimed by the parent before fork; a child must claim its own rows",
             self.rows
         );
@@ -525,7 +525,7 @@ impl<T: Element> Claim<'_, T> {
 impl<T: Element> Drop for Claim<'_, T> {
     fn drop(&mut self) {
         let Some(i) = self.slot else { return };
-        if process::generation() != self.generation {
+        if process::current_generation() != self.generation {
             return; // a copy inherited through fork: the claim is the parent's
         }
         let slot = &self.array.region().header().claims[i];

@@ -49,6 +49,13 @@ pub(crate) fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
 }
 
+/// The fork generation, without registering the handler: for checks of
+/// guards, whose constructor called [`generation`].
+#[inline]
+pub(crate) fn current_generation() -> u64 {
+    GENERATION.load(Ordering::Relaxed)
+}
+
 /// This process's pid and start time.
 pub(crate) fn identity() -> (i32, u64) {
     let generation = generation();

@@ -160,6 +160,7 @@ impl Region {
         Ok(region)
     }
 
+    #[inline]
     pub(crate) fn header(&self) -> &Header {
         // SAFETY: `header` points to an initialised header inside a mapping
         // that lives as long as `self`. Every field that changes after
@@ -167,10 +168,12 @@ impl Region {
         unsafe { self.header.as_ref() }
     }
 
+    #[inline]
     pub(crate) fn data(&self) -> NonNull<u8> {
         self.data
     }
 
+    #[inline]
     pub(crate) fn layout(&self) -> &Layout {
         &self.layout
     }

@@ -191,3 +191,19 @@ fn a_file_larger_than_the_disk_is_refused_and_removed() {
     assert!(err.to_string().contains("1.0 PiB"), "{err}");
     assert!(!path.exists(), "no half-made file is left behind");
 }
+
+#[test]
+fn empty_raw_files_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.f64");
+    // SAFETY: a fresh file in a private directory, used only here.
+    let array = unsafe { SharedArray::<f64>::create_file(&path, &[0, 5]) }.unwrap();
+    assert!(array.is_empty());
+    assert_eq!(array.to_vec(), Vec::<f64>::new());
+    array.flush().unwrap();
+    drop(array);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    // SAFETY: as above.
+    let again = unsafe { SharedArray::<f64>::open_file(&path, &[0, 5]) }.unwrap();
+    assert_eq!(again.shape(), &[0, 5]);
+}
