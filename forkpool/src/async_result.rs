@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::frame::RESULT_HEADER;
+use crate::mailbox::{Empty, Mailbox};
 use crate::scheduler::Completion;
 use crate::task::decode_outcomes;
 
@@ -151,7 +151,7 @@ pub struct AsyncResult<O> {
 
 enum Inner<O> {
     Waiting {
-        rx: Receiver<Completion>,
+        rx: Mailbox,
         /// Completions not yet received.
         pending: usize,
         sink: Box<dyn Sink<O>>,
@@ -162,7 +162,7 @@ enum Inner<O> {
 }
 
 impl<O> AsyncResult<O> {
-    pub(crate) fn new(rx: Receiver<Completion>, pending: usize, sink: Box<dyn Sink<O>>) -> Self {
+    pub(crate) fn new(rx: Mailbox, pending: usize, sink: Box<dyn Sink<O>>) -> Self {
         AsyncResult {
             state: Inner::Waiting { rx, pending, sink },
         }
@@ -208,13 +208,13 @@ impl<O> AsyncResult<O> {
     fn wait_until(&mut self, deadline: Option<(Instant, Duration)>) -> Result<O> {
         if let Inner::Waiting { rx, pending, sink } = &mut self.state {
             while *pending > 0 {
-                let next = match deadline {
-                    Some((d, waited)) => match rx.recv_deadline(d) {
-                        Ok(c) => Ok(c),
-                        Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout { waited }),
-                        Err(RecvTimeoutError::Disconnected) => Err(()),
-                    },
-                    None => rx.recv().map_err(|_| ()),
+                let next = match rx.recv(deadline.map(|(d, _)| d)) {
+                    Ok(c) => Ok(c),
+                    Err(Empty::Timeout) => {
+                        let waited = deadline.map(|(_, w)| w).unwrap_or_default();
+                        return Err(Error::Timeout { waited });
+                    }
+                    Err(Empty::Disconnected) => Err(()),
                 };
                 match next {
                     Ok(c) => {

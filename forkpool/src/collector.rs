@@ -24,7 +24,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::control::{self, Event, Received};
 use crate::error::{Error, ExitCause};
@@ -50,6 +50,40 @@ impl Shared {
     /// Wakes the collector so it looks at the state again.
     pub(crate) fn wake(&self) {
         let _ = nix::unistd::write(self.wake.as_fd(), &1u64.to_ne_bytes());
+    }
+
+    /// Locks the state. Completions produced under the lock are posted
+    /// when it is released.
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        Locked(Some(self.state.lock()))
+    }
+}
+
+/// The locked state; posts pending completions on unlock.
+pub(crate) struct Locked<'a>(Option<MutexGuard<'a, State>>);
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.0.as_ref().expect("locked until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.as_mut().expect("locked until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.0.take() {
+            let done = std::mem::take(&mut guard.done);
+            drop(guard);
+            for d in done {
+                d.post();
+            }
+        }
     }
 }
 
@@ -93,7 +127,7 @@ pub(crate) fn run(shared: Arc<Shared>, startup: Sender<Result<(), Error>>) {
 impl Collector {
     fn main_loop(&mut self) {
         {
-            let mut st = self.shared.state.lock();
+            let mut st = self.shared.lock();
             for slot in 0..st.processes as u32 {
                 if let Err(e) = st.request_spawn(slot) {
                     drop(st);
@@ -107,7 +141,7 @@ impl Collector {
             entries.clear();
             flags.clear();
             let timeout = {
-                let st = self.shared.state.lock();
+                let st = self.shared.lock();
                 if st.phase == Phase::Finished {
                     return;
                 }
@@ -159,7 +193,7 @@ impl Collector {
 
     fn handle(&mut self, ready: &[(Source, PollFlags)]) {
         let shared = self.shared.clone();
-        let mut st = shared.state.lock();
+        let mut st = shared.lock();
         for &(source, _) in ready {
             match source {
                 Source::Wake => {
@@ -287,8 +321,8 @@ impl Collector {
             let fill = worker.reader.fill(fd.as_fd());
             let mut more = true;
             match fill {
-                Ok(Fill::Data) => {}
-                Ok(Fill::WouldBlock) => more = false,
+                Ok(Fill::More) => {}
+                Ok(Fill::Drained | Fill::WouldBlock) => more = false,
                 Ok(Fill::Eof) => {
                     worker.eof = true;
                     more = false;
@@ -483,7 +517,7 @@ impl Collector {
     /// the zygote (and so its workers), reaps it.
     fn give_up(&mut self, err: Error) {
         let shared = self.shared.clone();
-        let mut st = shared.state.lock();
+        let mut st = shared.lock();
         if let Some(tx) = self.startup.take() {
             let _ = tx.send(Err(err.clone()));
         }

@@ -110,8 +110,10 @@ pub(crate) enum FrameError {
 /// What one [`FrameReader::fill`] call saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fill {
-    /// Some bytes arrived.
-    Data,
+    /// Bytes arrived and filled the buffer: more may be waiting.
+    More,
+    /// Bytes arrived, fewer than there was room for: the pipe is drained.
+    Drained,
     /// Nothing to read now (non-blocking descriptor).
     WouldBlock,
     /// The writer closed the pipe.
@@ -174,10 +176,12 @@ impl FrameReader {
                 &mut self.buf
             }
         };
+        let room = target.spare_capacity_mut().len().min(limit);
         let n = read_spare(fd, target, limit).map_err(FillError::Io)?;
         Ok(match n {
             Some(0) => Fill::Eof,
-            Some(_) => Fill::Data,
+            Some(n) if n == room => Fill::More,
+            Some(_) => Fill::Drained,
             None => Fill::WouldBlock,
         })
     }
@@ -376,7 +380,7 @@ mod tests {
                 out.push(body);
             }
             match reader.fill(r.as_fd()) {
-                Ok(Fill::Data) => {}
+                Ok(Fill::More | Fill::Drained) => {}
                 Ok(Fill::WouldBlock) => unreachable!("the writer closed first"),
                 Ok(Fill::Eof) => return (out, reader.partial()),
                 Err(e) => panic!("{e:?}"),

@@ -11,12 +11,12 @@ use std::iter::Fuse;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::frame::RESULT_HEADER;
+use crate::mailbox::{Mailbox, Postman, mailbox};
 use crate::pool::Pool;
 use crate::scheduler::{Completion, Task, TaskMeta};
 use crate::task::{decode_outcomes, encode_task};
@@ -52,8 +52,8 @@ pub struct IMap<'p, T, R, I: Iterator<Item = T>> {
     input: Fuse<I>,
     chunksize: usize,
     ordered: bool,
-    tx: Sender<Completion>,
-    rx: Receiver<Completion>,
+    tx: Postman,
+    rx: Mailbox,
     cancel: Arc<AtomicBool>,
     /// Index of the next task to submit, and of its first item.
     next_chunk: usize,
@@ -81,7 +81,7 @@ where
         chunksize: usize,
         ordered: bool,
     ) -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = mailbox();
         IMap {
             pool,
             f,
@@ -132,17 +132,18 @@ where
                 Ok(frame) => {
                     self.outstanding += 1;
                     self.outstanding_bytes += frame.len();
-                    batch.push(Task {
-                        meta: TaskMeta {
-                            chunk,
-                            first,
-                            items: count,
-                            bytes: frame.len(),
-                            sink: self.tx.clone(),
-                            cancel: Some(self.cancel.clone()),
-                        },
+                    let meta = TaskMeta {
+                        chunk,
+                        first,
+                        items: count,
+                        bytes: frame.len(),
+                    };
+                    batch.push(Task::new(
                         frame,
-                    });
+                        meta,
+                        self.tx.clone(),
+                        Some(self.cancel.clone()),
+                    ));
                 }
                 // Not sent: the task fails here, in its place.
                 Err(e) => self.finished(
@@ -156,7 +157,10 @@ where
         }
         let sent: Vec<(usize, usize, usize, usize)> = batch
             .iter()
-            .map(|t| (t.meta.chunk, t.meta.first, t.meta.items, t.meta.bytes))
+            .map(|t| {
+                let m = t.meta();
+                (m.chunk, m.first, m.items, m.bytes)
+            })
             .collect();
         if let Err(e) = self.pool.submit(batch) {
             // The pool takes nothing more: each item of these tasks gets the
@@ -231,7 +235,7 @@ where
             if self.outstanding == 0 {
                 return None;
             }
-            match self.rx.recv() {
+            match self.rx.recv(None) {
                 Ok(c) => self.accept(c),
                 // Unreachable while `self.tx` lives; kept for clarity.
                 Err(_) => return Some(Err(Error::Terminated)),

@@ -58,6 +58,7 @@ mod error;
 mod fds;
 mod frame;
 mod imap;
+mod mailbox;
 mod pool;
 mod scheduler;
 mod task;

@@ -12,6 +12,7 @@ use crate::builder::PoolBuilder;
 use crate::collector::Shared;
 use crate::error::{Error, Result};
 use crate::imap::IMap;
+use crate::mailbox::{Mailbox, mailbox};
 use crate::scheduler::{Phase, Task, TaskMeta};
 use crate::task::encode_task;
 
@@ -65,7 +66,7 @@ pub struct Pool {
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let st = self.shared.state.lock();
+        let st = self.shared.lock();
         f.debug_struct("Pool")
             .field("processes", &self.processes)
             .field("zygote", &self.shared.zygote.as_raw())
@@ -123,7 +124,7 @@ impl Pool {
 
     /// Pids of the workers alive now (replacements appear under new pids).
     pub fn worker_pids(&self) -> Vec<i32> {
-        self.shared.state.lock().pids()
+        self.shared.lock().pids()
     }
 
     /// Pid of the zygote, the process that forks the workers.
@@ -133,8 +134,8 @@ impl Pool {
 
     /// Hands tasks to the scheduler.
     pub(crate) fn submit(&self, tasks: Vec<Task>) -> Result<()> {
-        let wake = self.shared.state.lock().submit(tasks)?;
-        if wake {
+        let full = self.shared.lock().submit(tasks)?;
+        if full {
             self.shared.wake();
         }
         Ok(())
@@ -239,17 +240,12 @@ impl Pool {
     }
 
     /// Encodes `items` in chunks and submits them in batches.
-    fn submit_chunks<T, R>(
-        &self,
-        f: fn(T) -> R,
-        items: Vec<T>,
-        chunksize: usize,
-    ) -> Result<crossbeam_channel::Receiver<crate::scheduler::Completion>>
+    fn submit_chunks<T, R>(&self, f: fn(T) -> R, items: Vec<T>, chunksize: usize) -> Result<Mailbox>
     where
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = mailbox();
         let total = items.len();
         let mut items = items.into_iter();
         let mut batch = Vec::new();
@@ -259,17 +255,13 @@ impl Pool {
             let count = chunksize.min(total - first);
             let frame = encode_task(f, items.by_ref().take(count), first)?;
             batch_bytes += frame.len();
-            batch.push(Task {
-                meta: TaskMeta {
-                    chunk,
-                    first,
-                    items: count,
-                    bytes: frame.len(),
-                    sink: tx.clone(),
-                    cancel: None,
-                },
-                frame,
-            });
+            let meta = TaskMeta {
+                chunk,
+                first,
+                items: count,
+                bytes: frame.len(),
+            };
+            batch.push(Task::new(frame, meta, tx.clone(), None));
             if batch.len() >= BATCH_TASKS || batch_bytes >= BATCH_BYTES {
                 self.submit(std::mem::take(&mut batch))?;
                 batch_bytes = 0;
@@ -377,18 +369,14 @@ impl Pool {
     {
         let sink = Box::new(ApplySink::<R>::new(std::any::type_name::<T>()));
         let submitted = encode_task(f, std::iter::once(arg), 0).and_then(|frame| {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            let task = Task {
-                meta: TaskMeta {
-                    chunk: 0,
-                    first: 0,
-                    items: 1,
-                    bytes: frame.len(),
-                    sink: tx,
-                    cancel: None,
-                },
-                frame,
+            let (tx, rx) = mailbox();
+            let meta = TaskMeta {
+                chunk: 0,
+                first: 0,
+                items: 1,
+                bytes: frame.len(),
             };
+            let task = Task::new(frame, meta, tx, None);
             self.submit(vec![task]).map(|()| rx)
         });
         match submitted {
@@ -400,7 +388,7 @@ impl Pool {
     /// Takes no new work; what was submitted still runs. Follow with
     /// [`join`](Self::join) to wait for the workers to finish and exit.
     pub fn close(&self) {
-        let mut st = self.shared.state.lock();
+        let mut st = self.shared.lock();
         if matches!(st.phase, Phase::Starting | Phase::Running) {
             st.phase = Phase::Closed;
         }
@@ -427,10 +415,7 @@ impl Pool {
     /// # Ok(()) }
     /// ```
     pub fn join(&self) -> Result<()> {
-        if matches!(
-            self.shared.state.lock().phase,
-            Phase::Starting | Phase::Running
-        ) {
+        if matches!(self.shared.lock().phase, Phase::Starting | Phase::Running) {
             return Err(Error::StillRunning);
         }
         self.wait_collector();
@@ -442,7 +427,7 @@ impl Pool {
     /// process is reaped.
     pub fn terminate(&self) {
         {
-            let mut st = self.shared.state.lock();
+            let mut st = self.shared.lock();
             if st.phase != Phase::Finished {
                 st.phase = Phase::Terminating;
                 st.fail_all(&Error::Terminated);

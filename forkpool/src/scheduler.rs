@@ -20,12 +20,11 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::Sender;
-
 use crate::control::{self, Request};
 use crate::error::Error;
 use crate::fds::PoolFd;
 use crate::frame::{self, FrameReader, OutQueue};
+use crate::mailbox::Postman;
 
 /// How much work (by the workers' own timing) to keep queued at a worker.
 const TARGET_QUEUED_NS: f64 = 1_000_000.0;
@@ -44,7 +43,7 @@ pub(crate) struct Completion {
 }
 
 /// What the submitter needs back with a task's completion.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct TaskMeta {
     /// Index of the task in its job.
     pub(crate) chunk: usize,
@@ -54,39 +53,72 @@ pub(crate) struct TaskMeta {
     pub(crate) items: usize,
     /// Size of the encoded task.
     pub(crate) bytes: usize,
-    /// Where the completion goes.
-    pub(crate) sink: Sender<Completion>,
-    /// Set when the submitter no longer wants queued tasks run (imap
-    /// dropped early).
-    pub(crate) cancel: Option<Arc<AtomicBool>>,
 }
 
-impl TaskMeta {
-    pub(crate) fn complete(self, pid: i32, outcome: Result<Vec<u8>, Error>) {
-        let sink = self.sink.clone();
-        // A submitter that went away no longer wants this: not an error.
-        let _ = sink.send(Completion {
-            meta: self,
+/// A task's way home: its description and its job's mailbox.
+pub(crate) struct Reply {
+    meta: TaskMeta,
+    sink: Postman,
+}
+
+/// A completion to post once the state lock is released (posting wakes the
+/// submitter, which would then wait for the lock we hold).
+pub(crate) struct Delivery {
+    reply: Reply,
+    pid: i32,
+    outcome: Result<Vec<u8>, Error>,
+}
+
+impl Delivery {
+    /// The task failed as a whole: `err`, for the task's first item.
+    fn failed(reply: Reply, pid: i32, err: &Error) -> Self {
+        let outcome = Err(err.for_item(reply.meta.first));
+        Delivery {
+            reply,
             pid,
             outcome,
-        });
+        }
     }
 
-    fn fail(self, pid: i32, e: &Error) {
-        let e = e.for_item(self.first);
-        self.complete(pid, Err(e));
+    pub(crate) fn post(self) {
+        self.reply.sink.send(Completion {
+            meta: self.reply.meta,
+            pid: self.pid,
+            outcome: self.outcome,
+        });
     }
 }
 
 /// An encoded task waiting for a worker.
 pub(crate) struct Task {
-    pub(crate) frame: Vec<u8>,
-    pub(crate) meta: TaskMeta,
+    frame: Vec<u8>,
+    reply: Reply,
+    /// Set when the submitter no longer wants it run (imap dropped early).
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Task {
+    pub(crate) fn new(
+        frame: Vec<u8>,
+        meta: TaskMeta,
+        sink: Postman,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Self {
+        Task {
+            frame,
+            reply: Reply { meta, sink },
+            cancel,
+        }
+    }
+
+    pub(crate) fn meta(&self) -> TaskMeta {
+        self.reply.meta
+    }
 }
 
 struct InFlight {
     id: u64,
-    meta: TaskMeta,
+    reply: Reply,
 }
 
 /// Where the pool is in its life.
@@ -154,8 +186,9 @@ impl Worker {
         !self.in_flight.is_empty()
     }
 
-    /// Writes what its pipe takes. A broken pipe means it is dying: its
-    /// tasks fail when the zygote reports the exit.
+    /// Writes what its pipe takes without blocking; `true` when nothing is
+    /// left. A broken pipe means it is dying: its frames are dropped, and
+    /// its tasks fail when the zygote reports the exit.
     pub(crate) fn flush(&mut self) -> bool {
         let Some(fd) = &self.task_fd else {
             return true;
@@ -194,6 +227,8 @@ pub(crate) struct State {
     pub(crate) ctrl_shut: bool,
     /// `close()` was called and the queue ran dry: task pipes were closed.
     pub(crate) draining: bool,
+    /// Completions to post when the lock is released.
+    pub(crate) done: Vec<Delivery>,
     next_id: u64,
 }
 
@@ -209,6 +244,7 @@ impl State {
             max_tasks_per_child,
             ctrl_shut: false,
             draining: false,
+            done: Vec::new(),
             next_id: 0,
         }
     }
@@ -225,8 +261,8 @@ impl State {
         }
     }
 
-    /// Queues tasks and hands out what it can. Returns whether the
-    /// collector must be woken (a pipe is full).
+    /// Queues tasks and hands out what it can. Returns whether a pipe is
+    /// full, so the collector must watch it.
     pub(crate) fn submit(&mut self, tasks: impl IntoIterator<Item = Task>) -> Result<bool, Error> {
         self.accepting()?;
         for mut task in tasks {
@@ -237,12 +273,13 @@ impl State {
         Ok(self.dispatch())
     }
 
-    /// Gives queued tasks to workers with room, and writes them. Returns
-    /// whether output is left for the collector to flush.
+    /// Gives queued tasks to workers with room, and writes them (under the
+    /// lock: measured on one core, writing after releasing it made `apply`
+    /// slower, 14.2 against 11.9 µs). Returns whether output is left for the
+    /// collector to flush when the pipe has room.
     pub(crate) fn dispatch(&mut self) -> bool {
         while let Some(task) = self.queue.front() {
             if task
-                .meta
                 .cancel
                 .as_ref()
                 .is_some_and(|c| c.load(Ordering::Relaxed))
@@ -259,7 +296,7 @@ impl State {
             worker.out.push(std::mem::take(&mut task.frame));
             worker.in_flight.push_back(InFlight {
                 id,
-                meta: task.meta,
+                reply: task.reply,
             });
             worker.sent += 1;
         }
@@ -315,7 +352,11 @@ impl State {
         }
         worker.record_busy(busy);
         let pid = worker.pid;
-        front.meta.complete(pid, Ok(body));
+        self.done.push(Delivery {
+            reply: front.reply,
+            pid,
+            outcome: Ok(body),
+        });
         self.retire_if_spent(w);
         Ok(())
     }
@@ -369,7 +410,7 @@ impl State {
     pub(crate) fn remove_worker(&mut self, w: usize, err: &Error) -> Worker {
         let mut worker = self.workers.remove(w);
         for f in worker.in_flight.drain(..) {
-            f.meta.fail(worker.pid, err);
+            self.done.push(Delivery::failed(f.reply, worker.pid, err));
         }
         worker
     }
@@ -377,7 +418,7 @@ impl State {
     /// Fails every queued task with `err`.
     pub(crate) fn fail_queue(&mut self, err: &Error) {
         for task in self.queue.drain(..) {
-            task.meta.fail(0, err);
+            self.done.push(Delivery::failed(task.reply, 0, err));
         }
     }
 
@@ -386,7 +427,7 @@ impl State {
         self.fail_queue(err);
         for worker in &mut self.workers {
             for f in worker.in_flight.drain(..) {
-                f.meta.fail(worker.pid, err);
+                self.done.push(Delivery::failed(f.reply, worker.pid, err));
             }
             worker.out = OutQueue::default();
         }

@@ -136,7 +136,7 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) ->
         // No complete task is buffered: hand the results over before waiting.
         flush(&mut out, &mut oldest);
         match reader.fill(task_r.as_fd()) {
-            Ok(Fill::Data) => {}
+            Ok(Fill::More | Fill::Drained) => {}
             Ok(Fill::Eof) if reader.partial().is_some() => exit(EXIT_BAD_FRAME),
             Ok(Fill::Eof) => exit(0),
             Ok(Fill::WouldBlock) | Err(_) => exit(EXIT_BAD_FRAME),
