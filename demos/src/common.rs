@@ -1,0 +1,121 @@
+//! What every demo prints: a heading, timed phases with their sizes and
+//! rates, facts, progress bars, and the per-process memory table.
+//!
+//! Output format (the tests in `demos/tests/` read it):
+//!
+//! ```text
+//! == pid-fill: Array(lock=False) shared by forked workers
+//!    array                        2000 x 32000 f64 = 488.3 MiB
+//!    create                       0.061 s   8.0 GiB/s
+//!    ...
+//! memory while the workers hold the array:
+//!      pid  role      RSS  PSS  shared  private
+//!    ...
+//! verified: no 42 left, 64000000 items counted, 2 workers did work
+//! ```
+
+use std::fmt::Display;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use forkpool::Pool;
+use forkpool_shm::{ByteSize, MemoryReport, Pid};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The value the notes fill arrays with before the workers run.
+pub(crate) const DEFAULT_VALUE: f64 = 42.0;
+
+/// Prints a demo's heading.
+pub(crate) fn heading(name: &str, what: &str) {
+    println!("== {name}: {what}");
+}
+
+/// Prints one aligned `label value` line.
+pub(crate) fn fact(label: &str, value: impl Display) {
+    println!("   {label:<28} {value}");
+}
+
+/// Human-readable bytes (binary units).
+pub(crate) fn bytes(n: u64) -> ByteSize {
+    ByteSize(n)
+}
+
+/// A rate in bytes per second, human-readable.
+pub(crate) fn rate(n: u64, took: Duration) -> String {
+    let secs = took.as_secs_f64().max(1e-9);
+    format!("{}/s", ByteSize((n as f64 / secs) as u64))
+}
+
+/// Runs `f` as a phase called `label`, prints its time (and its rate if it
+/// moves `moved` bytes), and returns its value and duration.
+pub(crate) fn phase<T>(label: &str, moved: Option<u64>, f: impl FnOnce() -> T) -> (T, Duration) {
+    let t0 = Instant::now();
+    let value = f();
+    let took = t0.elapsed();
+    match moved {
+        Some(n) => fact(
+            label,
+            format!("{:.3} s   {}", took.as_secs_f64(), rate(n, took)),
+        ),
+        None => fact(label, format!("{:.3} s", took.as_secs_f64())),
+    }
+    (value, took)
+}
+
+/// The size of a `rows x cols` array of `elem`-byte elements, refusing
+/// sizes that overflow.
+pub(crate) fn array_bytes(rows: usize, cols: usize, elem: usize) -> anyhow::Result<u64> {
+    rows.checked_mul(cols)
+        .and_then(|n| n.checked_mul(elem))
+        .map(|n| n as u64)
+        .with_context(|| {
+            format!("an array of {rows} x {cols} elements of {elem} bytes is too large")
+        })
+}
+
+/// A progress bar of `len` steps on stderr; hidden when stderr is not a
+/// terminal, so logs and tests see only the results.
+pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "   {msg:<28} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Reads and prints the memory table of this process, the pool's zygote and
+/// workers, and `extra` processes, under `title`. Take it while the workers
+/// still hold the array.
+pub(crate) fn memory_table(
+    title: &str,
+    pool: Option<&Pool>,
+    extra: &[(i32, &str)],
+) -> anyhow::Result<MemoryReport> {
+    let mut report = MemoryReport::new();
+    report.add(Pid::this(), "parent")?;
+    if let Some(pool) = pool {
+        report.add(Pid::from_raw(pool.zygote_pid()), "zygote")?;
+        for (i, pid) in pool.worker_pids().into_iter().enumerate() {
+            report.add(Pid::from_raw(pid), format!("worker {}", i + 1))?;
+        }
+    }
+    for &(pid, role) in extra {
+        report.add(Pid::from_raw(pid), role)?;
+    }
+    println!("{title}:");
+    for line in report.to_string().lines() {
+        println!("   {line}");
+    }
+    Ok(report)
+}
+
+/// Prints the verdict line; the demo's checks have passed when it is
+/// called.
+pub(crate) fn verified(what: impl Display) {
+    println!("verified: {what}");
+}

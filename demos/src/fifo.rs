@@ -1,0 +1,22 @@
+//! 10. Named pipes: array blocks through a FIFO and an anonymous pipe.
+//!
+//! (Being written: this demo reports an error until it is.)
+
+/// Options of the demo.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Rows of the array.
+    #[arg(long, default_value_t = 1000)]
+    rows: usize,
+    /// Columns of the array.
+    #[arg(long, default_value_t = 1000)]
+    cols: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    processes: usize,
+}
+
+/// Runs the demo.
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    anyhow::bail!("this demo is not written yet ({args:?})")
+}

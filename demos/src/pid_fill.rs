@@ -1,0 +1,187 @@
+//! 6. `multiprocessing.Array(lock=False)` + `np.frombuffer().reshape()`:
+//! the book example of the notes.
+//!
+//! A 2-D array of doubles in shared memory is filled with 42 by the parent;
+//! a pool of forked workers maps over the row indices; each worker checks
+//! its row still holds 42 (so no other process wrote it) and overwrites it
+//! with its pid. The parent then counts every value: no 42 may remain,
+//! every item must be counted, and every worker must have done some rows.
+//! The memory table, taken while the workers still map the array, shows
+//! one copy summed over all processes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use anyhow::{Context, ensure};
+use forkpool::Pool;
+use forkpool_shm::SharedArray;
+
+use crate::common::{self, DEFAULT_VALUE, bytes, fact, phase};
+
+/// Options of the `pid-fill` demo.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Rows of the array (the notes: 10000).
+    #[arg(long, default_value_t = 2000)]
+    rows: usize,
+    /// Columns of the array (the notes: 320000, 25.6 GB in all).
+    #[arg(long, default_value_t = 32_000)]
+    cols: usize,
+    /// Worker processes (the notes: 4).
+    #[arg(long, default_value_t = 4)]
+    processes: usize,
+    /// Keep the array in this file instead of anonymous shared memory (for
+    /// arrays larger than the memory available).
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+// BEGIN ANCHOR: worker
+/// The shared array, set before the pool forks: every worker inherits it.
+static ARRAY: OnceLock<SharedArray<f64>> = OnceLock::new();
+
+/// The notes' `worker_fn`: checks that row `idx` still holds the default
+/// value, then overwrites it with this worker's pid.
+fn worker_fn(idx: usize) -> (i32, bool) {
+    let array = ARRAY.get().expect("the array is set before the pool forks");
+    let pid = std::process::id();
+    let untouched = array.iter_rows(idx..idx + 1).all(|v| v == DEFAULT_VALUE);
+    array.fill_row(idx, f64::from(pid));
+    (pid as i32, untouched)
+}
+// END ANCHOR: worker
+
+/// Runs the demo.
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let (rows, cols, processes) = (args.rows, args.cols, args.processes);
+    ensure!(
+        cols > 0 && processes > 0 && rows >= processes,
+        "need --cols >= 1, --processes >= 1 and at least one row per process (--rows {rows})"
+    );
+    let size = common::array_bytes(rows, cols, 8)?;
+    common::heading(
+        "pid-fill",
+        "Array(lock=False) shared by forked workers, each row set to a pid",
+    );
+    fact("array", format!("{rows} x {cols} f64 = {}", bytes(size)));
+    fact("processes", processes);
+
+    // BEGIN ANCHOR: create
+    let (array, _) = phase("create", Some(size), || match &args.file {
+        // SAFETY: the file is created here, and only this program and the
+        // processes it forks map it while the demo runs.
+        Some(path) => unsafe { SharedArray::<f64>::create_file(path, &[rows, cols]) },
+        None => SharedArray::<f64>::new(&[rows, cols]),
+    });
+    let array = array.context("creating the shared array")?;
+    phase("fill with 42", Some(size), || array.fill(DEFAULT_VALUE));
+    ARRAY
+        .set(array.clone())
+        .map_err(|_| anyhow::anyhow!("pid-fill runs once per process"))?;
+    let (pool, _) = phase("start the pool", None, || Pool::new(processes));
+    let pool = pool?;
+    // END ANCHOR: create
+
+    // BEGIN ANCHOR: map
+    let bar = common::progress(rows as u64, "workers write their pid");
+    let chunksize = (rows / (processes * 16)).max(1);
+    let (outcomes, took) = phase("workers write their pids", Some(size), || {
+        let mut out = Vec::with_capacity(rows);
+        for r in pool.imap_unordered(worker_fn, 0..rows, chunksize) {
+            out.push(r);
+            bar.inc(1);
+        }
+        out
+    });
+    bar.finish_and_clear();
+    // END ANCHOR: map
+    let mut rows_by_pid: BTreeMap<i32, usize> = BTreeMap::new();
+    for outcome in outcomes {
+        let (pid, untouched) = outcome.context("a worker failed")?;
+        ensure!(
+            untouched,
+            "worker {pid} found a row already written: two processes wrote one row"
+        );
+        *rows_by_pid.entry(pid).or_default() += 1;
+    }
+    fact(
+        "rows per second",
+        format!("{:.0}", rows as f64 / took.as_secs_f64()),
+    );
+
+    let report = common::memory_table("memory while the workers hold the array", Some(&pool), &[])?;
+    let total = report.total();
+    let in_memory = total.pss_shmem + total.pss_file;
+    fact(
+        "array pages, summed PSS",
+        format!(
+            "{} = {:.3}x the array",
+            bytes(in_memory),
+            in_memory as f64 / size as f64
+        ),
+    );
+
+    // BEGIN ANCHOR: verify
+    let (counts, _) = phase("verify: count every value", Some(size), || {
+        let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut last = f64::NAN;
+        let mut run = 0u64;
+        for v in array.iter() {
+            if v.to_bits() == last.to_bits() {
+                run += 1;
+            } else {
+                if run > 0 {
+                    *counts.entry(last.to_bits()).or_default() += run;
+                }
+                last = v;
+                run = 1;
+            }
+        }
+        if run > 0 {
+            *counts.entry(last.to_bits()).or_default() += run;
+        }
+        counts
+    });
+    println!("   {:>10}  {:>14}", "PID", "Count");
+    for (value, count) in &counts {
+        println!("   {:>10}  {:>14}", f64::from_bits(*value), count);
+    }
+    let counted: u64 = counts.values().sum();
+    ensure!(
+        !counts.contains_key(&DEFAULT_VALUE.to_bits()),
+        "{} items still hold the default 42",
+        counts[&DEFAULT_VALUE.to_bits()]
+    );
+    ensure!(
+        counted == (rows * cols) as u64,
+        "counted {counted} items of {}",
+        rows * cols
+    );
+    let pids: Vec<f64> = rows_by_pid.keys().map(|&p| f64::from(p)).collect();
+    ensure!(
+        counts.keys().all(|v| pids.contains(&f64::from_bits(*v))),
+        "the array holds values that are not the workers' pids"
+    );
+    ensure!(
+        counts.len() == processes,
+        "{} workers did work, expected all {processes}",
+        counts.len()
+    );
+    // One copy, not one per process: the array's pages, summed over all
+    // processes by PSS, come to one array (and a little slack).
+    ensure!(
+        in_memory <= size + size / 20 + (16 << 20),
+        "the array's pages sum to {} over the processes, more than one copy of {}",
+        bytes(in_memory),
+        bytes(size)
+    );
+    common::verified(format!(
+        "no 42 left, {counted} items counted, {} workers did work, one copy in memory",
+        counts.len()
+    ));
+    // END ANCHOR: verify
+    pool.close();
+    pool.join()?;
+    Ok(())
+}
