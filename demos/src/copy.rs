@@ -1,4 +1,4 @@
-//! 2. pickle/unpickle: the array sent by value with every task.
+//! Method 2 of the notes: pickle/unpickle: the array sent by value with every task.
 //!
 //! (Being written: this demo reports an error until it is.)
 

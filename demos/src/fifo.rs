@@ -1,4 +1,4 @@
-//! 10. Named pipes: array blocks through a FIFO and an anonymous pipe.
+//! Method 10 of the notes: Named pipes: array blocks through a FIFO and an anonymous pipe.
 //!
 //! (Being written: this demo reports an error until it is.)
 

@@ -1,4 +1,4 @@
-//! 4. fork copy-on-write: a read-only array inherited by the workers.
+//! Method 4 of the notes: fork copy-on-write: a read-only array inherited by the workers.
 //!
 //! (Being written: this demo reports an error until it is.)
 

@@ -1,4 +1,4 @@
-//! 8. Array(lock=True): counters with and without the lock.
+//! Method 8 of the notes: Array(lock=True): counters with and without the lock.
 //!
 //! (Being written: this demo reports an error until it is.)
 

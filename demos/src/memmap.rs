@@ -1,4 +1,4 @@
-//! 1. np.memmap: a file-backed array.
+//! Method 1 of the notes: np.memmap: a file-backed array.
 //!
 //! (Being written: this demo reports an error until it is.)
 

@@ -1,4 +1,4 @@
-//! 9. MemoryError without swap, and the file-backed way.
+//! Method 9 of the notes: MemoryError without swap, and the file-backed way.
 //!
 //! (Being written: this demo reports an error until it is.)
 

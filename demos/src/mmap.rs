@@ -1,4 +1,4 @@
-//! 3. mmap: an anonymous shared mapping.
+//! Method 3 of the notes: mmap: an anonymous shared mapping.
 //!
 //! (Being written: this demo reports an error until it is.)
 

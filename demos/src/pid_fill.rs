@@ -1,4 +1,4 @@
-//! 6. `multiprocessing.Array(lock=False)` + `np.frombuffer().reshape()`:
+//! Method 6 of the notes: `multiprocessing.Array(lock=False)` + `np.frombuffer().reshape()`:
 //! the book example of the notes.
 //!
 //! A 2-D array of doubles in shared memory is filled with 42 by the parent;

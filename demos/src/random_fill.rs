@@ -1,4 +1,4 @@
-//! 7. Parallel random fill with one ChaCha stream per row.
+//! Method 7 of the notes: Parallel random fill with one ChaCha stream per row.
 //!
 //! (Being written: this demo reports an error until it is.)
 

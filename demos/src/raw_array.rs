@@ -1,4 +1,4 @@
-//! 5. RawArray + initializer: populate(offset, blocksize).
+//! Method 5 of the notes: RawArray + initializer: populate(offset, blocksize).
 //!
 //! (Being written: this demo reports an error until it is.)
 
