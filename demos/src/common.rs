@@ -23,32 +23,32 @@ use forkpool_shm::{ByteSize, MemoryReport, Pid};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The value the notes fill arrays with before the workers run.
-pub(crate) const DEFAULT_VALUE: f64 = 42.0;
+pub const DEFAULT_VALUE: f64 = 42.0;
 
 /// Prints a demo's heading.
-pub(crate) fn heading(name: &str, what: &str) {
+pub fn heading(name: &str, what: &str) {
     println!("== {name}: {what}");
 }
 
 /// Prints one aligned `label value` line.
-pub(crate) fn fact(label: &str, value: impl Display) {
+pub fn fact(label: &str, value: impl Display) {
     println!("   {label:<28} {value}");
 }
 
 /// Human-readable bytes (binary units).
-pub(crate) fn bytes(n: u64) -> ByteSize {
+pub fn bytes(n: u64) -> ByteSize {
     ByteSize(n)
 }
 
 /// A rate in bytes per second, human-readable.
-pub(crate) fn rate(n: u64, took: Duration) -> String {
+pub fn rate(n: u64, took: Duration) -> String {
     let secs = took.as_secs_f64().max(1e-9);
     format!("{}/s", ByteSize((n as f64 / secs) as u64))
 }
 
 /// Runs `f` as a phase called `label`, prints its time (and its rate if it
 /// moves `moved` bytes), and returns its value and duration.
-pub(crate) fn phase<T>(label: &str, moved: Option<u64>, f: impl FnOnce() -> T) -> (T, Duration) {
+pub fn phase<T>(label: &str, moved: Option<u64>, f: impl FnOnce() -> T) -> (T, Duration) {
     let t0 = Instant::now();
     let value = f();
     let took = t0.elapsed();
@@ -64,7 +64,7 @@ pub(crate) fn phase<T>(label: &str, moved: Option<u64>, f: impl FnOnce() -> T) -
 
 /// The size of a `rows x cols` array of `elem`-byte elements, refusing
 /// sizes that overflow.
-pub(crate) fn array_bytes(rows: usize, cols: usize, elem: usize) -> anyhow::Result<u64> {
+pub fn array_bytes(rows: usize, cols: usize, elem: usize) -> anyhow::Result<u64> {
     rows.checked_mul(cols)
         .and_then(|n| n.checked_mul(elem))
         .map(|n| n as u64)
@@ -75,7 +75,7 @@ pub(crate) fn array_bytes(rows: usize, cols: usize, elem: usize) -> anyhow::Resu
 
 /// A progress bar of `len` steps on stderr; hidden when stderr is not a
 /// terminal, so logs and tests see only the results.
-pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
+pub fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
@@ -91,7 +91,7 @@ pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
 /// Reads and prints the memory table of this process, the pool's zygote and
 /// workers, and `extra` processes, under `title`. Take it while the workers
 /// still hold the array.
-pub(crate) fn memory_table(
+pub fn memory_table(
     title: &str,
     pool: Option<&Pool>,
     extra: &[(i32, &str)],
@@ -116,6 +116,6 @@ pub(crate) fn memory_table(
 
 /// Prints the verdict line; the demo's checks have passed when it is
 /// called.
-pub(crate) fn verified(what: impl Display) {
+pub fn verified(what: impl Display) {
     println!("verified: {what}");
 }

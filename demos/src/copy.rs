@@ -4,7 +4,7 @@
 
 /// Options of the demo.
 #[derive(clap::Args, Debug)]
-pub(crate) struct Args {
+pub struct Args {
     /// Rows of the array.
     #[arg(long, default_value_t = 1000)]
     rows: usize,
@@ -17,6 +17,6 @@ pub(crate) struct Args {
 }
 
 /// Runs the demo.
-pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+pub fn run(args: &Args) -> anyhow::Result<()> {
     anyhow::bail!("this demo is not written yet ({args:?})")
 }

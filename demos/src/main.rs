@@ -6,24 +6,8 @@
 //! cargo run --release -p demos -- all
 //! ```
 //!
-//! Each demo runs at a default size that finishes in seconds on two cores
-//! and scales with flags up to the notes' 10 000 x 320 000 doubles
-//! (25.6 GB). Each one prints the time of its phases, the bytes moved or
-//! serialised, and a per-process memory table (pid, role, RSS, PSS, shared,
-//! private) taken while the workers hold the array; each verifies its own
-//! result and exits non-zero, saying what was wrong, if it does not hold.
-
-mod common;
-mod copy;
-mod fifo;
-mod fork_cow;
-mod locked;
-mod memmap;
-mod memory_limit;
-mod mmap;
-mod pid_fill;
-mod random_fill;
-mod raw_array;
+//! See the library's documentation (`demos/src/lib.rs`) for what each demo
+//! prints and checks.
 
 use std::process::ExitCode;
 
@@ -41,33 +25,33 @@ struct Cli {
 enum Demo {
     /// 1. np.memmap: a file-backed array that workers open and fill; also
     ///    written as .npy for numpy.
-    Memmap(memmap::Args),
+    Memmap(demos::memmap::Args),
     /// 2. pickle/unpickle: the array sent by value with every task; bytes
     ///    serialised and memory multiplied.
-    Copy(copy::Args),
+    Copy(demos::copy::Args),
     /// 3. mmap: an anonymous shared mapping filled by the workers.
-    Mmap(mmap::Args),
+    Mmap(demos::mmap::Args),
     /// 4. fork copy-on-write: a read-only array made before the pool forks;
     ///    --write shows the copied pages appear.
-    ForkCow(fork_cow::Args),
+    ForkCow(demos::fork_cow::Args),
     /// 5. RawArray + initializer: populate(offset, blocksize) through a
     ///    handle the initializer put in a global.
-    RawArray(raw_array::Args),
+    RawArray(demos::raw_array::Args),
     /// 6. Array(lock=False): fill with 42, workers check and write their
     ///    pid, the parent verifies every item.
-    PidFill(pid_fill::Args),
+    PidFill(demos::pid_fill::Args),
     /// 7. Parallel random fill, one ChaCha stream per row: serial against
     ///    parallel, bit-identical.
-    RandomFill(random_fill::Args),
+    RandomFill(demos::random_fill::Args),
     /// 8. Array(lock=True): counters with and without the lock, and a
     ///    worker killed while holding it.
-    Locked(locked::Args),
+    Locked(demos::locked::Args),
     /// 9. MemoryError on a machine without swap: a clear error before the
     ///    allocation, and the file-backed way that works.
-    MemoryLimit(memory_limit::Args),
+    MemoryLimit(demos::memory_limit::Args),
     /// 10. Named pipes: array blocks streamed through a FIFO and through an
     ///     anonymous pipe.
-    Fifo(fifo::Args),
+    Fifo(demos::fifo::Args),
     /// Every demo, one after the other, at its default size.
     All,
 }
@@ -88,16 +72,16 @@ const ALL: [&str; 10] = [
 
 fn run(demo: Demo) -> anyhow::Result<()> {
     match demo {
-        Demo::Memmap(a) => memmap::run(&a),
-        Demo::Copy(a) => copy::run(&a),
-        Demo::Mmap(a) => mmap::run(&a),
-        Demo::ForkCow(a) => fork_cow::run(&a),
-        Demo::RawArray(a) => raw_array::run(&a),
-        Demo::PidFill(a) => pid_fill::run(&a),
-        Demo::RandomFill(a) => random_fill::run(&a),
-        Demo::Locked(a) => locked::run(&a),
-        Demo::MemoryLimit(a) => memory_limit::run(&a),
-        Demo::Fifo(a) => fifo::run(&a),
+        Demo::Memmap(a) => demos::memmap::run(&a),
+        Demo::Copy(a) => demos::copy::run(&a),
+        Demo::Mmap(a) => demos::mmap::run(&a),
+        Demo::ForkCow(a) => demos::fork_cow::run(&a),
+        Demo::RawArray(a) => demos::raw_array::run(&a),
+        Demo::PidFill(a) => demos::pid_fill::run(&a),
+        Demo::RandomFill(a) => demos::random_fill::run(&a),
+        Demo::Locked(a) => demos::locked::run(&a),
+        Demo::MemoryLimit(a) => demos::memory_limit::run(&a),
+        Demo::Fifo(a) => demos::fifo::run(&a),
         Demo::All => {
             let started = std::time::Instant::now();
             for name in ALL {

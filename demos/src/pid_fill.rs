@@ -21,7 +21,7 @@ use crate::common::{self, DEFAULT_VALUE, bytes, fact, phase};
 
 /// Options of the `pid-fill` demo.
 #[derive(clap::Args, Debug)]
-pub(crate) struct Args {
+pub struct Args {
     /// Rows of the array (the notes: 10000).
     #[arg(long, default_value_t = 2000)]
     rows: usize,
@@ -37,7 +37,7 @@ pub(crate) struct Args {
     file: Option<PathBuf>,
 }
 
-// BEGIN ANCHOR: worker
+// ANCHOR: worker
 /// The shared array, set before the pool forks: every worker inherits it.
 static ARRAY: OnceLock<SharedArray<f64>> = OnceLock::new();
 
@@ -50,10 +50,10 @@ fn worker_fn(idx: usize) -> (i32, bool) {
     array.fill_row(idx, f64::from(pid));
     (pid as i32, untouched)
 }
-// END ANCHOR: worker
+// ANCHOR_END: worker
 
 /// Runs the demo.
-pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+pub fn run(args: &Args) -> anyhow::Result<()> {
     let (rows, cols, processes) = (args.rows, args.cols, args.processes);
     ensure!(
         cols > 0 && processes > 0 && rows >= processes,
@@ -67,7 +67,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     fact("array", format!("{rows} x {cols} f64 = {}", bytes(size)));
     fact("processes", processes);
 
-    // BEGIN ANCHOR: create
+    // ANCHOR: create
     let (array, _) = phase("create", Some(size), || match &args.file {
         // SAFETY: the file is created here, and only this program and the
         // processes it forks map it while the demo runs.
@@ -81,9 +81,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("pid-fill runs once per process"))?;
     let (pool, _) = phase("start the pool", None, || Pool::new(processes));
     let pool = pool?;
-    // END ANCHOR: create
+    // ANCHOR_END: create
 
-    // BEGIN ANCHOR: map
+    // ANCHOR: map
     let bar = common::progress(rows as u64, "workers write their pid");
     let chunksize = (rows / (processes * 16)).max(1);
     let (outcomes, took) = phase("workers write their pids", Some(size), || {
@@ -95,7 +95,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         out
     });
     bar.finish_and_clear();
-    // END ANCHOR: map
+    // ANCHOR_END: map
     let mut rows_by_pid: BTreeMap<i32, usize> = BTreeMap::new();
     for outcome in outcomes {
         let (pid, untouched) = outcome.context("a worker failed")?;
@@ -122,7 +122,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         ),
     );
 
-    // BEGIN ANCHOR: verify
+    // ANCHOR: verify
     let (counts, _) = phase("verify: count every value", Some(size), || {
         let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
         let mut last = f64::NAN;
@@ -180,7 +180,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         "no 42 left, {counted} items counted, {} workers did work, one copy in memory",
         counts.len()
     ));
-    // END ANCHOR: verify
+    // ANCHOR_END: verify
     pool.close();
     pool.join()?;
     Ok(())
