@@ -458,8 +458,7 @@ impl Collector {
             if let Some(tx) = self.startup.take() {
                 let _ = tx.send(Err(err));
             }
-            st.phase = Phase::Terminating;
-            st.fail_all(&Error::Terminated);
+            st.terminate(&Error::Terminated);
             self.advance(st);
         } else if st.broken.is_none() {
             st.fail_queue(&err);

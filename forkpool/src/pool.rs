@@ -429,8 +429,7 @@ impl Pool {
         {
             let mut st = self.shared.lock();
             if st.phase != Phase::Finished {
-                st.phase = Phase::Terminating;
-                st.fail_all(&Error::Terminated);
+                st.terminate(&Error::Terminated);
                 st.shut_ctrl();
             }
         }

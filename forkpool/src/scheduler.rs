@@ -227,6 +227,8 @@ pub(crate) struct State {
     pub(crate) ctrl_shut: bool,
     /// `close()` was called and the queue ran dry: task pipes were closed.
     pub(crate) draining: bool,
+    /// The pool went through `Terminating` (rather than `close` and `join`).
+    pub(crate) terminated: bool,
     /// Completions to post when the lock is released.
     pub(crate) done: Vec<Delivery>,
     next_id: u64,
@@ -244,6 +246,7 @@ impl State {
             max_tasks_per_child,
             ctrl_shut: false,
             draining: false,
+            terminated: false,
             done: Vec::new(),
             next_id: 0,
         }
@@ -257,7 +260,9 @@ impl State {
         match self.phase {
             Phase::Starting | Phase::Running => Ok(()),
             Phase::Closed => Err(Error::Closed),
-            Phase::Terminating | Phase::Finished => Err(Error::Terminated),
+            Phase::Terminating => Err(Error::Terminated),
+            Phase::Finished if self.terminated => Err(Error::Terminated),
+            Phase::Finished => Err(Error::Closed),
         }
     }
 
@@ -420,6 +425,15 @@ impl State {
         for task in self.queue.drain(..) {
             self.done.push(Delivery::failed(task.reply, 0, err));
         }
+    }
+
+    /// Stops everything: the workers are killed, all work fails with `err`.
+    pub(crate) fn terminate(&mut self, err: &Error) {
+        if !matches!(self.phase, Phase::Terminating | Phase::Finished) {
+            self.phase = Phase::Terminating;
+        }
+        self.terminated = true;
+        self.fail_all(err);
     }
 
     /// Fails everything: the queue and what every worker holds.

@@ -330,7 +330,9 @@ fn close_then_join_finishes_the_work_and_reaps_everything() {
     assert_eq!(h.get().unwrap(), [50, 50, 50, 50]);
     assert!(pool.worker_pids().is_empty());
     procs.assert_gone();
-    // Joining again, or dropping, is harmless.
+    // Still closed (not terminated) after the join; joining again, or
+    // dropping, is harmless.
+    assert!(matches!(pool.map(double, [1]), Err(Error::Closed)));
     pool.join().unwrap();
     drop(pool);
 }

@@ -1,0 +1,120 @@
+//! Every call of the pool, one after the other, each checked. The book's
+//! "Pool API" chapter shows these pieces beside their Python counterparts.
+//!
+//! Run: `cargo run --release -p forkpool --example api_tour`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use forkpool::{Error, Pool};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn slow_square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(10 * (5 - x.min(5))));
+    x * x
+}
+
+// ANCHOR: initializer_fn
+/// What each worker loads once, in its initializer.
+static MODEL: OnceLock<Vec<f64>> = OnceLock::new();
+
+fn predict(x: f64) -> f64 {
+    let weights = MODEL.get().expect("set by the initializer");
+    weights.iter().map(|w| w * x).sum()
+}
+// ANCHOR_END: initializer_fn
+
+fn main() -> Result<(), Error> {
+    // ANCHOR: new
+    let pool = Pool::new(2)?; // multiprocessing.Pool(2)
+    // ANCHOR_END: new
+
+    // ANCHOR: map
+    let squares = pool.map(square, 0..10)?; // pool.map(square, range(10))
+    assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+    // ANCHOR_END: map
+
+    // ANCHOR: map_chunked
+    let squares = pool.map_chunked(square, 0..10_000, 500)?; // pool.map(square, it, chunksize=500)
+    assert_eq!(squares[100], 10_000);
+    // ANCHOR_END: map_chunked
+
+    // ANCHOR: imap
+    for (i, sq) in pool.imap(slow_square, 0..5, 1).enumerate() {
+        assert_eq!(sq?, (i * i) as u64); // in input order, as they come
+    }
+    // ANCHOR_END: imap
+
+    // ANCHOR: imap_unordered
+    let mut done: Vec<u64> = pool
+        .imap_unordered(slow_square, 0..5, 1)
+        .collect::<Result<_, _>>()?; // in completion order
+    done.sort();
+    assert_eq!(done, [0, 1, 4, 9, 16]);
+    // ANCHOR_END: imap_unordered
+
+    // ANCHOR: apply
+    assert_eq!(pool.apply(square, 12)?, 144); // pool.apply(square, (12,))
+    // ANCHOR_END: apply
+
+    // ANCHOR: apply_async
+    let mut handle = pool.apply_async(slow_square, 0); // pool.apply_async(f, (0,))
+    assert!(!handle.ready());
+    match handle.get_timeout(Duration::from_millis(1)) {
+        Err(Error::Timeout { .. }) => {} // still running: ask again later
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(handle.get_timeout(Duration::from_secs(10))?, 0);
+    // ANCHOR_END: apply_async
+
+    // ANCHOR: map_async
+    let handle = pool.map_async(square, 0..100); // pool.map_async(square, range(100))
+    let squares = handle.get()?; // .get()
+    assert_eq!(squares[99], 9801);
+    // ANCHOR_END: map_async
+
+    // ANCHOR: errors
+    let err = pool
+        .map(|x: u32| if x == 3 { panic!("no threes") } else { x }, 0..5)
+        .unwrap_err();
+    assert_eq!(err.item(), Some(3)); // which input item failed
+    assert!(err.to_string().contains("no threes"));
+    let each: Vec<Result<u32, Error>> = pool
+        .imap(
+            |x: u32| if x == 3 { panic!("no threes") } else { x },
+            0..5,
+            1,
+        )
+        .collect();
+    assert!(each[3].is_err() && each[4].is_ok()); // the others are unaffected
+    // ANCHOR_END: errors
+
+    // ANCHOR: close_join
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 2);
+    pool.close(); // pool.close()
+    pool.join()?; // pool.join()
+    assert!(matches!(pool.map(square, [1]), Err(Error::Closed)));
+    // ANCHOR_END: close_join
+
+    // ANCHOR: builder
+    let weights = vec![0.5, 0.25, 0.25];
+    let pool = Pool::builder()
+        .processes(2) // processes=2
+        .initializer(move || MODEL.set(weights.clone()).unwrap()) // initializer=..., initargs=...
+        .max_tasks_per_child(100) // maxtasksperchild=100
+        .build()?;
+    assert_eq!(pool.apply(predict, 4.0)?, 4.0);
+    // ANCHOR_END: builder
+
+    // ANCHOR: terminate
+    let running = pool.map_async(slow_square, 0..4);
+    pool.terminate(); // pool.terminate(): kills the workers now
+    assert!(matches!(running.get(), Err(Error::Terminated)));
+    // ANCHOR_END: terminate
+    println!("api_tour: every call checked");
+    Ok(())
+}
