@@ -119,3 +119,34 @@ pub fn memory_table(
 pub fn verified(what: impl Display) {
     println!("verified: {what}");
 }
+
+/// The pages of an anonymous shared array (a memfd) summed over the
+/// processes of `report`: their PSS in shared memory (each page counts
+/// once, however many processes map it). Prints it as a multiple of the
+/// array's `size` and returns it. (File-backed arrays count in `pss_file`,
+/// with the program's own code: measure those by mapping.)
+pub fn array_pages(report: &MemoryReport, size: u64) -> u64 {
+    let in_memory = report.total().pss_shmem;
+    fact(
+        "array pages, summed PSS",
+        format!(
+            "{} = {:.3}x the array",
+            bytes(in_memory),
+            in_memory as f64 / size.max(1) as f64
+        ),
+    );
+    in_memory
+}
+
+/// Checks that `in_memory` bytes (from [`array_pages`]) are no more than
+/// one copy of a `size`-byte array, with a little slack for the processes'
+/// own shared pages.
+pub fn one_copy(in_memory: u64, size: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        in_memory <= size + size / 20 + (16 << 20),
+        "the array's pages sum to {} over the processes, more than one copy of {}",
+        bytes(in_memory),
+        bytes(size)
+    );
+    Ok(())
+}
