@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use forkpool::{Error, Pool};
 
+// ANCHOR: functions
 /// Set in every worker by the initializer.
 static GREETING: OnceLock<String> = OnceLock::new();
 
@@ -32,6 +33,8 @@ fn hello(name: String) -> String {
     )
 }
 
+// ANCHOR_END: functions
+
 fn fragile(x: u32) -> u32 {
     assert!(x != 13, "13 is unlucky");
     x
@@ -43,6 +46,7 @@ fn slow(ms: u64) -> u64 {
 }
 
 fn main() -> Result<(), Error> {
+    // ANCHOR: pool
     let greeting = String::from("hello");
     let pool = Pool::builder()
         .processes(2)
@@ -66,6 +70,7 @@ fn main() -> Result<(), Error> {
     for line in pool.imap(hello, ["ada", "grace"].map(String::from), 1) {
         println!("imap: {}", line?);
     }
+    // ANCHOR_END: pool
 
     let h = pool.apply_async(slow, 50);
     println!("apply_async: ready at once? {}", h.ready());
@@ -76,6 +81,7 @@ fn main() -> Result<(), Error> {
         Ok(_) => unreachable!(),
     }
 
+    // ANCHOR: kill
     let victim = pool.worker_pids()[0];
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
@@ -96,6 +102,7 @@ fn main() -> Result<(), Error> {
         "and the pool still works: {:?}",
         pool.map(collatz_len, [27, 97])?
     );
+    // ANCHOR_END: kill
 
     pool.close();
     pool.join()?;
