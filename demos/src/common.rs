@@ -150,3 +150,18 @@ pub fn one_copy(in_memory: u64, size: u64) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Checks, before a demo allocates anything, that `needed` bytes of memory
+/// are available; the error names `what` needs them, both sizes, and what
+/// to do `instead`.
+pub fn ensure_memory(needed: u64, what: &str, instead: &str) -> anyhow::Result<()> {
+    let room = forkpool_shm::available_memory().context("reading the memory available")?;
+    anyhow::ensure!(
+        needed <= room.bytes.bytes(),
+        "{what} needs {} of memory, but only {} is available ({}): {instead}",
+        bytes(needed),
+        room.bytes,
+        room.limit
+    );
+    Ok(())
+}

@@ -93,6 +93,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "tasks",
         format!("{blocks} blocks of {blocksize} rows on {processes} processes"),
     );
+    common::ensure_memory(
+        size,
+        "the shared array",
+        "use smaller --rows/--cols, or the file-backed array of the memmap demo",
+    )?;
 
     // ANCHOR: create
     let (arr, _) = phase("create the shared array", Some(size), || {
