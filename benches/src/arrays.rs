@@ -1,0 +1,355 @@
+//! Shared-array workloads through the pool: fills by 1, 2 and 4 processes
+//! (warm and cold), a large array passed by value or shared, and counters
+//! behind a lock or lock-free.
+//!
+//! Workers reach the arrays as a Python user's would: an initializer stores
+//! the handle in a `static OnceLock` (the notes' `RawArray` + `Pool(initializer=...)`).
+//! The parent never sets these statics, so each new pool's workers (forked
+//! from the parent's state at `build`) set them afresh.
+
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use forkpool::Pool;
+use forkpool_shm::{LockedValue, SharedArray, SharedValue};
+
+/// Elements per row of the benchmark arrays: 512 KiB rows of `f64`.
+pub const ROW: usize = 1 << 16;
+
+/// Rows of `bytes` bytes of `f64` in rows of [`ROW`].
+pub fn rows_for(bytes: usize) -> usize {
+    (bytes / 8).div_ceil(ROW)
+}
+
+static ARRAY: OnceLock<SharedArray<f64>> = OnceLock::new();
+static COUNTER: OnceLock<SharedValue<u64>> = OnceLock::new();
+static LOCKED: OnceLock<LockedValue<u64>> = OnceLock::new();
+static SLOTS: OnceLock<SharedArray<u64>> = OnceLock::new();
+
+/// The array the worker's initializer stored.
+fn worker_array() -> &'static SharedArray<f64> {
+    ARRAY
+        .get()
+        .expect("the pool's initializer stores the array")
+}
+
+/// A pool of `processes` workers whose initializer stores `array` for the
+/// tasks below, and, with `prefault_all`, maps every page of it into the
+/// worker (so later fills take no page fault).
+///
+/// # Panics
+///
+/// If the pool cannot start.
+pub fn pool_with_array(processes: usize, array: &SharedArray<f64>, prefault_all: bool) -> Pool {
+    let array = array.clone();
+    Pool::builder()
+        .processes(processes)
+        .try_initializer(move || {
+            if prefault_all {
+                array
+                    .prefault(0..array.nrows())
+                    .map_err(|e| e.to_string())?;
+            }
+            ARRAY
+                .set(array.clone())
+                .map_err(|_| "the array was already set in this worker".to_string())
+        })
+        .build()
+        .expect("pool")
+}
+
+/// Task: fill rows `[first, end)` of the worker's array with `value`
+/// (atomic relaxed stores, [`SharedArray::fill_rows`]).
+pub fn fill_block((first, end, value): (usize, usize, f64)) {
+    worker_array().fill_rows(first..end, value);
+}
+
+/// Task: map rows `[first, end)` into this worker in one call
+/// ([`SharedArray::prefault`]), then fill them with `value`.
+pub fn prefault_fill_block((first, end, value): (usize, usize, f64)) {
+    let array = worker_array();
+    array.prefault(first..end).expect("prefault");
+    array.fill_rows(first..end, value);
+}
+
+/// The tasks of a fill of `array` by `processes` workers: one block of rows each.
+pub fn fill_tasks(
+    array: &SharedArray<f64>,
+    processes: usize,
+    value: f64,
+) -> Vec<(usize, usize, f64)> {
+    array
+        .row_blocks(processes)
+        .into_iter()
+        .map(|r| (r.start, r.end, value))
+        .collect()
+}
+
+/// A fill of an array the workers have already mapped (their initializer
+/// pre-faulted all of it): the steady state of a pool working on one array,
+/// bound by memory bandwidth.
+#[derive(Debug)]
+pub struct WarmFill {
+    array: SharedArray<f64>,
+    pool: Pool,
+    value: f64,
+}
+
+impl WarmFill {
+    /// An array of `bytes` bytes and a pool of `processes` workers that have
+    /// mapped all of it.
+    ///
+    /// # Panics
+    ///
+    /// If the array or the pool cannot be created.
+    pub fn new(bytes: usize, processes: usize) -> WarmFill {
+        let array = SharedArray::<f64>::new(&[rows_for(bytes), ROW]).expect("array");
+        let pool = pool_with_array(processes, &array, true);
+        WarmFill {
+            array,
+            pool,
+            value: 0.0,
+        }
+    }
+
+    /// Times one fill of the whole array, one block of rows per worker.
+    pub fn run(&mut self) -> Duration {
+        self.value += 1.0;
+        let tasks = fill_tasks(&self.array, self.pool.processes(), self.value);
+        let start = Instant::now();
+        self.pool.map(fill_block, tasks).expect("fill");
+        let took = start.elapsed();
+        assert_eq!(self.array.get(self.array.len() - 1), self.value);
+        took
+    }
+}
+
+/// A first fill: creating an array of `bytes` bytes (timed), starting a pool
+/// of `processes` workers on it (not timed), and their first fill (timed):
+/// each worker pre-faults its rows in one call, then fills them. Bound by
+/// page allocation and page faults, not by bandwidth.
+///
+/// # Panics
+///
+/// If the array or the pool cannot be created.
+pub fn cold_fill(bytes: usize, processes: usize) -> Duration {
+    let start = Instant::now();
+    let array = SharedArray::<f64>::new(&[rows_for(bytes), ROW]).expect("array");
+    let created = start.elapsed();
+    let pool = pool_with_array(processes, &array, false);
+    let tasks = fill_tasks(&array, processes, 1.0);
+    let start = Instant::now();
+    pool.map(prefault_fill_block, tasks).expect("fill");
+    let filled = start.elapsed();
+    assert_eq!(array.get(array.len() - 1), 1.0);
+    drop(pool);
+    created + filled
+}
+
+/// Task: the sum of block `block` of `blocks` of an array passed by value.
+pub fn block_sum_by_value((block, blocks, data): (usize, usize, Vec<f64>)) -> f64 {
+    let parts = forkpool_shm::split_rows(data.len(), blocks);
+    data[parts[block].clone()].iter().sum()
+}
+
+/// Task: the sum of rows `[first, end)` of the worker's shared array.
+pub fn block_sum_shared((first, end): (usize, usize)) -> f64 {
+    worker_array().iter_rows(first..end).sum()
+}
+
+/// `tasks` tasks each summing its block of one large array, with the array
+/// passed by value (serialised to every task, as Python's `Pool.map` pickles
+/// it) or shared (the workers read the one copy).
+#[derive(Debug)]
+pub struct PassArray {
+    data: Vec<f64>,
+    array: SharedArray<f64>,
+    by_value: Pool,
+    shared: Pool,
+    tasks: usize,
+    /// The sum of every element: small integers, so exact in any order.
+    expected: f64,
+}
+
+impl PassArray {
+    /// An array of `bytes` bytes of `f64` (as a `Vec` and as a shared array),
+    /// and a pool of `processes` workers for each way.
+    ///
+    /// # Panics
+    ///
+    /// If an array or a pool cannot be created.
+    pub fn new(bytes: usize, processes: usize, tasks: usize) -> PassArray {
+        // The pools start before the private `Vec` exists, so their fork
+        // copies no page tables for it.
+        let array = SharedArray::<f64>::new(&[rows_for(bytes), ROW]).expect("array");
+        let shared = pool_with_array(processes, &array, false);
+        let by_value = Pool::new(processes).expect("pool");
+        let data: Vec<f64> = (0..array.len()).map(|i| (i % 1000) as f64).collect();
+        array.write_rows(0, &data);
+        let expected = data.iter().sum();
+        PassArray {
+            expected,
+            data,
+            array,
+            by_value,
+            shared,
+            tasks,
+        }
+    }
+
+    /// Times `map(block_sum_by_value, ...)` over `tasks` copies of the array.
+    /// The copies are made before the clock starts (Python's `[arr] * 4` is
+    /// four references; a Rust caller must clone, at `memcpy` speed).
+    pub fn run_by_value(&self) -> Duration {
+        let args: Vec<_> = (0..self.tasks)
+            .map(|b| (b, self.tasks, self.data.clone()))
+            .collect();
+        let start = Instant::now();
+        let sums = self.by_value.map(block_sum_by_value, args).expect("map");
+        let took = start.elapsed();
+        assert_eq!(sums.iter().sum::<f64>(), self.expected);
+        took
+    }
+
+    /// Times `map(block_sum_shared, ...)`: each task reads its rows of the
+    /// shared array (the workers map its pages as they read).
+    pub fn run_shared(&self) -> Duration {
+        let blocks: Vec<(usize, usize)> = self
+            .array
+            .row_blocks(self.tasks)
+            .into_iter()
+            .map(|r| (r.start, r.end))
+            .collect();
+        let start = Instant::now();
+        let sums = self.shared.map(block_sum_shared, blocks).expect("map");
+        let took = start.elapsed();
+        assert_eq!(sums.iter().sum::<f64>(), self.expected);
+        took
+    }
+
+    /// The ceiling for the shared way: the same sums on `threads` threads of
+    /// this process over memory it has already mapped.
+    pub fn time_threads_sum(&self, threads: usize) -> Duration {
+        let parts = forkpool_shm::split_rows(self.data.len(), threads);
+        let start = Instant::now();
+        let total: f64 = std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .into_iter()
+                .map(|r| s.spawn(|| self.data[r].iter().sum::<f64>()))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("sum")).sum()
+        });
+        let took = start.elapsed();
+        assert_eq!(total, self.expected);
+        took
+    }
+
+    /// Bytes of one copy of the array.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 8
+    }
+}
+
+/// Which counter the workers increment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A [`LockedValue`]: lock, increment, unlock (`Value(lock=True)`).
+    Locked,
+    /// A [`SharedValue`]: one atomic `fetch_add` on the shared element.
+    Atomic,
+    /// Each worker its own element of a [`SharedArray`] (its own cache
+    /// line): no sharing at all, the ceiling.
+    OwnSlot,
+}
+
+/// Task: `n` increments of the counter the initializer stored; `slot` is
+/// this task's element for [`Counter::OwnSlot`].
+pub fn count_locked((n, _slot): (u64, usize)) {
+    let counter = LOCKED.get().expect("initializer");
+    for _ in 0..n {
+        *counter.lock().expect("lock") += 1;
+    }
+}
+
+/// Task: `n` lock-free increments of the shared counter.
+pub fn count_atomic((n, _slot): (u64, usize)) {
+    let counter = COUNTER.get().expect("initializer");
+    for _ in 0..n {
+        counter.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Task: `n` atomic increments of this task's own element.
+pub fn count_own_slot((n, slot): (u64, usize)) {
+    let slots = SLOTS.get().expect("initializer");
+    for _ in 0..n {
+        slots.fetch_add(slot * 8, 1, Ordering::AcqRel); // 64 bytes apart
+    }
+}
+
+/// Counters incremented by the workers of a pool, each worker `n` times.
+#[derive(Debug)]
+pub struct Counters {
+    pool: Pool,
+    locked: LockedValue<u64>,
+    atomic: SharedValue<u64>,
+    slots: SharedArray<u64>,
+    processes: usize,
+}
+
+impl Counters {
+    /// The counters and a pool of `processes` workers that can reach them.
+    ///
+    /// # Panics
+    ///
+    /// If a counter or the pool cannot be created.
+    pub fn new(processes: usize) -> Counters {
+        let locked = LockedValue::new(0u64).expect("locked value");
+        let atomic = SharedValue::new(0u64).expect("shared value");
+        let slots = SharedArray::<u64>::new(&[processes * 8]).expect("slots");
+        let (l, a, s) = (locked.clone(), atomic.clone(), slots.clone());
+        let pool = Pool::builder()
+            .processes(processes)
+            .initializer(move || {
+                let _ = LOCKED.set(l.clone());
+                let _ = COUNTER.set(a.clone());
+                let _ = SLOTS.set(s.clone());
+            })
+            .build()
+            .expect("pool");
+        Counters {
+            pool,
+            locked,
+            atomic,
+            slots,
+            processes,
+        }
+    }
+
+    /// Times every worker incrementing `counter` `n` times at once; returns
+    /// the time per increment (total time / all increments).
+    pub fn run(&self, counter: Counter, n: u64) -> Duration {
+        let before = self.total(counter);
+        let tasks: Vec<(u64, usize)> = (0..self.processes).map(|i| (n, i)).collect();
+        let f = match counter {
+            Counter::Locked => count_locked,
+            Counter::Atomic => count_atomic,
+            Counter::OwnSlot => count_own_slot,
+        };
+        let start = Instant::now();
+        self.pool.map_chunked(f, tasks, 1).expect("count");
+        let took = start.elapsed();
+        let all = n * self.processes as u64;
+        assert_eq!(self.total(counter) - before, all, "lost increments");
+        took.div_f64(all.max(1) as f64)
+    }
+
+    fn total(&self, counter: Counter) -> u64 {
+        match counter {
+            Counter::Locked => *self.locked.lock().expect("lock"),
+            Counter::Atomic => self.atomic.get(),
+            Counter::OwnSlot => self.slots.iter().sum(),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Random fill, serial and on a pool: one ChaCha stream per row from one
+//! master seed, so the array is bit-identical whatever the number of
+//! workers (DESIGN.md, "Reproducible parallel randomness").
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use forkpool::Pool;
+use forkpool_shm::PartitionedArray;
+
+use crate::arrays::{ROW, rows_for};
+
+/// The row kernel, shared with the `random-fill` demo: row `row` is the
+/// ChaCha8 stream `row` of the generator keyed by `seed`.
+pub use demos::random_fill::fill_row;
+
+static ARRAY: OnceLock<PartitionedArray<f64>> = OnceLock::new();
+
+/// Task: claim rows `[first, end)` of the worker's array, map them in one
+/// call, and fill each row from its own stream.
+pub fn fill_block((first, end, seed): (usize, usize, u64)) {
+    let array = ARRAY
+        .get()
+        .expect("the pool's initializer stores the array");
+    let mut rows = array.claim_rows(first..end).expect("claim");
+    rows.prefault().expect("prefault");
+    for row in first..end {
+        fill_row(seed, row as u64, rows.row_mut(row));
+    }
+}
+
+/// Serial random fill of `bytes` bytes: a private array (`vec!`, its pages
+/// allocated as they are first written, as `np.empty` does) filled row by
+/// row in this process. Returns the time and the array.
+pub fn serial(bytes: usize, seed: u64) -> (Duration, Vec<f64>) {
+    let rows = rows_for(bytes);
+    let start = Instant::now();
+    let mut data = vec![0f64; rows * ROW];
+    for (row, out) in data.chunks_exact_mut(ROW).enumerate() {
+        fill_row(seed, row as u64, out);
+    }
+    (start.elapsed(), data)
+}
+
+/// Parallel random fill of `bytes` bytes by `processes` workers: creating
+/// the shared array (timed), starting the pool (not timed: see the start-up
+/// benchmarks) and the fill, one block of rows per worker (timed). Returns
+/// the time and the array.
+///
+/// # Panics
+///
+/// If the array or the pool cannot be created.
+pub fn parallel(bytes: usize, processes: usize, seed: u64) -> (Duration, PartitionedArray<f64>) {
+    let start = Instant::now();
+    let array = PartitionedArray::<f64>::new(&[rows_for(bytes), ROW]).expect("array");
+    let created = start.elapsed();
+    let for_workers = array.clone();
+    let pool = Pool::builder()
+        .processes(processes)
+        .try_initializer(move || {
+            ARRAY
+                .set(for_workers.clone())
+                .map_err(|_| "the array was already set in this worker")
+        })
+        .build()
+        .expect("pool");
+    let tasks: Vec<(usize, usize, u64)> = array
+        .row_blocks(processes)
+        .into_iter()
+        .map(|r| (r.start, r.end, seed))
+        .collect();
+    let start = Instant::now();
+    pool.map(fill_block, tasks).expect("random fill");
+    let filled = start.elapsed();
+    drop(pool);
+    (created + filled, array)
+}
+
+/// The ceiling: the same generation on `threads` threads of this process,
+/// into a private buffer whose pages are all mapped already (no page
+/// faults, no processes): the cost of the arithmetic alone.
+pub fn threads_on_mapped(data: &mut [f64], threads: usize, seed: u64) -> Duration {
+    let nrows = data.len() / ROW;
+    let parts = forkpool_shm::split_rows(nrows, threads);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let mut rest = &mut *data;
+        for r in parts {
+            let (mine, tail) = rest.split_at_mut(r.len() * ROW);
+            rest = tail;
+            s.spawn(move || {
+                for (i, out) in mine.chunks_exact_mut(ROW).enumerate() {
+                    fill_row(seed, (r.start + i) as u64, out);
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_parallel_and_threads_agree_bit_for_bit() {
+        let bytes = 6 * ROW * 8;
+        let (_, serial) = serial(bytes, 7);
+        let (_, shared) = parallel(bytes, 2, 7);
+        assert_eq!(shared.to_vec().unwrap(), serial);
+        let mut mapped = vec![0f64; serial.len()];
+        threads_on_mapped(&mut mapped, 4, 7);
+        assert_eq!(mapped, serial);
+        assert!(serial.iter().all(|x| (0.0..1.0).contains(x)));
+        assert_ne!(serial[0], serial[ROW], "rows have their own streams");
+    }
+}
