@@ -91,7 +91,7 @@ fn fork_cow_writers_get_private_copies_the_parent_never_sees() {
         grown += a.2[3] - b.2[3];
     }
     assert!(
-        grown >= ARRAY * 9 / 10 && grown <= ARRAY * 11 / 10 + (8 << 20),
+        (ARRAY * 9 / 10..=ARRAY * 11 / 10 + (8 << 20)).contains(&grown),
         "workers' private memory grew by {grown} after writing an array of {ARRAY}"
     );
     // Each worker's copied pages match what it wrote.

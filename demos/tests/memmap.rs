@@ -1,0 +1,226 @@
+//! The `memmap` demo, run through the real binary at a small size.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Run, demos};
+
+const ROWS: u64 = 64;
+const COLS: u64 = 16_384;
+const ARRAY: u64 = ROWS * COLS * 8; // 8 MiB
+
+/// What the demo says of numpy's check on this machine.
+fn numpy_verdict() -> &'static str {
+    match Command::new("python3")
+        .args(["-c", "import numpy"])
+        .status()
+    {
+        Ok(s) if s.success() => "numpy agrees",
+        Ok(_) => "numpy's check skipped (no numpy)",
+        Err(_) => "numpy's check skipped (no python3)",
+    }
+}
+
+fn memmap(file: &Path, extra: &[&str]) -> Run {
+    let (rows, cols) = (ROWS.to_string(), COLS.to_string());
+    let mut args = vec![
+        "memmap",
+        "--rows",
+        &rows,
+        "--cols",
+        &cols,
+        "--processes",
+        "2",
+        "--file",
+        file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    demos(&args)
+}
+
+/// Checks the table: every process maps the file, none holds a private
+/// copy, and its pages count once.
+fn check_one_copy(run: &Run) {
+    let table = run.memory_table("memory while the workers map the file");
+    let roles: Vec<&str> = table.iter().map(|(_, role, _)| role.as_str()).collect();
+    assert_eq!(roles, ["parent", "zygote", "worker 1", "worker 2", "total"]);
+    let (_, _, parent) = &table[0];
+    assert!(parent[0] >= ARRAY, "parent RSS {} < {ARRAY}", parent[0]);
+    let written: u64 = table[2..4].iter().map(|(_, _, w)| w[0]).sum();
+    assert!(written >= ARRAY, "workers' RSS {written} < {ARRAY}");
+    for (_, role, usage) in &table[..4] {
+        assert!(usage[3] < ARRAY / 4, "{role}: private {}", usage[3]);
+    }
+    let pages = run.fact("file pages, summed PSS");
+    let ratio: f64 = pages
+        .split("= ")
+        .nth(1)
+        .and_then(|r| r.strip_suffix("x the array"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.95..1.05).contains(&ratio), "{pages}");
+}
+
+/// The element `(row, col)` of a file of native f64s starting at `offset`.
+fn element(bytes: &[u8], offset: usize, row: u64, col: u64) -> f64 {
+    let at = offset + ((row * COLS + col) * 8) as usize;
+    f64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+#[test]
+fn memmap_npy_filled_by_workers_and_read_by_numpy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("array.npy");
+    let run = memmap(&path, &[]);
+    run.assert_ok();
+    assert_eq!(
+        run.verified(),
+        format!(
+            "1048576 values as written, one copy in memory, {}",
+            numpy_verdict()
+        )
+    );
+    check_one_copy(&run);
+    // The file stays, as .npy: a header, then the values in C order.
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"\x93NUMPY"));
+    let offset = bytes.len() - ARRAY as usize;
+    let header = String::from_utf8_lossy(&bytes[..offset]);
+    assert!(
+        header.contains("'<f8'") && header.contains("(64, 16384)"),
+        "{header}"
+    );
+    assert_eq!(element(&bytes, offset, 0, 0), 1.0);
+    assert_eq!(element(&bytes, offset, 63, 16_383), (ROWS * COLS) as f64);
+}
+
+#[test]
+fn memmap_raw_file_holds_the_bare_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("array.f64");
+    let run = memmap(&path, &["--raw", "--no-numpy"]);
+    run.assert_ok();
+    assert_eq!(
+        run.verified(),
+        "1048576 values as written, one copy in memory, numpy's check skipped (--no-numpy)"
+    );
+    check_one_copy(&run);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, ARRAY);
+    for (row, col) in [(0, 0), (1, 2), (37, 9_999), (63, 16_383)] {
+        assert_eq!(element(&bytes, 0, row, col), (row * COLS + col + 1) as f64);
+    }
+}
+
+#[test]
+fn memmap_removes_its_temporary_file() {
+    let run = demos(&[
+        "memmap",
+        "--rows",
+        "16",
+        "--cols",
+        "512",
+        "--processes",
+        "2",
+    ]);
+    run.assert_ok();
+    let file = run.fact("file");
+    let path = PathBuf::from(file.split(" (").next().unwrap());
+    assert!(file.ends_with("(.npy, removed at the end)"), "{file}");
+    assert!(!path.exists(), "{} left behind", path.display());
+    assert!(!path.parent().unwrap().exists());
+}
+
+/// The real python3 on `PATH`, if any.
+fn real_python() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("python3"))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn memmap_says_clearly_when_numpy_is_missing() {
+    let Some(python) = real_python() else {
+        // No python3 at all: the demo says that instead.
+        let run = demos(&["memmap", "--rows", "8", "--cols", "8", "--processes", "1"]);
+        run.assert_ok();
+        assert!(
+            run.verified()
+                .ends_with("numpy's check skipped (no python3)")
+        );
+        return;
+    };
+    // A python3 that cannot see its site-packages, so has no numpy.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("python3");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\nexec '{}' -S \"$@\"\n", python.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = std::env::join_paths(
+        std::iter::once(dir.path().to_owned())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_demos"))
+        .args(["memmap", "--rows", "8", "--cols", "8", "--processes", "1"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("not installed for python3 (pip install numpy)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "verified: 64 values as written, one copy in memory, numpy's check skipped (no numpy)"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn memmap_names_a_file_it_cannot_create() {
+    let run = demos(&[
+        "memmap",
+        "--file",
+        "/no/such/dir/array.npy",
+        "--rows",
+        "8",
+        "--cols",
+        "8",
+    ]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("creating the array's file"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("/no/such/dir/array.npy"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn memmap_refuses_fewer_rows_than_processes_clearly() {
+    let run = demos(&["memmap", "--rows", "1", "--processes", "2"]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("at least one row per process"),
+        "{}",
+        run.stderr
+    );
+}
