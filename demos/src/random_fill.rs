@@ -296,16 +296,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     fact("processes", processes);
     fact("seed", format!("{seed} (ChaCha8, stream = row index)"));
 
-    let room = forkpool_shm::available_memory()?;
-    ensure!(
-        2 * size <= room.bytes.bytes(),
-        "this demo holds two arrays (serial and parallel) of {} each, {} in all, but only {} \
-         is available ({}); use fewer --rows or --cols",
-        bytes(size),
-        bytes(2 * size),
-        room.bytes,
-        room.limit
-    );
+    common::ensure_memory(
+        2 * size,
+        &format!(
+            "holding a serial and a parallel array of {} each",
+            bytes(size)
+        ),
+        "use fewer --rows or --cols",
+    )?;
 
     // ANCHOR: create
     let (arrays, _) = phase("create two arrays", Some(2 * size), || {

@@ -136,7 +136,8 @@ fn random_fill_refuses_bad_input_clearly() {
     let run = demos(&["random-fill", "--rows", "1000000", "--cols", "1000000"]);
     assert!(!run.ok);
     assert!(
-        run.stderr.contains("holds two arrays") && run.stderr.contains("is available"),
+        run.stderr.contains("holding a serial and a parallel array")
+            && run.stderr.contains("is available"),
         "{}",
         run.stderr
     );
