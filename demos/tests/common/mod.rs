@@ -60,6 +60,18 @@ impl Run {
             .unwrap_or_else(|| panic!("no `{label}` line in:\n{}", self.stdout))
     }
 
+    /// The multiple of the array in a fact printed as `"... = 1.000x the
+    /// array"` (such as `array pages, summed PSS`).
+    pub fn times_the_array(&self, label: &str) -> f64 {
+        let value = self.fact(label);
+        value
+            .rsplit("= ")
+            .next()
+            .and_then(|r| r.strip_suffix("x the array"))
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("`{label}` is not a multiple of the array: {value}"))
+    }
+
     /// The rows of the memory table that follows `title`: (pid, role, [RSS, PSS, shared, private] in bytes).
     pub fn memory_table(&self, title: &str) -> Vec<(i64, String, [u64; 4])> {
         let mut lines = self.stdout.lines().skip_while(|l| !l.starts_with(title));
