@@ -12,6 +12,7 @@
 //! at least one whole array of private memory. The row sums are checked
 //! against a serial computation.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -88,7 +89,7 @@ static FLAGS: OnceLock<Flags> = OnceLock::new();
 /// worker's pid, its row sums, and how long the sums took.
 fn sum_my_rows((array, cols, start, end): (Payload, usize, usize, usize)) -> (i32, Vec<f64>, f64) {
     let flags = FLAGS.get().expect("the initializer stored the flags");
-    flags.held.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    flags.held.fetch_add(1, Ordering::AcqRel);
     let t0 = Instant::now();
     let sums = sum_rows(&array.0[start * cols..end * cols], cols);
     let took = t0.elapsed().as_secs_f64();
@@ -103,7 +104,7 @@ fn sum_my_rows((array, cols, start, end): (Payload, usize, usize, usize)) -> (i3
 fn hold_until_released(flags: &Flags) {
     let zygote = nix::unistd::getppid();
     let t0 = Instant::now();
-    while flags.release.load(std::sync::atomic::Ordering::Acquire) == 0
+    while flags.release.load(Ordering::Acquire) == 0
         && nix::unistd::getppid() == zygote
         && t0.elapsed() < HOLD_LIMIT
     {
@@ -118,10 +119,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         cols > 0 && processes > 0 && rows >= processes,
         "need --cols >= 1, --processes >= 1 and at least one row per process \
          (--rows {rows}, --processes {processes})"
-    );
-    ensure!(
-        processes < u32::MAX as usize,
-        "--processes {processes} is too many"
     );
     let size = common::array_bytes(rows, cols, 8)?;
     ensure!(
@@ -311,7 +308,7 @@ fn wait_until_held(
     let limit = HOLD_LIMIT / 2 + Duration::from_secs(size * processes as u64 / (64 << 20));
     let t0 = Instant::now();
     loop {
-        let held = flags.held.load(std::sync::atomic::Ordering::Acquire) as usize;
+        let held = flags.held.load(Ordering::Acquire) as usize;
         bar.set_position(held as u64);
         if held == processes {
             return Ok(());
