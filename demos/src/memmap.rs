@@ -289,7 +289,7 @@ fn with_pool(
         bytes(size)
     );
     // ANCHOR_END: verify
-    phase("flush to disk (msync)", Some(size), || array.flush())
+    phase("flush to disk (msync)", None, || array.flush())
         .0
         .with_context(|| format!("writing {} to disk", path.display()))?;
     Ok(())
