@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, ensure};
 use forkpool::Pool;
-use forkpool_shm::{MemoryReport, SharedArray, ShmError};
+use forkpool_shm::{SharedArray, ShmError};
 
 use crate::common::{self, bytes, fact, phase};
 
@@ -271,7 +271,7 @@ fn with_pool(
     checked?;
 
     let report = common::memory_table("memory while the workers map the file", Some(pool), &[])?;
-    let in_memory = file_pages(&report, path)?;
+    let in_memory = common::mapped_file_pss(&report, path)?;
     fact(
         "file pages, summed PSS",
         format!(
@@ -293,38 +293,6 @@ fn with_pool(
         .0
         .with_context(|| format!("writing {} to disk", path.display()))?;
     Ok(())
-}
-
-/// The PSS of the mappings of `path`, summed over the processes of
-/// `report` (from `/proc/<pid>/smaps`): the file's pages in memory, each
-/// counted once however many processes map it.
-fn file_pages(report: &MemoryReport, path: &Path) -> anyhow::Result<u64> {
-    let path = std::fs::canonicalize(path)
-        .with_context(|| format!("finding the full path of {}", path.display()))?;
-    let name = path.to_string_lossy();
-    let mut total = 0;
-    for process in report.entries() {
-        let smaps = format!("/proc/{}/smaps", process.pid);
-        let text = std::fs::read_to_string(&smaps).with_context(|| format!("reading {smaps}"))?;
-        let mut in_file = false;
-        for line in text.lines() {
-            if let Some(pss) = line.strip_prefix("Pss:") {
-                if in_file {
-                    let kib: u64 = pss.trim().trim_end_matches("kB").trim().parse()?;
-                    total += kib * 1024;
-                }
-            } else if line
-                .split_whitespace()
-                .next()
-                .is_some_and(|f| !f.ends_with(':'))
-            {
-                // A mapping's first line, `start-end perms offset dev inode
-                // path`, rather than one of its `Field: value` lines.
-                in_file = line.trim_end().ends_with(name.as_ref());
-            }
-        }
-    }
-    Ok(total)
 }
 
 /// What numpy runs: opens the file as `np.memmap` or `np.load(mmap_mode=)`
