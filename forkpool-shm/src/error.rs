@@ -45,7 +45,7 @@ pub enum ShmError {
 
     /// The kernel refused to reserve the memory or disk space up front.
     #[error(
-        "could not reserve {size} for {what}: {source}; there is not enough free memory or \
+        "could not reserve {size} for {what}: {cause}; there is not enough free memory or \
          disk space for it (use a smaller array, free memory, or a file on a larger disk)"
     )]
     Reserve {
@@ -53,8 +53,9 @@ pub enum ShmError {
         size: ByteSize,
         /// What was being reserved (`"an anonymous shared array"`, a path).
         what: String,
-        /// The error from `fallocate`.
-        source: Errno,
+        /// The error from `fallocate` (part of the message, so not also
+        /// a `source()`: printed once by error chains).
+        cause: Errno,
     },
 
     /// A shape that no array can have.
@@ -67,23 +68,23 @@ pub enum ShmError {
     },
 
     /// A system call failed.
-    #[error("{call} failed: {source}")]
+    #[error("{call} failed: {cause}")]
     Os {
         /// The call and what it was doing (`"memfd_create"`).
         call: &'static str,
-        /// The error number.
-        source: Errno,
+        /// The error number (in the message).
+        cause: Errno,
     },
 
     /// Reading, writing or mapping a file failed.
-    #[error("{path}: could not {op}: {source}")]
+    #[error("{path}: could not {op}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What was being done (`"open"`, `"map"`).
         op: &'static str,
-        /// The error.
-        source: std::io::Error,
+        /// The error (in the message).
+        cause: std::io::Error,
     },
 
     /// A file holds elements of another type than the array was opened with.
@@ -207,14 +208,14 @@ pub enum ShmError {
     },
 
     /// Reading a process's memory figures from `/proc` failed.
-    #[error("could not read memory figures of pid {pid} ({path}): {source}")]
+    #[error("could not read memory figures of pid {pid} ({path}): {cause}")]
     Proc {
         /// The process.
         pid: i32,
         /// The file read.
         path: PathBuf,
-        /// The error (`NotFound` when the process has exited).
-        source: std::io::Error,
+        /// The error (`NotFound` when the process has exited; in the message).
+        cause: std::io::Error,
     },
 
     /// A `/proc` file whose contents were not understood.

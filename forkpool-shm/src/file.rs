@@ -31,7 +31,7 @@ fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Sh
     move |source| ShmError::Io {
         path: path.to_owned(),
         op,
-        source,
+        cause: source,
     }
 }
 
@@ -92,7 +92,7 @@ fn check_disk_space(path: &Path, bytes: u64) -> Result<(), ShmError> {
                     path.display(),
                     ByteSize(free)
                 ),
-                source: nix::errno::Errno::ENOSPC,
+                cause: nix::errno::Errno::ENOSPC,
             });
         }
     }

@@ -45,13 +45,13 @@ pub(crate) fn create_reserved(name: &str, len: u64) -> Result<File, ShmError> {
     }
     .map_err(|source| ShmError::Os {
         call: "memfd_create",
-        source,
+        cause: source,
     })?;
     let file = File::from(fd);
     let size = i64::try_from(len).map_err(|_| ShmError::Reserve {
         size: ByteSize(len),
         what: "an anonymous shared array".into(),
-        source: Errno::EFBIG,
+        cause: Errno::EFBIG,
     })?;
     reserve(&file, 0, size, CHUNK as i64, "an anonymous shared array")?;
     Ok(file)
@@ -81,7 +81,7 @@ pub(crate) fn reserve(
                     file.set_len(end as u64).map_err(|e| ShmError::Reserve {
                         size: ByteSize(len as u64),
                         what: what.to_owned(),
-                        source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                        cause: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
                     })?;
                 }
                 return Ok(false);
@@ -90,7 +90,7 @@ pub(crate) fn reserve(
                 return Err(ShmError::Reserve {
                     size: ByteSize(len as u64),
                     what: what.to_owned(),
-                    source,
+                    cause: source,
                 });
             }
         }

@@ -59,7 +59,7 @@ impl MemInfo {
         let text = fs::read_to_string(path).map_err(|source| ShmError::Proc {
             pid: std::process::id() as i32,
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         Self::parse(&text).map_err(|reason| ShmError::ProcFormat {
             path: path.to_owned(),

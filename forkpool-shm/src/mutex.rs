@@ -81,7 +81,7 @@ impl RobustMutex {
         let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
         let os = |call, rc| ShmError::Os {
             call,
-            source: Errno::from_raw(rc),
+            cause: Errno::from_raw(rc),
         };
         // SAFETY: `attr` is a local we initialise before any other use and
         // destroy at the end; `this` is valid and unused, as the caller
@@ -161,7 +161,7 @@ impl RobustMutex {
                     unsafe { libc::pthread_mutex_unlock(self.raw()) };
                     return Err(ShmError::Os {
                         call: "pthread_mutex_consistent",
-                        source: Errno::from_raw(rc),
+                        cause: Errno::from_raw(rc),
                     });
                 }
                 self.poison(if dead > 0 { dead } else { -1 }, false);
@@ -179,7 +179,7 @@ impl RobustMutex {
             rc => {
                 return Err(ShmError::Os {
                     call: "pthread_mutex_lock",
-                    source: Errno::from_raw(rc),
+                    cause: Errno::from_raw(rc),
                 });
             }
         }

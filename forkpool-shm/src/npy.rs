@@ -51,7 +51,7 @@ pub(crate) fn read_header<T: Element>(file: &File, path: &Path) -> Result<NpyHea
     reader.rewind().map_err(|source| ShmError::Io {
         path: path.to_owned(),
         op: "seek to the start of the file",
-        source,
+        cause: source,
     })?;
     let header = match Header::from_reader(&mut reader) {
         Ok(header) => header,
@@ -65,7 +65,7 @@ pub(crate) fn read_header<T: Element>(file: &File, path: &Path) -> Result<NpyHea
             return Err(ShmError::Io {
                 path: path.to_owned(),
                 op: "read the .npy header",
-                source,
+                cause: source,
             });
         }
         Err(ReadHeaderError::Parse(ParseHeaderError::MagicString)) => {
@@ -80,7 +80,7 @@ pub(crate) fn read_header<T: Element>(file: &File, path: &Path) -> Result<NpyHea
     let data_offset = reader.stream_position().map_err(|source| ShmError::Io {
         path: path.to_owned(),
         op: "find the end of the .npy header",
-        source,
+        cause: source,
     })?;
     let descr = match header.type_descriptor {
         PyValue::String(descr) => descr,

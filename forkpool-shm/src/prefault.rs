@@ -72,7 +72,7 @@ pub(crate) fn prefault(
                     Access::Read => "madvise(MADV_POPULATE_READ)",
                     Access::Write => "madvise(MADV_POPULATE_WRITE)",
                 },
-                source,
+                cause: source,
             }),
         };
     }

@@ -71,7 +71,7 @@ impl Region {
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
             path: PathBuf::from(format!("/memfd:{name}")),
             op: "map the anonymous shared memory",
-            source,
+            cause: source,
         })?;
         drop(file); // the mapping keeps the memory alive; no descriptor to leak
         let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
@@ -127,7 +127,7 @@ impl Region {
         let mut map = unsafe { MmapMut::map_mut(file) }.map_err(|source| ShmError::Io {
             path: path.to_owned(),
             op: "map the file",
-            source,
+            cause: source,
         })?;
         let mut header_map = anonymous_header_page(path)?;
         let header = NonNull::new(header_map.as_mut_ptr())
@@ -212,7 +212,7 @@ impl Region {
         result.map_err(|source| ShmError::Io {
             path: path.clone(),
             op: "flush (msync) the mapping",
-            source,
+            cause: source,
         })
     }
 }
@@ -224,7 +224,7 @@ fn anonymous_header_page(path: &Path) -> Result<MmapMut, ShmError> {
     unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
         path: path.to_owned(),
         op: "map the array's header page",
-        source,
+        cause: source,
     })
 }
 

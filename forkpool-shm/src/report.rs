@@ -86,7 +86,7 @@ impl MemoryUsage {
         let text = std::fs::read_to_string(&path).map_err(|source| ShmError::Proc {
             pid: pid.as_raw(),
             path: path.clone(),
-            source,
+            cause: source,
         })?;
         let mut usage =
             Self::parse(&text).map_err(|reason| ShmError::ProcFormat { path, reason })?;
