@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::RwLock;
 
 use anyhow::{Context, ensure};
 use forkpool::Pool;
@@ -38,13 +38,18 @@ pub struct Args {
 }
 
 // ANCHOR: worker
-/// The shared array, set before the pool forks: every worker inherits it.
-static ARRAY: OnceLock<SharedArray<f64>> = OnceLock::new();
+/// The shared array, a global set before the pool forks: every worker
+/// inherits it, as the notes' workers inherit `main_nparray`. (A lock rather
+/// than a `OnceLock` so the parent can drop it when the demo ends.)
+static ARRAY: RwLock<Option<SharedArray<f64>>> = RwLock::new(None);
 
 /// The notes' `worker_fn`: checks that row `idx` still holds the default
 /// value, then overwrites it with this worker's pid.
 fn worker_fn(idx: usize) -> (i32, bool) {
-    let array = ARRAY.get().expect("the array is set before the pool forks");
+    let guard = ARRAY.read().unwrap_or_else(|e| e.into_inner());
+    let array = guard
+        .as_ref()
+        .expect("the array is set before the pool forks");
     let pid = std::process::id();
     let untouched = array.iter_rows(idx..idx + 1).all(|v| v == DEFAULT_VALUE);
     array.fill_row(idx, f64::from(pid));
@@ -76,9 +81,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     });
     let array = array.context("creating the shared array")?;
     phase("fill with 42", Some(size), || array.fill(DEFAULT_VALUE));
-    ARRAY
-        .set(array.clone())
-        .map_err(|_| anyhow::anyhow!("pid-fill runs once per process"))?;
+    *ARRAY.write().unwrap_or_else(|e| e.into_inner()) = Some(array.clone());
+    let _release = Release; // the parent lets go of it when the demo ends
     let (pool, _) = phase("start the pool", None, || Pool::new(processes));
     let pool = pool?;
     // ANCHOR_END: create
@@ -184,4 +188,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     pool.close();
     pool.join()?;
     Ok(())
+}
+
+/// Empties [`ARRAY`] when dropped, however the demo ends.
+struct Release;
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        ARRAY.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
