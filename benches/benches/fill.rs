@@ -6,8 +6,8 @@
 //!   initializer pre-faulted it); and a first fill (`cold`: creating the
 //!   array, then fresh workers pre-faulting and filling their rows).
 //! - `random_fill_1GiB`: one ChaCha8 stream per row, serially into a new
-//!   private array (`vec!`, as `np.empty`), and by 2 workers into a new
-//!   shared array; the ceiling is the generation alone on 1 and 2 threads
+//!   private array (`vec!`, as `np.empty`), and by 1 and 2 workers into a
+//!   new shared array; the ceiling is the generation alone on 1 and 2 threads
 //!   into memory already mapped.
 //!
 //! Run: `cargo bench -p forkpool-benches --bench fill`.
@@ -74,17 +74,22 @@ fn random_fill(c: &mut Criterion) {
                 .sum()
         })
     });
-    g.bench_function("forkpool_2_processes_new_shared_array", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    let (took, array) = random::parallel(RANDOM, 2, SEED);
-                    black_box(array);
-                    took
+    for processes in [1usize, 2] {
+        g.bench_function(
+            BenchmarkId::new("forkpool_new_shared_array", processes),
+            |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            let (took, array) = random::parallel(RANDOM, processes, SEED);
+                            black_box(array);
+                            took
+                        })
+                        .sum()
                 })
-                .sum()
-        })
-    });
+            },
+        );
+    }
     {
         let mut mapped = vec![0f64; RANDOM / 8];
         random::threads_on_mapped(&mut mapped, 1, SEED);

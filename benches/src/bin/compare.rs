@@ -1,2 +1,822 @@
-//! placeholder
-fn main() {}
+//! The comparison with Python's `multiprocessing`, in one command:
+//!
+//! ```text
+//! cargo run --release -p forkpool-benches --bin compare [-- --quick] [-- --only apply]
+//! ```
+//!
+//! For each workload it times the forkpool side here, the machine's ceiling
+//! for the same work (also here, in the same run), and the Python side by
+//! running `benches/python/<workload>.py` (which prints one JSON line), then
+//! prints a table: workload, Python time, forkpool time, the ratio, and
+//! forkpool as a fraction of the ceiling.
+//!
+//! Options:
+//!
+//! - `--quick`: small sizes and few runs (a smoke test of the whole chain);
+//! - `--only <text>`: only the workloads whose id contains `<text>`;
+//! - `--reps <n>`: timed runs per measurement (default 5, 3 for the slow ones);
+//! - `--python <exe>`: the interpreter (default `$PYTHON` or `python3`);
+//! - `--no-python`: the Rust side only.
+//!
+//! If `python3` is missing the Python column says so and the rest runs; if
+//! numpy is missing it is installed with `pip`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use forkpool::Pool;
+use forkpool_benches::arrays::{Counter, Counters, PassArray, WarmFill, cold_fill};
+use forkpool_benches::ceiling::{PingPong, PipeSink, faulted_buffer, fork_exit_wait, memset};
+use forkpool_benches::random;
+use forkpool_benches::startup::{Ballast, time_start};
+use forkpool_benches::tasks::{Chunks, RayonMap, time_apply, time_map};
+use forkpool_benches::timing::{OneCpu, sample};
+
+const PROCESSES: usize = 2;
+const MIB: usize = 1 << 20;
+
+/// Command-line options.
+#[derive(Debug)]
+struct Options {
+    quick: bool,
+    only: Option<String>,
+    reps: Option<usize>,
+    python: Option<String>,
+}
+
+impl Options {
+    fn parse() -> Options {
+        let mut o = Options {
+            quick: false,
+            only: None,
+            reps: None,
+            python: Some(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--only" => o.only = args.next(),
+                "--reps" => o.reps = args.next().and_then(|n| n.parse().ok()),
+                "--python" => o.python = args.next(),
+                "--no-python" => o.python = None,
+                "-h" | "--help" => {
+                    println!(
+                        "usage: compare [--quick] [--only <id text>] [--reps <n>] \
+                         [--python <exe> | --no-python]"
+                    );
+                    std::process::exit(0);
+                }
+                other => {
+                    eprintln!("compare: unknown option {other:?} (try --help)");
+                    std::process::exit(2);
+                }
+            }
+        }
+        o
+    }
+}
+
+/// Sizes of the workloads: the full run, or `--quick`.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    map_small: u64,
+    map_large: u64,
+    apply_rust: u32,
+    apply_python: u32,
+    pass_mib: usize,
+    fill_mib: usize,
+    random_mib: usize,
+    counter_rust: u64,
+    counter_python: u64,
+    ballast_mib: usize,
+    reps: usize,
+    slow_reps: usize,
+}
+
+impl Sizes {
+    fn new(o: &Options) -> Sizes {
+        let mut s = if o.quick {
+            Sizes {
+                map_small: 10_000,
+                map_large: 100_000,
+                apply_rust: 2_000,
+                apply_python: 200,
+                pass_mib: 16,
+                fill_mib: 32,
+                random_mib: 64,
+                counter_rust: 100_000,
+                counter_python: 10_000,
+                ballast_mib: 64,
+                reps: 2,
+                slow_reps: 1,
+            }
+        } else {
+            Sizes {
+                map_small: 100_000,
+                map_large: 1_000_000,
+                apply_rust: 20_000,
+                apply_python: 2_000,
+                pass_mib: 256,
+                fill_mib: 256,
+                random_mib: 1024,
+                counter_rust: 2_000_000,
+                counter_python: 100_000,
+                ballast_mib: 1024,
+                reps: 5,
+                slow_reps: 3,
+            }
+        };
+        if let Some(r) = o.reps {
+            s.reps = r;
+            s.slow_reps = r;
+        }
+        s
+    }
+}
+
+/// The Python side: the interpreter, whether numpy imports, the scripts.
+#[derive(Debug)]
+struct Python {
+    exe: String,
+    version: String,
+    numpy: bool,
+    dir: PathBuf,
+}
+
+impl Python {
+    /// Finds the interpreter and numpy (installing numpy with pip if it is
+    /// missing); `None`, with a message, if there is no interpreter.
+    fn detect(exe: &str) -> Option<Python> {
+        let version = match Command::new(exe).arg("--version").output() {
+            Ok(out) if out.status.success() => {
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            }
+            _ => {
+                eprintln!(
+                    "compare: {exe} was not found: the Python column is skipped \
+                     (install Python 3 or pass --python <exe>)"
+                );
+                return None;
+            }
+        };
+        let numpy_ok = || {
+            Command::new(exe)
+                .args(["-c", "import numpy"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let mut numpy = numpy_ok();
+        if !numpy {
+            eprintln!("compare: numpy is missing: running {exe} -m pip install --quiet numpy");
+            let _ = Command::new(exe)
+                .args(["-m", "pip", "install", "--quiet", "numpy"])
+                .status();
+            numpy = numpy_ok();
+            if !numpy {
+                eprintln!(
+                    "compare: numpy could not be installed: the Python column of the \
+                     numpy workloads is skipped"
+                );
+            }
+        }
+        Some(Python {
+            exe: exe.to_string(),
+            version,
+            numpy,
+            dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/python")),
+        })
+    }
+
+    /// Runs `script` with `args`; the median seconds it reports.
+    fn run(&self, script: &str, args: &[String], needs_numpy: bool) -> Result<f64, String> {
+        if needs_numpy && !self.numpy {
+            return Err("numpy missing".into());
+        }
+        let out = Command::new(&self.exe)
+            .arg(self.dir.join(script))
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .map_err(|e| format!("{script}: {e}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(5).collect();
+            return Err(format!(
+                "{script} failed ({}): {}",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("{script}: bad output {line:?}: {e}"))?;
+        v["seconds"]
+            .as_f64()
+            .ok_or_else(|| format!("{script}: no \"seconds\" in {line}"))
+    }
+}
+
+/// One line of the table.
+#[derive(Debug)]
+struct Row {
+    id: &'static str,
+    workload: String,
+    python: Result<f64, String>,
+    forkpool: f64,
+    ceiling: Option<(String, f64)>,
+}
+
+/// The runner: options, sizes, the Python side, the rows so far.
+struct Runner {
+    opts: Options,
+    sizes: Sizes,
+    python: Option<Python>,
+    rows: Vec<Row>,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn s(x: impl ToString) -> String {
+    x.to_string()
+}
+
+impl Runner {
+    fn wants(&self, id: &str) -> bool {
+        self.opts.only.as_deref().is_none_or(|o| id.contains(o))
+    }
+
+    fn python(&self, script: &str, args: &[String], needs_numpy: bool) -> Result<f64, String> {
+        match &self.python {
+            None => Err("no python".into()),
+            Some(p) => p.run(script, args, needs_numpy),
+        }
+    }
+
+    /// Records a row and prints it as it comes.
+    fn push(&mut self, row: Row) {
+        eprintln!(
+            "  {:<44} python {:>10}  forkpool {:>10}  ceiling {:>10}",
+            row.workload,
+            row.python
+                .as_ref()
+                .map_or_else(|_| "-".into(), |&p| fmt_time(p)),
+            fmt_time(row.forkpool),
+            row.ceiling.as_ref().map_or("-".into(), |c| fmt_time(c.1)),
+        );
+        if let Err(e) = &row.python
+            && e != "no python"
+        {
+            eprintln!("    python: {e}");
+        }
+        self.rows.push(row);
+    }
+
+    fn map_rows(&mut self) {
+        let z = self.sizes;
+        for (id, n, chunks) in [
+            ("map-chunksize-1", z.map_small, Chunks::Size(1)),
+            ("map-1M-default", z.map_large, Chunks::Default),
+        ] {
+            if !self.wants(id) {
+                continue;
+            }
+            let items: Vec<u64> = (0..n).collect();
+            let rayon = RayonMap::new(PROCESSES);
+            let ceiling = sample(z.reps, || rayon.time_map(&items, chunks)).median();
+            drop(rayon);
+            let pool = Pool::new(PROCESSES).expect("pool");
+            let ours = sample(z.reps, || time_map(&pool, &items, chunks)).median();
+            drop(pool);
+            let python = self.python(
+                "map_tasks.py",
+                &[
+                    s("--n"),
+                    s(n),
+                    s("--chunksize"),
+                    chunks.label(),
+                    s("--reps"),
+                    s(z.reps),
+                ],
+                false,
+            );
+            self.push(Row {
+                id,
+                workload: format!("map {n} tasks, chunksize {}, 2 processes", chunks.label()),
+                python,
+                forkpool: secs(ours),
+                ceiling: Some(("rayon, 2 threads".into(), secs(ceiling))),
+            });
+        }
+    }
+
+    fn apply_rows(&mut self) {
+        let z = self.sizes;
+        for one_cpu in [false, true] {
+            let id = if one_cpu { "apply-cpu0" } else { "apply" };
+            if !self.wants(id) {
+                continue;
+            }
+            let pin = one_cpu.then(|| OneCpu::pin().expect("pin to CPU 0"));
+            let ping = PingPong::start();
+            let ceiling = sample(z.reps, || {
+                let start = std::time::Instant::now();
+                for _ in 0..z.apply_rust {
+                    ping.round_trip();
+                }
+                start.elapsed() / z.apply_rust
+            })
+            .median();
+            drop(ping);
+            let pool = Pool::new(PROCESSES).expect("pool");
+            let ours = sample(z.reps, || time_apply(&pool, z.apply_rust)).median();
+            drop(pool);
+            drop(pin);
+            let mut args = vec![s("--n"), s(z.apply_python), s("--reps"), s(z.reps)];
+            if one_cpu {
+                args.push(s("--cpu0"));
+            }
+            let python = self.python("apply_latency.py", &args, false);
+            let workload = if one_cpu {
+                "apply round trip, all on CPU 0"
+            } else {
+                "apply round trip, 2 CPUs"
+            };
+            self.push(Row {
+                id,
+                workload: workload.into(),
+                python,
+                forkpool: secs(ours),
+                ceiling: Some(("raw pipe ping-pong".into(), secs(ceiling))),
+            });
+        }
+    }
+
+    fn pass_rows(&mut self) {
+        let z = self.sizes;
+        if !self.wants("pass-value") && !self.wants("pass-shared") {
+            return;
+        }
+        let tasks = 4;
+        let bench = PassArray::new(z.pass_mib * MIB, PROCESSES, tasks);
+        let common = |mode: &str| {
+            vec![
+                s("--mib"),
+                s(z.pass_mib),
+                s("--tasks"),
+                s(tasks),
+                s("--mode"),
+                s(mode),
+                s("--reps"),
+                s(z.slow_reps),
+            ]
+        };
+        if self.wants("pass-value") {
+            let sink = PipeSink::start();
+            let payload = faulted_buffer(bench.bytes());
+            let ceiling = sample(z.slow_reps, || {
+                let start = std::time::Instant::now();
+                for _ in 0..tasks {
+                    sink.send(&payload);
+                }
+                start.elapsed()
+            })
+            .median();
+            drop((sink, payload));
+            let ours = sample(z.slow_reps, || bench.run_by_value()).median();
+            let python = self.python("pass_array.py", &common("value"), true);
+            self.push(Row {
+                id: "pass-value",
+                workload: format!("{} MiB array to {tasks} tasks, by value", z.pass_mib),
+                python,
+                forkpool: secs(ours),
+                ceiling: Some((
+                    format!("raw pipe, {tasks} x {} MiB", z.pass_mib),
+                    secs(ceiling),
+                )),
+            });
+        }
+        if self.wants("pass-shared") {
+            let ceiling = sample(z.reps, || bench.time_threads_sum(PROCESSES)).median();
+            let ours = sample(z.reps, || bench.run_shared()).median();
+            let mut args = common("shared");
+            let last = args.len() - 1;
+            args[last] = s(z.reps);
+            let python = self.python("pass_array.py", &args, true);
+            self.push(Row {
+                id: "pass-shared",
+                workload: format!("{} MiB array to {tasks} tasks, shared", z.pass_mib),
+                python,
+                forkpool: secs(ours),
+                ceiling: Some(("sum on 2 threads".into(), secs(ceiling))),
+            });
+        }
+    }
+
+    fn fill_rows(&mut self) {
+        let z = self.sizes;
+        let bytes = z.fill_mib * MIB;
+        for (id, processes, mode) in [
+            ("fill-warm-1", 1usize, "warm"),
+            ("fill-warm-2", 2, "warm"),
+            ("fill-cold-1", 1, "cold"),
+            ("fill-cold-2", 2, "cold"),
+        ] {
+            if !self.wants(id) {
+                continue;
+            }
+            let ceiling = {
+                let mut buf = faulted_buffer(bytes);
+                sample(z.reps, || memset(&mut buf, 7, processes)).median()
+            };
+            let ours = if mode == "warm" {
+                let mut warm = WarmFill::new(bytes, processes);
+                sample(z.reps, || warm.run()).median()
+            } else {
+                sample(z.reps, || cold_fill(bytes, processes)).median()
+            };
+            let python = self.python(
+                "shared_fill.py",
+                &[
+                    s("--mib"),
+                    s(z.fill_mib),
+                    s("--processes"),
+                    s(processes),
+                    s("--mode"),
+                    s(mode),
+                    s("--reps"),
+                    s(z.reps),
+                ],
+                true,
+            );
+            let what = if mode == "warm" {
+                "workers have mapped it"
+            } else {
+                "create + first fill"
+            };
+            let plural = if processes == 1 { "" } else { "es" };
+            self.push(Row {
+                id,
+                workload: format!(
+                    "fill {} MiB shared, {processes} process{plural}, {what}",
+                    z.fill_mib
+                ),
+                python,
+                forkpool: secs(ours),
+                ceiling: Some((format!("memset, {processes} thread(s)"), secs(ceiling))),
+            });
+        }
+    }
+
+    fn random_rows(&mut self) {
+        let z = self.sizes;
+        let bytes = z.random_mib * MIB;
+        let seed = 42;
+        for (id, processes) in [("random-serial", 0usize), ("random-1", 1), ("random-2", 2)] {
+            if !self.wants(id) {
+                continue;
+            }
+            let threads = processes.max(1);
+            let ceiling = {
+                let mut mapped = vec![1f64; bytes / 8];
+                sample(z.slow_reps, || {
+                    random::threads_on_mapped(&mut mapped, threads, seed)
+                })
+                .median()
+            };
+            let ours = if processes == 0 {
+                sample(z.slow_reps, || random::serial(bytes, seed).0).median()
+            } else {
+                sample(z.slow_reps, || random::parallel(bytes, processes, seed).0).median()
+            };
+            let python = self.python(
+                "random_fill.py",
+                &[
+                    s("--mib"),
+                    s(z.random_mib),
+                    s("--processes"),
+                    s(processes),
+                    s("--reps"),
+                    s(z.slow_reps),
+                ],
+                true,
+            );
+            let workload = if processes == 0 {
+                format!(
+                    "random fill {} MiB, serial (new private array)",
+                    z.random_mib
+                )
+            } else {
+                format!(
+                    "random fill {} MiB, 2 processes (new shared array)",
+                    z.random_mib
+                )
+            };
+            self.push(Row {
+                id,
+                workload,
+                python,
+                forkpool: secs(ours),
+                ceiling: Some((
+                    format!("generation only, {threads} thread(s)"),
+                    secs(ceiling),
+                )),
+            });
+        }
+    }
+
+    fn counter_rows(&mut self) {
+        let z = self.sizes;
+        if !self.wants("counter-locked") && !self.wants("counter-lockfree") {
+            return;
+        }
+        let counters = Counters::new(PROCESSES);
+        let ceiling = sample(z.reps, || counters.run(Counter::OwnSlot, z.counter_rust)).median();
+        for (id, counter, mode, what) in [
+            (
+                "counter-locked",
+                Counter::Locked,
+                "locked",
+                "counter, lock + add + unlock (Value(lock=True))",
+            ),
+            (
+                "counter-lockfree",
+                Counter::Atomic,
+                "lockfree",
+                "counter, lock-free (Py: own slot each; Rust: one atomic)",
+            ),
+        ] {
+            if !self.wants(id) {
+                continue;
+            }
+            let ours = sample(z.reps, || counters.run(counter, z.counter_rust)).median();
+            let python = self.python(
+                "counters.py",
+                &[
+                    s("--n"),
+                    s(z.counter_python),
+                    s("--mode"),
+                    s(mode),
+                    s("--reps"),
+                    s(z.reps),
+                ],
+                false,
+            );
+            self.push(Row {
+                id,
+                workload: format!("{what}, 2 processes, per increment"),
+                python,
+                forkpool: secs(ours),
+                ceiling: Some(("own cache line each, atomic".into(), secs(ceiling))),
+            });
+        }
+    }
+
+    fn startup_rows(&mut self) {
+        let z = self.sizes;
+        let workers = 4;
+        for (id, mib, kind) in [
+            ("start", 0usize, "private"),
+            ("start-private", z.ballast_mib, "private"),
+            ("start-shared", z.ballast_mib, "shared"),
+        ] {
+            if !self.wants(id) {
+                continue;
+            }
+            let ballast = if kind == "private" {
+                Ballast::private(mib * MIB)
+            } else {
+                Ballast::shared(mib * MIB)
+            };
+            let ceiling = sample(z.reps * 2, || fork_exit_wait(workers)).median();
+            let ours = sample(z.reps * 2, || time_start(workers).1).median();
+            drop(ballast);
+            let python = self.python(
+                "startup.py",
+                &[
+                    s("--processes"),
+                    s(workers),
+                    s("--ballast-mib"),
+                    s(mib),
+                    s("--ballast"),
+                    s(kind),
+                    s("--reps"),
+                    s(z.reps * 2),
+                ],
+                false,
+            );
+            let holding = if mib == 0 {
+                String::new()
+            } else {
+                format!(", parent holds {mib} MiB {kind}")
+            };
+            self.push(Row {
+                id,
+                workload: format!("Pool({workers}) start + close + join{holding}"),
+                python,
+                forkpool: secs(ours),
+                ceiling: Some(("4 x fork + exit + wait".into(), secs(ceiling))),
+            });
+        }
+    }
+
+    fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "| workload | Python | forkpool | Python / forkpool | ceiling (what) | ceiling | forkpool at ceiling |"
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---|---:|---:|");
+        for r in &self.rows {
+            let (py, ratio) = match r.python {
+                Ok(p) => (fmt_time(p), format!("{:.1}x", p / r.forkpool)),
+                Err(_) => ("-".into(), "-".into()),
+            };
+            let (what, ceil, frac) = match &r.ceiling {
+                Some((what, c)) => (
+                    what.clone(),
+                    fmt_time(*c),
+                    format!("{:.0} %", 100.0 * c / r.forkpool),
+                ),
+                None => ("-".into(), "-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                t,
+                "| {} | {py} | {} | {ratio} | {what} | {ceil} | {frac} |",
+                r.workload,
+                fmt_time(r.forkpool)
+            );
+        }
+        t
+    }
+
+    /// Ratios between rows: speed-ups from a second process, tasks per second.
+    fn derived(&self) -> String {
+        let get = |id: &str| self.rows.iter().find(|r| r.id == id);
+        let mut t = String::new();
+        let pair = |a: &str, b: &str| -> Option<(Option<f64>, f64)> {
+            let (a, b) = (get(a)?, get(b)?);
+            let py = match (&a.python, &b.python) {
+                (Ok(x), Ok(y)) => Some(x / y),
+                _ => None,
+            };
+            Some((py, a.forkpool / b.forkpool))
+        };
+        let py = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}x"));
+        if let Some((p, f)) = pair("random-serial", "random-2") {
+            let _ = writeln!(
+                t,
+                "- random fill, 2 processes vs serial: Python {}, forkpool {f:.2}x",
+                py(p)
+            );
+        }
+        if let Some((p, f)) = pair("random-1", "random-2") {
+            let _ = writeln!(
+                t,
+                "- random fill, 2 processes vs 1 process (both into a new shared array): \
+                 Python {}, forkpool {f:.2}x",
+                py(p)
+            );
+        }
+        if let Some((p, f)) = pair("fill-warm-1", "fill-warm-2") {
+            let _ = writeln!(
+                t,
+                "- warm shared fill, 2 processes vs 1: Python {}, forkpool {f:.2}x",
+                py(p)
+            );
+        }
+        if let Some((p, f)) = pair("fill-cold-1", "fill-cold-2") {
+            let _ = writeln!(
+                t,
+                "- cold shared fill, 2 processes vs 1: Python {}, forkpool {f:.2}x",
+                py(p)
+            );
+        }
+        if let Some(r) = get("map-chunksize-1") {
+            let n = self.sizes.map_small as f64;
+            let _ = writeln!(
+                t,
+                "- map chunksize 1: Python {} tasks/s, forkpool {:.0} tasks/s",
+                r.python
+                    .as_ref()
+                    .map_or("-".into(), |p| format!("{:.0}", n / p)),
+                n / r.forkpool
+            );
+        }
+        t
+    }
+}
+
+/// A duration in seconds, with a unit that keeps 3 significant digits.
+fn fmt_time(secs: f64) -> String {
+    let (v, unit) = if secs < 1e-6 {
+        (secs * 1e9, "ns")
+    } else if secs < 1e-3 {
+        (secs * 1e6, "µs")
+    } else if secs < 1.0 {
+        (secs * 1e3, "ms")
+    } else {
+        (secs, "s")
+    };
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$} {unit}")
+}
+
+/// Today's date (UTC), `YYYY-MM-DD`.
+fn today() -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// One line about the machine: CPUs, memory, kernel.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let mem = forkpool_shm::MemInfo::read()
+        .map(|m| format!("{}", forkpool_shm::ByteSize(m.mem_total)))
+        .unwrap_or_else(|_| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    format!("{cpus} CPUs ({model}), {mem} RAM, Linux {kernel}")
+}
+
+fn main() {
+    let opts = Options::parse();
+    let sizes = Sizes::new(&opts);
+    let python = opts.python.as_deref().and_then(Python::detect);
+    if opts.python.is_none() {
+        eprintln!("compare: --no-python: the Python column is skipped");
+    }
+    let mut r = Runner {
+        opts,
+        sizes,
+        python,
+        rows: Vec::new(),
+    };
+    eprintln!("compare: {}", machine());
+    if let Some(p) = &r.python {
+        eprintln!("compare: {} ({})", p.version, p.exe);
+    }
+    // Start-up first, while this process is small; the rest after.
+    r.startup_rows();
+    r.apply_rows();
+    r.map_rows();
+    r.pass_rows();
+    r.fill_rows();
+    r.random_rows();
+    r.counter_rows();
+
+    println!("forkpool vs Python multiprocessing, {}", today());
+    println!("machine: {}", machine());
+    match &r.python {
+        Some(p) => println!(
+            "python: {}{}",
+            p.version,
+            if p.numpy { ", numpy" } else { ", no numpy" }
+        ),
+        None => println!("python: not run (the Python column is empty)"),
+    }
+    println!(
+        "command: cargo run --release -p forkpool-benches --bin compare{}",
+        std::env::args()
+            .skip(1)
+            .map(|a| format!(" {a}"))
+            .collect::<String>()
+    );
+    println!();
+    print!("{}", r.table());
+    println!();
+    print!("{}", r.derived());
+}
