@@ -281,7 +281,7 @@ fn with_pool(
     fact(
         "each worker holds privately",
         format!(
-            "at least {}: the bytes it received and the copy decoded from them",
+            "at least {}: its own copy, decoded from the bytes it received",
             bytes(least)
         ),
     );

@@ -33,8 +33,8 @@ const ENCODE: u8 = 2;
 const DECODE: u8 = 3;
 
 /// The monomorphised entry point a worker calls for a task:
-/// `(function address, payload, output)`.
-pub(crate) type Trampoline = fn(usize, &[u8], &mut Vec<u8>);
+/// `(function address, frame body, where its payload starts, output)`.
+pub(crate) type Trampoline = fn(usize, Vec<u8>, usize, &mut Vec<u8>);
 
 /// A postcard flavor that appends to a borrowed `Vec` with `memcpy`.
 struct Append<'a>(&'a mut Vec<u8>);
@@ -90,30 +90,22 @@ pub(crate) fn trampoline<T: DeserializeOwned, R: Serialize>() -> Trampoline {
 }
 
 /// Decodes the items of a task, runs `f` on each, encodes the outcomes.
-fn run_task<T: DeserializeOwned, R: Serialize>(func: usize, input: &[u8], out: &mut Vec<u8>) {
-    // SAFETY: `func` was made by `Task::encode` from a `fn(T) -> R`, in the
+fn run_task<T: DeserializeOwned, R: Serialize>(
+    func: usize,
+    body: Vec<u8>,
+    at: usize,
+    out: &mut Vec<u8>,
+) {
+    // SAFETY: `func` was made by `encode_task` from a `fn(T) -> R`, in the
     // program image this worker is a fork of, and travelled with this very
     // trampoline (monomorphised for the same `T` and `R`); a function pointer
     // stays valid at the same address in a forked child.
     let f = unsafe { std::mem::transmute::<usize, fn(T) -> R>(func) };
-    let (count, mut rest) = match postcard::take_from_bytes::<u64>(input) {
-        Ok(v) => v,
-        Err(e) => {
-            decode_failed(out, e, input.len());
-            return;
-        }
-    };
-    for _ in 0..count {
-        let item = match postcard::take_from_bytes::<T>(rest) {
-            Ok((item, r)) => {
-                rest = r;
-                item
-            }
-            Err(e) => {
-                decode_failed(out, e, rest.len());
-                return;
-            }
-        };
+    // Decode every item first and free the encoded bytes before running any:
+    // a big argument is then held once (decoded), not twice.
+    let (items, failure) = decode_items::<T>(&body[at..]);
+    drop(body);
+    for item in items {
         let mark = out.len();
         out.push(OK);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -135,6 +127,30 @@ fn run_task<T: DeserializeOwned, R: Serialize>(func: usize, input: &[u8], out: &
             }
         }
     }
+    if let Some((e, bytes)) = failure {
+        decode_failed(out, e, bytes);
+    }
+}
+
+/// Decodes a task's items: those that decode, and why the next one did not
+/// (with the bytes left), if one did not.
+fn decode_items<T: DeserializeOwned>(input: &[u8]) -> (Vec<T>, Option<(postcard::Error, usize)>) {
+    let (count, mut rest) = match postcard::take_from_bytes::<u64>(input) {
+        Ok(v) => v,
+        Err(e) => return (Vec::new(), Some((e, input.len()))),
+    };
+    // The count comes off the wire: do not trust it for the reservation.
+    let mut items = Vec::with_capacity(count.min(1 << 16) as usize);
+    for _ in 0..count {
+        match postcard::take_from_bytes::<T>(rest) {
+            Ok((item, r)) => {
+                rest = r;
+                items.push(item);
+            }
+            Err(e) => return (items, Some((e, rest.len()))),
+        }
+    }
+    (items, None)
 }
 
 fn decode_failed(out: &mut Vec<u8>, e: postcard::Error, bytes: usize) {

@@ -123,7 +123,7 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) ->
                 if oldest.is_some_and(|t| t.elapsed() >= MAX_HOLD) {
                     flush(&mut out, &mut oldest);
                 }
-                run_task(&body, &mut out);
+                run_task(body, &mut out);
                 oldest.get_or_insert_with(Instant::now);
                 if out.len() >= FLUSH_AT {
                     flush(&mut out, &mut oldest);
@@ -145,20 +145,20 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) ->
 }
 
 /// Runs one task frame, appending its result frame to `out`.
-fn run_task(body: &[u8], out: &mut Vec<u8>) {
+fn run_task(body: Vec<u8>, out: &mut Vec<u8>) {
     if body.len() < TASK_HEADER || body[0] != TASK {
         exit(EXIT_BAD_FRAME);
     }
-    let id = frame::field(body, 0);
-    let tramp = frame::field(body, 1) as usize;
-    let func = frame::field(body, 2) as usize;
+    let id = frame::field(&body, 0);
+    let tramp = frame::field(&body, 1) as usize;
+    let func = frame::field(&body, 2) as usize;
     // SAFETY: the parent wrote this address from `task::trampoline::<T, R>()`,
     // a `Trampoline` in the program image this worker is a fork of; the
     // pipe is private to the parent and this worker.
     let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(tramp) };
     let start = FrameBuilder::begin(out, RESULT, &[id, 0]);
     let t0 = Instant::now();
-    tramp(func, &body[TASK_HEADER..], out);
+    tramp(func, body, TASK_HEADER, out);
     let busy = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
     frame::set_field(&mut out[start..], 1, busy);
     frame::patch_len(out, start);
