@@ -52,6 +52,12 @@ pub fn phase<T>(label: &str, moved: Option<u64>, f: impl FnOnce() -> T) -> (T, D
     let t0 = Instant::now();
     let value = f();
     let took = t0.elapsed();
+    print_phase(label, moved, took);
+    (value, took)
+}
+
+/// Prints a phase's time, and its rate if it moved `moved` bytes.
+fn print_phase(label: &str, moved: Option<u64>, took: Duration) {
     match moved {
         Some(n) => fact(
             label,
@@ -59,7 +65,21 @@ pub fn phase<T>(label: &str, moved: Option<u64>, f: impl FnOnce() -> T) -> (T, D
         ),
         None => fact(label, format!("{:.3} s", took.as_secs_f64())),
     }
-    (value, took)
+}
+
+/// Like [`phase`], for a phase that can fail: prints its time and rate
+/// only if it succeeded (a failed phase moved nothing); the error is the
+/// caller's to report.
+pub fn try_phase<T, E>(
+    label: &str,
+    moved: Option<u64>,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<(T, Duration), E> {
+    let t0 = Instant::now();
+    let value = f()?;
+    let took = t0.elapsed();
+    print_phase(label, moved, took);
+    Ok((value, took))
 }
 
 /// The size of a `rows x cols` array of `elem`-byte elements, refusing

@@ -73,18 +73,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     fact("processes", processes);
 
     // ANCHOR: create
-    let (array, _) = phase("create", Some(size), || match &args.file {
+    let (array, _) = common::try_phase("create", Some(size), || match &args.file {
         // SAFETY: the file is created here, and only this program and the
         // processes it forks map it while the demo runs.
         Some(path) => unsafe { SharedArray::<f64>::create_file(path, &[rows, cols]) },
         None => SharedArray::<f64>::new(&[rows, cols]),
-    });
-    let array = array.context("creating the shared array")?;
+    })
+    .context("creating the shared array")?;
     phase("fill with 42", Some(size), || array.fill(DEFAULT_VALUE));
     *ARRAY.write().unwrap_or_else(|e| e.into_inner()) = Some(array.clone());
     let _release = Release; // the parent lets go of it when the demo ends
-    let (pool, _) = phase("start the pool", None, || Pool::new(processes));
-    let pool = pool?;
+    let (pool, _) = common::try_phase("start the pool", None, || Pool::new(processes))?;
     // ANCHOR_END: create
 
     // ANCHOR: map
