@@ -449,18 +449,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut pipe_w = Some(pipe_w);
     // ANCHOR_END: setup
 
-    let (data, _) = common::phase("make the array", Some(size), || {
+    let bar = common::progress(rows as u64, "make the array");
+    let ((data, expected), _) = common::phase("make the array", Some(size), || {
         let mut data = vec![0u8; rows * block];
+        let mut expected = Vec::with_capacity(rows);
         let mut row = vec![0.0; cols];
         for (r, out) in data.chunks_mut(block).enumerate() {
             crate::random_fill::fill_row(args.seed, r as u64, &mut row);
             for (o, x) in out.chunks_exact_mut(8).zip(&row) {
                 o.copy_from_slice(&x.to_le_bytes());
             }
+            expected.push(checksum(out));
+            bar.inc(1);
         }
-        data
+        (data, expected)
     });
-    let expected: Vec<u64> = data.chunks(block).map(checksum).collect();
+    bar.finish_and_clear();
 
     // ANCHOR: stream
     let mut table = None;
