@@ -148,6 +148,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         room.bytes,
         args.factor
     );
+    // Just above the room, the memory available might grow enough by the
+    // time the array is asked for that it is accepted, and allocated.
+    ensure!(
+        fits || share >= 1.1,
+        "{} is only {share:.2}x the {} available: too close to ask for safely (it might be \
+         allocated); ask for at least 1.1x (e.g. --factor 1.5)",
+        bytes(size),
+        room.bytes
+    );
     let refused = if fits {
         fact(
             "anonymous array",

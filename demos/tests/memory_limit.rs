@@ -125,6 +125,14 @@ fn memory_limit_refuses_bad_input_clearly() {
         "{}",
         run.stderr
     );
+    // Just above the memory available: refused, as it might be allocated.
+    let run = demos(&["memory-limit", "--factor", "1.05"]);
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("too close to ask for safely"),
+        "{}",
+        run.stderr
+    );
     let run = demos(&["memory-limit", "--factor", "0"]);
     assert!(!run.ok);
     assert!(
