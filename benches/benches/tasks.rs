@@ -6,7 +6,9 @@
 //!   serialisation) at the same job sizes.
 //! - `round_trip`: one `apply` against a raw pipe ping-pong between two
 //!   processes, on both cores (the default) and with everything pinned to
-//!   one core (`cpu0/`), where no idle vCPU has to be woken.
+//!   one core (`cpu0/`), where no idle vCPU has to be woken; and, to show
+//!   what sleeping and waking cost across CPUs, a ping-pong where both ends
+//!   busy-poll instead of sleeping.
 //!
 //! Run: `cargo bench -p forkpool-benches --bench tasks`.
 
@@ -61,6 +63,13 @@ fn round_trip(c: &mut Criterion) {
             b.iter(|| ping.round_trip())
         });
         drop(ping);
+        if !one_cpu {
+            let spin = PingPong::start_spinning();
+            g.bench_function(
+                "raw_pipe_ping_pong_busy_polling (no sleep, not a way to run)",
+                |b| b.iter(|| spin.round_trip()),
+            );
+        }
         let pool = Pool::new(PROCESSES).unwrap();
         g.bench_function(format!("{prefix}apply_u64"), |b| {
             b.iter(|| black_box(pool.apply(inc, black_box(41)).unwrap()))

@@ -7,7 +7,7 @@
 //! The forked helpers here only read, write and `_exit` (async-signal-safe
 //! calls), so they may be forked from the multithreaded benchmark process.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -84,18 +84,41 @@ fn exit_child(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Closes every descriptor from 3 up except `keep`, in the child of a fork:
+/// a helper must not hold the ends of other pipes (another helper's, a
+/// pool's), or their readers would never see EOF.
+fn close_other_fds(keep: [i32; 2]) {
+    let (a, b) = (keep[0].min(keep[1]) as u32, keep[0].max(keep[1]) as u32);
+    let ranges = [
+        (3, a.checked_sub(1)),
+        (a + 1, b.checked_sub(1)),
+        (b + 1, Some(u32::MAX)),
+    ];
+    for (first, last) in ranges {
+        if let Some(last) = last
+            && first <= last
+        {
+            // SAFETY: `close_range` only closes descriptors; the child uses
+            // none of those it closes.
+            unsafe { libc::close_range(first, last, 0) };
+        }
+    }
+}
+
 /// Forks a helper running `child` on the two pipe ends it is given (the
 /// read end from the parent, the write end back), returning the parent's
 /// ends and the pid.
 fn fork_helper(child: fn(OwnedFd, OwnedFd)) -> (OwnedFd, OwnedFd, Pid) {
     let (down_r, down_w) = pipe().expect("pipe");
     let (up_r, up_w) = pipe().expect("pipe");
-    // SAFETY: the child only reads and writes its pipes (async-signal-safe
-    // calls) and `_exit`s, so forking from a multithreaded process is sound.
+    // SAFETY: the child only closes descriptors, reads and writes its pipes
+    // (async-signal-safe calls) and `_exit`s, so forking from a
+    // multithreaded process is sound.
     match unsafe { fork() }.expect("fork") {
         ForkResult::Child => {
             drop(down_w);
             drop(up_r);
+            close_other_fds([down_r.as_raw_fd(), up_w.as_raw_fd()]);
             child(down_r, up_w);
             exit_child(0)
         }
@@ -116,10 +139,30 @@ pub struct PingPong {
     to_child: Option<OwnedFd>,
     from_child: OwnedFd,
     child: Pid,
+    spin: bool,
+}
+
+/// Makes reads of `fd` return `EAGAIN` instead of blocking.
+fn set_nonblocking(fd: &OwnedFd) {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).expect("F_GETFL"));
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).expect("F_SETFL");
+}
+
+/// Reads one byte from a non-blocking `fd`, polling until it comes; `false`
+/// on EOF or error.
+fn spin_read_byte(fd: &OwnedFd, byte: &mut [u8; 1]) -> bool {
+    loop {
+        match read(fd.as_fd(), byte) {
+            Ok(1) => return true,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => std::hint::spin_loop(),
+            _ => return false,
+        }
+    }
 }
 
 impl PingPong {
-    /// Forks the echoing child.
+    /// Forks the echoing child; both ends block in `read` while they wait.
     pub fn start() -> PingPong {
         fn echo(from: OwnedFd, to: OwnedFd) {
             let mut byte = [0u8; 1];
@@ -134,6 +177,31 @@ impl PingPong {
             to_child: Some(to_child),
             from_child,
             child,
+            spin: false,
+        }
+    }
+
+    /// Forks the echoing child; both ends busy-poll non-blocking pipes
+    /// instead of sleeping, so no waiting CPU ever goes idle. Not a way to
+    /// run (it burns both CPUs while waiting), and meaningless on one CPU:
+    /// it shows what the sleep and wake-up cost in a round trip.
+    pub fn start_spinning() -> PingPong {
+        fn echo(from: OwnedFd, to: OwnedFd) {
+            set_nonblocking(&from);
+            let mut byte = [0u8; 1];
+            while spin_read_byte(&from, &mut byte) {
+                if write(&to, &byte).is_err() {
+                    break;
+                }
+            }
+        }
+        let (to_child, from_child, child) = fork_helper(echo);
+        set_nonblocking(&from_child);
+        PingPong {
+            to_child: Some(to_child),
+            from_child,
+            child,
+            spin: true,
         }
     }
 
@@ -141,7 +209,11 @@ impl PingPong {
     pub fn round_trip(&self) {
         let mut byte = [7u8; 1];
         write(self.to_child.as_ref().expect("running"), &byte).expect("write");
-        assert_eq!(read(self.from_child.as_fd(), &mut byte).expect("read"), 1);
+        if self.spin {
+            assert!(spin_read_byte(&self.from_child, &mut byte), "echo ended");
+        } else {
+            assert_eq!(read(self.from_child.as_fd(), &mut byte).expect("read"), 1);
+        }
     }
 }
 
@@ -278,9 +350,10 @@ mod tests {
 
     #[test]
     fn helpers_answer_and_exit() {
-        let ping = PingPong::start();
-        ping.round_trip();
-        drop(ping);
+        for ping in [PingPong::start(), PingPong::start_spinning()] {
+            ping.round_trip();
+            ping.round_trip();
+        }
         let sink = PipeSink::start();
         sink.send(&vec![3u8; 300_000]);
         sink.send(&[]);

@@ -236,6 +236,8 @@ struct Runner {
     sizes: Sizes,
     python: Option<Python>,
     rows: Vec<Row>,
+    /// Measurements that explain a row rather than make one.
+    notes: Vec<String>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -333,6 +335,23 @@ impl Runner {
             })
             .median();
             drop(ping);
+            if !one_cpu {
+                let spin = PingPong::start_spinning();
+                let polled = sample(z.reps, || {
+                    let start = std::time::Instant::now();
+                    for _ in 0..z.apply_rust {
+                        spin.round_trip();
+                    }
+                    start.elapsed() / z.apply_rust
+                })
+                .median();
+                drop(spin);
+                self.notes.push(format!(
+                    "raw pipe ping-pong on 2 CPUs with both ends busy-polling (no sleep, \
+                     no wake-up): {}",
+                    fmt_time(secs(polled))
+                ));
+            }
             let pool = Pool::new(PROCESSES).expect("pool");
             let ours = sample(z.reps, || time_apply(&pool, z.apply_rust)).median();
             drop(pool);
@@ -708,6 +727,9 @@ impl Runner {
                 n / r.forkpool
             );
         }
+        for n in &self.notes {
+            let _ = writeln!(t, "- {n}");
+        }
         t
     }
 }
@@ -784,6 +806,7 @@ fn main() {
         sizes,
         python,
         rows: Vec::new(),
+        notes: Vec::new(),
     };
     eprintln!("compare: {}", machine());
     if let Some(p) = &r.python {
