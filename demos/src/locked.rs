@@ -7,7 +7,9 @@
 //! 1. **without a lock**, reading a counter and writing it back plus one
 //!    (`get` then `set`, what `arr[i] += 1` does on a Python
 //!    `Array(lock=False)`): two processes read the same value, both write
-//!    value + 1, and one update is lost. The demo counts the lost updates;
+//!    value + 1, and one update is lost. The demo counts the lost updates
+//!    (each worker is pinned to a core of its own, so that they do run at
+//!    the same moment even on a busy machine);
 //! 2. **with an atomic add** (`fetch_add`), no lock: exact, for one number
 //!    at a time;
 //! 3. **with the lock** ([`LockedArray`], and a [`LockedValue`] counting the
@@ -83,11 +85,50 @@ struct Job {
     line: usize,
 }
 
+/// The CPUs this worker may run on, as it started.
+static CPUS: OnceLock<Vec<usize>> = OnceLock::new();
+
+/// Pins this process to the `index`-th CPU it may run on (wrapping around),
+/// so that workers started together run at the same moment on different
+/// cores, rather than take turns on one: woken by the parent's writes,
+/// they tend to wake on the same core, and on a busy machine stay there.
+/// Best effort: does nothing if there is one CPU or a call fails.
+fn pin_to_own_core(index: usize) {
+    let size = size_of::<libc::cpu_set_t>();
+    let cpus = CPUS.get_or_init(|| {
+        // SAFETY: `cpu_set_t` is a plain bit array; all zeroes is the empty
+        // set.
+        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is this process; `allowed` is a writable set of
+        // `size` bytes.
+        if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `c` is below CPU_SETSIZE, the set's size in bits.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+            .collect()
+    });
+    if cpus.len() < 2 {
+        return;
+    }
+    // SAFETY: as above, the empty set.
+    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the CPU number came from the set, so it is below CPU_SETSIZE;
+    // then pid 0 is this process and `one` a valid set of `size` bytes.
+    unsafe {
+        libc::CPU_SET(cpus[index % cpus.len()], &mut one);
+        libc::sched_setaffinity(0, size, &one);
+    }
+}
+
 /// Waits until `parties` workers have reached start line `line`, or a
-/// second has passed (a worker given two tasks must not wait for itself).
+/// second has passed (a worker given two tasks must not wait for itself),
+/// each pinned to a core of its own.
 fn start_together(line: usize, parties: u32) {
     let start = &counters().start;
-    start.fetch_add(line, 1, Ordering::AcqRel);
+    let arrived = start.fetch_add(line, 1, Ordering::AcqRel);
+    pin_to_own_core(arrived as usize);
     let t0 = Instant::now();
     while start.load(line, Ordering::Acquire) < parties && t0.elapsed() < Duration::from_secs(1) {
         // Spin rather than yield: a worker yielding its core lets the next
