@@ -98,11 +98,9 @@ pub fn array_bytes(rows: usize, cols: usize, elem: usize) -> anyhow::Result<u64>
 pub fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template(
-            "   {msg:<28} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("   {msg:<28} [{bar:20}] {pos}/{len} eta {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar
