@@ -12,7 +12,9 @@
 //! the file could be truncated or rewritten by another program while mapped.
 //! The array's lock and row claims live in an anonymous page made at open,
 //! so they are shared with processes forked afterwards, not with a second,
-//! separate open of the same path.
+//! separate open of the same path (which is why a `LockedArray` or a
+//! `PartitionedArray` must not be opened twice; a `SharedArray`, which has
+//! neither, may be, as `np.memmap` is in each Python process).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -217,7 +219,7 @@ unsafe fn open_npy<T: Element>(path: &Path) -> Result<Region, ShmError> {
 }
 
 macro_rules! file_constructors {
-    ($ty:ident, $wrap:expr, $use_it:literal) => {
+    ($ty:ident, $wrap:expr, $use_it:literal, $separate_opens:literal) => {
         impl<T: Element> $ty<T> {
             #[doc = concat!("Creates a raw file at `path` holding a zero-filled array of `shape`, and maps it as a `", stringify!($ty), "`.")]
             ///
@@ -235,9 +237,8 @@ macro_rules! file_constructors {
             /// maps it, the file must not be truncated (access past the end
             /// raises `SIGBUS`), and must not be modified other than through
             /// this array's handles (and those of processes forked after this
-            /// call): not by another program, numpy included, and not through
-            /// another `create_*`/`open_*` call on the same path, which gets a
-            /// separate lock and claim table.
+            /// call), not by another program, numpy included.
+            #[doc = $separate_opens]
             ///
             /// # Errors
             ///
@@ -391,15 +392,23 @@ macro_rules! file_constructors {
 file_constructors!(
     SharedArray,
     std::convert::identity,
-    "array.fill_row(0, 1.5);"
+    "array.fill_row(0, 1.5);",
+    "Several `open_*` of the same path (one per process, as each Python \
+     process calls `np.memmap`) are fine: a `SharedArray` accesses its \
+     elements with atomics and has no lock or claim table to share. A second \
+     `create_*` of the path would truncate it under the first."
 );
 file_constructors!(
     LockedArray,
     LockedArray::from_shared,
-    "array.lock()?.row_mut(0).fill(1.5);"
+    "array.lock()?.row_mut(0).fill(1.5);",
+    "Nor through another `create_*`/`open_*` of the same path: that gets \
+     a lock of its own, which would not exclude this one's holders."
 );
 file_constructors!(
     PartitionedArray,
     PartitionedArray::from_shared,
-    "array.claim_rows(0..1)?.fill(1.5);"
+    "array.claim_rows(0..1)?.fill(1.5);",
+    "Nor through another `create_*`/`open_*` of the same path: that gets \
+     a claim table of its own, so two processes could claim the same rows."
 );
