@@ -14,6 +14,7 @@
 //! verified: no 42 left, 64000000 items counted, 2 workers did work
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
@@ -130,6 +131,27 @@ pub fn memory_table(
         println!("   {line}");
     }
     Ok(report)
+}
+
+/// The rows each worker filled, from the `(pid, rows)` its tasks returned
+/// (a task that failed is an error naming what failed); printed as a
+/// `rows per worker pid` line.
+pub fn rows_per_pid<E: Display>(
+    filled: Vec<forkpool::Result<Result<(i32, usize), E>>>,
+) -> anyhow::Result<BTreeMap<i32, usize>> {
+    let mut rows_by_pid: BTreeMap<i32, usize> = BTreeMap::new();
+    for r in filled {
+        let (pid, n) = r
+            .context("a fill task failed")?
+            .map_err(|e| anyhow::anyhow!("a worker could not fill its rows: {e}"))?;
+        *rows_by_pid.entry(pid).or_default() += n;
+    }
+    let tally: Vec<String> = rows_by_pid
+        .iter()
+        .map(|(pid, n)| format!("{pid}: {n}"))
+        .collect();
+    fact("rows per worker pid", tally.join(", "));
+    Ok(rows_by_pid)
 }
 
 /// Prints the verdict line; the demo's checks have passed when it is

@@ -15,7 +15,6 @@
 //! Finally, if python3 with numpy is there, numpy opens the file and
 //! checks every value too.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -233,18 +232,7 @@ fn with_pool(
     });
     bar.finish_and_clear();
     // ANCHOR_END: map
-    let mut rows_by_pid: BTreeMap<i32, usize> = BTreeMap::new();
-    for r in filled {
-        let (pid, n) = r
-            .context("a fill task failed")?
-            .map_err(|e| anyhow::anyhow!("a worker could not fill its rows: {e}"))?;
-        *rows_by_pid.entry(pid).or_default() += n;
-    }
-    let tally: Vec<String> = rows_by_pid
-        .iter()
-        .map(|(pid, n)| format!("{pid}: {n}"))
-        .collect();
-    fact("rows per worker pid", tally.join(", "));
+    common::rows_per_pid(filled)?;
 
     // ANCHOR: verify
     let bar = common::progress(blocks.len() as u64, "verify every value");

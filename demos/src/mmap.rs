@@ -11,7 +11,6 @@
 //! and the memory table, taken while the workers still map the array, shows
 //! it once: the PSS of its pages summed over all processes is one array.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use anyhow::{Context, ensure};
@@ -123,18 +122,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     });
     bar.finish_and_clear();
     // ANCHOR_END: map
-    let mut rows_by_pid: BTreeMap<i32, usize> = BTreeMap::new();
-    for r in filled {
-        let (pid, n) = r
-            .context("a fill task failed")?
-            .map_err(|e| anyhow::anyhow!("a worker could not fill its rows: {e}"))?;
-        *rows_by_pid.entry(pid).or_default() += n;
-    }
-    let tally: Vec<String> = rows_by_pid
-        .iter()
-        .map(|(pid, n)| format!("{pid}: {n}"))
-        .collect();
-    fact("rows per worker pid", tally.join(", "));
+    let rows_by_pid = common::rows_per_pid(filled)?;
 
     // ANCHOR: verify
     let bar = common::progress(blocks.len() as u64, "verify every value");
