@@ -525,16 +525,11 @@ impl Runner {
                 ],
                 true,
             );
-            let workload = if processes == 0 {
-                format!(
-                    "random fill {} MiB, serial (new private array)",
-                    z.random_mib
-                )
-            } else {
-                format!(
-                    "random fill {} MiB, 2 processes (new shared array)",
-                    z.random_mib
-                )
+            let mib = z.random_mib;
+            let workload = match processes {
+                0 => format!("random fill {mib} MiB, serial (new private array)"),
+                1 => format!("random fill {mib} MiB, 1 process (new shared array)"),
+                n => format!("random fill {mib} MiB, {n} processes (new shared array)"),
             };
             self.push(Row {
                 id,
@@ -555,7 +550,10 @@ impl Runner {
             return;
         }
         let counters = Counters::new(PROCESSES);
-        let ceiling = sample(z.reps, || counters.run(Counter::OwnSlot, z.counter_rust)).median();
+        let ops = (z.counter_rust * counters.processes() as u64) as f64;
+        let per_op =
+            |counter| secs(sample(z.reps, || counters.run(counter, z.counter_rust)).median()) / ops;
+        let ceiling = per_op(Counter::OwnSlot);
         for (id, counter, mode, what) in [
             (
                 "counter-locked",
@@ -573,7 +571,7 @@ impl Runner {
             if !self.wants(id) {
                 continue;
             }
-            let ours = sample(z.reps, || counters.run(counter, z.counter_rust)).median();
+            let ours = per_op(counter);
             let python = self.python(
                 "counters.py",
                 &[
@@ -590,8 +588,8 @@ impl Runner {
                 id,
                 workload: format!("{what}, 2 processes, per increment"),
                 python,
-                forkpool: secs(ours),
-                ceiling: Some(("own cache line each, atomic".into(), secs(ceiling))),
+                forkpool: ours,
+                ceiling: Some(("own cache line each, atomic".into(), ceiling)),
             });
         }
     }
