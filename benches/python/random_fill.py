@@ -5,9 +5,11 @@ worker count).
 --processes 0: serial, into np.empty((rows, cols)) in this process.
 --processes P: timed: creating a RawArray (zeroed by multiprocessing), then
 Pool.map over P blocks of rows; the pool's start is not timed.
+--existing --processes P: the RawArray is created before the clock starts;
+timed: the fill by P fresh workers.
 
     python3 random_fill.py --mib 1024 --processes 0
-    python3 random_fill.py --mib 1024 --processes 2
+    python3 random_fill.py --mib 1024 --processes 2 [--existing]
 """
 
 import gc
@@ -40,6 +42,7 @@ def fill_block(bounds):
 def main():
     p = parser(__doc__)
     p.add_argument("--mib", type=int, default=1024)
+    p.add_argument("--existing", action="store_true", help="do not time creating the array")
     args = p.parse_args()
     setup(args)
     rows = args.mib * (1 << 20) // 8 // ROW
@@ -62,6 +65,8 @@ def main():
 
         def once():
             created, raw = timed(mp.RawArray, "d", rows * ROW)
+            if args.existing:
+                created = 0.0
             pool = mp.Pool(args.processes, initializer=init, initargs=(raw, rows))
             filled, _ = timed(pool.map, fill_block, split(rows, args.processes), 1)
             assert 0.0 <= np.frombuffer(raw, dtype=np.float64)[-1] < 1.0
@@ -71,7 +76,7 @@ def main():
             gc.collect()
             return created + filled
 
-        name = f"{args.processes} processes"
+        name = f"{args.processes} processes" + (", existing array" if args.existing else "")
     runs = sample(args.reps, once)
     report(f"random fill {args.mib} MiB, {name}", runs)
 

@@ -14,7 +14,8 @@
 //! - [`startup`]: pool start-up as the parent's memory grows;
 //! - [`ceiling`]: `memset`, `memcpy`, raw pipe ping-pong and throughput,
 //!   bare `fork`;
-//! - [`timing`]: medians, and pinning to one CPU.
+//! - [`timing`]: medians, and pinning to one CPU;
+//! - [`experiments`]: prototypes of what would close the gaps (not API).
 //!
 //! Run `cargo bench -p forkpool-benches` for the criterion benchmarks, and
 //! `cargo run --release -p forkpool-benches --bin compare` for the table
@@ -22,6 +23,7 @@
 
 pub mod arrays;
 pub mod ceiling;
+pub mod experiments;
 pub mod random;
 pub mod startup;
 pub mod tasks;

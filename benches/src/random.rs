@@ -42,10 +42,10 @@ pub fn serial(bytes: usize, seed: u64) -> (Duration, Vec<f64>) {
     (start.elapsed(), data)
 }
 
-/// Parallel random fill of `bytes` bytes by `processes` workers: creating
-/// the shared array (timed), starting the pool (not timed: see the start-up
-/// benchmarks) and the fill, one block of rows per worker (timed). Returns
-/// the time and the array.
+/// Parallel random fill of `bytes` bytes by `processes` workers, end to
+/// end: creating the shared array (timed: `SharedArray::new` reserves every
+/// page), starting the pool (not timed: see the start-up benchmarks) and
+/// the fill (timed, [`fill_existing`]). Returns the time and the array.
 ///
 /// # Panics
 ///
@@ -54,6 +54,19 @@ pub fn parallel(bytes: usize, processes: usize, seed: u64) -> (Duration, Partiti
     let start = Instant::now();
     let array = PartitionedArray::<f64>::new(&[rows_for(bytes), ROW]).expect("array");
     let created = start.elapsed();
+    let filled = fill_existing(&array, processes, seed);
+    (created + filled, array)
+}
+
+/// Random fill of an existing shared array (its pages allocated, not yet
+/// mapped by any worker) by `processes` fresh workers, one block of rows
+/// each: each maps its rows in bulk, then fills them. Starting the pool is
+/// not timed. Returns the time of the fill.
+///
+/// # Panics
+///
+/// If the pool cannot be created or a task fails.
+pub fn fill_existing(array: &PartitionedArray<f64>, processes: usize, seed: u64) -> Duration {
     let for_workers = array.clone();
     let pool = Pool::builder()
         .processes(processes)
@@ -73,7 +86,30 @@ pub fn parallel(bytes: usize, processes: usize, seed: u64) -> (Duration, Partiti
     pool.map(fill_block, tasks).expect("random fill");
     let filled = start.elapsed();
     drop(pool);
-    (created + filled, array)
+    filled
+}
+
+/// [`fill_existing`] of a new array of `bytes` (created before the clock
+/// starts). Returns the time of the fill.
+///
+/// # Panics
+///
+/// As [`fill_existing`], or if the array cannot be created.
+pub fn existing(bytes: usize, processes: usize, seed: u64) -> Duration {
+    let array = PartitionedArray::<f64>::new(&[rows_for(bytes), ROW]).expect("array");
+    fill_existing(&array, processes, seed)
+}
+
+/// What threads can do with new memory: a new private array (`vec!`), its
+/// rows filled by `threads` threads of this process, each faulting in its
+/// own pages. The machine's limit for an end-to-end parallel fill.
+pub fn threads_on_new(bytes: usize, threads: usize, seed: u64) -> Duration {
+    let start = Instant::now();
+    let mut data = vec![0f64; rows_for(bytes) * ROW];
+    let _ = threads_on_mapped(&mut data, threads, seed);
+    let took = start.elapsed();
+    std::hint::black_box(&data);
+    took
 }
 
 /// The ceiling: the same generation on `threads` threads of this process,

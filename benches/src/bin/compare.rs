@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use forkpool::Pool;
 use forkpool_benches::arrays::{Counter, Counters, PassArray, WarmFill, cold_fill};
 use forkpool_benches::ceiling::{PingPong, PipeSink, faulted_buffer, fork_exit_wait, memset};
+use forkpool_benches::experiments::{self, fill_nontemporal, fill_regular};
 use forkpool_benches::random;
 use forkpool_benches::startup::{Ballast, time_start};
 use forkpool_benches::tasks::{Chunks, RayonMap, time_apply, time_map};
@@ -238,6 +239,8 @@ struct Runner {
     rows: Vec<Row>,
     /// Measurements that explain a row rather than make one.
     notes: Vec<String>,
+    /// The lazily allocated random fill (an experiment), in seconds.
+    lazy_random: Option<f64>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -406,7 +409,24 @@ impl Runner {
                 start.elapsed()
             })
             .median();
-            drop((sink, payload));
+            drop(sink);
+            let big = PipeSink::start_with_pipe_size(Some(MIB));
+            let big_pipe = sample(z.slow_reps, || {
+                let start = std::time::Instant::now();
+                for _ in 0..tasks {
+                    big.send(&payload);
+                }
+                start.elapsed()
+            })
+            .median();
+            drop((big, payload));
+            self.notes.push(format!(
+                "raw pipe, {tasks} x {} MiB: {} with the default 64 KiB pipe, {} with a 1 MiB \
+                 pipe (F_SETPIPE_SZ)",
+                z.pass_mib,
+                fmt_time(secs(ceiling)),
+                fmt_time(secs(big_pipe))
+            ));
             let ours = sample(z.slow_reps, || bench.run_by_value()).median();
             let python = self.python("pass_array.py", &common("value"), true);
             self.push(Row {
@@ -453,6 +473,19 @@ impl Runner {
                 let mut buf = faulted_buffer(bytes);
                 sample(z.reps, || memset(&mut buf, 7, processes)).median()
             };
+            if id == "fill-warm-1" {
+                let mut buf = vec![1f64; bytes / 8];
+                let regular = sample(z.reps, || fill_regular(&mut buf, 2.0)).median();
+                let streaming = sample(z.reps, || fill_nontemporal(&mut buf, 3.0)).median();
+                self.notes.push(format!(
+                    "fill {} MiB on 1 thread, mapped private memory: ordinary stores \
+                     (slice::fill) {}, non-temporal stores {}, glibc memset {}",
+                    z.fill_mib,
+                    fmt_time(secs(regular)),
+                    fmt_time(secs(streaming)),
+                    fmt_time(secs(ceiling))
+                ));
+            }
             let ours = if mode == "warm" {
                 let mut warm = WarmFill::new(bytes, processes);
                 sample(z.reps, || warm.run()).median()
@@ -495,51 +528,80 @@ impl Runner {
     fn random_rows(&mut self) {
         let z = self.sizes;
         let bytes = z.random_mib * MIB;
+        let mib = z.random_mib;
         let seed = 42;
-        for (id, processes) in [("random-serial", 0usize), ("random-1", 1), ("random-2", 2)] {
+        let reps = z.slow_reps;
+        let generation_only = |threads: usize| {
+            let mut mapped = vec![1f64; bytes / 8];
+            let took = sample(reps, || {
+                random::threads_on_mapped(&mut mapped, threads, seed)
+            });
+            (
+                format!("generation only, {threads} thread(s)"),
+                secs(took.median()),
+            )
+        };
+        for (id, processes, existing) in [
+            ("random-serial", 0usize, false),
+            ("random-new-2", 2, false),
+            ("random-existing-1", 1, true),
+            ("random-existing-2", 2, true),
+        ] {
             if !self.wants(id) {
                 continue;
             }
-            let threads = processes.max(1);
-            let ceiling = {
-                let mut mapped = vec![1f64; bytes / 8];
-                sample(z.slow_reps, || {
-                    random::threads_on_mapped(&mut mapped, threads, seed)
-                })
-                .median()
+            let (ours, ceiling, workload) = match (processes, existing) {
+                (0, _) => (
+                    sample(reps, || random::serial(bytes, seed).0).median(),
+                    generation_only(1),
+                    format!("random fill {mib} MiB: new private array, serial"),
+                ),
+                (n, false) => {
+                    let lazy = sample(reps, || experiments::random_parallel_lazy(bytes, n, seed).0)
+                        .median();
+                    self.notes.push(format!(
+                        "random fill {mib} MiB, {n} processes, into a shared array not \
+                         reserved up front (each worker allocates its own rows; experiment): {}",
+                        fmt_time(secs(lazy))
+                    ));
+                    self.lazy_random = Some(secs(lazy));
+                    let threads = sample(reps, || random::threads_on_new(bytes, n, seed)).median();
+                    (
+                        sample(reps, || random::parallel(bytes, n, seed).0).median(),
+                        (
+                            format!("new private array + generation, {n} threads"),
+                            secs(threads),
+                        ),
+                        format!("random fill {mib} MiB: new shared array, {n} processes"),
+                    )
+                }
+                (n, true) => (
+                    sample(reps, || random::existing(bytes, n, seed)).median(),
+                    generation_only(n),
+                    format!(
+                        "random fill {mib} MiB: existing shared array, {n} fresh process{}",
+                        if n == 1 { "" } else { "es" }
+                    ),
+                ),
             };
-            let ours = if processes == 0 {
-                sample(z.slow_reps, || random::serial(bytes, seed).0).median()
-            } else {
-                sample(z.slow_reps, || random::parallel(bytes, processes, seed).0).median()
-            };
-            let python = self.python(
-                "random_fill.py",
-                &[
-                    s("--mib"),
-                    s(z.random_mib),
-                    s("--processes"),
-                    s(processes),
-                    s("--reps"),
-                    s(z.slow_reps),
-                ],
-                true,
-            );
-            let mib = z.random_mib;
-            let workload = match processes {
-                0 => format!("random fill {mib} MiB, serial (new private array)"),
-                1 => format!("random fill {mib} MiB, 1 process (new shared array)"),
-                n => format!("random fill {mib} MiB, {n} processes (new shared array)"),
-            };
+            let mut args = vec![
+                s("--mib"),
+                s(mib),
+                s("--processes"),
+                s(processes),
+                s("--reps"),
+                s(reps),
+            ];
+            if existing {
+                args.push(s("--existing"));
+            }
+            let python = self.python("random_fill.py", &args, true);
             self.push(Row {
                 id,
                 workload,
                 python,
                 forkpool: secs(ours),
-                ceiling: Some((
-                    format!("generation only, {threads} thread(s)"),
-                    secs(ceiling),
-                )),
+                ceiling: Some(ceiling),
             });
         }
     }
@@ -685,18 +747,33 @@ impl Runner {
             Some((py, a.forkpool / b.forkpool))
         };
         let py = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}x"));
-        if let Some((p, f)) = pair("random-serial", "random-2") {
+        if let Some((p, f)) = pair("random-serial", "random-new-2") {
             let _ = writeln!(
                 t,
-                "- random fill, 2 processes vs serial: Python {}, forkpool {f:.2}x",
-                py(p)
+                "- random fill, new array, 2 processes vs serial: Python {}, forkpool {f:.2}x \
+                 (threads on new memory: {})",
+                py(p),
+                get("random-new-2").and_then(|r| r.ceiling.as_ref()).map_or(
+                    "-".into(),
+                    |c| format!(
+                        "{:.2}x",
+                        get("random-serial").map_or(0.0, |s| s.forkpool) / c.1
+                    )
+                )
             );
         }
-        if let Some((p, f)) = pair("random-1", "random-2") {
+        if let (Some(serial), Some(lazy)) = (get("random-serial"), self.lazy_random) {
             let _ = writeln!(
                 t,
-                "- random fill, 2 processes vs 1 process (both into a new shared array): \
-                 Python {}, forkpool {f:.2}x",
+                "- random fill, 2 processes into a lazily allocated array vs serial \
+                 (experiment): {:.2}x",
+                serial.forkpool / lazy
+            );
+        }
+        if let Some((p, f)) = pair("random-existing-1", "random-existing-2") {
+            let _ = writeln!(
+                t,
+                "- random fill, existing array, 2 processes vs 1: Python {}, forkpool {f:.2}x",
                 py(p)
             );
         }
@@ -805,6 +882,7 @@ fn main() {
         python,
         rows: Vec::new(),
         notes: Vec::new(),
+        lazy_random: None,
     };
     eprintln!("compare: {}", machine());
     if let Some(p) = &r.python {
