@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::Procs;
+use common::{Procs, TestPool};
 use forkpool::{Error, Pool};
 
 fn double(x: u64) -> u64 {
@@ -24,7 +24,7 @@ fn sleep_ms(ms: u64) -> u64 {
 
 #[test]
 fn map_returns_results_in_input_order() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
     let out = pool.map(double, 0..1000).unwrap();
     assert_eq!(out, (0..1000).map(|x| x * 2).collect::<Vec<_>>());
@@ -34,7 +34,7 @@ fn map_returns_results_in_input_order() {
 
 #[test]
 fn map_runs_in_the_workers_not_the_parent() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
     let workers: HashSet<i32> = pool.worker_pids().into_iter().collect();
     let pids: HashSet<i32> = pool
@@ -50,7 +50,7 @@ fn map_runs_in_the_workers_not_the_parent() {
 
 #[test]
 fn map_chunked_handles_every_chunk_size() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     for chunksize in [0, 1, 2, 7, 100, 1000, 5000] {
         let out = pool.map_chunked(double, 0..1000, chunksize).unwrap();
         assert_eq!(out.len(), 1000, "chunksize {chunksize}");
@@ -60,7 +60,7 @@ fn map_chunked_handles_every_chunk_size() {
 
 #[test]
 fn empty_input_gives_empty_output_everywhere() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let none: Vec<u64> = Vec::new();
     assert_eq!(pool.map(double, none.clone()).unwrap(), Vec::<u64>::new());
     assert_eq!(
@@ -77,7 +77,7 @@ fn empty_input_gives_empty_output_everywhere() {
 
 #[test]
 fn one_worker_pool_does_everything() {
-    let pool = Pool::new(1).unwrap();
+    let pool = TestPool::new(1);
     let procs = Procs::of(&pool);
     assert_eq!(pool.worker_pids().len(), 1);
     assert_eq!(pool.map(double, 0..100).unwrap()[99], 198);
@@ -90,7 +90,7 @@ fn one_worker_pool_does_everything() {
 
 #[test]
 fn more_workers_than_tasks() {
-    let pool = Pool::new(6).unwrap();
+    let pool = TestPool::new(6);
     let procs = Procs::of(&pool);
     assert_eq!(pool.worker_pids().len(), 6);
     assert_eq!(pool.map(double, [5, 6]).unwrap(), [10, 12]);
@@ -101,7 +101,7 @@ fn more_workers_than_tasks() {
 
 #[test]
 fn apply_and_apply_async() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     assert_eq!(pool.apply(double, 50).unwrap(), 100);
     let handles: Vec<_> = (0..20u64).map(|i| pool.apply_async(double, i)).collect();
     let out: Vec<u64> = handles.into_iter().map(|h| h.get().unwrap()).collect();
@@ -110,7 +110,7 @@ fn apply_and_apply_async() {
 
 #[test]
 fn get_timeout_times_out_then_delivers() {
-    let pool = Pool::new(1).unwrap();
+    let pool = TestPool::new(1);
     let mut h = pool.apply_async(sleep_ms, 400);
     assert!(!h.ready());
     match h.get_timeout(Duration::from_millis(20)) {
@@ -128,7 +128,7 @@ fn get_timeout_times_out_then_delivers() {
 
 #[test]
 fn ready_turns_true_when_the_work_is_done() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let h = pool.map_async(sleep_ms, [30, 30, 30]);
     common::wait_for("map_async to be ready", || h.ready());
     assert_eq!(h.get().unwrap(), [30, 30, 30]);
@@ -136,7 +136,7 @@ fn ready_turns_true_when_the_work_is_done() {
 
 #[test]
 fn map_async_overlaps_with_the_caller() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let h = pool.map_async(double, 0..10_000);
     let other = pool.map(double, 0..10).unwrap();
     assert_eq!(other[9], 18);
@@ -147,7 +147,7 @@ fn map_async_overlaps_with_the_caller() {
 
 #[test]
 fn imap_is_ordered_even_when_tasks_finish_out_of_order() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     // The first task is the slowest: results 2.. finish before it.
     let durations = [300u64, 10, 10, 10, 10, 10];
     let t0 = Instant::now();
@@ -160,7 +160,7 @@ fn imap_is_ordered_even_when_tasks_finish_out_of_order() {
 
 #[test]
 fn imap_unordered_yields_in_completion_order() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let got: Vec<u64> = pool
         .imap_unordered(sleep_ms, [500u64, 10, 10, 10], 1)
         .map(Result::unwrap)
@@ -173,7 +173,7 @@ fn imap_unordered_yields_in_completion_order() {
 fn imap_consumes_its_input_lazily() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let pulled = Arc::new(AtomicUsize::new(0));
     let counter = pulled.clone();
     let endless = (0u64..).inspect(move |_| {
@@ -204,7 +204,7 @@ fn imap_dropped_early_cancels_queued_work() {
     let path = dir.path().join("runs");
     std::fs::write(&path, b"").unwrap();
     let path = path.to_str().unwrap().to_string();
-    let pool = Pool::new(1).unwrap();
+    let pool = TestPool::new(1);
     {
         let mut it = pool.imap(count_and_sleep, std::iter::repeat_n(path.clone(), 1000), 1);
         it.next().unwrap().unwrap();
@@ -229,7 +229,7 @@ fn args_and_results_of_64_mib() {
     fn checksum_and_echo(v: Vec<f64>) -> (f64, Vec<f64>) {
         (v.iter().sum(), v)
     }
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let n = 64 << 20 >> 3; // 64 MiB of f64
     let big: Vec<f64> = (0..n).map(|i| (i % 1000) as f64).collect();
     let expected: f64 = big.iter().sum();
@@ -247,7 +247,7 @@ fn args_and_results_of_64_mib() {
 
 #[test]
 fn a_hundred_thousand_tiny_tasks() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let got: u64 = pool
         .imap_unordered(double, 0..100_000, 1)
         .map(Result::unwrap)
@@ -265,13 +265,14 @@ fn initializer_runs_in_every_worker_after_fork() {
         *WORKER_TAG.get().expect("the initializer ran")
     }
     let secret = 0xfeed_u64;
-    let pool = Pool::builder()
-        .processes(2)
-        .initializer(move || {
-            WORKER_TAG.set((secret, std::process::id() as i32)).unwrap();
-        })
-        .build()
-        .unwrap();
+    let pool = TestPool::build(|| {
+        Pool::builder()
+            .processes(2)
+            .initializer(move || {
+                WORKER_TAG.set((secret, std::process::id() as i32)).unwrap();
+            })
+            .build()
+    });
     let tags = pool.map_chunked(tag, vec![(); 50], 1).unwrap();
     let workers: HashSet<i32> = pool.worker_pids().into_iter().collect();
     for (s, pid) in tags {
@@ -285,11 +286,7 @@ fn initializer_runs_in_every_worker_after_fork() {
 
 #[test]
 fn max_tasks_per_child_recycles_workers() {
-    let pool = Pool::builder()
-        .processes(2)
-        .max_tasks_per_child(3)
-        .build()
-        .unwrap();
+    let pool = TestPool::build(|| Pool::builder().processes(2).max_tasks_per_child(3).build());
     let mut procs = Procs::of(&pool);
     let first: HashSet<i32> = pool.worker_pids().into_iter().collect();
     let pids = pool.map_chunked(pid_of, 0..30, 1).unwrap();
@@ -311,7 +308,7 @@ fn max_tasks_per_child_recycles_workers() {
 
 #[test]
 fn close_then_join_finishes_the_work_and_reaps_everything() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
     let h = pool.map_async(sleep_ms, [50, 50, 50, 50]);
     assert!(matches!(pool.join(), Err(Error::StillRunning)));
@@ -339,7 +336,7 @@ fn close_then_join_finishes_the_work_and_reaps_everything() {
 
 #[test]
 fn terminate_mid_map_returns_promptly_and_fails_the_work() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
     let h = pool.map_async(sleep_ms, [60_000u64; 8]);
     std::thread::sleep(Duration::from_millis(100));
@@ -355,7 +352,7 @@ fn terminate_mid_map_returns_promptly_and_fails_the_work() {
 
 #[test]
 fn a_pool_is_shared_by_threads() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..4u64)
             .map(|t| {
@@ -382,7 +379,7 @@ fn builder_rejects_zero_processes_and_zero_max_tasks() {
 
 #[test]
 fn default_processes_is_the_available_parallelism() {
-    let pool = Pool::builder().build().unwrap();
+    let pool = TestPool::build(|| Pool::builder().build());
     let n = std::thread::available_parallelism().unwrap().get();
     assert_eq!(pool.processes(), n);
     assert_eq!(pool.worker_pids().len(), n);
@@ -401,7 +398,7 @@ fn strings_structs_and_enums_cross_the_pipes() {
             Shape::Rect(w, h) => ("rect".into(), w * h),
         }
     }
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let out = pool
         .map(area, [Shape::Circle { r: 1.0 }, Shape::Rect(2.0, 3.0)])
         .unwrap();

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::Procs;
+use common::{Procs, TestPool};
 use forkpool::{Error, ExitCause, Pool};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -33,7 +33,7 @@ const SIGABRT: i32 = libc::SIGABRT;
 
 #[test]
 fn a_panic_is_that_items_error_and_the_worker_goes_on() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
     let before: HashSet<i32> = pool.worker_pids().into_iter().collect();
     let err = pool.map_chunked(panic_on_3, 0..10, 1).unwrap_err();
@@ -60,7 +60,7 @@ fn a_panic_is_that_items_error_and_the_worker_goes_on() {
 
 #[test]
 fn a_panic_in_a_chunk_fails_only_that_item() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let results: Vec<_> = pool.imap(panic_on_3, 0..8, 8).collect();
     for (i, r) in results.iter().enumerate() {
         if i == 3 {
@@ -73,7 +73,7 @@ fn a_panic_in_a_chunk_fails_only_that_item() {
 
 #[test]
 fn sigkill_mid_map_fails_the_held_tasks_and_the_pool_goes_on() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let mut procs = Procs::of(&pool);
     let victim = pool.worker_pids()[0];
     // imap is lazy: the tasks start when iteration does.
@@ -117,7 +117,7 @@ fn sigkill_mid_map_fails_the_held_tasks_and_the_pool_goes_on() {
 
 #[test]
 fn sigkill_fails_a_blocking_map_with_the_pid_and_signal() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
     let victim = pool.worker_pids()[1];
     let killer = std::thread::spawn(move || {
@@ -143,7 +143,7 @@ fn abort_in_a_task_is_reported_as_sigabrt() {
         }
         x
     }
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
     let results: Vec<_> = pool.imap(abort_on_1, 0..4, 1).collect();
     match &results[1] {
@@ -171,7 +171,7 @@ fn exit_in_a_task_is_reported_with_its_status() {
     fn exit_3(_: ()) {
         std::process::exit(3);
     }
-    let pool = Pool::new(1).unwrap();
+    let pool = TestPool::new(1);
     let victim = pool.worker_pids()[0];
     let err = pool.apply(exit_3, ()).unwrap_err();
     match &err {
@@ -205,7 +205,7 @@ fn running_out_of_memory_kills_only_that_worker() {
         let v = vec![1u8; gib << 30];
         v.len()
     }
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
     let err = pool.apply(allocate_too_much, 4).unwrap_err();
     // Rust aborts on allocation failure.
@@ -287,24 +287,25 @@ fn a_replacement_whose_initializer_fails_breaks_the_pool_clearly() {
     let runs = dir.path().join("runs");
     std::fs::write(&runs, b"").unwrap();
     let path = runs.clone();
-    let pool = Pool::builder()
-        .processes(2)
-        .try_initializer(move || {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap();
-            f.write_all(b"x").unwrap();
-            let n = std::fs::metadata(&path).unwrap().len();
-            if n > 2 {
-                Err(format!("run {n}: out of licences"))
-            } else {
-                Ok(())
-            }
-        })
-        .build()
-        .unwrap();
+    let pool = TestPool::build(|| {
+        Pool::builder()
+            .processes(2)
+            .try_initializer(move || {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap();
+                f.write_all(b"x").unwrap();
+                let n = std::fs::metadata(&path).unwrap().len();
+                if n > 2 {
+                    Err(format!("run {n}: out of licences"))
+                } else {
+                    Ok(())
+                }
+            })
+            .build()
+    });
     let mut procs = Procs::of(&pool);
     let victim = pool.worker_pids()[0];
     common::kill(victim, SIGKILL);
@@ -359,7 +360,7 @@ fn a_result_that_does_not_decode_names_the_type_and_bytes() {
     fn make(_: u8) -> Undecodable {
         Undecodable
     }
-    let pool = Pool::new(1).unwrap();
+    let pool = TestPool::new(1);
     let err = pool.map(make, [1, 2]).unwrap_err();
     match &err {
         Error::Decode {
@@ -384,7 +385,7 @@ fn an_argument_that_does_not_decode_names_the_type() {
     fn take(_: Undecodable) -> u8 {
         1
     }
-    let pool = Pool::new(1).unwrap();
+    let pool = TestPool::new(1);
     let results: Vec<_> = pool.imap(take, [Undecodable, Undecodable], 2).collect();
     assert_eq!(results.len(), 2);
     for (i, r) in results.iter().enumerate() {
@@ -415,7 +416,7 @@ fn values_that_do_not_encode_are_errors_on_both_sides() {
     fn take(_: Unencodable) -> u8 {
         1
     }
-    let pool = Pool::new(1).unwrap();
+    let pool = TestPool::new(1);
     // A result: encoded in the worker, which survives.
     let worker = pool.worker_pids();
     let err = pool.apply(give, 1).unwrap_err();
@@ -504,7 +505,7 @@ fn garbage_on_a_result_pipe_is_a_frame_error_and_the_worker_is_replaced() {
         frame.extend_from_slice(&u64::MAX.to_le_bytes());
         write_to_result_pipe(&frame, &parents);
     }
-    let pool = Pool::new(1).unwrap();
+    let pool = TestPool::new(1);
     let mut procs = Procs::of(&pool);
     for (f, expect) in [
         (
@@ -547,7 +548,7 @@ fn a_frame_cut_short_by_a_clean_exit_names_the_byte_counts() {
         // SAFETY: ends this worker process at once.
         unsafe { libc::_exit(0) };
     }
-    let pool = Pool::new(1).unwrap();
+    let pool = TestPool::new(1);
     let err = pool.apply(cut_short, parent_pipes()).unwrap_err();
     match &err {
         Error::Frame { detail, .. } => {

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::Procs;
-use forkpool::Pool;
+use common::{Procs, TestPool};
 
 fn square(x: u64) -> u64 {
     x * x
@@ -45,7 +44,7 @@ fn a_pool_built_on_a_spawned_thread_amid_allocating_printing_threads() {
     let stop = Arc::new(AtomicBool::new(false));
     let noise = busy_threads(3, stop.clone());
     let (pool, procs) = std::thread::spawn(|| {
-        let pool = Pool::new(2).unwrap();
+        let pool = TestPool::new(2);
         // Used on the thread that built it...
         assert_eq!(pool.map(square, 0..1000).unwrap()[999], 999 * 999);
         let procs = Procs::of(&pool);
@@ -78,8 +77,8 @@ fn a_pool_built_on_a_spawned_thread_amid_allocating_printing_threads() {
 
 #[test]
 fn two_pools_at_once_from_two_threads() {
-    let a = Pool::new(2).unwrap();
-    let b = Pool::new(2).unwrap();
+    let a = TestPool::new(2);
+    let b = TestPool::new(2);
     let mut procs = Procs::of(&a);
     procs.add(&b);
     let pa: HashSet<i32> = a.worker_pids().into_iter().collect();
@@ -127,7 +126,7 @@ fn many_pools_built_concurrently() {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
-                let pool = Pool::new(2).unwrap();
+                let pool = TestPool::new(2);
                 let procs = Procs::of(&pool);
                 let out = pool.map(square, 0..(100 * (t + 1))).unwrap();
                 assert_eq!(out.len() as u64, 100 * (t + 1));
@@ -143,7 +142,7 @@ fn many_pools_built_concurrently() {
 
 #[test]
 fn a_pool_moved_between_threads_and_dropped_on_another() {
-    let pool = Pool::new(2).unwrap();
+    let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
     let h = pool.map_async(square, 0..10);
     let pool = std::thread::spawn(move || {

@@ -89,3 +89,81 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A pool that, when the test drops it, checks that it leaves nothing
+/// behind: none of its processes (not even a zombie) and, when the test runs
+/// in a process of its own (`cargo nextest`) and this pool lived alone, not
+/// one descriptor more or less than before it was built. (Under `cargo
+/// test`, other tests open and close descriptors concurrently, and pools
+/// that overlap count each other's; `tests/hygiene.rs` checks those cases
+/// under a lock.)
+pub struct TestPool {
+    pool: Option<Pool>,
+    procs: Procs,
+    fds_before: Option<usize>,
+    /// Its number among the pools this process made.
+    nth: usize,
+}
+
+/// Pools made by this test process, and those alive now.
+static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl TestPool {
+    /// `Pool::new(processes)`, checked on drop.
+    pub fn new(processes: usize) -> TestPool {
+        TestPool::build(|| Pool::new(processes))
+    }
+
+    /// A pool made by `build`, checked on drop.
+    pub fn build(build: impl FnOnce() -> forkpool::Result<Pool>) -> TestPool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let first_alive = LIVE.fetch_add(1, SeqCst) == 0;
+        let alone = first_alive
+            && std::env::var("NEXTEST_EXECUTION_MODE").as_deref() == Ok("process-per-test");
+        let nth = MADE.fetch_add(1, SeqCst) + 1;
+        let fds_before = alone.then(fd_count);
+        let pool = build().expect("the pool starts");
+        let procs = Procs::of(&pool);
+        TestPool {
+            pool: Some(pool),
+            procs,
+            fds_before,
+            nth,
+        }
+    }
+
+    /// Records the pool's current processes too (replacements), so the
+    /// final check covers them.
+    pub fn record(&mut self) {
+        let pool = self.pool.as_ref().expect("alive until dropped");
+        self.procs.add(pool);
+    }
+}
+
+impl std::ops::Deref for TestPool {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        self.pool.as_ref().expect("alive until dropped")
+    }
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.record();
+        drop(self.pool.take());
+        let alone = LIVE.fetch_sub(1, SeqCst) == 1 && MADE.load(SeqCst) == self.nth;
+        if std::thread::panicking() {
+            return; // the test already failed; don't hide why
+        }
+        self.procs.assert_gone();
+        if let Some(before) = self.fds_before.filter(|_| alone) {
+            assert_eq!(
+                fd_count(),
+                before,
+                "descriptors leaked (or closed) by the pool"
+            );
+        }
+    }
+}
