@@ -25,12 +25,17 @@ fn page_split(len: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// `memset` of `buf` to `byte` by `threads` threads, each on its own
-/// contiguous part (glibc's `memset`: `rep stosb` or non-temporal stores for
+/// `memset` of `buf` to `byte` by `threads` threads (1: on this thread,
+/// without starting one), each on its own contiguous part (glibc's `memset`: `rep stosb` or non-temporal stores for
 /// large sizes, its best strategy on this CPU). Returns the wall time.
 pub fn memset(buf: &mut [u8], byte: u8, threads: usize) -> Duration {
     let parts = page_split(buf.len(), threads);
     let start = Instant::now();
+    if threads <= 1 {
+        // SAFETY: `buf` is a valid, exclusive byte slice.
+        unsafe { libc::memset(buf.as_mut_ptr().cast(), i32::from(byte), buf.len()) };
+        return start.elapsed();
+    }
     std::thread::scope(|s| {
         let mut rest = &mut *buf;
         let mut done = 0;
@@ -47,8 +52,8 @@ pub fn memset(buf: &mut [u8], byte: u8, threads: usize) -> Duration {
     start.elapsed()
 }
 
-/// `memcpy` of `src` into `dst` (same length) by `threads` threads, each on
-/// its own contiguous part. Returns the wall time.
+/// `memcpy` of `src` into `dst` (same length) by `threads` threads (1: on
+/// this thread), each on its own contiguous part. Returns the wall time.
 ///
 /// # Panics
 ///
@@ -57,6 +62,10 @@ pub fn memcpy(dst: &mut [u8], src: &[u8], threads: usize) -> Duration {
     assert_eq!(dst.len(), src.len(), "memcpy of unequal lengths");
     let parts = page_split(dst.len(), threads);
     let start = Instant::now();
+    if threads <= 1 {
+        dst.copy_from_slice(src);
+        return start.elapsed();
+    }
     std::thread::scope(|s| {
         let mut rest = &mut *dst;
         let mut done = 0;

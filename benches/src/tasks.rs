@@ -21,6 +21,42 @@ pub fn byte_len(bytes: Vec<u8>) -> usize {
     bytes.len()
 }
 
+/// A byte buffer that serde sees as one byte string (`serialize_bytes`, one
+/// copy) rather than as a sequence of `u8`s (one call per byte, as for a
+/// plain `Vec<u8>`); what the `serde_bytes` crate's `ByteBuf` does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bytes(pub Vec<u8>);
+
+impl serde::Serialize for Bytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
+    }
+}
+
+/// [`byte_len`] for a [`Bytes`] argument.
+pub fn bytes_len(bytes: Bytes) -> usize {
+    bytes.0.len()
+}
+
 /// How a map splits its items into tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Chunks {
@@ -121,4 +157,30 @@ pub fn time_payload(pool: &Pool, payload: Vec<u8>) -> Duration {
     let took = start.elapsed();
     assert_eq!(got, len);
     took
+}
+
+/// [`time_payload`] with the payload as [`Bytes`].
+pub fn time_payload_bytes(pool: &Pool, payload: Bytes) -> Duration {
+    let len = payload.0.len();
+    let start = Instant::now();
+    let got = pool.apply(bytes_len, payload).expect("apply");
+    let took = start.elapsed();
+    assert_eq!(got, len);
+    took
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_through_postcard_as_one_string() {
+        let b = Bytes(vec![1, 2, 250]);
+        let enc = postcard::to_allocvec(&b).unwrap();
+        assert_eq!(enc, [3, 1, 2, 250]); // the same wire form as a Vec<u8>
+        assert_eq!(postcard::from_bytes::<Bytes>(&enc).unwrap(), b);
+        let pool = Pool::new(1).unwrap();
+        time_payload_bytes(&pool, Bytes(vec![7; 100_000]));
+        time_payload(&pool, vec![7; 100_000]);
+    }
 }

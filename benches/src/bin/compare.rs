@@ -32,7 +32,9 @@ use forkpool_benches::ceiling::{PingPong, PipeSink, faulted_buffer, fork_exit_wa
 use forkpool_benches::experiments::{self, fill_nontemporal, fill_regular};
 use forkpool_benches::random;
 use forkpool_benches::startup::{Ballast, time_start};
-use forkpool_benches::tasks::{Chunks, RayonMap, time_apply, time_map};
+use forkpool_benches::tasks::{
+    Bytes, Chunks, RayonMap, time_apply, time_map, time_payload, time_payload_bytes,
+};
 use forkpool_benches::timing::{OneCpu, sample};
 
 const PROCESSES: usize = 2;
@@ -427,6 +429,21 @@ impl Runner {
                 fmt_time(secs(ceiling)),
                 fmt_time(secs(big_pipe))
             ));
+            {
+                let pool = Pool::new(PROCESSES).expect("pool");
+                let size = 64 * MIB;
+                let as_vec = sample(z.slow_reps, || time_payload(&pool, vec![1u8; size])).median();
+                let as_bytes = sample(z.slow_reps, || {
+                    time_payload_bytes(&pool, Bytes(vec![1u8; size]))
+                })
+                .median();
+                self.notes.push(format!(
+                    "apply with a 64 MiB argument: {} as a Vec<u8> (serde: one call per byte), \
+                     {} as Bytes (serde_bytes-style: one copy)",
+                    fmt_time(secs(as_vec)),
+                    fmt_time(secs(as_bytes))
+                ));
+            }
             let ours = sample(z.slow_reps, || bench.run_by_value()).median();
             let python = self.python("pass_array.py", &common("value"), true);
             self.push(Row {
