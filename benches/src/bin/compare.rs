@@ -922,7 +922,7 @@ fn main() {
             p.version,
             if p.numpy { ", numpy" } else { ", no numpy" }
         ),
-        None => println!("python: not run (the Python column is empty)"),
+        None => println!("python: not run (not found, or --no-python): the Python column is empty"),
     }
     println!(
         "command: cargo run --release -p forkpool-benches --bin compare{}",
