@@ -319,6 +319,17 @@ impl Collector {
             }
             let fd = worker.result_fd.clone();
             let fill = worker.reader.fill(fd.as_fd());
+            if !worker.result_pipe_big
+                && worker
+                    .reader
+                    .pending_len()
+                    .is_some_and(|n| n > frame::PIPE_DEFAULT)
+            {
+                // A big result is streaming in: let the worker write it in
+                // fewer, larger pieces.
+                worker.result_pipe_big = true;
+                frame::enlarge_pipe(fd.as_fd());
+            }
             let mut more = true;
             match fill {
                 Ok(Fill::More) => {}

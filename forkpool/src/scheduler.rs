@@ -148,6 +148,9 @@ pub(crate) struct Worker {
     pub(crate) reader: FrameReader,
     /// Its result pipe reported EOF: it is exiting.
     pub(crate) eof: bool,
+    /// Its task and result pipes were enlarged (see [`frame::PIPE_BIG`]).
+    task_pipe_big: bool,
+    pub(crate) result_pipe_big: bool,
     out: OutQueue,
     in_flight: VecDeque<InFlight>,
     window: usize,
@@ -168,6 +171,8 @@ impl Worker {
             result_fd: Arc::new(result_fd),
             reader: FrameReader::default(),
             eof: false,
+            task_pipe_big: false,
+            result_pipe_big: false,
             out: OutQueue::default(),
             in_flight: VecDeque::new(),
             window: 1,
@@ -298,6 +303,12 @@ impl State {
             let mut task = self.queue.pop_front().expect("front exists");
             let worker = &mut self.workers[w];
             let id = frame::field(&task.frame[frame::LEN_PREFIX..], 0);
+            if task.frame.len() > frame::PIPE_DEFAULT && !worker.task_pipe_big {
+                worker.task_pipe_big = true;
+                if let Some(fd) = &worker.task_fd {
+                    frame::enlarge_pipe(fd.as_fd());
+                }
+            }
             worker.out.push(std::mem::take(&mut task.frame));
             worker.in_flight.push_back(InFlight {
                 id,

@@ -50,6 +50,10 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        // A byte loop for short slices was tried (postcard writes varints
+        // through here a few bytes at a time): it sped varints up by at most
+        // a quarter but halved the speed of arrays of floats, whose 8-byte
+        // copies `memcpy` turns into single moves. Kept simple.
         self.0.extend_from_slice(data);
         Ok(())
     }
