@@ -32,7 +32,8 @@ pub enum ShmError {
         "asked for {requested} of shared memory but only {available} is available ({limit}); \
          anonymous shared memory lives in RAM (and swap, if any), so this would fail or be \
          killed part way through; use a file-backed array instead, which the kernel pages to \
-         disk: `unsafe {{ SharedArray::create_file(path, shape) }}` (or `create_npy`)"
+         disk: `SharedArray::create_file(path, shape)` (or `create_npy`; both `unsafe fn`s, as \
+         memory-mapping a file is)"
     )]
     OutOfMemory {
         /// The size asked for.

@@ -293,6 +293,7 @@ macro_rules! file_constructors {
             #[doc = concat!("let array = unsafe { ", stringify!($ty), "::<u8>::open_file(&path, &[3, 4])? };")]
             /// assert_eq!(array.shape(), &[3, 4]);
             /// // The wrong shape is a clear error:
+            /// // SAFETY: as above.
             #[doc = concat!("let err = unsafe { ", stringify!($ty), "::<u8>::open_file(&path, &[4, 4]) }.unwrap_err();")]
             /// assert!(err.to_string().contains("too short"));
             /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -375,6 +376,7 @@ macro_rules! file_constructors {
             #[doc = concat!("let array = unsafe { ", stringify!($ty), "::<f32>::open_npy(&path)? }.expect_shape(&[4, 2])?;")]
             /// assert_eq!(array.len(), 8);
             /// // The wrong element type is a clear error:
+            /// // SAFETY: as above.
             #[doc = concat!("let err = unsafe { ", stringify!($ty), "::<f64>::open_npy(&path) }.unwrap_err();")]
             /// assert!(matches!(err, ShmError::DtypeMismatch { .. }));
             /// assert!(err.to_string().contains("open it as an array of f32"));
