@@ -94,31 +94,20 @@ static CPUS: OnceLock<Vec<usize>> = OnceLock::new();
 /// they tend to wake on the same core, and on a busy machine stay there.
 /// Best effort: does nothing if there is one CPU or a call fails.
 fn pin_to_own_core(index: usize) {
-    let size = size_of::<libc::cpu_set_t>();
-    let cpus = CPUS.get_or_init(|| {
-        // SAFETY: `cpu_set_t` is a plain bit array; all zeroes is the empty
-        // set.
-        let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: pid 0 is this process; `allowed` is a writable set of
-        // `size` bytes.
-        if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            // SAFETY: `c` is below CPU_SETSIZE, the set's size in bits.
-            .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
-            .collect()
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let cpus = CPUS.get_or_init(|| match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(allowed) => (0..CpuSet::count())
+            .filter(|&c| allowed.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => Vec::new(),
     });
     if cpus.len() < 2 {
         return;
     }
-    // SAFETY: as above, the empty set.
-    let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the CPU number came from the set, so it is below CPU_SETSIZE;
-    // then pid 0 is this process and `one` a valid set of `size` bytes.
-    unsafe {
-        libc::CPU_SET(cpus[index % cpus.len()], &mut one);
-        libc::sched_setaffinity(0, size, &one);
+    let mut one = CpuSet::new();
+    if one.set(cpus[index % cpus.len()]).is_ok() {
+        let _ = sched_setaffinity(Pid::from_raw(0), &one);
     }
 }
 
