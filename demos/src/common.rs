@@ -94,6 +94,27 @@ pub fn array_bytes(rows: usize, cols: usize, elem: usize) -> anyhow::Result<u64>
         })
 }
 
+/// Checks the size options shared by the demos that split rows among
+/// workers, and returns the size of the `rows x cols` array of `f64`.
+pub fn f64_rows_for(rows: usize, cols: usize, processes: usize) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        cols > 0 && processes > 0 && rows >= processes,
+        "need --cols >= 1, --processes >= 1 and at least one row per process \
+         (--rows {rows}, --processes {processes})"
+    );
+    array_bytes(rows, cols, 8)
+}
+
+/// Checks that every element of a `rows x cols` array can hold its own
+/// 1-based position exactly as an `f64` (the demos that verify each value).
+pub fn numbered_exactly(rows: usize, cols: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (rows * cols) < 1 << 53,
+        "{rows} x {cols} elements are too many to number exactly in an f64"
+    );
+    Ok(())
+}
+
 /// A progress bar of `len` steps on stderr; hidden when stderr is not a
 /// terminal, so logs and tests see only the results.
 pub fn progress(len: u64, what: &str) -> ProgressBar {

@@ -115,16 +115,8 @@ fn hold_until_released(flags: &Flags) {
 /// Runs the demo.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let (rows, cols, processes) = (args.rows, args.cols, args.processes);
-    ensure!(
-        cols > 0 && processes > 0 && rows >= processes,
-        "need --cols >= 1, --processes >= 1 and at least one row per process \
-         (--rows {rows}, --processes {processes})"
-    );
-    let size = common::array_bytes(rows, cols, 8)?;
-    ensure!(
-        (rows * cols) < 1 << 53,
-        "{rows} x {cols} elements are too many to number exactly in an f64"
-    );
+    let size = common::f64_rows_for(rows, cols, processes)?;
+    common::numbered_exactly(rows, cols)?;
     common::heading(
         "copy",
         "pickle/unpickle: the whole array sent by value with every task",

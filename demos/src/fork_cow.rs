@@ -106,12 +106,7 @@ fn negate_rows((start, end): (usize, usize)) -> (i32, u64, Vec<f64>) {
 /// Runs the demo.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let (rows, cols, processes) = (args.rows, args.cols, args.processes);
-    ensure!(
-        cols > 0 && processes > 0 && rows >= processes,
-        "need --cols >= 1, --processes >= 1 and at least one row per process \
-         (--rows {rows}, --processes {processes})"
-    );
-    let size = common::array_bytes(rows, cols, 8)?;
+    let size = common::f64_rows_for(rows, cols, processes)?;
     ensure!(
         expected_sum(rows - 1, cols) < (1u64 << 53) as f64,
         "{rows} x {cols} is too large for exact row sums in f64 (the last row's sum \

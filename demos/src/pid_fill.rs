@@ -60,11 +60,7 @@ fn worker_fn(idx: usize) -> (i32, bool) {
 /// Runs the demo.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let (rows, cols, processes) = (args.rows, args.cols, args.processes);
-    ensure!(
-        cols > 0 && processes > 0 && rows >= processes,
-        "need --cols >= 1, --processes >= 1 and at least one row per process (--rows {rows})"
-    );
-    let size = common::array_bytes(rows, cols, 8)?;
+    let size = common::f64_rows_for(rows, cols, processes)?;
     common::heading(
         "pid-fill",
         "Array(lock=False) shared by forked workers, each row set to a pid",

@@ -306,11 +306,7 @@ fn report(label: &str, p: &Parallel, size: u64) {
 /// Runs the demo.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let (rows, cols, processes, seed) = (args.rows, args.cols, args.processes, args.seed);
-    ensure!(
-        rows > 0 && cols > 0 && processes > 0 && rows >= processes,
-        "need --rows >= 1, --cols >= 1, --processes >= 1 and at least one row per process \
-         (got --rows {rows} --cols {cols} --processes {processes})"
-    );
+    let size = common::f64_rows_for(rows, cols, processes)?;
     let checks: Vec<usize> = if args.check_processes.is_empty() {
         vec![1, processes + 1]
     } else {
@@ -320,7 +316,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         checks.iter().all(|&n| n > 0),
         "--check-processes takes worker counts of at least 1 (got {checks:?})"
     );
-    let size = common::array_bytes(rows, cols, 8)?;
     common::heading(
         "random-fill",
         "serial against parallel random fill, one ChaCha stream per row",
