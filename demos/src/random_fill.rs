@@ -258,14 +258,58 @@ fn populate(arrays: [&PartitionedArray<f64>; 2], processes: usize) -> anyhow::Re
 }
 
 /// A 64-bit digest of the values' bits, in order: equal arrays give equal
-/// digests, so runs with different worker counts can be compared. (A fast
+/// digests, so runs with different worker counts (or on MPI ranks, see
+/// `forkpool-mpi`'s `random_fill` example) can be compared. (A fast
 /// multiply-rotate hash, not a cryptographic one.)
-fn digest(values: &[f64]) -> u64 {
-    values.iter().fold(0x9e37_79b9_7f4a_7c15, |h: u64, x| {
-        (h ^ x.to_bits())
-            .wrapping_mul(0x0100_0000_01b3_0001)
-            .rotate_left(29)
-    })
+///
+/// # Examples
+///
+/// ```
+/// use demos::random_fill::{Digest, digest};
+/// let values = [0.25, 0.5, 0.75];
+/// // Fed in pieces, in order, it is the digest of the whole.
+/// let mut d = Digest::new();
+/// d.update(&values[..1]);
+/// d.update(&values[1..]);
+/// assert_eq!(d.finish(), digest(&values));
+/// assert_ne!(digest(&values), digest(&[0.75, 0.5, 0.25]));
+/// ```
+pub fn digest(values: &[f64]) -> u64 {
+    let mut d = Digest::new();
+    d.update(values);
+    d.finish()
+}
+
+/// The [`digest`] of an array fed in pieces (row blocks, in order), for
+/// arrays that no one process holds whole.
+#[derive(Clone, Copy, Debug)]
+pub struct Digest(u64);
+
+impl Digest {
+    /// The digest of no values yet.
+    pub fn new() -> Self {
+        Digest(0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// Folds `values` in, after those already fed.
+    pub fn update(&mut self, values: &[f64]) {
+        self.0 = values.iter().fold(self.0, |h: u64, x| {
+            (h ^ x.to_bits())
+                .wrapping_mul(0x0100_0000_01b3_0001)
+                .rotate_left(29)
+        });
+    }
+
+    /// The digest of everything fed so far.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// "1 worker", "3 workers".
