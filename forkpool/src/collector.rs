@@ -446,6 +446,7 @@ impl Collector {
                 item: 0,
                 pid,
                 cause,
+                peak_rss: None,
             },
         };
         let removed = st.remove_worker(w, &err);

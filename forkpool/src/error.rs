@@ -34,7 +34,7 @@ pub enum Error {
     /// The worker holding this item died before returning its result
     /// (killed by a signal such as SIGKILL from the OOM killer, `abort`,
     /// `exit`). A replacement worker has been started.
-    #[error("item {item}: worker {pid} {cause} while holding it")]
+    #[error("item {item}: worker {pid} {cause} while holding it{}", peak_note(*peak_rss))]
     WorkerDied {
         /// Index of the input item.
         item: usize,
@@ -42,6 +42,10 @@ pub enum Error {
         pid: i32,
         /// How it ended.
         cause: ExitCause,
+        /// The most memory the worker ever held resident (its peak RSS), in
+        /// bytes, when known: with SIGKILL, a peak close to the machine's
+        /// (or the cgroup's) memory says the OOM killer ended it.
+        peak_rss: Option<u64>,
     },
 
     /// A value could not be decoded: the argument in the worker, or the
@@ -128,6 +132,19 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// The work was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel),
+    /// or its handle dropped) before it finished: its queued tasks were
+    /// dropped without running.
+    #[error(
+        "cancelled after {completed} of {tasks} tasks had finished; the rest did not run or were discarded"
+    )]
+    Cancelled {
+        /// Tasks (chunks) whose results had arrived when it was cancelled.
+        completed: usize,
+        /// Tasks (chunks) the work was split into.
+        tasks: usize,
+    },
+
     /// The result was already taken out of this handle.
     #[error("the result was already taken from this handle")]
     AlreadyTaken,
@@ -196,6 +213,17 @@ impl Error {
             _ => {}
         }
         e
+    }
+}
+
+/// The tail of a `WorkerDied` message: the peak memory, when known.
+fn peak_note(peak_rss: Option<u64>) -> String {
+    match peak_rss {
+        Some(bytes) => format!(
+            "; its peak memory (RSS) was {:.1} MiB",
+            bytes as f64 / (1u64 << 20) as f64
+        ),
+        None => String::new(),
     }
 }
 

@@ -175,7 +175,9 @@ fn exit_in_a_task_is_reported_with_its_status() {
     let victim = pool.worker_pids()[0];
     let err = pool.apply(exit_3, ()).unwrap_err();
     match &err {
-        Error::WorkerDied { pid, cause, item } => {
+        Error::WorkerDied {
+            pid, cause, item, ..
+        } => {
             assert_eq!((*pid, *cause, *item), (victim, ExitCause::Exited(3), 0));
         }
         other => panic!("expected WorkerDied, got {other:?}"),
