@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::frame::RESULT_HEADER;
 use crate::mailbox::{Empty, Mailbox};
 use crate::scheduler::Completion;
 use crate::task::decode_outcomes;
@@ -52,7 +51,7 @@ impl<R: DeserializeOwned + Send> Sink<Vec<R>> for MapSink<R> {
                 let mut values = Vec::with_capacity(meta.items);
                 let mut err = None;
                 decode_outcomes::<R>(
-                    &body[RESULT_HEADER..],
+                    body.payload(),
                     meta.items,
                     meta.first,
                     c.pid,
@@ -108,7 +107,7 @@ impl<R: DeserializeOwned + Send> Sink<R> for ApplySink<R> {
             Ok(body) => {
                 let mut value = None;
                 decode_outcomes::<R>(
-                    &body[RESULT_HEADER..],
+                    body.payload(),
                     meta.items,
                     meta.first,
                     c.pid,

@@ -29,7 +29,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::control::{self, Event, Received};
 use crate::error::{Error, ExitCause};
 use crate::fds::PoolFd;
-use crate::frame::{self, Fill, FillError};
+use crate::frame::{self, Fill, FillError, FromWorker};
 use crate::scheduler::{Phase, State, Worker};
 
 /// How long `terminate` waits for the zygote to kill its workers and exit
@@ -371,8 +371,8 @@ impl Collector {
 
     fn on_frame(&mut self, st: &mut State, w: usize, body: Vec<u8>) -> Result<(), String> {
         let worker = &mut st.workers[w];
-        match body[0] {
-            frame::READY if !worker.ready && body.len() == 1 => {
+        match FromWorker::parse(body)? {
+            FromWorker::Ready if !worker.ready => {
                 worker.ready = true;
                 if st.phase == Phase::Starting
                     && st.workers.len() == st.processes
@@ -385,8 +385,7 @@ impl Collector {
                 }
                 Ok(())
             }
-            frame::INIT_FAILED if !worker.ready => {
-                let message = String::from_utf8_lossy(&body[1..]).into_owned();
+            FromWorker::InitFailed(message) if !worker.ready => {
                 let err = Error::Initializer {
                     pid: worker.pid,
                     message,
@@ -395,11 +394,19 @@ impl Collector {
                 self.fail_start_or_break(st, err);
                 Ok(())
             }
-            frame::RESULT => st.on_result(w, body),
-            kind => Err(format!(
-                "unexpected frame of kind {kind} ({} bytes){}",
-                body.len(),
-                if worker.ready { "" } else { " before READY" }
+            FromWorker::Result(result) if worker.ready => st.on_result(w, result),
+            other => Err(format!(
+                "unexpected {} frame {}",
+                match other {
+                    FromWorker::Ready => "READY",
+                    FromWorker::InitFailed(_) => "INIT_FAILED",
+                    FromWorker::Result(_) => "RESULT",
+                },
+                if worker.ready {
+                    "after READY"
+                } else {
+                    "before READY"
+                }
             )),
         }
     }

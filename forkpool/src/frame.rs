@@ -11,6 +11,11 @@
 //! | `INIT_FAILED` | worker -> parent | -                                    | the message, UTF-8            |
 //! | `RESULT`      | worker -> parent | task id, busy nanoseconds (u64s)     | one outcome per item          |
 //!
+//! This module alone knows the layout: task frames are written through
+//! [`TaskHeader`] and read with [`TaskHeader::parse`]; result frames are
+//! written with [`ResultFrame::begin`] and read as [`FromWorker`]. Nobody
+//! else slices a header or patches a field.
+//!
 //! Payloads larger than the pipe buffer (64 KiB) are normal: the reader
 //! assembles a frame from as many reads as it takes, growing its buffer as
 //! bytes arrive (a corrupt length cannot make it allocate a terabyte up
@@ -25,16 +30,11 @@ pub(crate) const LEN_PREFIX: usize = 8;
 /// Largest body accepted: a sanity bound against a corrupt length.
 pub(crate) const MAX_BODY: u64 = 1 << 40;
 
-/// Frame kinds.
+/// Frame kinds: the first byte of every body.
 pub(crate) const TASK: u8 = 1;
 pub(crate) const READY: u8 = 2;
 pub(crate) const INIT_FAILED: u8 = 3;
 pub(crate) const RESULT: u8 = 4;
-
-/// Body bytes before a task's payload: kind, id, trampoline, function.
-pub(crate) const TASK_HEADER: usize = 1 + 8 + 8 + 8;
-/// Body bytes before a result's payload: kind, id, busy nanoseconds.
-pub(crate) const RESULT_HEADER: usize = 1 + 8 + 8;
 
 /// The kernel's default pipe capacity.
 pub(crate) const PIPE_DEFAULT: usize = 64 * 1024;
@@ -57,59 +57,206 @@ const READ_BUF: usize = 64 * 1024;
 /// Largest step by which a big frame's buffer grows ahead of the data.
 const GROW_STEP: usize = 16 << 20;
 
-/// Builds one frame in a `Vec`: the length is patched in by [`finish`](Self::finish).
-pub(crate) struct FrameBuilder {
-    buf: Vec<u8>,
-}
-
-impl FrameBuilder {
-    /// Starts a frame of `kind` with the given fixed header fields.
-    pub(crate) fn new(kind: u8, fields: &[u64]) -> Self {
-        let mut buf = Vec::with_capacity(LEN_PREFIX + 1 + 8 * fields.len() + 16);
-        Self::begin(&mut buf, kind, fields);
-        FrameBuilder { buf }
+/// Starts a frame in `out`: a length prefix to patch, the kind and the
+/// header fields. Returns where the frame starts, for [`patch_len`].
+fn begin(out: &mut Vec<u8>, kind: u8, fields: &[u64]) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    out.push(kind);
+    for f in fields {
+        out.extend_from_slice(&f.to_le_bytes());
     }
-
-    /// Appends the start of a frame to `out`, returning where it starts;
-    /// pass that to [`patch_len`] when the payload is written.
-    pub(crate) fn begin(out: &mut Vec<u8>, kind: u8, fields: &[u64]) -> usize {
-        let start = out.len();
-        out.extend_from_slice(&[0; LEN_PREFIX]);
-        out.push(kind);
-        for f in fields {
-            out.extend_from_slice(&f.to_le_bytes());
-        }
-        start
-    }
-
-    /// The buffer, to append the payload to.
-    pub(crate) fn payload(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
-    }
-
-    /// Patches the length in and returns the whole frame.
-    pub(crate) fn finish(mut self) -> Vec<u8> {
-        patch_len(&mut self.buf, 0);
-        self.buf
-    }
+    start
 }
 
 /// Writes the body length of the frame starting at `start` in `out`.
-pub(crate) fn patch_len(out: &mut [u8], start: usize) {
+fn patch_len(out: &mut [u8], start: usize) {
     let body = (out.len() - start - LEN_PREFIX) as u64;
     out[start..start + LEN_PREFIX].copy_from_slice(&body.to_le_bytes());
 }
 
-/// Reads the `n`th u64 header field of a body (after the kind byte).
-pub(crate) fn field(body: &[u8], n: usize) -> u64 {
+/// Reads the `n`th u64 header field of a body (after the kind byte); the
+/// caller checked the length.
+fn field(body: &[u8], n: usize) -> u64 {
     let at = 1 + 8 * n;
     u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Overwrites the `n`th u64 header field of a whole frame (prefix included).
-pub(crate) fn set_field(frame: &mut [u8], n: usize, value: u64) {
-    let at = LEN_PREFIX + 1 + 8 * n;
-    frame[at..at + 8].copy_from_slice(&value.to_le_bytes());
+/// The fixed header of a task frame: which task, and the two addresses
+/// that run it (see [`crate::task`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskHeader {
+    /// The scheduler's id of the task, echoed in its result.
+    pub(crate) id: u64,
+    /// Address of the trampoline monomorphised for the task's types.
+    pub(crate) tramp: u64,
+    /// Address of the user's function.
+    pub(crate) func: u64,
+}
+
+impl TaskHeader {
+    /// Body bytes before the payload: kind, id, trampoline, function.
+    const BODY_LEN: usize = 1 + 3 * 8;
+
+    /// Starts a task frame in `out`; append the payload, then call
+    /// [`Started::finish`].
+    pub(crate) fn begin(&self, out: &mut Vec<u8>) -> Started {
+        Started(begin(out, TASK, &[self.id, self.tramp, self.func]))
+    }
+
+    /// Splits a task frame's body into its header and payload; `None` if it
+    /// is not a task frame.
+    pub(crate) fn parse(body: &[u8]) -> Option<(TaskHeader, &[u8])> {
+        if body.len() < Self::BODY_LEN || body[0] != TASK {
+            return None;
+        }
+        let h = TaskHeader {
+            id: field(body, 0),
+            tramp: field(body, 1),
+            func: field(body, 2),
+        };
+        Some((h, &body[Self::BODY_LEN..]))
+    }
+
+    /// Sets the id of a whole task frame (prefix included) built with id 0.
+    pub(crate) fn set_id(frame: &mut [u8], id: u64) {
+        let at = LEN_PREFIX + 1;
+        frame[at..at + 8].copy_from_slice(&id.to_le_bytes());
+    }
+
+    /// The id of a whole task frame (prefix included).
+    pub(crate) fn id_of(frame: &[u8]) -> u64 {
+        field(&frame[LEN_PREFIX..], 0)
+    }
+
+    /// Where a task body's payload starts (after [`parse`](Self::parse)
+    /// accepted it).
+    pub(crate) const PAYLOAD_AT: usize = Self::BODY_LEN;
+}
+
+/// A frame being written into a buffer: where it starts.
+#[must_use = "a started frame has no length until `finish`"]
+pub(crate) struct Started(usize);
+
+impl Started {
+    /// Patches the length of the frame (everything appended since it
+    /// started).
+    pub(crate) fn finish(self, out: &mut [u8]) {
+        patch_len(out, self.0);
+    }
+}
+
+/// A started result frame, whose busy time is known only at the end.
+#[must_use = "a started frame has no length until `finish`"]
+pub(crate) struct StartedResult(usize);
+
+impl StartedResult {
+    /// Writes the busy time and the length of the frame.
+    pub(crate) fn finish(self, out: &mut [u8], busy_ns: u64) {
+        let at = self.0 + LEN_PREFIX + 1 + 8;
+        out[at..at + 8].copy_from_slice(&busy_ns.to_le_bytes());
+        patch_len(out, self.0);
+    }
+}
+
+/// A worker's answer to one task: its id, how long the worker was busy
+/// with it, and the outcomes (one per item, see [`crate::task`]).
+#[derive(Debug)]
+pub(crate) struct ResultFrame {
+    /// The task this answers.
+    pub(crate) id: u64,
+    /// Nanoseconds the worker spent on the task (decode, run, encode).
+    pub(crate) busy_ns: u64,
+    body: Vec<u8>,
+}
+
+impl ResultFrame {
+    /// Body bytes before the payload: kind, id, busy nanoseconds.
+    const BODY_LEN: usize = 1 + 2 * 8;
+
+    /// Starts the result frame of task `id` in `out`; append the outcomes,
+    /// then call [`StartedResult::finish`] with the busy time.
+    pub(crate) fn begin(out: &mut Vec<u8>, id: u64) -> StartedResult {
+        StartedResult(begin(out, RESULT, &[id, 0]))
+    }
+
+    /// The outcomes, one per item.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.body[Self::BODY_LEN..]
+    }
+
+    /// The task id of a result frame still arriving, once its header bytes
+    /// are in (`body` is what has arrived of the body).
+    pub(crate) fn peek_id(body: &[u8]) -> Option<u64> {
+        (body.first() == Some(&RESULT) && body.len() > 8).then(|| field(body, 0))
+    }
+}
+
+/// A frame from a worker, by kind.
+#[derive(Debug)]
+pub(crate) enum FromWorker {
+    /// The initializer succeeded; tasks may come.
+    Ready,
+    /// The initializer failed, with this message; the worker exits.
+    InitFailed(String),
+    /// A task's result.
+    Result(ResultFrame),
+}
+
+impl FromWorker {
+    /// Parses a body read from a result pipe; the error says what is wrong
+    /// with it.
+    pub(crate) fn parse(body: Vec<u8>) -> Result<FromWorker, String> {
+        match body.first() {
+            Some(&READY) if body.len() == 1 => Ok(FromWorker::Ready),
+            Some(&INIT_FAILED) => Ok(FromWorker::InitFailed(
+                String::from_utf8_lossy(&body[1..]).into_owned(),
+            )),
+            Some(&RESULT) if body.len() >= ResultFrame::BODY_LEN => {
+                Ok(FromWorker::Result(ResultFrame {
+                    id: field(&body, 0),
+                    busy_ns: field(&body, 1),
+                    body,
+                }))
+            }
+            Some(&RESULT) => Err(format!(
+                "a {}-byte result frame is shorter than its {}-byte header",
+                body.len(),
+                ResultFrame::BODY_LEN
+            )),
+            Some(&kind) => Err(format!(
+                "unexpected frame of kind {kind} ({} bytes)",
+                body.len()
+            )),
+            None => Err("an empty frame".to_string()),
+        }
+    }
+
+    /// The whole frame a worker sends after its initializer: READY, or
+    /// INIT_FAILED with `message`.
+    pub(crate) fn hello(message: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let start = match message {
+            None => begin(&mut out, READY, &[]),
+            Some(m) => {
+                let s = begin(&mut out, INIT_FAILED, &[]);
+                out.extend_from_slice(m.as_bytes());
+                s
+            }
+        };
+        patch_len(&mut out, start);
+        out
+    }
+
+    /// Whether a frame still arriving is of a kind a worker may send now
+    /// (`ready`: it already sent READY).
+    pub(crate) fn pending_kind_ok(body: &[u8], ready: bool) -> Result<(), String> {
+        match body.first() {
+            None | Some(&RESULT) => Ok(()),
+            Some(&(READY | INIT_FAILED)) if !ready => Ok(()),
+            Some(&kind) => Err(format!("unexpected frame of kind {kind} (incomplete)")),
+        }
+    }
 }
 
 /// A frame that could not be read.
@@ -395,9 +542,11 @@ mod tests {
     }
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-        let mut b = FrameBuilder::new(kind, &[7, 8]);
-        b.payload().extend_from_slice(payload);
-        b.finish()
+        let mut out = Vec::new();
+        let start = begin(&mut out, kind, &[7, 8]);
+        out.extend_from_slice(payload);
+        patch_len(&mut out, start);
+        out
     }
 
     /// Reads every frame `fd` delivers until EOF.
@@ -415,6 +564,68 @@ mod tests {
                 Err(e) => panic!("{e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn task_and_result_frames_round_trip_through_their_types() {
+        let h = TaskHeader {
+            id: 41,
+            tramp: 0xdead,
+            func: 0xbeef,
+        };
+        let mut out = vec![9, 9]; // a frame may start mid-buffer
+        let started = h.begin(&mut out);
+        out.extend_from_slice(b"items");
+        started.finish(&mut out);
+        assert_eq!(TaskHeader::id_of(&out[2..]), 41);
+        let body = &out[2 + LEN_PREFIX..];
+        assert_eq!(
+            u64::from_le_bytes(out[2..2 + LEN_PREFIX].try_into().unwrap()) as usize,
+            body.len()
+        );
+        let (parsed, payload) = TaskHeader::parse(body).unwrap();
+        assert_eq!(parsed, h);
+        assert_eq!(payload, b"items");
+        assert_eq!(&body[TaskHeader::PAYLOAD_AT..], b"items");
+        assert!(TaskHeader::parse(&body[..10]).is_none());
+
+        let mut out = Vec::new();
+        let started = ResultFrame::begin(&mut out, 41);
+        out.extend_from_slice(b"outcomes");
+        started.finish(&mut out, 1234);
+        let body = out[LEN_PREFIX..].to_vec();
+        assert_eq!(ResultFrame::peek_id(&body[..9]), Some(41));
+        assert_eq!(ResultFrame::peek_id(&body[..8]), None);
+        match FromWorker::parse(body).unwrap() {
+            FromWorker::Result(r) => {
+                assert_eq!((r.id, r.busy_ns), (41, 1234));
+                assert_eq!(r.payload(), b"outcomes");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn worker_frames_that_are_wrong_say_how() {
+        assert!(matches!(
+            FromWorker::parse(FromWorker::hello(None)[LEN_PREFIX..].to_vec()),
+            Ok(FromWorker::Ready)
+        ));
+        match FromWorker::parse(FromWorker::hello(Some("no db"))[LEN_PREFIX..].to_vec()) {
+            Ok(FromWorker::InitFailed(m)) => assert_eq!(m, "no db"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            FromWorker::parse(vec![RESULT, 1, 2]).unwrap_err(),
+            "a 3-byte result frame is shorter than its 17-byte header"
+        );
+        assert_eq!(
+            FromWorker::parse(vec![99, 0, 0]).unwrap_err(),
+            "unexpected frame of kind 99 (3 bytes)"
+        );
+        assert!(FromWorker::pending_kind_ok(&[READY], true).is_err());
+        assert!(FromWorker::pending_kind_ok(&[READY], false).is_ok());
+        assert!(FromWorker::pending_kind_ok(&[RESULT, 1], true).is_ok());
     }
 
     #[test]

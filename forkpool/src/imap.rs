@@ -15,7 +15,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::frame::RESULT_HEADER;
 use crate::mailbox::{Mailbox, Postman, mailbox};
 use crate::pool::Pool;
 use crate::scheduler::{Completion, Task, TaskMeta};
@@ -193,7 +192,7 @@ where
         let mut items = VecDeque::with_capacity(meta.items);
         match c.outcome {
             Ok(body) => decode_outcomes::<R>(
-                &body[RESULT_HEADER..],
+                body.payload(),
                 meta.items,
                 meta.first,
                 c.pid,

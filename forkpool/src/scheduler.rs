@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::control::{self, Request};
 use crate::error::Error;
 use crate::fds::PoolFd;
-use crate::frame::{self, FrameReader, OutQueue};
+use crate::frame::{self, FrameReader, FromWorker, OutQueue, ResultFrame, TaskHeader};
 use crate::mailbox::Postman;
 
 /// How much work (by the workers' own timing) to keep queued at a worker.
@@ -37,9 +37,9 @@ pub(crate) struct Completion {
     pub(crate) meta: TaskMeta,
     /// Pid of the worker that ran it (0 if none did).
     pub(crate) pid: i32,
-    /// The result frame's body (outcomes start at `frame::RESULT_HEADER`),
-    /// or why the task failed as a whole (the error names `meta.first`).
-    pub(crate) outcome: Result<Vec<u8>, Error>,
+    /// The worker's result frame, or why the task failed as a whole (the
+    /// error names `meta.first`).
+    pub(crate) outcome: Result<ResultFrame, Error>,
 }
 
 /// What the submitter needs back with a task's completion.
@@ -66,7 +66,7 @@ pub(crate) struct Reply {
 pub(crate) struct Delivery {
     reply: Reply,
     pid: i32,
-    outcome: Result<Vec<u8>, Error>,
+    outcome: Result<ResultFrame, Error>,
 }
 
 impl Delivery {
@@ -276,7 +276,7 @@ impl State {
     pub(crate) fn submit(&mut self, tasks: impl IntoIterator<Item = Task>) -> Result<bool, Error> {
         self.accepting()?;
         for mut task in tasks {
-            frame::set_field(&mut task.frame, 0, self.next_id);
+            TaskHeader::set_id(&mut task.frame, self.next_id);
             self.next_id += 1;
             self.queue.push_back(task);
         }
@@ -302,7 +302,7 @@ impl State {
             };
             let mut task = self.queue.pop_front().expect("front exists");
             let worker = &mut self.workers[w];
-            let id = frame::field(&task.frame[frame::LEN_PREFIX..], 0);
+            let id = TaskHeader::id_of(&task.frame);
             if task.frame.len() > frame::PIPE_DEFAULT && !worker.task_pipe_big {
                 worker.task_pipe_big = true;
                 if let Some(fd) = &worker.task_fd {
@@ -343,17 +343,9 @@ impl State {
     }
 
     /// A result frame from worker `w`: completes the task it answers.
-    pub(crate) fn on_result(&mut self, w: usize, body: Vec<u8>) -> Result<(), String> {
+    pub(crate) fn on_result(&mut self, w: usize, result: ResultFrame) -> Result<(), String> {
         let worker = &mut self.workers[w];
-        if body.len() < frame::RESULT_HEADER {
-            return Err(format!(
-                "a {}-byte result frame is shorter than its {}-byte header",
-                body.len(),
-                frame::RESULT_HEADER
-            ));
-        }
-        let id = frame::field(&body, 0);
-        let busy = frame::field(&body, 1);
+        let id = result.id;
         let Some(front) = worker.in_flight.pop_front() else {
             return Err(format!(
                 "a result for task {id}, but the worker holds no task"
@@ -366,12 +358,12 @@ impl State {
                 "a result for task {id}, but task {expected} was next"
             ));
         }
-        worker.record_busy(busy);
+        worker.record_busy(result.busy_ns);
         let pid = worker.pid;
         self.done.push(Delivery {
             reply: front.reply,
             pid,
-            outcome: Ok(body),
+            outcome: Ok(result),
         });
         self.retire_if_spent(w);
         Ok(())
@@ -383,16 +375,8 @@ impl State {
     pub(crate) fn check_pending(&self, w: usize) -> Result<(), String> {
         let worker = &self.workers[w];
         let body = worker.reader.pending_body();
-        let Some(&kind) = body.first() else {
-            return Ok(());
-        };
-        match kind {
-            frame::RESULT => {}
-            frame::READY | frame::INIT_FAILED if !worker.ready => return Ok(()),
-            _ => return Err(format!("unexpected frame of kind {kind} (incomplete)")),
-        }
-        if body.len() >= 9 {
-            let id = frame::field(body, 0);
+        FromWorker::pending_kind_ok(body, worker.ready)?;
+        if let Some(id) = ResultFrame::peek_id(body) {
             match worker.in_flight.front() {
                 Some(f) if f.id == id => {}
                 Some(f) => {

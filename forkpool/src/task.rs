@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::frame::{FrameBuilder, TASK};
+use crate::frame::TaskHeader;
 use crate::worker::panic_message;
 
 const OK: u8 = 0;
@@ -175,18 +175,24 @@ where
 {
     let items = items.into_iter();
     let tramp = trampoline::<T, R>() as usize;
-    let mut b = FrameBuilder::new(TASK, &[0, tramp as u64, f as usize as u64]);
-    let out = b.payload();
-    encode_into(&(items.len() as u64), out).expect("a u64 always encodes");
+    let header = TaskHeader {
+        id: 0,
+        tramp: tramp as u64,
+        func: f as usize as u64,
+    };
+    let mut out = Vec::new();
+    let started = header.begin(&mut out);
+    encode_into(&(items.len() as u64), &mut out).expect("a u64 always encodes");
     for (i, item) in items.enumerate() {
-        encode_into(&item, out).map_err(|e| Error::Encode {
+        encode_into(&item, &mut out).map_err(|e| Error::Encode {
             item: first + i,
             what: "argument",
             type_name: type_name::<T>(),
             reason: describe(&e),
         })?;
     }
-    Ok(b.finish())
+    started.finish(&mut out);
+    Ok(out)
 }
 
 /// Decodes the outcomes of a task of `count` items whose first item has

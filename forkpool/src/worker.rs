@@ -3,7 +3,8 @@
 //!
 //! Results are buffered and written when no further complete task is
 //! waiting in the read buffer (so a burst of small tasks costs one `write`),
-//! or when the oldest buffered result has waited [`MAX_HOLD`].
+//! or when the oldest buffered result's task started [`MAX_HOLD`] ago (so
+//! a long task's result is not held back behind the next task).
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -11,9 +12,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use crate::frame::{
-    self, Fill, FrameBuilder, FrameReader, INIT_FAILED, READY, RESULT, TASK, TASK_HEADER,
-};
+use crate::frame::{self, Fill, FrameReader, FromWorker, ResultFrame, TaskHeader};
 use crate::task::Trampoline;
 
 /// The initializer as the zygote keeps it.
@@ -82,19 +81,13 @@ pub(crate) fn exit(code: i32) -> ! {
 /// The worker's life. Never returns.
 pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) -> ! {
     install_panic_hook();
-    let (kind, message) = match catch_unwind(AssertUnwindSafe(init)) {
-        Ok(Ok(())) => (READY, None),
-        Ok(Err(message)) => (INIT_FAILED, Some(message)),
-        Err(payload) => (
-            INIT_FAILED,
-            Some(format!("panicked: {}", panic_message(payload.as_ref()))),
-        ),
+    let message = match catch_unwind(AssertUnwindSafe(init)) {
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => Some(message),
+        Err(payload) => Some(format!("panicked: {}", panic_message(payload.as_ref()))),
     };
-    let mut hello = FrameBuilder::new(kind, &[]);
-    if let Some(m) = &message {
-        hello.payload().extend_from_slice(m.as_bytes());
-    }
-    if frame::write_all(result_w.as_fd(), &hello.finish()).is_err() {
+    let hello = FromWorker::hello(message.as_deref());
+    if frame::write_all(result_w.as_fd(), &hello).is_err() {
         exit(0); // the parent is gone
     }
     if message.is_some() {
@@ -123,8 +116,12 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) ->
                 if oldest.is_some_and(|t| t.elapsed() >= MAX_HOLD) {
                     flush(&mut out, &mut oldest);
                 }
+                // A result's age counts from its task's start: the result of
+                // a task that alone took MAX_HOLD goes out before the next
+                // task runs (the parent refills this worker's pipe from it).
+                let started = Instant::now();
                 run_task(body, &mut out);
-                oldest.get_or_insert_with(Instant::now);
+                oldest.get_or_insert(started);
                 if out.len() >= FLUSH_AT {
                     flush(&mut out, &mut oldest);
                 }
@@ -146,20 +143,17 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) ->
 
 /// Runs one task frame, appending its result frame to `out`.
 fn run_task(body: Vec<u8>, out: &mut Vec<u8>) {
-    if body.len() < TASK_HEADER || body[0] != TASK {
+    let Some((header, _)) = TaskHeader::parse(&body) else {
         exit(EXIT_BAD_FRAME);
-    }
-    let id = frame::field(&body, 0);
-    let tramp = frame::field(&body, 1) as usize;
-    let func = frame::field(&body, 2) as usize;
+    };
+    let (tramp, func) = (header.tramp as usize, header.func as usize);
     // SAFETY: the parent wrote this address from `task::trampoline::<T, R>()`,
     // a `Trampoline` in the program image this worker is a fork of; the
     // pipe is private to the parent and this worker.
     let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(tramp) };
-    let start = FrameBuilder::begin(out, RESULT, &[id, 0]);
+    let started = ResultFrame::begin(out, header.id);
     let t0 = Instant::now();
-    tramp(func, body, TASK_HEADER, out);
+    tramp(func, body, TaskHeader::PAYLOAD_AT, out);
     let busy = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-    frame::set_field(&mut out[start..], 1, busy);
-    frame::patch_len(out, start);
+    started.finish(out, busy);
 }
