@@ -76,6 +76,27 @@ fn main() -> Result<(), Error> {
     assert_eq!(squares[99], 9801);
     // ANCHOR_END: map_async
 
+    // ANCHOR: starmap
+    fn power(base: u64, exp: u32) -> u64 {
+        base.pow(exp)
+    }
+    let powers = pool.starmap(power, [(2, 10), (3, 4)])?; // pool.starmap(pow, [(2, 10), (3, 4)])
+    assert_eq!(powers, [1024, 81]);
+    // ANCHOR_END: starmap
+
+    // ANCHOR: await
+    // concurrent.futures / asyncio: await the handle under any executor
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let total = runtime.block_on(async {
+        let one = pool.apply_async(square, 7); // loop.run_in_executor(pool, square, 7)
+        let many = pool.map_async(square, 0..4);
+        Ok::<_, Error>(one.await? + many.await?.iter().sum::<u64>())
+    })?;
+    assert_eq!(total, 49 + 14);
+    // ANCHOR_END: await
+
     // ANCHOR: errors
     let err = pool
         .map(|x: u32| if x == 3 { panic!("no threes") } else { x }, 0..5)
@@ -102,6 +123,7 @@ fn main() -> Result<(), Error> {
 
     // ANCHOR: builder
     let weights = vec![0.5, 0.25, 0.25];
+    assert!(format!("{:?}", forkpool::PoolBuilder::default()).contains("processes: None"));
     let pool = Pool::builder()
         .processes(2) // processes=2
         .initializer(move || MODEL.set(weights.clone()).unwrap()) // initializer=..., initargs=...

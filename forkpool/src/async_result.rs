@@ -1,5 +1,8 @@
 //! Handles to work submitted with `apply_async` and `map_async`.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -126,8 +129,16 @@ impl<R: DeserializeOwned + Send> Sink<R> for ApplySink<R> {
 }
 
 /// A result that will arrive: returned by
-/// [`Pool::apply_async`](crate::Pool::apply_async) and
-/// [`Pool::map_async`](crate::Pool::map_async), like Python's `AsyncResult`.
+/// [`Pool::apply_async`](crate::Pool::apply_async),
+/// [`Pool::map_async`](crate::Pool::map_async) and
+/// [`Pool::starmap_async`](crate::Pool::starmap_async), like Python's
+/// `AsyncResult`.
+///
+/// Wait for it with [`get`](Self::get) or [`get_timeout`](Self::get_timeout),
+/// or `.await` it: `AsyncResult` is a [`Future`] whose output is the same
+/// `Result` that `get` returns. It needs no particular runtime (tokio,
+/// async-std, smol, a hand-written executor): the pool's collector thread
+/// wakes the task when the last result arrives.
 ///
 /// The work runs whether or not the handle is kept: dropping it only
 /// discards the result.
@@ -144,26 +155,56 @@ impl<R: DeserializeOwned + Send> Sink<R> for ApplySink<R> {
 /// assert_eq!(answer, 42);
 /// # Ok(()) }
 /// ```
+///
+/// In an async function, under any executor:
+///
+/// ```
+/// async fn squares(pool: &forkpool::Pool) -> Result<u64, forkpool::Error> {
+///     let a = pool.apply_async(|x: u64| x * x, 3);
+///     let b = pool.map_async(|x: u64| x * x, 0..4);
+///     Ok(a.await? + b.await?.iter().sum::<u64>())
+/// }
+/// # fn main() -> Result<(), forkpool::Error> {
+/// # let pool = forkpool::Pool::new(2)?;
+/// # let fut = std::pin::pin!(squares(&pool));
+/// # let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+/// # let mut fut = fut;
+/// # let out = loop {
+/// #     if let std::task::Poll::Ready(r) = fut.as_mut().poll(&mut cx) { break r; }
+/// #     std::thread::sleep(std::time::Duration::from_millis(1));
+/// # };
+/// # assert_eq!(out?, 9 + 14);
+/// # Ok(()) }
+/// ```
 pub struct AsyncResult<O> {
     state: Inner<O>,
 }
 
 enum Inner<O> {
-    Waiting {
-        rx: Mailbox,
-        /// Completions not yet received.
-        pending: usize,
-        sink: Box<dyn Sink<O>>,
-    },
+    Waiting(Waiting<O>),
     /// Submission failed, or the result was taken.
     Failed(Error),
     Taken,
 }
 
+struct Waiting<O> {
+    rx: Mailbox,
+    /// Completions not yet received.
+    pending: usize,
+    sink: Box<dyn Sink<O>>,
+}
+
+impl<O> Waiting<O> {
+    fn accept(&mut self, c: Completion) {
+        self.sink.take(c);
+        self.pending -= 1;
+    }
+}
+
 impl<O> AsyncResult<O> {
     pub(crate) fn new(rx: Mailbox, pending: usize, sink: Box<dyn Sink<O>>) -> Self {
         AsyncResult {
-            state: Inner::Waiting { rx, pending, sink },
+            state: Inner::Waiting(Waiting { rx, pending, sink }),
         }
     }
 
@@ -199,48 +240,73 @@ impl<O> AsyncResult<O> {
     /// block).
     pub fn ready(&self) -> bool {
         match &self.state {
-            Inner::Waiting { rx, pending, .. } => rx.len() >= *pending,
+            Inner::Waiting(w) => w.rx.len() >= w.pending,
             Inner::Failed(_) | Inner::Taken => true,
         }
     }
 
     fn wait_until(&mut self, deadline: Option<(Instant, Duration)>) -> Result<O> {
-        if let Inner::Waiting { rx, pending, sink } = &mut self.state {
-            while *pending > 0 {
-                let next = match rx.recv(deadline.map(|(d, _)| d)) {
-                    Ok(c) => Ok(c),
+        if let Inner::Waiting(w) = &mut self.state {
+            while w.pending > 0 {
+                match w.rx.recv(deadline.map(|(d, _)| d)) {
+                    Ok(c) => w.accept(c),
                     Err(Empty::Timeout) => {
                         let waited = deadline.map(|(_, w)| w).unwrap_or_default();
                         return Err(Error::Timeout { waited });
                     }
-                    Err(Empty::Disconnected) => Err(()),
-                };
-                match next {
-                    Ok(c) => {
-                        sink.take(c);
-                        *pending -= 1;
-                    }
-                    // Every task's sender is gone without completing it:
-                    // only a pool shut down under it does that.
-                    Err(()) => {
-                        self.state = Inner::Failed(Error::Terminated);
+                    Err(Empty::Disconnected) => {
+                        self.disconnected();
                         break;
                     }
                 }
             }
         }
+        self.take()
+    }
+
+    /// Every task's sender is gone without completing it: only a pool shut
+    /// down under it does that.
+    fn disconnected(&mut self) {
+        self.state = Inner::Failed(Error::Terminated);
+    }
+
+    /// The final value, once every completion is in.
+    fn take(&mut self) -> Result<O> {
         match std::mem::replace(&mut self.state, Inner::Taken) {
-            Inner::Waiting { sink, .. } => sink.finish(),
+            Inner::Waiting(w) => w.sink.finish(),
             Inner::Failed(e) => Err(e),
             Inner::Taken => Err(Error::AlreadyTaken),
         }
     }
 }
 
+/// `.await` gives what [`AsyncResult::get`] returns. Polling after the
+/// output was returned gives [`Error::AlreadyTaken`].
+impl<O> Future for AsyncResult<O> {
+    type Output = Result<O>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<O>> {
+        let this = self.get_mut();
+        if let Inner::Waiting(w) = &mut this.state {
+            while w.pending > 0 {
+                match w.rx.poll_recv(cx) {
+                    Poll::Ready(Ok(c)) => w.accept(c),
+                    Poll::Ready(Err(_)) => {
+                        this.disconnected();
+                        break;
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+        Poll::Ready(this.take())
+    }
+}
+
 impl<O> std::fmt::Debug for AsyncResult<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
-            Inner::Waiting { pending, .. } => format!("waiting for {pending} tasks"),
+            Inner::Waiting(w) => format!("waiting for {} tasks", w.pending),
             Inner::Failed(e) => format!("failed: {e}"),
             Inner::Taken => "taken".to_string(),
         };

@@ -58,6 +58,21 @@ impl fmt::Debug for PoolBuilder {
     }
 }
 
+/// The builder of a pool with the default settings: one worker per
+/// available CPU, no initializer, no recycling (as `Pool::builder()`).
+///
+/// ```
+/// # fn main() -> Result<(), forkpool::Error> {
+/// let pool = forkpool::PoolBuilder::default().processes(1).build()?;
+/// assert_eq!(pool.processes(), 1);
+/// # Ok(()) }
+/// ```
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder::new()
+    }
+}
+
 impl PoolBuilder {
     pub(crate) fn new() -> Self {
         PoolBuilder {

@@ -61,6 +61,7 @@ mod imap;
 mod mailbox;
 mod pool;
 mod scheduler;
+mod starmap;
 mod task;
 mod worker;
 mod zygote;
@@ -70,6 +71,7 @@ pub use builder::PoolBuilder;
 pub use error::{Error, ExitCause, Result};
 pub use imap::IMap;
 pub use pool::Pool;
+pub use starmap::StarFn;
 
 /// The README's examples, compiled and run as doctests so they cannot drift.
 #[cfg(doctest)]

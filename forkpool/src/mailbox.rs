@@ -10,9 +10,14 @@
 //!
 //! The receiver learns when every sender is gone without sending what it
 //! waits for (a pool shut down under it), so no wait here is endless.
+//!
+//! An async receiver (an [`AsyncResult`](crate::AsyncResult) awaited under
+//! any executor) leaves a [`Waker`] instead of sleeping: every delivery, and
+//! the last sender going away, wakes it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
@@ -27,6 +32,8 @@ struct Inner {
 struct State {
     queue: VecDeque<Completion>,
     senders: usize,
+    /// The task of an async receiver waiting for the next delivery.
+    waker: Option<Waker>,
 }
 
 /// The sending side: cloned into every task of the job.
@@ -50,6 +57,7 @@ pub(crate) fn mailbox() -> (Postman, Mailbox) {
         state: Mutex::new(State {
             queue: VecDeque::new(),
             senders: 1,
+            waker: None,
         }),
         ready: Condvar::new(),
     });
@@ -59,8 +67,14 @@ pub(crate) fn mailbox() -> (Postman, Mailbox) {
 impl Postman {
     /// Delivers a completion (never blocks).
     pub(crate) fn send(&self, c: Completion) {
-        self.0.state.lock().queue.push_back(c);
+        let mut st = self.0.state.lock();
+        st.queue.push_back(c);
+        let waker = st.waker.take();
+        drop(st);
         self.0.ready.notify_one();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
@@ -76,8 +90,12 @@ impl Drop for Postman {
         let mut st = self.0.state.lock();
         st.senders -= 1;
         if st.senders == 0 {
+            let waker = st.waker.take();
             drop(st);
             self.0.ready.notify_all();
+            if let Some(w) = waker {
+                w.wake();
+            }
         }
     }
 }
@@ -108,6 +126,24 @@ impl Mailbox {
                 None => self.0.ready.wait(&mut st),
             }
         }
+    }
+
+    /// Takes the next completion without blocking; when there is none,
+    /// leaves `cx`'s waker to be woken by the next delivery (or by the last
+    /// sender going away).
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Completion, Empty>> {
+        let mut st = self.0.state.lock();
+        if let Some(c) = st.queue.pop_front() {
+            return Poll::Ready(Ok(c));
+        }
+        if st.senders == 0 {
+            return Poll::Ready(Err(Empty::Disconnected));
+        }
+        match &mut st.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// How many completions are waiting.

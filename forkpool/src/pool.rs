@@ -14,7 +14,8 @@ use crate::error::{Error, Result};
 use crate::imap::IMap;
 use crate::mailbox::{Mailbox, mailbox};
 use crate::scheduler::{Phase, Task, TaskMeta};
-use crate::task::encode_task;
+use crate::starmap::{StarFn, star_call};
+use crate::task::{Call, encode_task};
 
 /// Encoded tasks are handed to the scheduler in batches of about this many
 /// bytes (or [`BATCH_TASKS`] tasks), so workers start before a big map is
@@ -229,22 +230,41 @@ impl Pool {
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items: Vec<T> = items.into_iter().collect();
+        let call = Call::of(f);
+        self.map_call(call, std::any::type_name::<T>(), items, chunksize)
+    }
+
+    /// Submits `items` (each encoded as it is, decoded in the worker as
+    /// the argument of `call`) in tasks of `chunksize` items; `arg_type`
+    /// names the argument type in errors.
+    pub(crate) fn map_call<A, R>(
+        &self,
+        call: Call,
+        arg_type: &'static str,
+        items: impl IntoIterator<Item = A>,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<R>>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let items: Vec<A> = items.into_iter().collect();
         let chunksize = chunksize.max(1);
         let tasks = items.len().div_ceil(chunksize);
-        let sink = Box::new(MapSink::<R>::new(tasks, std::any::type_name::<T>()));
-        match self.submit_chunks(f, items, chunksize) {
+        let sink = Box::new(MapSink::<R>::new(tasks, arg_type));
+        match self.submit_chunks(call, items, chunksize) {
             Ok(rx) => AsyncResult::new(rx, tasks, sink),
             Err(e) => AsyncResult::failed(e),
         }
     }
 
     /// Encodes `items` in chunks and submits them in batches.
-    fn submit_chunks<T, R>(&self, f: fn(T) -> R, items: Vec<T>, chunksize: usize) -> Result<Mailbox>
-    where
-        T: Serialize + DeserializeOwned,
-        R: Serialize + DeserializeOwned,
-    {
+    fn submit_chunks<A: Serialize>(
+        &self,
+        call: Call,
+        items: Vec<A>,
+        chunksize: usize,
+    ) -> Result<Mailbox> {
         let (tx, rx) = mailbox();
         let total = items.len();
         let mut items = items.into_iter();
@@ -253,7 +273,7 @@ impl Pool {
         let (mut first, mut chunk) = (0, 0);
         while first < total {
             let count = chunksize.min(total - first);
-            let frame = encode_task(f, items.by_ref().take(count), first)?;
+            let frame = call.encode(items.by_ref().take(count), first)?;
             batch_bytes += frame.len();
             let meta = TaskMeta {
                 chunk,
@@ -383,6 +403,70 @@ impl Pool {
             Ok(rx) => AsyncResult::new(rx, 1, sink),
             Err(e) => AsyncResult::failed(e),
         }
+    }
+
+    /// Applies a function of several arguments to every tuple of
+    /// arguments, in parallel, like Python's `Pool.starmap`: `f(a, b)` for
+    /// each `(a, b)`, with 2, 3 or 4 arguments. Results in input order.
+    ///
+    /// `f` is a `fn` item or a closure that captures nothing (see
+    /// [`StarFn`]); items go out in chunks as for [`map`](Self::map).
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn add(a: u64, b: u64) -> u64 {
+    ///     a + b
+    /// }
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let sums = pool.starmap(add, vec![(1, 2), (3, 4)])?;
+    /// assert_eq!(sums, [3, 7]);
+    /// let joined = pool.starmap(|s: String, n: usize, c: char| format!("{s}{}", c.to_string().repeat(n)),
+    ///                           [("a".to_string(), 2, '!')])?;
+    /// assert_eq!(joined, ["a!!"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn starmap<F, Args>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = Args>,
+    ) -> Result<Vec<F::Output>>
+    where
+        F: StarFn<Args>,
+        Args: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.starmap_async(f, items).get()
+    }
+
+    /// Starts a [`starmap`](Self::starmap) and returns at once with a
+    /// handle to its results, like Python's `Pool.starmap_async`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let h = pool.starmap_async(|a: u32, b: u32, c: u32, d: u32| a * b * c * d, [(1, 2, 3, 4)]);
+    /// assert_eq!(h.get()?, [24]);
+    /// # Ok(()) }
+    /// ```
+    pub fn starmap_async<F, Args>(
+        &self,
+        f: F,
+        items: impl IntoIterator<Item = Args>,
+    ) -> AsyncResult<Vec<F::Output>>
+    where
+        F: StarFn<Args>,
+        Args: Serialize + DeserializeOwned,
+        F::Output: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f; // zero-sized: the trampoline knows it by its type
+        let items: Vec<Args> = items.into_iter().collect();
+        let chunksize = default_chunksize(items.len(), self.processes);
+        let call = star_call::<F, Args>();
+        self.map_call(call, std::any::type_name::<Args>(), items, chunksize)
     }
 
     /// Takes no new work; what was submitted still runs. Follow with

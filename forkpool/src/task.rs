@@ -105,6 +105,17 @@ fn run_task<T: DeserializeOwned, R: Serialize>(
     // trampoline (monomorphised for the same `T` and `R`); a function pointer
     // stays valid at the same address in a forked child.
     let f = unsafe { std::mem::transmute::<usize, fn(T) -> R>(func) };
+    run_items(body, at, out, f);
+}
+
+/// The body of every trampoline: decodes the items of a task, runs `f` on
+/// each under `catch_unwind`, encodes the outcomes.
+pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
+    body: Vec<u8>,
+    at: usize,
+    out: &mut Vec<u8>,
+    mut f: impl FnMut(T) -> R,
+) {
     // Decode every item first and free the encoded bytes before running any:
     // a big argument is then held once (decoded), not twice.
     let (items, failure) = decode_items::<T>(&body[at..]);
@@ -173,12 +184,56 @@ where
     I: IntoIterator<Item = T>,
     I::IntoIter: ExactSizeIterator,
 {
+    encode_call(trampoline::<T, R>(), f as usize, items, first)
+}
+
+/// What a task runs: a trampoline, and the address of the user's function
+/// it calls (unused by trampolines that know their function by type).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call {
+    pub(crate) tramp: Trampoline,
+    pub(crate) func: usize,
+}
+
+impl Call {
+    /// The call of a plain `fn(T) -> R`.
+    pub(crate) fn of<T: DeserializeOwned, R: Serialize>(f: fn(T) -> R) -> Call {
+        Call {
+            tramp: trampoline::<T, R>(),
+            func: f as usize,
+        }
+    }
+
+    /// Encodes a task frame of `items`; see [`encode_call`].
+    pub(crate) fn encode<T, I>(self, items: I, first: usize) -> Result<Vec<u8>, Error>
+    where
+        T: Serialize,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        encode_call(self.tramp, self.func, items, first)
+    }
+}
+
+/// Encodes a task frame for `items` (each encoded as a `T`, decoded in the
+/// worker as the trampoline's argument type), to be run by `tramp` with the
+/// function address `func`.
+pub(crate) fn encode_call<T, I>(
+    tramp: Trampoline,
+    func: usize,
+    items: I,
+    first: usize,
+) -> Result<Vec<u8>, Error>
+where
+    T: Serialize,
+    I: IntoIterator<Item = T>,
+    I::IntoIter: ExactSizeIterator,
+{
     let items = items.into_iter();
-    let tramp = trampoline::<T, R>() as usize;
     let header = TaskHeader {
         id: 0,
-        tramp: tramp as u64,
-        func: f as usize as u64,
+        tramp: tramp as usize as u64,
+        func: func as u64,
     };
     let mut out = Vec::new();
     let started = header.begin(&mut out);

@@ -407,3 +407,63 @@ fn strings_structs_and_enums_cross_the_pipes() {
         [("circle".to_string(), 3.0), ("rect".to_string(), 6.0)]
     );
 }
+
+#[test]
+fn starmap_calls_functions_of_two_three_and_four_arguments() {
+    fn add(a: u64, b: u64) -> u64 {
+        a + b
+    }
+    fn where_ran(a: u8, b: u16, c: u32) -> (u64, i32) {
+        (a as u64 + b as u64 + c as u64, std::process::id() as i32)
+    }
+    let pool = TestPool::new(2);
+    let workers: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let pairs: Vec<(u64, u64)> = (0..1000).map(|i| (i, 10 * i)).collect();
+    let sums = pool.starmap(add, pairs).unwrap();
+    assert_eq!(sums, (0..1000).map(|i| 11 * i).collect::<Vec<_>>());
+    let triples = pool
+        .starmap(where_ran, (0..100u32).map(|i| (1u8, 2u16, i)))
+        .unwrap();
+    for (i, (s, pid)) in triples.into_iter().enumerate() {
+        assert_eq!(s, 3 + i as u64);
+        assert!(workers.contains(&pid), "ran in {pid}, not a worker");
+    }
+    let quads = pool
+        .starmap(
+            |s: String, n: usize, sep: char, upper: bool| {
+                let t = vec![s; n].join(&sep.to_string());
+                if upper { t.to_uppercase() } else { t }
+            },
+            [
+                ("ab".to_string(), 3, '-', true),
+                ("x".to_string(), 1, '+', false),
+            ],
+        )
+        .unwrap();
+    assert_eq!(quads, ["AB-AB-AB", "x"]);
+}
+
+#[test]
+fn starmap_errors_name_the_item() {
+    let pool = TestPool::new(2);
+    let err = pool
+        .starmap(
+            |a: u32, b: u32| if a == 7 { panic!("seven") } else { a + b },
+            (0..10).map(|i| (i, i)),
+        )
+        .unwrap_err();
+    assert_eq!(err.item(), Some(7));
+    assert!(err.to_string().contains("seven"), "{err}");
+    assert!(
+        pool.starmap(|a: u8, b: u8| a + b, Vec::new())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn pool_builder_default_builds_like_pool_builder() {
+    let pool = TestPool::build(|| forkpool::PoolBuilder::default().processes(2).build());
+    assert_eq!(pool.worker_pids().len(), 2);
+    assert_eq!(pool.map(double, [4]).unwrap(), [8]);
+}
