@@ -12,11 +12,11 @@
 //! table shows them once, summed over all processes, and the kernel writes
 //! them back and evicts them as it needs, so the array may be larger than
 //! memory (the notes' 25.6 GB fits on disk, not in this machine's 24 GiB).
-//! Finally, if python3 with numpy is there, numpy opens the file and
-//! checks every value too.
+//! Finally numpy opens the file and checks every value too (the system's
+//! python3 if it has numpy, else one the `numpy-env` crate sets up under
+//! `target/` on first use; `--no-numpy` skips this).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{Context, ensure};
@@ -277,13 +277,10 @@ fn with_pool(
 
 /// What numpy runs: opens the file as `np.memmap` or `np.load(mmap_mode=)`
 /// would, checks its shape and dtype and every value, block by block, and
-/// prints its sum. Exits 3 if numpy is not installed, 1 if a check fails.
+/// prints its sum. Exits 1 if a check fails.
 const NUMPY_CHECK: &str = r#"
 import sys
-try:
-    import numpy as np
-except ImportError:
-    sys.exit(3)
+import numpy as np
 path, rows, cols, raw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "raw"
 if raw:
     how = "np.memmap(path, dtype='<f8', mode='r', shape=(rows, cols))"
@@ -307,16 +304,19 @@ print(f"{how}: shape {a.shape}, dtype {a.dtype}, {differ} values differ, sum {to
 sys.exit(1 if differ else 0)
 "#;
 
-/// Lets numpy open the file and check it, if python3 and numpy are
-/// installed; says so clearly if they are not. Returns what happened, for
-/// the verdict.
+/// Lets numpy open the file and check it. Fails, saying what to install,
+/// if no Python with numpy can be had. Returns what happened, for the
+/// verdict.
 fn check_with_numpy(
     path: &Path,
     rows: usize,
     cols: usize,
     raw: bool,
 ) -> anyhow::Result<&'static str> {
-    let mut python = Command::new("python3");
+    let python = numpy_env::python()
+        .map_err(|e| anyhow::anyhow!("{e} (or pass --no-numpy to skip numpy's check)"))?;
+    fact("numpy", python.describe());
+    let mut python = python.command();
     python.arg("-c").arg(NUMPY_CHECK).arg(path).args([
         rows.to_string(),
         cols.to_string(),
@@ -327,14 +327,7 @@ fn check_with_numpy(
         Some(common::array_bytes(rows, cols, 8)?),
         || python.output(),
     );
-    let out = match out {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fact("numpy", "python3 is not installed: numpy's check skipped");
-            return Ok("numpy's check skipped (no python3)");
-        }
-        Err(e) => return Err(e).context("running python3"),
-    };
+    let out = out.context("running python3")?;
     let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
     match out.status.code() {
         Some(0) => {
@@ -351,13 +344,6 @@ fn check_with_numpy(
                 "numpy sums the file to {sum}, expected {want}"
             );
             Ok("numpy agrees")
-        }
-        Some(3) => {
-            fact(
-                "numpy",
-                "not installed for python3 (pip install numpy): numpy's check skipped",
-            );
-            Ok("numpy's check skipped (no numpy)")
         }
         _ => anyhow::bail!(
             "numpy's check of {} failed: {said}{}",

@@ -168,19 +168,24 @@ pub fn big_memory_lock() -> nix::fcntl::Flock<File> {
         .expect("flock")
 }
 
-/// Whether `python3` with numpy is available; the numpy tests require it
-/// (`.ci/run` installs numpy).
+/// Runs `script` (with `args`) in a Python that has numpy, and returns what
+/// it printed: the system's `python3` if it imports numpy, else one set up
+/// under `target/` on first use (see the `numpy-env` crate). Fails the test
+/// with what to install if there is none: no numpy test is skipped.
 pub fn python_numpy(script: &str, args: &[&std::path::Path]) -> String {
-    let out = std::process::Command::new("python3")
+    let python = numpy_env::python().unwrap_or_else(|e| panic!("the .npy tests need numpy: {e}"));
+    let out = python
+        .command()
         .arg("-c")
         .arg(script)
         .args(args)
         .output()
-        .expect("python3 is required for the .npy tests (.ci/run installs numpy)");
+        .unwrap_or_else(|e| panic!("running {}: {e}", python.describe()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "python3 failed ({}): {stderr}\n(the .npy tests need numpy: python3 -m pip install numpy)",
+        "{} failed ({}): {stderr}",
+        python.describe(),
         out.status
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
