@@ -54,8 +54,9 @@ pub enum ShmError {
         size: ByteSize,
         /// What was being reserved (`"an anonymous shared array"`, a path).
         what: String,
-        /// The error from `fallocate` (part of the message, so not also
-        /// a `source()`: printed once by error chains).
+        /// The error from `fallocate` or `madvise(MADV_POPULATE_WRITE)`
+        /// (part of the message, so not also a `source()`: printed once by
+        /// error chains).
         cause: Errno,
     },
 

@@ -17,8 +17,9 @@
 //!
 //! An anonymous array is a `memfd` mapped `MAP_SHARED` (never `memmap2`'s
 //! `map_anon`, which is private after `fork`), with one header page in front
-//! of the page-aligned data. Its memory is reserved with `fallocate` when it
-//! is created, after checking that the machine can give it. Every process
+//! of the page-aligned data. Its memory is allocated when it is created, after
+//! checking that the machine can give it: populated in bulk
+//! (`MADV_POPULATE_WRITE`) over disjoint ranges by one thread per core. Every process
 //! forked afterwards shares it; it is freed when the last process that maps
 //! it drops it or dies, and nothing is left in `/dev/shm`. File-backed arrays
 //! map the file itself, so an array can be larger than RAM.
@@ -53,11 +54,10 @@
 //! [`SharedArray::fill_rows`] just as fast); a freshly forked worker filling
 //! its rows reaches 2.5 GiB/s faulting page by page and 3.7 GiB/s when it
 //! calls [`SharedArray::prefault`] (or [`RowsMut::prefault`]) first; two
-//! workers reach 4.4 and 6.7 GiB/s together. Creating an array reserves
-//! (allocates) its pages in bulk with `fallocate`, at about 4.3 GiB/s; a
-//! filled 1 GiB array costs 0.50 s created, pre-faulted and filled, against
-//! 0.86 s for a memfd whose pages are allocated one fault at a time
-//! (`benches/create.rs`).
+//! workers reach 4.4 and 6.7 GiB/s together. Creating an array allocates,
+//! zeroes and maps its pages in bulk, on one thread per core, so the
+//! creating process's first fill takes no fault; processes forked later
+//! still map the pages they touch (`benches/create.rs`).
 //!
 //! # Examples
 //!

@@ -9,13 +9,16 @@
 //! descriptor go away. We close the descriptor as soon as the memory is
 //! mapped, so only mappings keep it alive.
 //!
-//! Memory is reserved with `fallocate` before it is mapped. Without it, pages
-//! are allocated on first touch, and a machine that runs out half-way through
-//! a fill kills the unlucky worker with `SIGBUS`; with it, the shortage is an
-//! error at creation. Measured here, reserving costs about 0.2 s per GiB
-//! (4.7 GB/s) and makes the first touch of each page about twice as fast
-//! (3.4 GB/s instead of 1.8 GB/s), so the two together cost about what lazy
-//! allocation costs alone.
+//! Memory must be there before a worker needs it. Without that, pages are
+//! allocated on first touch, and a machine that runs out half-way through
+//! a fill kills the unlucky worker (`SIGBUS`, or the OOM killer); with it,
+//! the shortage is an error at creation. A new array gets its memory by
+//! being populated in bulk on several threads (`MADV_POPULATE_WRITE`, see
+//! `prefault.rs`), which allocates, zeroes and maps every page, and reports
+//! a shortage as `ENOMEM`. On kernels before 5.14, which lack it, the memory
+//! is reserved with `fallocate` instead, one thread, in [`CHUNK`]s (measured
+//! here: about 0.2 s per GiB, 4.7 GB/s, after which the first touch of each
+//! page still has to zero it), and the pages are then touched in bulk.
 
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -34,6 +37,20 @@ const CHUNK: u64 = 1 << 30;
 /// Creates a memfd of `len` bytes, all of them reserved, named `name` (the
 /// name shows in `/proc/<pid>/maps` as `/memfd:<name> (deleted)`).
 pub(crate) fn create_reserved(name: &str, len: u64) -> Result<File, ShmError> {
+    let file = create(name, len)?;
+    reserve(
+        &file,
+        0,
+        signed(len)?,
+        CHUNK as i64,
+        "an anonymous shared array",
+    )?;
+    Ok(file)
+}
+
+/// Creates a memfd of `len` bytes named `name`, with no memory allocated
+/// yet: its pages are holes until populated, reserved or touched.
+pub(crate) fn create(name: &str, len: u64) -> Result<File, ShmError> {
     let name = std::ffi::CString::new(name.replace('\0', " ")).unwrap_or_default();
     // MFD_NOEXEC_SEAL: the memory can never be executed (and newer kernels
     // warn about memfds created without saying so).
@@ -48,13 +65,35 @@ pub(crate) fn create_reserved(name: &str, len: u64) -> Result<File, ShmError> {
         cause: source,
     })?;
     let file = File::from(fd);
-    let size = i64::try_from(len).map_err(|_| ShmError::Reserve {
+    signed(len)?;
+    file.set_len(len).map_err(|e| ShmError::Reserve {
+        size: ByteSize(len),
+        what: "an anonymous shared array".into(),
+        cause: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    Ok(file)
+}
+
+/// Reserves all of the memfd `file` of `len` bytes made by [`create`]
+/// (`fallocate`, in [`CHUNK`]s).
+pub(crate) fn reserve_all(file: &File, len: u64) -> Result<(), ShmError> {
+    reserve(
+        file,
+        0,
+        signed(len)?,
+        CHUNK as i64,
+        "an anonymous shared array",
+    )?;
+    Ok(())
+}
+
+/// `len` as the `off_t` the kernel takes.
+fn signed(len: u64) -> Result<i64, ShmError> {
+    i64::try_from(len).map_err(|_| ShmError::Reserve {
         size: ByteSize(len),
         what: "an anonymous shared array".into(),
         cause: Errno::EFBIG,
-    })?;
-    reserve(&file, 0, size, CHUNK as i64, "an anonymous shared array")?;
-    Ok(file)
+    })
 }
 
 /// Reserves `[offset, offset + len)` of `file` with `fallocate`, `chunk`
@@ -115,6 +154,17 @@ mod tests {
             "only {} bytes allocated",
             meta.blocks() * 512
         );
+    }
+
+    #[test]
+    fn a_created_memfd_has_its_size_and_no_memory_until_reserved() {
+        let len = 8 << 20;
+        let file = create("forkpool-shm-test", len).unwrap();
+        let meta = file.metadata().unwrap();
+        assert_eq!(meta.len(), len);
+        assert_eq!(meta.blocks(), 0, "nothing allocated yet");
+        reserve_all(&file, len).unwrap();
+        assert!(file.metadata().unwrap().blocks() * 512 >= len);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Pre-faulting: mapping a range of pages in bulk before a hot loop.
+//! Pre-faulting: mapping a range of pages in bulk before a hot loop, and
+//! populating a new array's pages on several threads at once.
 //!
 //! Forking with a `MAP_SHARED` array copies no page tables, so every process
 //! takes a minor fault per 4 KiB page the first time it touches each page
@@ -9,10 +10,17 @@
 //! worker fills its rows 1.5 times as fast when it pre-faults them first
 //! (`benches/fill.rs`).
 //!
+//! A new anonymous array is *populated* when it is made: every page is
+//! allocated, zeroed and mapped by `MADV_POPULATE_WRITE`, the range cut into
+//! disjoint, page-aligned pieces, one per thread ([`populate`]). Allocating
+//! and zeroing pages is the dearest part of a first touch, and unlike a
+//! single `fallocate` (which holds the file's lock) it runs on every core.
+//!
 //! `MADV_POPULATE_READ`/`_WRITE` exist since Linux 5.14. On older kernels
 //! (`EINVAL`) we fall back to touching one element per page, atomically and
 //! without changing it, which costs the faults but still takes them up front.
 
+use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 
 use nix::errno::Errno;
@@ -114,6 +122,130 @@ pub(crate) unsafe fn touch_pages(ptr: NonNull<u8>, len: usize, access: Access, e
     }
 }
 
+/// The least a thread populates: below this, starting a thread costs more
+/// than it saves (a thread is about 20 µs; 32 MiB of new pages take
+/// 10-30 ms).
+const MIN_PER_THREAD: usize = 32 << 20;
+
+/// How many threads populate `len` bytes: one per core this process may
+/// run on, but none with less than [`MIN_PER_THREAD`] to do.
+pub(crate) fn populate_threads(len: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    cores.min(len / MIN_PER_THREAD).max(1)
+}
+
+/// Cuts bytes `[0, len)` into at most `parts` contiguous, disjoint pieces
+/// that start on page boundaries (`page` a power of two), covering all of
+/// them; the last may end mid-page. Empty for `len == 0`.
+pub(crate) fn page_pieces(len: usize, parts: usize, page: usize) -> Vec<(usize, usize)> {
+    let pages = len.div_ceil(page);
+    let per = pages.div_ceil(parts.max(1)).max(1);
+    (0..pages)
+        .step_by(per)
+        .map(|first| (first * page, ((first + per) * page).min(len)))
+        .collect()
+}
+
+/// Runs `work(start, len)` over [`page_pieces`] of `[0, len)`, each piece
+/// on its own scoped thread (the first on the calling thread), and returns
+/// the first error. A thread that cannot be started leaves its piece to
+/// the calling thread. Every thread is joined before this returns, so a
+/// process that was single-threaded is so again afterwards (it may fork).
+pub(crate) fn on_threads<E: Send>(
+    len: usize,
+    threads: usize,
+    work: impl Fn(usize, usize) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    let pieces = page_pieces(len, threads, page_size());
+    let Some((&(first_start, first_end), rest)) = pieces.split_first() else {
+        return Ok(());
+    };
+    let work = &work;
+    std::thread::scope(|scope| {
+        let mut inline = vec![(first_start, first_end)];
+        let mut handles = Vec::with_capacity(rest.len());
+        for &(start, end) in rest {
+            // An explicit stack size: `spawn` would otherwise read
+            // `RUST_MIN_STACK` under std's environment lock, which a forked
+            // child must not take (DESIGN.md, "No lock after fork").
+            match std::thread::Builder::new()
+                .name("forkpool-shm populate".into())
+                .stack_size(64 << 10)
+                .spawn_scoped(scope, move || work(start, end - start))
+            {
+                Ok(handle) => handles.push(handle),
+                Err(_) => inline.push((start, end)),
+            }
+        }
+        let mut result = Ok(());
+        for (start, end) in inline {
+            if let Err(e) = work(start, end - start) {
+                result = result.and(Err(e));
+            }
+        }
+        for handle in handles {
+            let outcome = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = result.and(outcome);
+        }
+        result
+    })
+}
+
+/// Populates the pages of the new mapping `[ptr, ptr + len)` for writing:
+/// `madvise(MADV_POPULATE_WRITE)` over disjoint pieces, on `threads`
+/// threads at once. For a memfd this allocates the pages that are not
+/// allocated yet, zeroes them, and maps them into this process.
+///
+/// # Errors
+///
+/// The `madvise` error: `EINVAL` on kernels before 5.14 (nothing was
+/// done; see [`touch_in_parallel`]); `ENOMEM` when memory ran out
+/// (`EFAULT` when the file could not grow): some pages may be allocated,
+/// which dropping the mapping and the file frees.
+pub(crate) fn populate(ptr: NonNull<u8>, len: usize, threads: usize) -> Result<(), Errno> {
+    let base = ptr.as_ptr() as usize;
+    debug_assert!(base.is_multiple_of(page_size()), "populate a whole mapping");
+    on_threads(len, threads, |start, len| {
+        let piece = NonNull::new((base + start) as *mut libc::c_void).expect("inside the mapping");
+        loop {
+            // SAFETY: the piece is inside the mapping `[ptr, ptr + len)`,
+            // which the caller keeps alive, and starts on a page boundary.
+            // Populating changes no data, only page tables (and allocates
+            // zeroed pages for a memfd's holes).
+            match unsafe { madvise(piece, len, MmapAdvise::MADV_POPULATE_WRITE) } {
+                Err(Errno::EINTR | Errno::EAGAIN) => continue,
+                other => return other,
+            }
+        }
+    })
+}
+
+/// [`touch_pages`] for writing over `[ptr, ptr + len)` on `threads`
+/// threads at once, in disjoint pieces: the fallback of [`populate`] on
+/// kernels before 5.14.
+///
+/// # Safety
+///
+/// As for [`touch_pages`] with `Access::Write`, and `ptr` is page-aligned.
+pub(crate) unsafe fn touch_in_parallel(
+    ptr: NonNull<u8>,
+    len: usize,
+    elem_size: usize,
+    threads: usize,
+) {
+    let base = ptr.as_ptr() as usize;
+    let _ = on_threads(len, threads, |start, len| {
+        let piece = NonNull::new((base + start) as *mut u8).expect("inside the mapping");
+        // SAFETY: the piece lies inside `[ptr, ptr + len)` and starts on a
+        // page boundary (aligned to every element size); the caller's
+        // promise covers the rest.
+        unsafe { touch_pages(piece, len, Access::Write, elem_size) };
+        Ok::<(), ()>(())
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +303,69 @@ mod tests {
             // SAFETY: as above.
             assert_eq!(unsafe { ptr.add(8 * page + 5).read() }, 42);
         }
+    }
+
+    #[test]
+    fn page_pieces_are_disjoint_page_aligned_and_cover_everything() {
+        let page = 4096;
+        for (len, parts) in [
+            (0, 3),
+            (1, 3),
+            (page, 4),
+            (10 * page + 8, 3),
+            (10 * page, 10),
+            (10 * page, 16),
+            (1000 * page - 8, 7),
+        ] {
+            let pieces = page_pieces(len, parts, page);
+            assert!(pieces.len() <= parts, "{len} {parts}: {pieces:?}");
+            let mut at = 0;
+            for &(start, end) in &pieces {
+                assert_eq!(start, at, "{len} {parts}: {pieces:?}");
+                assert!(start.is_multiple_of(page) && start < end);
+                at = end;
+            }
+            assert_eq!(at, len, "{len} {parts}: {pieces:?}");
+        }
+    }
+
+    #[test]
+    fn populating_on_several_threads_maps_every_page_of_a_new_memfd() {
+        for threads in [1, 3] {
+            let len = 64 * page_size();
+            let file = crate::memfd::create("forkpool-shm-test", len as u64).unwrap();
+            // SAFETY: the memfd is private to this test.
+            let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+            assert_eq!(mapped_pages(&map), 0);
+            let ptr = NonNull::new(map.as_mut_ptr()).unwrap();
+            populate(ptr, len, threads).unwrap();
+            assert_eq!(mapped_pages(&map), 64, "{threads} threads");
+            // Allocated in the file, and zero.
+            use std::os::unix::fs::MetadataExt;
+            assert!(file.metadata().unwrap().blocks() * 512 >= len as u64);
+            assert!(map.iter().all(|&b| b == 0));
+        }
+    }
+
+    /// Minor page faults taken by this thread so far.
+    fn minor_faults() -> i64 {
+        use nix::sys::resource::{UsageWho, getrusage};
+        getrusage(UsageWho::RUSAGE_THREAD)
+            .unwrap()
+            .minor_page_faults()
+    }
+
+    #[test]
+    fn a_fill_after_creation_takes_no_page_faults() {
+        // 16 MiB: 4096 pages, each a fault if creation left them unmapped.
+        let array = crate::SharedArray::<f64>::new(&[256, 8192]).unwrap();
+        let before = minor_faults();
+        array.fill(42.0);
+        let faults = minor_faults() - before;
+        assert!(
+            faults < 64,
+            "filling a new 16 MiB array took {faults} page faults: creation did not populate it"
+        );
+        assert_eq!(array.get(array.len() - 1), 42.0);
     }
 }

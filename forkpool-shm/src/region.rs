@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use memmap2::MmapMut;
+use nix::errno::Errno;
 
 use crate::error::ShmError;
 use crate::header::{HEADER_SIZE, Header};
 use crate::memfd;
 use crate::prefault::{self, Access};
 use crate::shape::Layout;
+use crate::units::ByteSize;
 
 /// Where an array's data lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +67,7 @@ impl Region {
         crate::memory::check_available(total)?;
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         let name = format!("forkpool-shm:{type_name}[{}]", dims.join("x"));
-        let file = memfd::create_reserved(&name, total)?;
+        let file = memfd::create(&name, total)?;
         // SAFETY: the memfd is ours alone: nobody else has it, so nothing can
         // truncate it or change it behind the mapping's back.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
@@ -73,8 +75,9 @@ impl Region {
             op: "map the anonymous shared memory",
             cause: source,
         })?;
-        drop(file); // the mapping keeps the memory alive; no descriptor to leak
         let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
+        populate_new(&file, base, total, elem_size)?;
+        drop(file); // the mapping keeps the memory alive; no descriptor to leak
         let header = base.cast::<Header>();
         // SAFETY: the mapping is at least `data_offset >= HEADER_SIZE` bytes,
         // page-aligned, zero-filled (fresh memfd), and not shared with any
@@ -214,6 +217,38 @@ impl Region {
             op: "flush (msync) the mapping",
             cause: source,
         })
+    }
+}
+
+/// Gives the new memfd `file`, mapped at `base` for `len` bytes, all its
+/// memory, allocated, zeroed and mapped into this process: populated in
+/// bulk on several threads (`MADV_POPULATE_WRITE`); on kernels without it,
+/// reserved with `fallocate`, then touched page by page on several threads.
+/// A fill that follows touches no new page: it takes no fault.
+fn populate_new(
+    file: &File,
+    base: NonNull<u8>,
+    len: u64,
+    elem_size: usize,
+) -> Result<(), ShmError> {
+    let bytes = usize::try_from(len).expect("a mapping of `len` bytes exists");
+    let threads = prefault::populate_threads(bytes);
+    match prefault::populate(base, bytes, threads) {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL) => {
+            memfd::reserve_all(file, len)?;
+            // SAFETY: `[base, base + len)` is the whole new mapping (page-
+            // aligned, a multiple of the element size: the data follows a
+            // whole page of header), which no other thread or process can
+            // reach yet.
+            unsafe { prefault::touch_in_parallel(base, bytes, elem_size, threads) };
+            Ok(())
+        }
+        Err(cause) => Err(ShmError::Reserve {
+            size: ByteSize(len),
+            what: "an anonymous shared array".into(),
+            cause,
+        }),
     }
 }
 

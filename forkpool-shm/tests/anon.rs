@@ -258,31 +258,67 @@ fn a_static_handle_set_before_fork_reaches_workers_running_fn_pointers() {
     }
 }
 
+/// Pages of rows `rows` of a one-page-per-row array present in this
+/// process's page tables (bit 63 of `/proc/self/pagemap`).
+fn mapped_rows(array: &SharedArray<u8>, rows: std::ops::Range<usize>) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+    let first = array.as_ptr() as u64 / 4096 + rows.start as u64;
+    pagemap.seek(SeekFrom::Start(first * 8)).unwrap();
+    let mut entries = vec![0u8; rows.len() * 8];
+    pagemap.read_exact(&mut entries).unwrap();
+    entries
+        .chunks_exact(8)
+        .filter(|e| u64::from_ne_bytes((*e).try_into().unwrap()) >> 63 == 1)
+        .count()
+}
+
+#[test]
+fn creation_maps_every_page_in_the_creator_and_none_in_a_forked_child() {
+    let array = SharedArray::<u8>::new(&[64, 4096]).unwrap(); // one page per row
+    assert_eq!(mapped_rows(&array, 0..64), 64, "populated by `new`");
+    spawn(move || {
+        // Shared mappings' page tables are not copied by fork.
+        match mapped_rows(&array, 0..64) {
+            0 => Ok(()),
+            n => Err(format!("{n} pages mapped in a fresh child")),
+        }
+    })
+    .join();
+}
+
 #[test]
 fn prefault_maps_the_rows_pages_into_this_process() {
-    use std::io::{Read, Seek, SeekFrom};
     let array = SharedArray::<u8>::new(&[64, 4096]).unwrap(); // one page per row
-    let mapped = |rows: std::ops::Range<usize>| {
-        let mut pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
-        let first = array.as_ptr() as u64 / 4096 + rows.start as u64;
-        pagemap.seek(SeekFrom::Start(first * 8)).unwrap();
-        let mut entries = vec![0u8; rows.len() * 8];
-        pagemap.read_exact(&mut entries).unwrap();
-        entries
-            .chunks_exact(8)
-            .filter(|e| u64::from_ne_bytes((*e).try_into().unwrap()) >> 63 == 1)
-            .count()
-    };
-    assert_eq!(mapped(0..64), 0, "reserved but not mapped yet");
-    array.prefault(8..24).unwrap();
-    assert_eq!(mapped(0..64), 16);
-    assert_eq!(mapped(8..24), 16);
-    array.prefault_read(40..41).unwrap();
-    assert_eq!(mapped(0..64), 17);
-    assert!(
-        array.to_vec().iter().all(|&x| x == 0),
-        "prefaulting changes no data"
-    );
+    // A forked child has none of the array's pages mapped (the creator
+    // has all of them: `new` populates).
+    spawn(move || {
+        let check = |what: &str, got: usize, want: usize| {
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{what}: {got} pages mapped, expected {want}"))
+            }
+        };
+        check("fresh child", mapped_rows(&array, 0..64), 0)?;
+        array.prefault(8..24).map_err(|e| e.to_string())?;
+        check("after prefault(8..24)", mapped_rows(&array, 0..64), 16)?;
+        check("rows 8..24", mapped_rows(&array, 8..24), 16)?;
+        array.prefault_read(40..41).map_err(|e| e.to_string())?;
+        check("row 40", mapped_rows(&array, 40..41), 1)?;
+        // A read fault also maps neighbours already in memory (the kernel's
+        // fault-around, 64 KiB), never more.
+        let after = mapped_rows(&array, 0..64);
+        if !(17..=32).contains(&after) {
+            return Err(format!("after prefault_read(40..41): {after} pages mapped"));
+        }
+        if array.to_vec().iter().all(|&x| x == 0) {
+            Ok(())
+        } else {
+            Err("prefaulting changed data".into())
+        }
+    })
+    .join();
 }
 
 #[test]
