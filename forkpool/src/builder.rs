@@ -3,6 +3,9 @@
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
@@ -46,6 +49,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     initializer: Option<Initializer>,
     max_tasks_per_child: Option<usize>,
+    start_timeout: Duration,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -54,6 +58,7 @@ impl fmt::Debug for PoolBuilder {
             .field("processes", &self.processes)
             .field("initializer", &self.initializer.as_ref().map(|_| ".."))
             .field("max_tasks_per_child", &self.max_tasks_per_child)
+            .field("start_timeout", &self.start_timeout)
             .finish()
     }
 }
@@ -74,11 +79,16 @@ impl Default for PoolBuilder {
 }
 
 impl PoolBuilder {
+    /// How long [`build`](Self::build) waits for the workers to start,
+    /// unless told otherwise with [`start_timeout`](Self::start_timeout).
+    pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+
     pub(crate) fn new() -> Self {
         PoolBuilder {
             processes: None,
             initializer: None,
             max_tasks_per_child: None,
+            start_timeout: Self::DEFAULT_START_TIMEOUT,
         }
     }
 
@@ -131,6 +141,30 @@ impl PoolBuilder {
         self
     }
 
+    /// How long [`build`](Self::build) waits for every worker to start (to
+    /// be forked and run its initializer) before it gives up with
+    /// [`Error::StartTimeout`], which names the workers it was waiting
+    /// for. Default: [`DEFAULT_START_TIMEOUT`](Self::DEFAULT_START_TIMEOUT) (60 s), generous for an
+    /// initializer that loads a model; lower it where a stuck start must be
+    /// noticed sooner.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let err = forkpool::Pool::builder()
+    ///     .processes(1)
+    ///     .initializer(|| std::thread::sleep(Duration::from_secs(5)))
+    ///     .start_timeout(Duration::from_millis(100))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(err, forkpool::Error::StartTimeout { .. }));
+    /// assert!(err.to_string().contains("initializer"), "{err}");
+    /// ```
+    pub fn start_timeout(mut self, limit: Duration) -> Self {
+        self.start_timeout = limit;
+        self
+    }
+
     /// Forks the zygote, which forks the workers; returns once every
     /// worker's initializer has run.
     ///
@@ -140,9 +174,14 @@ impl PoolBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Initializer`] if an initializer panicked, failed, or its
-    /// worker died; [`Error::Io`] if a pipe, socket or fork failed;
-    /// [`Error::Config`] if `processes` or `max_tasks_per_child` is zero.
+    /// [`Error::Initializer`] if an initializer panicked or returned an
+    /// error, or workers running it died the same way several times in a
+    /// row; [`Error::Broken`] if workers died that way with no initializer;
+    /// [`Error::StartTimeout`] if the workers were not all ready within
+    /// [`start_timeout`](Self::start_timeout);
+    /// [`Error::DescriptorLimit`] if descriptors ran out; [`Error::Io`] if
+    /// another pipe, socket or fork call failed; [`Error::Config`] if
+    /// `processes` or `max_tasks_per_child` is zero.
     pub fn build(self) -> Result<Pool> {
         let processes = match self.processes {
             Some(n) => n,
@@ -159,6 +198,9 @@ impl PoolBuilder {
             });
         }
         ignore_sigpipe();
+        // Here, in the parent, before any fork: workers must not touch the
+        // panic-hook lock (see `worker`'s module docs).
+        crate::worker::install_panic_hook();
 
         let [ours, theirs] = PoolFd::create(|| {
             socketpair(
@@ -169,13 +211,14 @@ impl PoolBuilder {
             )
             .map(|(a, b)| [a, b])
         })
-        .map_err(|e| Error::io("creating the zygote's control socket", e))?;
+        .map_err(|e| Error::from_call("creating the zygote's control socket", "socketpair", e))?;
         let [wake] = PoolFd::create(|| {
             EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
                 .map(|e| [OwnedFd::from(e)])
         })
-        .map_err(|e| Error::io("creating the collector's eventfd", e))?;
+        .map_err(|e| Error::from_call("creating the collector's eventfd", "eventfd", e))?;
 
+        let has_initializer = self.initializer.is_some();
         let init = self
             .initializer
             .unwrap_or_else(|| Box::new(|| Ok::<(), String>(())));
@@ -190,6 +233,7 @@ impl PoolBuilder {
             state: Mutex::new(State::new(ours, processes, self.max_tasks_per_child)),
             wake,
             zygote,
+            has_initializer,
         });
         let (tx, rx) = crossbeam_channel::bounded(1);
         let for_thread = shared.clone();
@@ -205,11 +249,16 @@ impl PoolBuilder {
                 return Err(Error::io("starting the collector thread", e));
             }
         };
-        let started = rx.recv().unwrap_or_else(|_| {
-            Err(Error::Broken {
+        let started = match rx.recv_timeout(self.start_timeout) {
+            Ok(started) => started,
+            Err(RecvTimeoutError::Timeout) => Err(Error::StartTimeout {
+                waited: self.start_timeout,
+                waiting_for: collector::waiting_for(&shared.lock()),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Broken {
                 reason: "the collector thread ended during start-up".into(),
-            })
-        });
+            }),
+        };
         let pool = Pool::from_parts(shared, collector, processes);
         match started {
             Ok(()) => Ok(pool),

@@ -37,6 +37,9 @@ use crate::scheduler::{Phase, State, Worker};
 pub(crate) const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 /// Reads from one result pipe per wake-up, at most (fairness).
 const READS_PER_WAKE: usize = 8;
+/// Workers in a row that may die the same way before reporting ready
+/// before the pool stops replacing them.
+pub(crate) const START_ATTEMPTS: usize = 3;
 
 /// What the pool's handle and its collector share.
 pub(crate) struct Shared {
@@ -44,6 +47,8 @@ pub(crate) struct Shared {
     /// An eventfd: writing to it wakes the collector.
     pub(crate) wake: PoolFd,
     pub(crate) zygote: Pid,
+    /// The pool was built with an initializer (for the words of errors).
+    pub(crate) has_initializer: bool,
 }
 
 impl Shared {
@@ -103,6 +108,10 @@ struct Collector {
     deadline: Option<Instant>,
     /// The zygote's exit status, once reaped.
     zygote_reaped: bool,
+    /// Workers that died before reporting ready, in a row (reset by any
+    /// worker's READY), and how the last of them ended.
+    early_deaths: Vec<i32>,
+    early_cause: Option<ExitCause>,
 }
 
 /// The collector thread's body.
@@ -112,6 +121,8 @@ pub(crate) fn run(shared: Arc<Shared>, startup: Sender<Result<(), Error>>) {
         startup: Some(startup),
         deadline: None,
         zygote_reaped: false,
+        early_deaths: Vec::new(),
+        early_cause: None,
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| c.main_loop()));
     if let Err(payload) = outcome {
@@ -374,6 +385,7 @@ impl Collector {
         match FromWorker::parse(body)? {
             FromWorker::Ready if !worker.ready => {
                 worker.ready = true;
+                self.early_deaths.clear();
                 if st.phase == Phase::Starting
                     && st.workers.len() == st.processes
                     && st.workers.iter().all(|w| w.ready)
@@ -433,12 +445,19 @@ impl Collector {
         };
         let worker = &st.workers[w];
         if !worker.ready && worker.failure.is_none() {
-            let err = Error::Initializer {
-                pid,
-                message: format!("the worker {cause} while running the initializer"),
-            };
-            st.workers[w].failure = Some(err.clone());
-            self.fail_start_or_break(st, err);
+            // It died before READY without reporting a failure (killed,
+            // `exit`, `abort`): replaced like any other, unless workers keep
+            // dying the same way at start.
+            if self.early_cause != Some(cause) {
+                self.early_deaths.clear();
+            }
+            self.early_cause = Some(cause);
+            self.early_deaths.push(pid);
+            if self.early_deaths.len() >= START_ATTEMPTS {
+                let err = self.start_failure(pid, cause);
+                st.workers[w].failure = Some(err.clone());
+                self.fail_start_or_break(st, err);
+            }
         }
         let worker = &st.workers[w];
         let err = match (&worker.failure, worker.reader.partial()) {
@@ -467,6 +486,30 @@ impl Collector {
             && let Err(e) = st.request_spawn(removed.slot)
         {
             self.fail_start_or_break(st, e);
+        }
+    }
+
+    /// The error for workers that died the same way before READY
+    /// [`START_ATTEMPTS`] times in a row, the last being `pid`.
+    fn start_failure(&self, pid: i32, cause: ExitCause) -> Error {
+        let n = self.early_deaths.len();
+        let pids = self
+            .early_deaths
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let what = format!(
+            "{n} workers in a row (pids {pids}) {cause} before reporting ready; \
+             the pool stopped replacing them"
+        );
+        if self.shared.has_initializer {
+            Error::Initializer {
+                pid,
+                message: format!("the worker died while running the initializer: {what}"),
+            }
+        } else {
+            Error::Broken { reason: what }
         }
     }
 
@@ -549,6 +592,37 @@ impl Collector {
         st.workers.clear();
         st.phase = Phase::Finished;
     }
+}
+
+/// What `build()` is still waiting for, in words: the workers that have
+/// not reported ready, and the slots that have no worker yet.
+pub(crate) fn waiting_for(st: &State) -> String {
+    let mut parts = Vec::new();
+    for w in st.workers.iter().filter(|w| !w.ready) {
+        parts.push(format!(
+            "worker {} (slot {}) had not reported ready (its initializer was still running, or it was stopped)",
+            w.pid, w.slot
+        ));
+    }
+    let missing: Vec<String> = (0..st.processes as u32)
+        .filter(|slot| !st.workers.iter().any(|w| w.slot == *slot))
+        .map(|slot| slot.to_string())
+        .collect();
+    if !missing.is_empty() {
+        parts.push(format!(
+            "slot(s) {} had no worker yet (the zygote had not forked one)",
+            missing.join(", ")
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("every worker was ready, but the collector had not said so".into());
+    }
+    let ready = st.workers.iter().filter(|w| w.ready).count();
+    format!(
+        "{ready} of {} workers were ready; {}",
+        st.processes,
+        parts.join("; ")
+    )
 }
 
 fn set_nonblocking(fd: &PoolFd) -> nix::Result<()> {

@@ -104,6 +104,69 @@ pub enum Error {
         message: String,
     },
 
+    /// The task ran longer than the pool's
+    /// [`task_timeout`](crate::PoolBuilder::task_timeout): its worker was
+    /// killed (a stopped worker too) and replaced. Only this task failed;
+    /// the tasks queued behind it in that worker went back to the queue
+    /// and run elsewhere. Every item of the task gets this error.
+    #[error(
+        "item {item}: the task ran longer than its {limit:?} limit in worker {pid} \
+         (it had run {ran:?}); the worker was killed and replaced"
+    )]
+    TaskTimeout {
+        /// Index of the input item.
+        item: usize,
+        /// Pid of the worker that ran it (killed since).
+        pid: i32,
+        /// The limit it broke.
+        limit: Duration,
+        /// How long it had been running when the pool killed it.
+        ran: Duration,
+    },
+
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) gave up waiting
+    /// for the workers to start, after
+    /// [`start_timeout`](crate::PoolBuilder::start_timeout). Nothing is
+    /// left running.
+    #[error(
+        "the pool did not start within {waited:?}: {waiting_for} \
+         (raise PoolBuilder::start_timeout if the initializer is slow)"
+    )]
+    StartTimeout {
+        /// How long `build()` waited.
+        waited: Duration,
+        /// What it was waiting for: which workers had not reported ready,
+        /// which slots had no worker yet.
+        waiting_for: String,
+    },
+
+    /// The process ran out of file descriptors (`RLIMIT_NOFILE`) while the
+    /// pool needed one: to build the pool, or to receive a worker's pipe
+    /// ends. The pool that hit it cleans up: `build()` returns this error,
+    /// a running pool becomes broken with it. Nothing leaks.
+    #[error(
+        "{call} failed with {name} ({detail}): out of file descriptors; \
+         RLIMIT_NOFILE is {limit} and {open} are open in the {process}. \
+         Raise the limit (`ulimit -n`, setrlimit) or close descriptors",
+        name = errno_name(*.errno)
+    )]
+    DescriptorLimit {
+        /// The system call that failed, such as `"pipe2"`, `"socketpair"`
+        /// or `"recvmsg"`.
+        call: &'static str,
+        /// Its `errno` (`EMFILE`, `ENFILE`), or the one that cut a
+        /// message's descriptors short.
+        errno: i32,
+        /// What was being done, and what arrived.
+        detail: String,
+        /// The soft `RLIMIT_NOFILE` of the process that hit it.
+        limit: u64,
+        /// How many descriptors that process had open.
+        open: usize,
+        /// `"parent"` (the program) or `"zygote"`.
+        process: &'static str,
+    },
+
     /// The pool was closed with [`Pool::close`](crate::Pool::close): it
     /// finishes the work it has, but takes no more.
     #[error("the pool is closed: it takes no new work (build a new pool)")]
@@ -181,6 +244,30 @@ impl Error {
         }
     }
 
+    /// [`Error::DescriptorLimit`] for `call` in this process when `errno`
+    /// says descriptors ran out (`EMFILE`, `ENFILE`), [`Error::Io`] (with
+    /// `op`) otherwise.
+    pub(crate) fn from_call(
+        op: &'static str,
+        call: &'static str,
+        errno: nix::errno::Errno,
+    ) -> Self {
+        match errno {
+            nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE => {
+                let (limit, open) = crate::fds::usage();
+                Error::DescriptorLimit {
+                    call,
+                    errno: errno as i32,
+                    detail: op.to_string(),
+                    limit,
+                    open,
+                    process: "parent",
+                }
+            }
+            _ => Error::io(op, errno),
+        }
+    }
+
     /// The index of the input item this error belongs to, for task-level
     /// errors.
     ///
@@ -196,7 +283,8 @@ impl Error {
             Error::Panicked { item, .. }
             | Error::WorkerDied { item, .. }
             | Error::Decode { item, .. }
-            | Error::Encode { item, .. } => Some(*item),
+            | Error::Encode { item, .. }
+            | Error::TaskTimeout { item, .. } => Some(*item),
             _ => None,
         }
     }
@@ -209,7 +297,8 @@ impl Error {
             Error::Panicked { item, .. }
             | Error::WorkerDied { item, .. }
             | Error::Decode { item, .. }
-            | Error::Encode { item, .. } => *item = index,
+            | Error::Encode { item, .. }
+            | Error::TaskTimeout { item, .. } => *item = index,
             _ => {}
         }
         e
@@ -225,6 +314,11 @@ fn peak_note(peak_rss: Option<u64>) -> String {
         ),
         None => String::new(),
     }
+}
+
+/// The symbolic name of an `errno` value, such as `EMFILE`.
+pub(crate) fn errno_name(errno: i32) -> String {
+    format!("{:?}", nix::errno::Errno::from_raw(errno))
 }
 
 /// How a worker process ended, as its zygote saw it in `waitpid`.

@@ -94,6 +94,23 @@ impl Drop for PoolFd {
     }
 }
 
+/// This process's soft `RLIMIT_NOFILE` and how many descriptors it has
+/// open, for errors about running out of them.
+///
+/// Counting reads `/proc/self/fd`, which takes a descriptor itself; when
+/// none is left (`EMFILE`), every number below the limit is in use, so the
+/// count is the limit.
+pub(crate) fn usage() -> (u64, usize) {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft);
+    let open = match std::fs::read_dir("/proc/self/fd") {
+        // The directory's own descriptor is listed too.
+        Ok(dir) => dir.count().saturating_sub(1),
+        Err(_) => usize::try_from(limit).unwrap_or(usize::MAX),
+    };
+    (limit, open)
+}
+
 /// Forks a zygote. In the child, every registered descriptor is closed
 /// (except `keep`) and the registry is emptied before `child` runs; the
 /// child process ends when `child` does (it is not meant to return).

@@ -5,11 +5,30 @@
 //! waiting in the read buffer (so a burst of small tasks costs one `write`),
 //! or when the oldest buffered result's task started [`MAX_HOLD`] ago (so
 //! a long task's result is not held back behind the next task).
+//!
+//! # No lock of the parent's after the fork
+//!
+//! A worker is a fork of the zygote, itself a fork of a possibly threaded
+//! parent: any lock another thread of the parent held at the zygote's fork
+//! is held forever here. So nothing between the fork and the end of a
+//! worker takes a process-global lock of std's or the program's: no
+//! printing (stdout/stderr locks), no `std::env`, and no change to the
+//! panic hook. The hook that captures panics is installed in the parent,
+//! before the zygote is forked ([`install_panic_hook`]); the worker only
+//! switches a thread-local flag on, and the captured message travels in a
+//! lock-free slot. What remains is what Rust's panic machinery itself does
+//! when a task panics: it *reads* the hook (a reader another thread left
+//! behind does not block it; a thread that was inside `set_hook` or
+//! `take_hook` at the instant of the fork would) and unwinds (glibc resets
+//! its loader locks in a forked child). Allocation is safe: glibc's
+//! `malloc` has fork handlers.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::frame::{self, Fill, FrameReader, FromWorker, ResultFrame, TaskHeader};
@@ -30,36 +49,70 @@ const FLUSH_AT: usize = 64 * 1024;
 
 thread_local! {
     /// Whether panics on this thread are captured for the parent rather than
-    /// printed (the worker's main thread).
+    /// printed: set on a worker's main thread only. (A `const` cell without
+    /// drop glue: using it registers no destructor and takes no lock.)
     static CAPTURE: Cell<bool> = const { Cell::new(false) };
-    /// The last captured panic: message and location.
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// Installs a panic hook that, on the worker's main thread, records the
-/// message and location for the parent instead of printing them. Other
-/// threads keep the previous hook.
-fn install_panic_hook() {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if CAPTURE.get() {
-            let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
-            let text = match info.location() {
-                Some(l) => format!("{message} (at {}:{}:{})", l.file(), l.line(), l.column()),
-                None => message.to_string(),
-            };
-            LAST_PANIC.set(Some(text));
-        } else {
-            previous(info);
-        }
-    }));
-    CAPTURE.set(true);
+/// The last captured panic (message and location), boxed, or null. Only a
+/// worker's main thread ever sets or takes it, so it needs no lock: the
+/// parent never touches it, and a fork never copies it mid-update.
+static LAST_PANIC: AtomicPtr<String> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Installs, once per process, the panic hook workers use, and does so in
+/// the parent, before the first zygote is forked.
+///
+/// The hook records a panic's message and location for the parent instead
+/// of printing them, on a worker's main thread only; everywhere else it
+/// calls the hook it replaced. Installing it takes std's panic-hook lock
+/// (for writing), which is why it happens here, in the parent: a process
+/// forked while another thread runs a hook (any caught panic does) keeps
+/// that reader forever, so a worker that called `take_hook` or `set_hook`
+/// would block for good. Workers only *read* the lock when they panic,
+/// which a leftover reader does not prevent.
+///
+/// Not installed from a thread that is panicking (std refuses to change
+/// the hook there): workers then fall back on the panic payload and lose
+/// the location. A program that replaces the hook later without chaining
+/// to the previous one turns the capture off for pools built afterwards
+/// (their workers print panics the way that hook does).
+pub(crate) fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    if std::thread::panicking() {
+        return;
+    }
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CAPTURE.get() {
+                let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
+                let text = match info.location() {
+                    Some(l) => format!("{message} (at {}:{}:{})", l.file(), l.line(), l.column()),
+                    None => message.to_string(),
+                };
+                let old = LAST_PANIC.swap(Box::into_raw(Box::new(text)), Ordering::AcqRel);
+                if !old.is_null() {
+                    // SAFETY: every non-null pointer stored in LAST_PANIC came
+                    // from `Box::into_raw`, and the swap made us its only owner.
+                    drop(unsafe { Box::from_raw(old) });
+                }
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
-/// The message of a caught panic: what the hook recorded, or the payload.
+/// The message of a caught panic: what the hook recorded (in a worker), or
+/// the payload.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(text) = LAST_PANIC.take() {
-        return text;
+    if CAPTURE.get() {
+        let recorded = LAST_PANIC.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !recorded.is_null() {
+            // SAFETY: a non-null pointer in LAST_PANIC came from
+            // `Box::into_raw`; the swap made us its only owner.
+            return *unsafe { Box::from_raw(recorded) };
+        }
     }
     if let Some(s) = payload.downcast_ref::<&str>() {
         s.to_string()
@@ -80,7 +133,9 @@ pub(crate) fn exit(code: i32) -> ! {
 
 /// The worker's life. Never returns.
 pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) -> ! {
-    install_panic_hook();
+    // The hook was installed in the parent before the fork; turning the
+    // capture on is a thread-local store.
+    CAPTURE.set(true);
     let message = match catch_unwind(AssertUnwindSafe(init)) {
         Ok(Ok(())) => None,
         Ok(Err(message)) => Some(message),

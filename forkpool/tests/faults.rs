@@ -561,3 +561,176 @@ fn a_frame_cut_short_by_a_clean_exit_names_the_byte_counts() {
     }
     assert_eq!(pool.apply(double, 3).unwrap(), 6);
 }
+
+/// Runs `f` on a thread and waits for it up to `secs`: a hang is a test
+/// failure, not a stuck test run (the stuck thread is left behind).
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s (hung)"))
+}
+
+#[test]
+fn build_hung_while_another_thread_ran_a_panic_hook() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    static IN_HOOK: AtomicBool = AtomicBool::new(false);
+    static RELEASE: AtomicBool = AtomicBool::new(false);
+    // The pool's own hook goes in with the first pool of the process; this
+    // test is about a pool built while *another* hook runs.
+    drop(Pool::new(1).unwrap());
+    let previous = std::sync::Arc::new(std::panic::take_hook());
+    let chained = previous.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some("slow-hook") {
+            // Holds std's hook lock (for reading) until released.
+            IN_HOOK.store(true, SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !RELEASE.load(SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        } else {
+            chained(info);
+        }
+    }));
+    let slow = std::thread::Builder::new()
+        .name("slow-hook".into())
+        .spawn(|| std::panic::catch_unwind(|| panic!("caught")).is_err())
+        .unwrap();
+    common::wait_for("the slow hook to start", || IN_HOOK.load(SeqCst));
+    // Build and use a pool while the hook runs: its zygote and workers are
+    // forks of a process whose hook lock has a reader that never leaves.
+    let outcome = within(20, "build() and map() during a panic hook", || {
+        let pool = TestPool::new(2);
+        let results: Vec<_> = pool.imap(panic_on_3, 0..6, 1).collect();
+        drop(pool);
+        results
+    });
+    RELEASE.store(true, SeqCst);
+    assert!(slow.join().unwrap());
+    for (i, r) in outcome.iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(*v, i as u64),
+            Err(Error::Panicked {
+                item: 3, message, ..
+            }) => {
+                // Captured by the pool's hook, not printed.
+                assert!(message.contains("boom on 3"), "{message}");
+                assert!(message.contains("tests/faults.rs"), "{message}");
+            }
+            Err(e) => panic!("item {i}: {e}"),
+        }
+    }
+    assert!(outcome[3].is_err());
+    // Put the previous hook back for the other tests.
+    let _ = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| previous(info)));
+}
+
+#[test]
+fn build_waited_forever_for_a_stuck_initializer() {
+    let before = std::time::Instant::now();
+    let err = within(30, "build() with a stuck initializer", || {
+        Pool::builder()
+            .processes(2)
+            .initializer(|| std::thread::sleep(Duration::from_secs(3600)))
+            .start_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap_err()
+    });
+    match &err {
+        Error::StartTimeout {
+            waited,
+            waiting_for,
+        } => {
+            assert_eq!(*waited, Duration::from_millis(300));
+            assert!(
+                waiting_for.contains("0 of 2 workers were ready"),
+                "{waiting_for}"
+            );
+            assert!(
+                waiting_for.contains("had not reported ready"),
+                "{waiting_for}"
+            );
+        }
+        other => panic!("expected StartTimeout, got {other:?}"),
+    }
+    assert!(err.to_string().contains("start_timeout"), "{err}");
+    // Not a timing assertion: the stuck initializers were killed, so the
+    // 3600 s sleep did not have to end.
+    assert!(before.elapsed() < Duration::from_secs(3600));
+}
+
+/// Path of a marker file: while it exists, the test initializer below
+/// sleeps (up to 20 s) before reporting ready.
+fn hold_marker() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("forkpool-hold-{}", std::process::id()))
+}
+
+#[test]
+fn a_replacement_killed_before_ready_broke_the_pool() {
+    let marker = hold_marker();
+    let _ = std::fs::remove_file(&marker);
+    let m = marker.clone();
+    let mut pool = TestPool::build(move || {
+        Pool::builder()
+            .processes(1)
+            .initializer(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                while m.exists() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+            .build()
+    });
+    let first = pool.worker_pids()[0];
+    // Replacements now wait in their initializer: kill one there.
+    std::fs::write(&marker, b"").unwrap();
+    common::kill(first, SIGKILL);
+    let mut starting = 0;
+    common::wait_for("a replacement", || {
+        starting = pool.worker_pids().first().copied().unwrap_or(first);
+        starting != first
+    });
+    pool.record();
+    common::kill(starting, SIGKILL);
+    common::wait_for("a second replacement", || {
+        let p = pool.worker_pids();
+        !p.is_empty() && p[0] != starting
+    });
+    pool.record();
+    std::fs::remove_file(&marker).unwrap();
+    // The pool replaced the worker killed before READY and serves.
+    assert_eq!(pool.map(double, 0..10).unwrap()[9], 18);
+}
+
+#[test]
+fn workers_dying_the_same_way_at_start_break_the_pool_and_say_so() {
+    // No initializer: every worker forked after the first is killed before
+    // READY by an initializer-free path: its own `exit` in the initializer
+    // is the deterministic stand-in.
+    let err = Pool::builder()
+        .processes(1)
+        .initializer(|| std::process::exit(7))
+        .build()
+        .unwrap_err();
+    match &err {
+        Error::Initializer { message, .. } => {
+            assert!(message.contains("3 workers in a row"), "{message}");
+            assert!(message.contains("exited with status 7"), "{message}");
+        }
+        other => panic!("expected Initializer, got {other:?}"),
+    }
+    // An initializer that *reports* failure breaks it at once.
+    let err = Pool::builder()
+        .processes(1)
+        .try_initializer(|| Err::<(), _>("no licence"))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Initializer { message, .. } if message == "no licence"),
+        "{err:?}"
+    );
+}
