@@ -97,6 +97,20 @@ fn main() -> Result<(), Error> {
     assert_eq!(total, 49 + 14);
     // ANCHOR_END: await
 
+    // ANCHOR: progress
+    // mpire's progress_bar=True, tqdm(pool.imap(...)): feature "progress"
+    let squares = pool.progress("squares").map(square, 0..1000)?;
+    assert_eq!(squares[999], 998_001);
+    let mut total = 0;
+    for sq in pool
+        .progress("squares, as they come")
+        .imap_unordered(square, 0..1000, 10)
+    {
+        total += sq?;
+    }
+    assert_eq!(total, (0..1000u64).map(square).sum::<u64>());
+    // ANCHOR_END: progress
+
     // ANCHOR: errors
     let err = pool
         .map(|x: u32| if x == 3 { panic!("no threes") } else { x }, 0..5)

@@ -192,10 +192,17 @@ struct Waiting<O> {
     /// Completions not yet received.
     pending: usize,
     sink: Box<dyn Sink<O>>,
+    /// Moves one step per item whose result arrived.
+    #[cfg(feature = "progress")]
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl<O> Waiting<O> {
     fn accept(&mut self, c: Completion) {
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.bar {
+            bar.inc(c.meta.items as u64);
+        }
         self.sink.take(c);
         self.pending -= 1;
     }
@@ -204,7 +211,13 @@ impl<O> Waiting<O> {
 impl<O> AsyncResult<O> {
     pub(crate) fn new(rx: Mailbox, pending: usize, sink: Box<dyn Sink<O>>) -> Self {
         AsyncResult {
-            state: Inner::Waiting(Waiting { rx, pending, sink }),
+            state: Inner::Waiting(Waiting {
+                rx,
+                pending,
+                sink,
+                #[cfg(feature = "progress")]
+                bar: None,
+            }),
         }
     }
 
@@ -264,16 +277,36 @@ impl<O> AsyncResult<O> {
         self.take()
     }
 
+    /// Moves `bar` as results arrive, and finishes it with the result.
+    #[cfg(feature = "progress")]
+    pub(crate) fn with_bar(mut self, bar: indicatif::ProgressBar) -> Self {
+        match &mut self.state {
+            Inner::Waiting(w) => w.bar = Some(bar),
+            Inner::Failed(_) | Inner::Taken => bar.abandon(),
+        }
+        self
+    }
+
     /// Every task's sender is gone without completing it: only a pool shut
     /// down under it does that.
     fn disconnected(&mut self) {
+        #[cfg(feature = "progress")]
+        if let Inner::Waiting(Waiting { bar: Some(bar), .. }) = &self.state {
+            bar.abandon();
+        }
         self.state = Inner::Failed(Error::Terminated);
     }
 
     /// The final value, once every completion is in.
     fn take(&mut self) -> Result<O> {
         match std::mem::replace(&mut self.state, Inner::Taken) {
-            Inner::Waiting(w) => w.sink.finish(),
+            Inner::Waiting(w) => {
+                #[cfg(feature = "progress")]
+                if let Some(bar) = &w.bar {
+                    bar.finish_using_style();
+                }
+                w.sink.finish()
+            }
             Inner::Failed(e) => Err(e),
             Inner::Taken => Err(Error::AlreadyTaken),
         }

@@ -60,6 +60,8 @@ mod frame;
 mod imap;
 mod mailbox;
 mod pool;
+#[cfg(feature = "progress")]
+mod progress;
 mod scheduler;
 mod starmap;
 mod task;
@@ -71,6 +73,8 @@ pub use builder::PoolBuilder;
 pub use error::{Error, ExitCause, Result};
 pub use imap::IMap;
 pub use pool::Pool;
+#[cfg(feature = "progress")]
+pub use progress::{Progressed, WithProgress};
 pub use starmap::StarFn;
 
 /// The README's examples, compiled and run as doctests so they cannot drift.
