@@ -160,7 +160,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     // ANCHOR: create
     let (array, _) = phase("create the file", None, || {
-        // SAFETY: the file is created here (an existing one is truncated);
+        // SAFETY: the file is created here (an existing path is an error);
         // while the demo runs only this program and its workers map it.
         unsafe {
             if args.raw {
