@@ -2,12 +2,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::async_result::{ApplySink, AsyncResult, MapSink};
+use crate::async_result::{ApplySink, AsyncResult, Canceller, MapSink};
 use crate::builder::PoolBuilder;
 use crate::collector::Shared;
 use crate::error::{Error, Result};
@@ -133,6 +134,11 @@ impl Pool {
         self.shared.zygote.as_raw()
     }
 
+    /// What an [`AsyncResult`] needs to cancel the tasks carrying `flag`.
+    fn canceller(&self, flag: Arc<AtomicBool>) -> Canceller {
+        Canceller::new(flag, &self.shared)
+    }
+
     /// Hands tasks to the scheduler.
     pub(crate) fn submit(&self, tasks: Vec<Task>) -> Result<()> {
         let full = self.shared.lock().submit(tasks)?;
@@ -252,9 +258,14 @@ impl Pool {
         let chunksize = chunksize.max(1);
         let tasks = items.len().div_ceil(chunksize);
         let sink = Box::new(MapSink::<R>::new(tasks, arg_type));
-        match self.submit_chunks(call, items, chunksize) {
-            Ok(rx) => AsyncResult::new(rx, tasks, sink),
-            Err(e) => AsyncResult::failed(e),
+        let cancel = Arc::new(AtomicBool::new(false));
+        match self.submit_chunks(call, &cancel, items, chunksize) {
+            Ok(rx) => AsyncResult::new(rx, tasks, sink, Some(self.canceller(cancel))),
+            Err(e) => {
+                // Tasks submitted before the failure need not run.
+                self.canceller(cancel).cancel();
+                AsyncResult::failed(e)
+            }
         }
     }
 
@@ -262,6 +273,7 @@ impl Pool {
     fn submit_chunks<A: Serialize>(
         &self,
         call: Call,
+        cancel: &Arc<AtomicBool>,
         items: Vec<A>,
         chunksize: usize,
     ) -> Result<Mailbox> {
@@ -281,7 +293,7 @@ impl Pool {
                 items: count,
                 bytes: frame.len(),
             };
-            batch.push(Task::new(frame, meta, tx.clone(), None));
+            batch.push(Task::new(frame, meta, tx.clone(), Some(cancel.clone())));
             if batch.len() >= BATCH_TASKS || batch_bytes >= BATCH_BYTES {
                 self.submit(std::mem::take(&mut batch))?;
                 batch_bytes = 0;
@@ -388,6 +400,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let sink = Box::new(ApplySink::<R>::new(std::any::type_name::<T>()));
+        let cancel = Arc::new(AtomicBool::new(false));
         let submitted = encode_task(f, std::iter::once(arg), 0).and_then(|frame| {
             let (tx, rx) = mailbox();
             let meta = TaskMeta {
@@ -396,11 +409,11 @@ impl Pool {
                 items: 1,
                 bytes: frame.len(),
             };
-            let task = Task::new(frame, meta, tx, None);
+            let task = Task::new(frame, meta, tx, Some(cancel.clone()));
             self.submit(vec![task]).map(|()| rx)
         });
         match submitted {
-            Ok(rx) => AsyncResult::new(rx, 1, sink),
+            Ok(rx) => AsyncResult::new(rx, 1, sink, Some(self.canceller(cancel))),
             Err(e) => AsyncResult::failed(e),
         }
     }
