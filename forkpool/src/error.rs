@@ -65,7 +65,8 @@ pub enum Error {
         type_name: &'static str,
         /// How many bytes were left to decode from.
         bytes: usize,
-        /// What postcard reported.
+        /// Why, in words (the type's own serde error, or what was wrong
+        /// with the bytes).
         reason: String,
     },
 
@@ -79,7 +80,8 @@ pub enum Error {
         what: &'static str,
         /// The Rust type being encoded.
         type_name: &'static str,
-        /// What postcard reported.
+        /// Why, in words (the type's own serde error, or what was wrong
+        /// with the bytes).
         reason: String,
     },
 

@@ -25,7 +25,8 @@
 //! - **Functions cross the fork as pointers.** A worker is a fork of the
 //!   same program, so `map(f, items)` sends `f`'s address and that of a
 //!   trampoline monomorphised for its types; only arguments and results are
-//!   serialised (serde + postcard).
+//!   serialised (serde, in a binary format of the pool's own that moves
+//!   arrays of plain numbers as whole blocks of bytes).
 //! - **Workers are forked by a zygote.** The pool forks one single-threaded
 //!   process when it starts, and that process forks every worker, so no
 //!   worker is ever forked from the parent's threads (whose locks would be
@@ -52,6 +53,7 @@
 
 mod async_result;
 mod builder;
+mod codec;
 mod collector;
 mod control;
 mod error;

@@ -29,8 +29,9 @@ const BATCH_TASKS: usize = 256;
 ///
 /// Functions are plain `fn(T) -> R` pointers (non-capturing closures
 /// coerce): a worker is a fork of this program, so the function is at the
-/// same address there. Arguments and results cross the pipes as postcard;
-/// anything else a worker needs comes through the
+/// same address there. Arguments and results cross the pipes serialised
+/// with serde, in the pool's own binary format (arrays of plain numbers
+/// move as whole blocks of bytes); anything else a worker needs comes through the
 /// [`initializer`](PoolBuilder::initializer) or the memory it inherited.
 ///
 /// A task that panics returns the panic as that item's error; a worker that

@@ -7,15 +7,16 @@
 //! items, calls the function on each under `catch_unwind`, and encodes one
 //! outcome per item. Only arguments and results are serialised.
 //!
-//! Task payload: item count (postcard `u64`), then each item (postcard).
-//! Result payload: per item, a tag byte and then
+//! Everything is in the pool's own wire format ([`codec`](crate::codec)).
+//! Task payload: item count (`u64`), then each item. Result payload: per
+//! item, a tag byte and then
 //!
 //! | tag        | followed by                                             |
 //! |------------|---------------------------------------------------------|
-//! | `OK`       | the result (postcard `R`)                               |
-//! | `PANICKED` | the panic message (postcard `String`)                   |
-//! | `ENCODE`   | why the result could not be encoded (postcard `String`) |
-//! | `DECODE`   | why this item's argument could not be decoded, and the byte count (postcard `(String, u64)`); the rest of the task is not run |
+//! | `OK`       | the result (`R`)                                        |
+//! | `PANICKED` | the panic message (`String`)                            |
+//! | `ENCODE`   | why the result could not be encoded (`String`)          |
+//! | `DECODE`   | why this item's argument could not be decoded, and the byte count (`(String, u64)`); the rest of the task is not run |
 
 use std::any::type_name;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,6 +24,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec::{self, decode_from, encode_into};
 use crate::error::Error;
 use crate::frame::TaskHeader;
 use crate::worker::panic_message;
@@ -35,58 +37,6 @@ const DECODE: u8 = 3;
 /// The monomorphised entry point a worker calls for a task:
 /// `(function address, frame body, where its payload starts, output)`.
 pub(crate) type Trampoline = fn(usize, Vec<u8>, usize, &mut Vec<u8>);
-
-/// A postcard flavor that appends to a borrowed `Vec` with `memcpy`.
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // A byte loop for short slices was tried (postcard writes varints
-        // through here a few bytes at a time): it sped varints up by at most
-        // a quarter but halved the speed of arrays of floats, whose 8-byte
-        // copies `memcpy` turns into single moves. Kept simple.
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-/// What postcard reports, in words: postcard drops the message of a
-/// type's own `serde` error, so say where to look.
-pub(crate) fn describe(e: &postcard::Error) -> String {
-    match e {
-        postcard::Error::SerdeDeCustom | postcard::Error::SerdeSerCustom => format!(
-            "{e}: the type's own serde impl returned an error (postcard does not keep its message)"
-        ),
-        _ => e.to_string(),
-    }
-}
-
-/// Appends the postcard encoding of `value` to `out`; on error `out` is
-/// left as it was.
-pub(crate) fn encode_into<V: Serialize + ?Sized>(
-    value: &V,
-    out: &mut Vec<u8>,
-) -> postcard::Result<()> {
-    let mark = out.len();
-    let r = postcard::serialize_with_flavor(value, Append(out));
-    if r.is_err() {
-        out.truncate(mark);
-    }
-    r
-}
 
 /// The trampoline for `fn(T) -> R`.
 pub(crate) fn trampoline<T: DeserializeOwned, R: Serialize>() -> Trampoline {
@@ -132,7 +82,7 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
             Ok(Err(e)) => {
                 out.truncate(mark);
                 out.push(ENCODE);
-                encode_into(&describe(&e), out).expect("a String always encodes");
+                encode_into(&e.to_string(), out).expect("a String always encodes");
             }
             Err(payload) => {
                 out.truncate(mark);
@@ -149,28 +99,27 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
 
 /// Decodes a task's items: those that decode, and why the next one did not
 /// (with the bytes left), if one did not.
-fn decode_items<T: DeserializeOwned>(input: &[u8]) -> (Vec<T>, Option<(postcard::Error, usize)>) {
-    let (count, mut rest) = match postcard::take_from_bytes::<u64>(input) {
+fn decode_items<T: DeserializeOwned>(mut rest: &[u8]) -> (Vec<T>, Option<(codec::Error, usize)>) {
+    let whole = rest.len();
+    let count = match decode_from::<u64>(&mut rest) {
         Ok(v) => v,
-        Err(e) => return (Vec::new(), Some((e, input.len()))),
+        Err(e) => return (Vec::new(), Some((e, whole))),
     };
     // The count comes off the wire: do not trust it for the reservation.
     let mut items = Vec::with_capacity(count.min(1 << 16) as usize);
     for _ in 0..count {
-        match postcard::take_from_bytes::<T>(rest) {
-            Ok((item, r)) => {
-                rest = r;
-                items.push(item);
-            }
-            Err(e) => return (items, Some((e, rest.len()))),
+        let left = rest.len();
+        match decode_from::<T>(&mut rest) {
+            Ok(item) => items.push(item),
+            Err(e) => return (items, Some((e, left))),
         }
     }
     (items, None)
 }
 
-fn decode_failed(out: &mut Vec<u8>, e: postcard::Error, bytes: usize) {
+fn decode_failed(out: &mut Vec<u8>, e: codec::Error, bytes: usize) {
     out.push(DECODE);
-    encode_into(&(describe(&e), bytes as u64), out)
+    encode_into(&(e.to_string(), bytes as u64), out)
         .expect("a tuple of String and u64 always encodes");
 }
 
@@ -243,7 +192,7 @@ where
             item: first + i,
             what: "argument",
             type_name: type_name::<T>(),
-            reason: describe(&e),
+            reason: e.to_string(),
         })?;
     }
     started.finish(&mut out);
@@ -301,32 +250,26 @@ fn decode_one<R: DeserializeOwned>(
     arg_type: &'static str,
 ) -> Result<R, Error> {
     let bytes = payload.len();
-    let bad = |e: postcard::Error| Error::Frame {
+    let bad = |e: codec::Error| Error::Frame {
         pid,
         detail: format!(
             "the outcome of item {item} (tag {tag}, {bytes} bytes) does not decode: {e}"
         ),
     };
     match tag {
-        OK => {
-            let (r, rest) = postcard::take_from_bytes::<R>(payload).map_err(|e| Error::Decode {
-                item,
-                what: "result",
-                type_name: type_name::<R>(),
-                bytes,
-                reason: describe(&e),
-            })?;
-            *payload = rest;
-            Ok(r)
-        }
+        OK => decode_from::<R>(payload).map_err(|e| Error::Decode {
+            item,
+            what: "result",
+            type_name: type_name::<R>(),
+            bytes,
+            reason: e.to_string(),
+        }),
         PANICKED => {
-            let (message, rest) = postcard::take_from_bytes::<String>(payload).map_err(bad)?;
-            *payload = rest;
+            let message = decode_from::<String>(payload).map_err(bad)?;
             Err(Error::Panicked { item, pid, message })
         }
         ENCODE => {
-            let (reason, rest) = postcard::take_from_bytes::<String>(payload).map_err(bad)?;
-            *payload = rest;
+            let reason = decode_from::<String>(payload).map_err(bad)?;
             Err(Error::Encode {
                 item,
                 what: "result",
@@ -335,8 +278,7 @@ fn decode_one<R: DeserializeOwned>(
             })
         }
         DECODE => {
-            let ((reason, bytes), _) =
-                postcard::take_from_bytes::<(String, u64)>(payload).map_err(bad)?;
+            let (reason, bytes) = decode_from::<(String, u64)>(payload).map_err(bad)?;
             Err(Error::Decode {
                 item,
                 what: "argument",
