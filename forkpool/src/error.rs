@@ -65,8 +65,7 @@ pub enum Error {
         type_name: &'static str,
         /// How many bytes were left to decode from.
         bytes: usize,
-        /// Why, in words (the type's own serde error, or what was wrong
-        /// with the bytes).
+        /// What postcard reported.
         reason: String,
     },
 
@@ -80,8 +79,7 @@ pub enum Error {
         what: &'static str,
         /// The Rust type being encoded.
         type_name: &'static str,
-        /// Why, in words (the type's own serde error, or what was wrong
-        /// with the bytes).
+        /// What postcard reported.
         reason: String,
     },
 
@@ -214,6 +212,19 @@ pub enum Error {
     #[error("the result was already taken from this handle")]
     AlreadyTaken,
 
+    /// The caller's input iterator panicked while producing this item (in
+    /// `map`, `imap`, `imap_unordered` and their variants). The results of
+    /// the items before it are delivered first; items already pulled into
+    /// the same chunk are not run (as Python's `imap` does with a chunk
+    /// whose input raised); nothing after it is pulled.
+    #[error("item {item}: the input iterator panicked: {message}")]
+    InputPanicked {
+        /// Index of the item whose production panicked.
+        item: usize,
+        /// The panic message.
+        message: String,
+    },
+
     /// The pool's configuration is invalid (zero processes, say).
     #[error("invalid pool configuration: {reason}")]
     Config {
@@ -286,7 +297,8 @@ impl Error {
             | Error::WorkerDied { item, .. }
             | Error::Decode { item, .. }
             | Error::Encode { item, .. }
-            | Error::TaskTimeout { item, .. } => Some(*item),
+            | Error::TaskTimeout { item, .. }
+            | Error::InputPanicked { item, .. } => Some(*item),
             _ => None,
         }
     }
