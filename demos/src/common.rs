@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use forkpool::Pool;
 use forkpool_shm::{ByteSize, MemoryReport, Pid};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 
 /// The value the notes fill arrays with before the workers run.
 pub const DEFAULT_VALUE: f64 = 42.0;
@@ -116,9 +116,11 @@ pub fn numbered_exactly(rows: usize, cols: usize) -> anyhow::Result<()> {
 }
 
 /// A progress bar of `len` steps on stderr; hidden when stderr is not a
-/// terminal, so logs and tests see only the results.
+/// terminal, so logs and tests see only the results; cleared when done.
+/// Give it to a map-like call with `pool.progress_bar(bar)`.
 pub fn progress(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+        .with_finish(ProgressFinish::AndClear);
     bar.set_style(
         ProgressStyle::with_template("   {msg:<28} [{bar:20}] {pos}/{len} eta {eta}")
             .expect("a valid template")

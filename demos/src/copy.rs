@@ -1,8 +1,8 @@
 //! Method 2 of the notes: pickle/unpickle, what `multiprocessing.Pool` does
 //! by default: the array travels by value with every task.
 //!
-//! Each task carries the whole array: the parent serialises it (postcard,
-//! the counterpart of pickle) once per task, the bytes cross the task's
+//! Each task carries the whole array: the parent serialises it (serde, in the
+//! pool's wire format: the counterpart of pickle) once per task, the bytes cross the task's
 //! pipe, and the worker deserialises a copy of its own before it can sum its
 //! share of the rows. The demo shows what that costs: the bytes serialised
 //! (the array times the tasks), the time to encode and send them, and the
@@ -198,12 +198,12 @@ fn with_pool(
         },
     );
     bar.finish_and_clear();
-    let serialised = processes as u64 * postcard_len(rows * cols);
+    let serialised = processes as u64 * wire_len(rows * cols);
     fact(
         "bytes serialised",
         format!(
-            "{processes} x {} = {} (postcard, 8 bytes a double)",
-            bytes(postcard_len(rows * cols)),
+            "{processes} x {} = {} (serialised: a length and 8 bytes a double)",
+            bytes(wire_len(rows * cols)),
             bytes(serialised)
         ),
     );
@@ -318,14 +318,8 @@ fn wait_until_held(
     }
 }
 
-/// The size of `n` doubles serialised by postcard: the length as a varint,
+/// The size of `n` doubles serialised by the pool: the length (8 bytes),
 /// then 8 bytes each.
-fn postcard_len(n: usize) -> u64 {
-    let mut varint = 1;
-    let mut rest = n >> 7;
-    while rest > 0 {
-        varint += 1;
-        rest >>= 7;
-    }
-    varint + 8 * n as u64
+fn wire_len(n: usize) -> u64 {
+    8 + 8 * n as u64
 }

@@ -170,13 +170,14 @@ fn with_pool(args: &Args, pool: &Pool, size: u64) -> anyhow::Result<()> {
     let bar = common::progress(blocks.len() as u64, "workers sum their rows");
     let (sums, _) = phase("workers sum their rows", Some(size), || {
         let mut sums = Vec::with_capacity(rows);
-        for block in pool.imap(row_sums, blocks.iter().copied(), 1) {
+        for block in pool
+            .progress_bar(bar)
+            .imap(row_sums, blocks.iter().copied(), 1)
+        {
             sums.extend(block?);
-            bar.inc(1);
         }
         anyhow::Ok(sums)
     });
-    bar.finish_and_clear();
     let sums = sums.context("a worker failed")?;
     // ANCHOR_END: read
     fact(
@@ -251,14 +252,11 @@ fn with_pool(args: &Args, pool: &Pool, size: u64) -> anyhow::Result<()> {
     // ANCHOR: write
     let bar = common::progress(blocks.len() as u64, "workers negate their rows");
     let (written, _) = phase("workers negate their rows", Some(size), || {
-        let mut written = Vec::with_capacity(blocks.len());
-        for r in pool.imap(negate_rows, blocks.iter().copied(), 1) {
-            written.push(r?);
-            bar.inc(1);
-        }
-        anyhow::Ok(written)
+        let it = pool
+            .progress_bar(bar)
+            .imap(negate_rows, blocks.iter().copied(), 1);
+        it.collect::<Result<Vec<_>, _>>()
     });
-    bar.finish_and_clear();
     let written = written.context("a worker failed")?;
     // ANCHOR_END: write
 

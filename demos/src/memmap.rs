@@ -160,7 +160,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     // ANCHOR: create
     let (array, _) = phase("create the file", None, || {
-        // SAFETY: the file is created here (an existing one is truncated);
+        // SAFETY: the file is created here (an existing path is an error);
         // while the demo runs only this program and its workers map it.
         unsafe {
             if args.raw {
@@ -215,14 +215,11 @@ fn with_pool(
         .collect();
     let bar = common::progress(blocks.len() as u64, "workers fill their rows");
     let (filled, _) = phase("workers fill their rows", Some(size), || {
-        let mut filled = Vec::with_capacity(blocks.len());
-        for r in pool.imap_unordered(fill_block, blocks.iter().copied(), 1) {
-            filled.push(r);
-            bar.inc(1);
-        }
-        filled
+        let it = pool
+            .progress_bar(bar)
+            .imap_unordered(fill_block, blocks.iter().copied(), 1);
+        it.collect::<Vec<_>>()
     });
-    bar.finish_and_clear();
     // ANCHOR_END: map
     common::rows_per_pid(filled)?;
 

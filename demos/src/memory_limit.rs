@@ -290,7 +290,7 @@ fn fill_file(
 ) -> anyhow::Result<usize> {
     // ANCHOR: file
     let (array, _) = phase("create the file (reserve)", Some(size), || {
-        // SAFETY: the file is created (or truncated) here, and while the demo
+        // SAFETY: the file is created here (nothing may exist there), and while the demo
         // runs only this program and the workers it forks map or change it.
         unsafe { PartitionedArray::<f64>::create_file(path, &[rows, cols]) }
     });

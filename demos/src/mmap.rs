@@ -105,14 +105,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .collect();
     let bar = common::progress(blocks.len() as u64, "workers fill their rows");
     let (filled, _) = phase("workers fill their rows", Some(size), || {
-        let mut filled = Vec::with_capacity(blocks.len());
-        for r in pool.imap_unordered(fill_block, blocks.iter().copied(), 1) {
-            filled.push(r);
-            bar.inc(1);
-        }
-        filled
+        let it = pool
+            .progress_bar(bar)
+            .imap_unordered(fill_block, blocks.iter().copied(), 1);
+        it.collect::<Vec<_>>()
     });
-    bar.finish_and_clear();
     // ANCHOR_END: map
     let rows_by_pid = common::rows_per_pid(filled)?;
 

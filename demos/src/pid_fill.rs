@@ -83,17 +83,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // ANCHOR_END: create
 
     // ANCHOR: map
-    let bar = common::progress(rows as u64, "workers write their pid");
     let chunksize = (rows / (processes * 16)).max(1);
+    let bar = common::progress(rows as u64, "workers write their pid");
     let (outcomes, took) = phase("workers write their pids", Some(size), || {
-        let mut out = Vec::with_capacity(rows);
-        for r in pool.imap_unordered(worker_fn, 0..rows, chunksize) {
-            out.push(r);
-            bar.inc(1);
-        }
-        out
+        let it = pool
+            .progress_bar(bar)
+            .imap_unordered(worker_fn, 0..rows, chunksize);
+        it.collect::<Vec<_>>()
     });
-    bar.finish_and_clear();
     // ANCHOR_END: map
     let mut rows_by_pid: BTreeMap<i32, usize> = BTreeMap::new();
     for outcome in outcomes {

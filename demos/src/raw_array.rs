@@ -124,14 +124,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .collect();
     let bar = common::progress(blocks as u64, "populate blocks");
     let (done, _) = phase("populate every block", Some(size), || {
-        let mut done = Vec::with_capacity(blocks);
-        for r in pool.imap_unordered(populate, tasks, 1) {
-            done.push(r);
-            bar.inc(1);
-        }
-        done
+        let it = pool.progress_bar(bar).imap_unordered(populate, tasks, 1);
+        it.collect::<Vec<_>>()
     });
-    bar.finish_and_clear();
     // ANCHOR_END: map
     let mut offsets = Vec::with_capacity(blocks);
     let mut blocks_by_pid: BTreeMap<i32, usize> = BTreeMap::new();

@@ -30,7 +30,7 @@ fn copy_multiplies_the_memory_by_the_tasks() {
     assert!(ratio >= 0.9, "{verified}");
     assert_eq!(
         run.fact("bytes serialised"),
-        "2 x 4.0 MiB = 8.0 MiB (postcard, 8 bytes a double)"
+        "2 x 4.0 MiB = 8.0 MiB (serialised: a length and 8 bytes a double)"
     );
     let table = run.memory_table("memory while every worker holds its copy");
     let roles: Vec<&str> = table.iter().map(|(_, role, _)| role.as_str()).collect();

@@ -330,6 +330,44 @@ impl<T: Element> SharedArray<T> {
         unsafe { self.ptr().add(index) }
     }
 
+    /// Panics unless the array may be written (it is not mapped read-only).
+    #[inline]
+    #[track_caller]
+    fn assert_writable(&self) {
+        if !self.region.writable() {
+            panic!("{}", self.region.read_only_error());
+        }
+    }
+
+    /// As [`elem`](Self::elem), for a write.
+    #[track_caller]
+    fn elem_mut(&self, index: usize) -> *mut T {
+        self.assert_writable();
+        self.elem(index)
+    }
+
+    /// As [`rows_span`](Self::rows_span), for a write.
+    #[track_caller]
+    fn rows_span_mut(&self, rows: &Range<usize>) -> (*mut T, usize) {
+        self.assert_writable();
+        self.rows_span(rows)
+    }
+
+    /// Whether the array is mapped read-only
+    /// ([`open_npy_readonly`](Self::open_npy_readonly),
+    /// [`open_file_readonly`](Self::open_file_readonly)): then every method
+    /// that writes panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(!forkpool_shm::SharedArray::<u8>::new(&[1])?.is_read_only());
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn is_read_only(&self) -> bool {
+        !self.region.writable()
+    }
+
     /// Pointer to the first element of `rows` and the number of elements in
     /// them, after a bounds check.
     fn rows_span(&self, rows: &Range<usize>) -> (*mut T, usize) {
@@ -448,7 +486,7 @@ impl<T: Element> SharedArray<T> {
     /// See [`load`](Self::load).
     pub fn store(&self, index: usize, value: T, order: Ordering) {
         // SAFETY: as in `load`.
-        unsafe { T::atomic_store(self.elem(index), value, order) }
+        unsafe { T::atomic_store(self.elem_mut(index), value, order) }
     }
 
     /// Replaces element `index` atomically, returning the previous value.
@@ -468,7 +506,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     pub fn swap(&self, index: usize, value: T, order: Ordering) -> T {
         // SAFETY: as in `load`.
-        unsafe { T::atomic_swap(self.elem(index), value, order) }
+        unsafe { T::atomic_swap(self.elem_mut(index), value, order) }
     }
 
     /// Replaces element `index` by `new` if it equals `current` (bitwise, for
@@ -498,7 +536,7 @@ impl<T: Element> SharedArray<T> {
         failure: Ordering,
     ) -> Result<T, T> {
         // SAFETY: as in `load`.
-        unsafe { T::atomic_compare_exchange(self.elem(index), current, new, success, failure) }
+        unsafe { T::atomic_compare_exchange(self.elem_mut(index), current, new, success, failure) }
     }
 
     /// Adds to element `index` atomically (wrapping for integers; a
@@ -520,7 +558,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     pub fn fetch_add(&self, index: usize, value: T, order: Ordering) -> T {
         // SAFETY: as in `load`.
-        unsafe { T::atomic_fetch_add(self.elem(index), value, order) }
+        unsafe { T::atomic_fetch_add(self.elem_mut(index), value, order) }
     }
 
     /// Subtracts from element `index` atomically (wrapping for integers),
@@ -541,7 +579,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     pub fn fetch_sub(&self, index: usize, value: T, order: Ordering) -> T {
         // SAFETY: as in `load`.
-        unsafe { T::atomic_fetch_sub(self.elem(index), value, order) }
+        unsafe { T::atomic_fetch_sub(self.elem_mut(index), value, order) }
     }
 
     /// Sets every element to `value` (atomic `Relaxed` stores).
@@ -575,7 +613,7 @@ impl<T: Element> SharedArray<T> {
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn fill_rows(&self, rows: Range<usize>, value: T) {
-        let (start, len) = self.rows_span(&rows);
+        let (start, len) = self.rows_span_mut(&rows);
         for i in 0..len {
             // SAFETY: `rows_span` checked `[start, start + len)` is inside the
             // data; atomic access as in `load`.
@@ -644,7 +682,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     pub fn write_rows(&self, first_row: usize, src: &[T]) {
         let rows = self.rows_of(first_row, src.len());
-        let (start, len) = self.rows_span(&rows);
+        let (start, len) = self.rows_span_mut(&rows);
         debug_assert_eq!(len, src.len());
         for (i, &v) in src.iter().enumerate() {
             // SAFETY: inside the checked span; atomic access as in `load`.
@@ -888,7 +926,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn rows_mut_unchecked(&self, rows: Range<usize>) -> &mut [T] {
-        let (start, len) = self.rows_span(&rows);
+        let (start, len) = self.rows_span_mut(&rows);
         // SAFETY: the span is inside the data and aligned; every bit pattern is
         // a valid `T`; the caller promises exclusive access while the slice lives.
         unsafe { std::slice::from_raw_parts_mut(start, len) }
@@ -1001,6 +1039,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn view_mut_unchecked(&self) -> ArrayViewMut<'_, T, IxDyn> {
+        self.assert_writable();
         // SAFETY: the caller promises exclusive access while the view lives.
         unsafe { crate::view::exclusive(self.ptr(), self.shape()) }
     }

@@ -237,70 +237,10 @@ float_element! {
     f64 => AtomicU64, "<f8";
 }
 
-/// Maps a numpy type descriptor to the Rust name of the matching element type,
-/// if there is one: `"<f8"` gives `Some("f64")`. Byte-order marks that mean
-/// little-endian on this machine (`<`, `=`, `|`) are accepted.
-pub(crate) fn rust_name_of_descr(descr: &str) -> Option<&'static str> {
-    let code = normalize_descr(descr)?;
-    Some(match code {
-        "u1" => "u8",
-        "u2" => "u16",
-        "u4" => "u32",
-        "u8" => "u64",
-        "i1" => "i8",
-        "i2" => "i16",
-        "i4" => "i32",
-        "i8" => "i64",
-        "f4" => "f32",
-        "f8" => "f64",
-        _ => return None,
-    })
-}
-
-/// Strips a byte-order mark that is little-endian (or irrelevant) on this
-/// machine; `None` for big-endian descriptors of multi-byte types.
-pub(crate) fn normalize_descr(descr: &str) -> Option<&str> {
-    let (mark, code) = match descr.as_bytes().first() {
-        Some(b'<' | b'>' | b'=' | b'|') => descr.split_at(1),
-        _ => ("", descr),
-    };
-    let one_byte = code.ends_with('1') && code.len() == 2;
-    let little = cfg!(target_endian = "little");
-    match mark {
-        "" | "=" => little.then_some(code),
-        "<" => Some(code).filter(|_| little || one_byte),
-        ">" => Some(code).filter(|_| !little || one_byte),
-        "|" => Some(code).filter(|_| one_byte),
-        _ => None,
-    }
-}
-
-/// Whether a numpy descriptor names exactly the element type `T` in this
-/// machine's byte order.
-pub(crate) fn descr_matches<T: Element>(descr: &str) -> bool {
-    normalize_descr(descr) == normalize_descr(T::NPY_DESCR)
-}
-
 #[cfg(test)]
 mod tests {
     use super::sealed::Atomics;
     use super::*;
-
-    #[test]
-    fn descriptors_round_trip_to_names() {
-        assert_eq!(rust_name_of_descr(f64::NPY_DESCR), Some("f64"));
-        assert_eq!(rust_name_of_descr(u8::NPY_DESCR), Some("u8"));
-        assert_eq!(rust_name_of_descr("<i4"), Some("i32"));
-        assert_eq!(rust_name_of_descr("=f4"), Some("f32"));
-        assert_eq!(rust_name_of_descr("<u1"), Some("u8"));
-        assert_eq!(rust_name_of_descr(">f8"), None);
-        assert_eq!(rust_name_of_descr("<c16"), None);
-        assert_eq!(rust_name_of_descr("|f8"), None);
-        assert!(descr_matches::<f64>("<f8"));
-        assert!(!descr_matches::<f64>("<f4"));
-        assert!(descr_matches::<i8>("|i1"));
-        assert!(descr_matches::<i8>(">i1"));
-    }
 
     #[test]
     fn float_atomics_work_on_bits() {

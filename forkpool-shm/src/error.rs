@@ -135,6 +135,16 @@ pub enum ShmError {
         detail: String,
     },
 
+    /// A write to an array mapped read-only (opened with
+    /// `open_npy_readonly` or `open_file_readonly`).
+    #[error(
+        "{path}: the array is mapped read-only; open it with open_npy or open_file to write it"
+    )]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+    },
+
     /// A `.npy` file whose header cannot be used.
     #[error("{path}: not a usable .npy file: {reason}")]
     NpyHeader {

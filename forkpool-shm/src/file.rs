@@ -16,9 +16,10 @@
 //! `PartitionedArray` must not be opened twice; a `SharedArray`, which has
 //! neither, may be, as `np.memmap` is in each Python process).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::Path;
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::element::Element;
 use crate::error::ShmError;
@@ -37,53 +38,420 @@ fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Sh
     }
 }
 
-/// Creates (or truncates) `path`, writes `prefix` (a `.npy` header, or
-/// nothing), reserves `layout.bytes` of data after it, and maps the file.
+/// An [`ShmError::Io`] for `path` with a message of ours.
+fn refuse(path: &Path, op: &'static str, kind: ErrorKind, message: String) -> ShmError {
+    ShmError::Io {
+        path: path.to_owned(),
+        op,
+        cause: std::io::Error::new(kind, message),
+    }
+}
+
+/// How `create_file` and `create_npy` treat a path that already exists, in
+/// the manner of [`std::fs::OpenOptions`]: settings first, then one call
+/// acts.
+///
+/// By default (and through the plain `create_*` constructors) a file is
+/// created only where nothing exists: an existing file, link, FIFO or device
+/// is an error and is left untouched. With [`overwrite`](Self::overwrite),
+/// an existing *regular* file is replaced atomically: the new file is made
+/// and reserved under a temporary name in the same directory, then renamed
+/// over the old one, so the old file stays whole until the new one is
+/// complete (processes that have the old one mapped keep the old data; the
+/// new file gets the old one's permission bits). Symbolic links are never
+/// written through unless [`follow_symlinks`](Self::follow_symlinks) says
+/// so; FIFOs, devices, sockets and directories are never replaced.
+///
+/// # Examples
+///
+/// ```
+/// use forkpool_shm::{FileOptions, SharedArray};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("data.npy");
+/// // SAFETY: a fresh file that only this program uses.
+/// let first = unsafe { SharedArray::<f64>::create_npy(&path, &[4])? };
+/// first.set(0, 1.0);
+/// // A second plain create of the same path is refused, and the first
+/// // array's data is untouched:
+/// // SAFETY: as above.
+/// let err = unsafe { SharedArray::<f64>::create_npy(&path, &[4]) }.unwrap_err();
+/// assert!(err.to_string().contains("already exists"), "{err}");
+/// drop(first);
+/// // Replacing it must be asked for:
+/// // SAFETY: as above.
+/// let second: SharedArray<f64> =
+///     unsafe { FileOptions::new().overwrite(true).create_npy(&path, &[8])? };
+/// assert_eq!(second.len(), 8);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOptions {
+    overwrite: bool,
+    follow_symlinks: bool,
+}
+
+/// The array types a file can be opened as: [`SharedArray`],
+/// [`LockedArray`] and [`PartitionedArray`]. Sealed.
+pub trait FileArray: sealed::FromShared {}
+
+mod sealed {
+    use crate::{Element, SharedArray};
+
+    /// Wraps a freshly made array (nobody else can reach it yet).
+    pub trait FromShared: Sized {
+        /// The element type.
+        type Elem: Element;
+        /// Wraps `array`.
+        fn from_shared(array: SharedArray<Self::Elem>) -> Self;
+    }
+}
+
+impl<T: Element> sealed::FromShared for SharedArray<T> {
+    type Elem = T;
+    fn from_shared(array: SharedArray<T>) -> Self {
+        array
+    }
+}
+impl<T: Element> FileArray for SharedArray<T> {}
+impl<T: Element> sealed::FromShared for LockedArray<T> {
+    type Elem = T;
+    fn from_shared(array: SharedArray<T>) -> Self {
+        LockedArray::from_shared(array)
+    }
+}
+impl<T: Element> FileArray for LockedArray<T> {}
+impl<T: Element> sealed::FromShared for PartitionedArray<T> {
+    type Elem = T;
+    fn from_shared(array: SharedArray<T>) -> Self {
+        PartitionedArray::from_shared(array)
+    }
+}
+impl<T: Element> FileArray for PartitionedArray<T> {}
+
+impl FileOptions {
+    /// The default: create only where nothing exists, never follow a link.
+    ///
+    /// # Examples
+    ///
+    /// See [`FileOptions`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether an existing regular file at the path is replaced (atomically,
+    /// by rename) instead of being an error.
+    ///
+    /// # Examples
+    ///
+    /// See [`FileOptions`].
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
+    }
+
+    /// Whether a symbolic link at the path is followed, so that its target
+    /// is created (or, with [`overwrite`](Self::overwrite), replaced) and
+    /// the link kept, instead of being an error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::{FileOptions, SharedArray};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let (target, link) = (dir.path().join("real.npy"), dir.path().join("link.npy"));
+    /// std::os::unix::fs::symlink(&target, &link)?;
+    /// // SAFETY: fresh files that only this program uses.
+    /// assert!(unsafe { SharedArray::<u8>::create_npy(&link, &[2]) }.is_err());
+    /// // SAFETY: as above.
+    /// let array: SharedArray<u8> =
+    ///     unsafe { FileOptions::new().follow_symlinks(true).create_npy(&link, &[2])? };
+    /// assert!(target.is_file() && link.is_symlink());
+    /// # drop(array);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn follow_symlinks(mut self, follow: bool) -> Self {
+        self.follow_symlinks = follow;
+        self
+    }
+
+    /// Creates a raw file (as `np.memmap` reads it) holding a zero-filled
+    /// array of `shape`, and maps it as `A` (a [`SharedArray`],
+    /// [`LockedArray`] or [`PartitionedArray`]). See
+    /// [`SharedArray::create_file`] for the format.
+    ///
+    /// # Safety
+    ///
+    /// As for [`SharedArray::create_file`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`SharedArray::create_file`], except where these options
+    /// allow the path to exist.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::{FileOptions, LockedArray};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("counts.u64");
+    /// std::fs::write(&path, b"old contents")?;
+    /// // SAFETY: only this program uses the file.
+    /// let counts: LockedArray<u64> =
+    ///     unsafe { FileOptions::new().overwrite(true).create_file(&path, &[3])? };
+    /// assert_eq!(std::fs::metadata(&path)?.len(), 24);
+    /// # drop(counts);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub unsafe fn create_file<A: FileArray>(
+        &self,
+        path: impl AsRef<Path>,
+        shape: &[usize],
+    ) -> Result<A, ShmError> {
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { create_raw::<A::Elem>(self, path.as_ref(), shape)? };
+        Ok(A::from_shared(SharedArray::from_region(region)))
+    }
+
+    /// Creates a `.npy` file holding a zero-filled, C-order array of
+    /// `shape`, and maps it as `A`. See [`SharedArray::create_npy`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`SharedArray::create_file`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`SharedArray::create_file`], except where these options
+    /// allow the path to exist.
+    ///
+    /// # Examples
+    ///
+    /// See [`FileOptions`].
+    pub unsafe fn create_npy<A: FileArray>(
+        &self,
+        path: impl AsRef<Path>,
+        shape: &[usize],
+    ) -> Result<A, ShmError> {
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { create_npy::<A::Elem>(self, path.as_ref(), shape)? };
+        Ok(A::from_shared(SharedArray::from_region(region)))
+    }
+}
+
+/// What kind of file system object `meta` is, in words.
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a regular file"
+    }
+}
+
+/// Where a create writes, once the path has been checked against the
+/// options: the final path, and the permissions of the file it replaces.
+struct Target {
+    path: PathBuf,
+    replaces: Option<Permissions>,
+}
+
+/// Checks what is at `path` now, against `options`.
+fn target(path: &Path, options: &FileOptions) -> Result<Target, ShmError> {
+    const OP: &str = "create the file";
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Ok(Target {
+                path: path.to_owned(),
+                replaces: None,
+            });
+        }
+        Err(e) => return Err(io(path, "look at the path")(e)),
+    };
+    if meta.file_type().is_symlink() {
+        let to = std::fs::read_link(path).map_err(io(path, "read the symbolic link"))?;
+        if !options.follow_symlinks {
+            return Err(refuse(
+                path,
+                OP,
+                ErrorKind::AlreadyExists,
+                format!(
+                    "it is a symbolic link (to {}), left untouched; use \
+                     FileOptions::new().follow_symlinks(true) to create (or, with overwrite, \
+                     replace) its target, or remove the link",
+                    to.display()
+                ),
+            ));
+        }
+        // Follow the whole chain; the parent directory must exist.
+        let resolved = match std::fs::canonicalize(path) {
+            Ok(real) => real,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let absolute = dir.join(&to);
+                let parent = absolute.parent().unwrap_or(Path::new("/"));
+                let parent = std::fs::canonicalize(parent)
+                    .map_err(io(path, "find the directory the symbolic link points into"))?;
+                match absolute.file_name() {
+                    Some(name)
+                        if !std::fs::symlink_metadata(parent.join(name))
+                            .is_ok_and(|m| m.file_type().is_symlink()) =>
+                    {
+                        parent.join(name)
+                    }
+                    _ => {
+                        return Err(refuse(
+                            path,
+                            OP,
+                            ErrorKind::InvalidInput,
+                            format!(
+                                "it is a symbolic link to {}, which cannot be resolved",
+                                to.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+            Err(e) => return Err(io(path, "follow the symbolic link")(e)),
+        };
+        let options = FileOptions {
+            follow_symlinks: false,
+            ..*options
+        };
+        return target(&resolved, &options);
+    }
+    if !meta.is_file() {
+        return Err(refuse(
+            path,
+            OP,
+            ErrorKind::AlreadyExists,
+            format!(
+                "it is {}, not a regular file; it is left untouched (choose another path)",
+                kind_of(&meta)
+            ),
+        ));
+    }
+    if !options.overwrite {
+        return Err(refuse(
+            path,
+            OP,
+            ErrorKind::AlreadyExists,
+            format!(
+                "it already exists ({} bytes) and is left untouched; open it with open_npy or \
+                 open_file, or replace it with FileOptions::new().overwrite(true)",
+                meta.len()
+            ),
+        ));
+    }
+    Ok(Target {
+        path: path.to_owned(),
+        replaces: Some(meta.permissions()),
+    })
+}
+
+/// Creates a file at `path` as `options` allow, holding `prefix` (a `.npy`
+/// header, or nothing) and `layout.bytes` of reserved, zero-filled data, and
+/// maps it.
+///
+/// The file is made under a temporary name in the same directory and renamed
+/// into place only once complete: a failure leaves nothing behind and
+/// touches nothing that was there (the temporary file is removed).
 ///
 /// # Safety
 ///
 /// As for the public file constructors.
 unsafe fn create_region(
+    options: &FileOptions,
     path: &Path,
     descr: &str,
     elem_size: usize,
     layout: Layout,
     prefix: &[u8],
 ) -> Result<Region, ShmError> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io(path, "create the file"))?;
-    let made = (|| {
-        file.write_all(prefix)
-            .map_err(io(path, "write the .npy header"))?;
-        let (offset, len) = (prefix.len() as i64, layout.bytes as i64);
-        if len > 0 {
-            check_disk_space(path, layout.bytes)?;
-            // One call: a file system reserves all of it or fails.
-            memfd::reserve(&file, offset, len, len, &path.display().to_string())?;
-        }
-        let data_offset = prefix.len() as u64;
-        // SAFETY: forwarded from the caller.
-        unsafe { Region::file(&file, path, descr, elem_size, layout, data_offset) }
-    })();
-    if made.is_err() {
-        // Do not leave a half-made file behind.
-        let _ = std::fs::remove_file(path);
-    }
-    made
-}
-
-/// Fails with `ENOSPC` at once if the file system holding `path` has less
-/// than `bytes` free, rather than filling the disk before failing.
-fn check_disk_space(path: &Path, bytes: u64) -> Result<(), ShmError> {
-    let dir = match path.parent() {
+    let target = target(path, options)?;
+    let dir = match target.path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    let total = (prefix.len() as u64)
+        .checked_add(layout.bytes)
+        .ok_or_else(|| ShmError::InvalidShape {
+            shape: layout.shape.to_vec(),
+            reason: "the file would be larger than a file can be".into(),
+        })?;
+    check_disk_space(&target.path, dir, total)?;
+    let name = target
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".part")
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(io(&target.path, "create a temporary file in the directory"))?;
+    if let Some(permissions) = target.replaces {
+        temp.as_file().set_permissions(permissions).map_err(io(
+            &target.path,
+            "give the new file the old one's permissions",
+        ))?;
+    }
+    let mut file = temp.as_file();
+    file.write_all(prefix)
+        .map_err(io(&target.path, "write the .npy header"))?;
+    if layout.bytes > 0 {
+        let (offset, len) = (prefix.len() as i64, layout.bytes as i64);
+        // One call: a file system reserves all of it or fails.
+        memfd::reserve(file, offset, len, len, &target.path.display().to_string())?;
+    }
+    let data_offset = prefix.len() as u64;
+    // SAFETY: forwarded from the caller; the temporary file is ours alone
+    // until it is renamed to the path the caller vouched for.
+    let region = unsafe {
+        Region::file(
+            file,
+            &target.path,
+            descr,
+            elem_size,
+            layout,
+            data_offset,
+            true,
+        )?
+    };
+    let persisted = if options.overwrite {
+        temp.persist(&target.path)
+    } else {
+        temp.persist_noclobber(&target.path)
+    };
+    match persisted {
+        Ok(_) => Ok(region),
+        Err(e) if e.error.kind() == ErrorKind::AlreadyExists => Err(refuse(
+            &target.path,
+            "create the file",
+            ErrorKind::AlreadyExists,
+            "another process created it meanwhile; it is left untouched".into(),
+        )),
+        Err(e) => Err(io(&target.path, "rename the new file into place")(e.error)),
+    }
+}
+
+/// Fails with `ENOSPC` at once if the file system holding `dir` has less
+/// than `bytes` free, rather than filling the disk before failing.
+fn check_disk_space(path: &Path, dir: &Path, bytes: u64) -> Result<(), ShmError> {
     if let Ok(stat) = nix::sys::statvfs::statvfs(dir) {
         let free = stat.blocks_available() * stat.fragment_size();
         if bytes > free {
@@ -101,12 +469,13 @@ fn check_disk_space(path: &Path, bytes: u64) -> Result<(), ShmError> {
     Ok(())
 }
 
-/// Opens `path` read-write, checks that it is `data_offset` bytes of header
-/// plus exactly `layout.bytes` of data, and maps it.
+/// Checks that `file` is `data_offset` bytes of header plus exactly
+/// `layout.bytes` of data, and maps it (read-write if `writable`).
 ///
 /// # Safety
 ///
 /// As for the public file constructors.
+#[allow(clippy::too_many_arguments)]
 unsafe fn open_region(
     file: &File,
     path: &Path,
@@ -115,12 +484,17 @@ unsafe fn open_region(
     elem_size: usize,
     layout: Layout,
     data_offset: u64,
+    writable: bool,
 ) -> Result<Region, ShmError> {
     let actual = file.metadata().map_err(io(path, "stat the file"))?.len();
-    let expected = data_offset + layout.bytes;
-    if actual != expected {
+    let expected = data_offset.checked_add(layout.bytes);
+    if expected != Some(actual) {
+        let expected = expected.unwrap_or(u64::MAX);
         let header = if data_offset > 0 {
-            format!(" after a {data_offset}-byte header")
+            format!(
+                " ({data_offset} bytes of header and {} of data)",
+                layout.bytes
+            )
         } else {
             String::new()
         };
@@ -146,32 +520,83 @@ unsafe fn open_region(
         });
     }
     // SAFETY: forwarded from the caller.
-    unsafe { Region::file(file, path, descr, elem_size, layout, data_offset) }
+    unsafe { Region::file(file, path, descr, elem_size, layout, data_offset, writable) }
 }
 
-fn open_rw(path: &Path) -> Result<File, ShmError> {
-    OpenOptions::new()
+/// Opens an existing regular file, read-write or read-only, without ever
+/// blocking (a FIFO is refused, not waited on).
+fn open_existing(path: &Path, writable: bool) -> Result<File, ShmError> {
+    let op = if writable {
+        "open the file for reading and writing"
+    } else {
+        "open the file for reading"
+    };
+    let file = OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(writable)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map_err(io(path, "open the file for reading and writing"))
+        .map_err(|e| {
+            if writable && e.kind() == ErrorKind::PermissionDenied {
+                refuse(
+                    path,
+                    op,
+                    e.kind(),
+                    format!("{e}; to read it only, use open_npy_readonly or open_file_readonly"),
+                )
+            } else {
+                io(path, op)(e)
+            }
+        })?;
+    let meta = file.metadata().map_err(io(path, "stat the file"))?;
+    if !meta.is_file() {
+        return Err(refuse(
+            path,
+            op,
+            ErrorKind::InvalidInput,
+            format!("it is {}, not a regular file", kind_of(&meta)),
+        ));
+    }
+    // Root may open a file nobody may write; mapping it writable would
+    // change a file its owner marked read-only.
+    if writable && meta.permissions().mode() & 0o222 == 0 {
+        return Err(refuse(
+            path,
+            op,
+            ErrorKind::PermissionDenied,
+            format!(
+                "the file is read-only (mode {:o}); open it with open_npy_readonly or \
+                 open_file_readonly, or make it writable first (chmod u+w)",
+                meta.permissions().mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 /// # Safety
 ///
 /// As for [`SharedArray::create_file`].
-unsafe fn create_raw<T: Element>(path: &Path, shape: &[usize]) -> Result<Region, ShmError> {
+unsafe fn create_raw<T: Element>(
+    options: &FileOptions,
+    path: &Path,
+    shape: &[usize],
+) -> Result<Region, ShmError> {
     let layout = Layout::new(shape, size_of::<T>())?;
     // SAFETY: forwarded from the caller.
-    unsafe { create_region(path, T::NPY_DESCR, size_of::<T>(), layout, &[]) }
+    unsafe { create_region(options, path, T::NPY_DESCR, size_of::<T>(), layout, &[]) }
 }
 
 /// # Safety
 ///
 /// As for [`SharedArray::open_file`].
-unsafe fn open_raw<T: Element>(path: &Path, shape: &[usize]) -> Result<Region, ShmError> {
+unsafe fn open_raw<T: Element>(
+    path: &Path,
+    shape: &[usize],
+    writable: bool,
+) -> Result<Region, ShmError> {
     let layout = Layout::new(shape, size_of::<T>())?;
-    let file = open_rw(path)?;
+    let file = open_existing(path, writable)?;
     // SAFETY: forwarded from the caller.
     unsafe {
         open_region(
@@ -182,6 +607,7 @@ unsafe fn open_raw<T: Element>(path: &Path, shape: &[usize]) -> Result<Region, S
             size_of::<T>(),
             layout,
             0,
+            writable,
         )
     }
 }
@@ -189,31 +615,35 @@ unsafe fn open_raw<T: Element>(path: &Path, shape: &[usize]) -> Result<Region, S
 /// # Safety
 ///
 /// As for [`SharedArray::create_npy`].
-unsafe fn create_npy<T: Element>(path: &Path, shape: &[usize]) -> Result<Region, ShmError> {
+unsafe fn create_npy<T: Element>(
+    options: &FileOptions,
+    path: &Path,
+    shape: &[usize],
+) -> Result<Region, ShmError> {
     let layout = Layout::new(shape, size_of::<T>())?;
-    let header = npy::header_bytes(path, T::NPY_DESCR, shape)?;
+    let header = npy::header_bytes(T::NPY_DESCR, shape);
     // SAFETY: forwarded from the caller.
-    unsafe { create_region(path, T::NPY_DESCR, size_of::<T>(), layout, &header) }
+    unsafe { create_region(options, path, T::NPY_DESCR, size_of::<T>(), layout, &header) }
 }
 
 /// # Safety
 ///
 /// As for [`SharedArray::open_npy`].
-unsafe fn open_npy<T: Element>(path: &Path) -> Result<Region, ShmError> {
-    let file = open_rw(path)?;
+unsafe fn open_npy<T: Element>(path: &Path, writable: bool) -> Result<Region, ShmError> {
+    let file = open_existing(path, writable)?;
     let header = npy::read_header::<T>(&file, path)?;
     let layout = Layout::new(&header.shape, size_of::<T>())?;
-    let offset = header.data_offset;
     // SAFETY: forwarded from the caller.
     unsafe {
         open_region(
             &file,
             path,
-            &header.descr,
+            T::NPY_DESCR,
             T::NAME,
             size_of::<T>(),
             layout,
-            offset,
+            header.data_offset,
+            writable,
         )
     }
 }
@@ -225,11 +655,16 @@ macro_rules! file_constructors {
             ///
             /// The file holds the elements and nothing else, in row-major
             /// order and native (little-endian) byte order: what
-            /// `np.memmap(path, dtype=..., mode='r+', shape=...)` reads. An
-            /// existing file is truncated first. Disk space for the whole
-            /// array is reserved (`fallocate`) before this returns, where the
-            /// file system supports it; memory is not checked, since the
-            /// kernel pages file-backed arrays to disk.
+            /// `np.memmap(path, dtype=..., mode='r+', shape=...)` reads. Disk
+            /// space for the whole array is reserved (`fallocate`) before this
+            /// returns, where the file system supports it; memory is not
+            /// checked, since the kernel pages file-backed arrays to disk.
+            ///
+            /// Nothing may exist at `path`: an existing file, link, FIFO or
+            /// device is an error and is left untouched (to replace a file,
+            /// use [`FileOptions::overwrite`]). The file is made under a
+            /// temporary name in the same directory and renamed into place
+            /// once complete, so a failure leaves nothing behind.
             ///
             /// # Safety
             ///
@@ -242,8 +677,10 @@ macro_rules! file_constructors {
             ///
             /// # Errors
             ///
-            /// [`ShmError::Io`] if the file cannot be created or mapped,
-            /// [`ShmError::Reserve`] if the disk is too small,
+            /// [`ShmError::Io`] if something exists at `path` (its `cause`
+            /// has kind [`AlreadyExists`](std::io::ErrorKind::AlreadyExists)
+            /// and says what is there), or the file cannot be created or
+            /// mapped; [`ShmError::Reserve`] if the disk is too small;
             /// [`ShmError::InvalidShape`] for an impossible shape.
             ///
             /// # Examples
@@ -264,7 +701,7 @@ macro_rules! file_constructors {
                 shape: &[usize],
             ) -> Result<Self, ShmError> {
                 // SAFETY: forwarded from the caller.
-                let region = unsafe { create_raw::<T>(path.as_ref(), shape)? };
+                let region = unsafe { create_raw::<T>(&FileOptions::new(), path.as_ref(), shape)? };
                 Ok($wrap(SharedArray::from_region(region)))
             }
 
@@ -280,7 +717,9 @@ macro_rules! file_constructors {
             /// [`ShmError::FileLength`] if the file's length is not exactly
             /// `shape` times the element size (naming both, and whether the
             /// file is too short or too long); [`ShmError::Io`] if it cannot
-            /// be opened read-write or mapped.
+            /// be opened read-write or mapped, is not a regular file, or has
+            /// no write permission bit (even for root: use
+            #[doc = "[`SharedArray::open_file_readonly`] to read it)."]
             ///
             /// # Examples
             ///
@@ -303,14 +742,14 @@ macro_rules! file_constructors {
                 shape: &[usize],
             ) -> Result<Self, ShmError> {
                 // SAFETY: forwarded from the caller.
-                let region = unsafe { open_raw::<T>(path.as_ref(), shape)? };
+                let region = unsafe { open_raw::<T>(path.as_ref(), shape, true)? };
                 Ok($wrap(SharedArray::from_region(region)))
             }
 
             /// Creates a `.npy` file at `path` holding a zero-filled, C-order
             /// array of `shape`, and maps it: numpy opens it with
             /// `np.load(path, mmap_mode='r+')` and sees what Rust writes.
-            /// An existing file is truncated first; disk space is reserved as
+            /// Nothing may exist at `path`, and disk space is reserved, as
             #[doc = concat!("for [`create_file`](", stringify!($ty), "::create_file).")]
             ///
             /// # Safety
@@ -339,7 +778,7 @@ macro_rules! file_constructors {
                 shape: &[usize],
             ) -> Result<Self, ShmError> {
                 // SAFETY: forwarded from the caller.
-                let region = unsafe { create_npy::<T>(path.as_ref(), shape)? };
+                let region = unsafe { create_npy::<T>(&FileOptions::new(), path.as_ref(), shape)? };
                 Ok($wrap(SharedArray::from_region(region)))
             }
 
@@ -347,8 +786,12 @@ macro_rules! file_constructors {
             /// `np.lib.format.open_memmap` write it) and maps it; the shape
             #[doc = concat!("comes from the file (check it with [`expect_shape`](", stringify!($ty), "::expect_shape)).")]
             ///
-            /// The element type must match the file's dtype exactly
-            /// (`'<f8'` for `f64`...), in C order.
+            /// The element type must be the file's dtype (`'<f8'` for
+            /// `f64`, or a synonym numpy reads the same: `'<d'`, `'float64'`),
+            /// in C order. The header is read as numpy reads it, under
+            /// numpy's limits (at most 10 000 characters, only Python
+            /// literals), so a hostile file is an error, never a hang, a
+            /// crash or a huge allocation.
             ///
             /// # Safety
             ///
@@ -359,10 +802,14 @@ macro_rules! file_constructors {
             /// - [`ShmError::DtypeMismatch`] if the file holds another
             ///   element type (naming it, and the type to open it as);
             /// - [`ShmError::NpyHeader`] if the header is truncated,
-            ///   malformed, of an unknown version, or in Fortran order;
+            ///   malformed, too long, of an unknown version, or in Fortran
+            ///   order;
+            /// - [`ShmError::InvalidShape`] if the shape's size overflows
+            ///   (numpy refuses such files too);
             /// - [`ShmError::FileLength`] if the data is shorter or longer
             ///   than the header's shape needs;
-            /// - [`ShmError::Io`] if the file cannot be opened read-write.
+            /// - [`ShmError::Io`] if the file cannot be opened read-write (or
+            #[doc = "  is read-only: use [`SharedArray::open_npy_readonly`])."]
             ///
             /// # Examples
             ///
@@ -384,7 +831,7 @@ macro_rules! file_constructors {
             /// ```
             pub unsafe fn open_npy(path: impl AsRef<Path>) -> Result<Self, ShmError> {
                 // SAFETY: forwarded from the caller.
-                let region = unsafe { open_npy::<T>(path.as_ref())? };
+                let region = unsafe { open_npy::<T>(path.as_ref(), true)? };
                 Ok($wrap(SharedArray::from_region(region)))
             }
         }
@@ -397,8 +844,7 @@ file_constructors!(
     "array.fill_row(0, 1.5);",
     "Several `open_*` of the same path (one per process, as each Python \
      process calls `np.memmap`) are fine: a `SharedArray` accesses its \
-     elements with atomics and has no lock or claim table to share. A second \
-     `create_*` of the path would truncate it under the first."
+     elements with atomics and has no lock or claim table to share."
 );
 file_constructors!(
     LockedArray,
@@ -414,3 +860,95 @@ file_constructors!(
     "Nor through another `create_*`/`open_*` of the same path: that gets \
      a claim table of its own, so two processes could claim the same rows."
 );
+
+impl<T: Element> SharedArray<T> {
+    /// Opens an existing raw file holding an array of `shape` for reading
+    /// only: the file is opened `O_RDONLY` and mapped `PROT_READ`, as
+    /// `np.memmap(path, mode='r')` does, so neither this process nor those it
+    /// forks can change it. Works on files nobody may write (mode `0444`).
+    ///
+    /// Every method that reads works as usual; the methods that write
+    /// (`set`, `fill_rows`, `fetch_add`...) panic, as numpy raises
+    /// "assignment destination is read-only", and `prefault` (for writing)
+    /// returns [`ShmError::ReadOnly`]. Check with
+    /// [`is_read_only`](Self::is_read_only).
+    ///
+    /// # Safety
+    ///
+    /// While any process maps it, the file must not be truncated (access
+    /// past the end raises `SIGBUS`), and if another program writes it, that
+    /// is a concurrent write the caller accounts for as for
+    /// [`create_file`](Self::create_file).
+    ///
+    /// # Errors
+    ///
+    /// As for [`open_file`](Self::open_file), except that the file need not
+    /// be writable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::os::unix::fs::PermissionsExt;
+    /// use forkpool_shm::SharedArray;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("frozen.i32");
+    /// std::fs::write(&path, [1i32, 2, 3].map(i32::to_le_bytes).concat())?;
+    /// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))?;
+    /// // SAFETY: nothing truncates or writes the file while it is mapped.
+    /// let array = unsafe { SharedArray::<i32>::open_file_readonly(&path, &[3])? };
+    /// assert_eq!(array.to_vec(), [1, 2, 3]);
+    /// assert!(array.is_read_only());
+    /// // A read-write open of a file nobody may write is refused, even as root:
+    /// // SAFETY: as above.
+    /// assert!(unsafe { SharedArray::<i32>::open_file(&path, &[3]) }.is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub unsafe fn open_file_readonly(
+        path: impl AsRef<Path>,
+        shape: &[usize],
+    ) -> Result<Self, ShmError> {
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { open_raw::<T>(path.as_ref(), shape, false)? };
+        Ok(SharedArray::from_region(region))
+    }
+
+    /// Opens a `.npy` file for reading only (`O_RDONLY`, mapped `PROT_READ`,
+    /// as `np.load(path, mmap_mode='r')`); the header is read as for
+    /// [`open_npy`](Self::open_npy). Methods that write panic, as for
+    /// [`open_file_readonly`](Self::open_file_readonly).
+    ///
+    /// # Safety
+    ///
+    /// As for [`open_file_readonly`](Self::open_file_readonly).
+    ///
+    /// # Errors
+    ///
+    /// As for [`open_npy`](Self::open_npy), except that the file need not be
+    /// writable.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::SharedArray;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("data.npy");
+    /// // SAFETY: a fresh file that only this program uses.
+    /// let array = unsafe { SharedArray::<f64>::create_npy(&path, &[2, 2])? };
+    /// array.fill(0.5);
+    /// drop(array);
+    /// // SAFETY: as above.
+    /// let frozen = unsafe { SharedArray::<f64>::open_npy_readonly(&path)? };
+    /// assert_eq!(frozen.iter().sum::<f64>(), 2.0);
+    /// // Writing panics, as numpy raises "assignment destination is read-only":
+    /// let write = std::panic::AssertUnwindSafe(|| frozen.set(0, 1.0));
+    /// assert!(std::panic::catch_unwind(write).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub unsafe fn open_npy_readonly(path: impl AsRef<Path>) -> Result<Self, ShmError> {
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { open_npy::<T>(path.as_ref(), false)? };
+        Ok(SharedArray::from_region(region))
+    }
+}

@@ -9,7 +9,8 @@
 //! | the same, each worker filling its own rows | [`PartitionedArray`]: rows claimed as `&mut [T]`/`ArrayViewMut`, checked across processes |
 //! | `multiprocessing.Array(lock=True)` | [`LockedArray`]: behind a robust process-shared lock |
 //! | `multiprocessing.Value(lock=False)` / `Value(lock=True)` | [`SharedValue`] / [`LockedValue`] |
-//! | `np.memmap`, `np.load(path, mmap_mode='r+')` | `create_file`/`open_file`, `create_npy`/`open_npy` on each array type |
+//! | `np.memmap`, `np.load(path, mmap_mode='r+')` | `create_file`/`open_file`, `create_npy`/`open_npy` on each array type; [`FileOptions`] to overwrite |
+//! | `np.load(path, mmap_mode='r')` | [`SharedArray::open_npy_readonly`], [`SharedArray::open_file_readonly`] |
 //! | `ps`, `pmap`, `smem` | [`MemoryReport`]: RSS, PSS, shared and private memory per process |
 //! | `MemoryError` | [`ShmError::OutOfMemory`], before any allocation |
 //!
@@ -96,6 +97,7 @@
 //! ```
 
 mod array;
+mod dtype;
 mod element;
 mod error;
 mod file;
@@ -118,6 +120,7 @@ mod view;
 pub use array::SharedArray;
 pub use element::Element;
 pub use error::{LockError, LockResult, OwnerDied, ShmError};
+pub use file::{FileArray, FileOptions};
 pub use locked::{ArrayGuard, LockedArray};
 pub use memory::{Available, MemInfo, available_memory};
 pub use partition::{PartitionedArray, RowsMut, RowsRef, split_rows};

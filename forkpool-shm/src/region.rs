@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
-use memmap2::MmapMut;
+use memmap2::{Mmap, MmapMut};
 use nix::errno::Errno;
 
 use crate::error::ShmError;
@@ -30,9 +30,16 @@ pub(crate) enum Backing {
     File { path: PathBuf, data_offset: u64 },
 }
 
+/// A mapping, writable or not.
+enum Map {
+    ReadWrite(MmapMut),
+    /// `PROT_READ`: nothing may write through it (a write would be `SIGSEGV`).
+    ReadOnly(Mmap),
+}
+
 pub(crate) struct Region {
     /// The mapping holding the data (and, for anonymous arrays, the header).
-    map: MmapMut,
+    map: Map,
     /// For file-backed arrays: the separate anonymous header page.
     _header_map: Option<MmapMut>,
     header: NonNull<Header>,
@@ -51,6 +58,15 @@ pub(crate) struct Region {
 unsafe impl Send for Region {}
 // SAFETY: see `Send` above.
 unsafe impl Sync for Region {}
+
+impl Map {
+    fn is_empty(&self) -> bool {
+        match self {
+            Map::ReadWrite(m) => m.is_empty(),
+            Map::ReadOnly(m) => m.is_empty(),
+        }
+    }
+}
 
 impl Region {
     /// A fresh, zero-filled anonymous region for `shape` of `elem_size`-byte
@@ -87,7 +103,7 @@ impl Region {
         // (one past the end at most, for an empty array).
         let data = unsafe { base.add(data_offset) };
         let region = Region {
-            map,
+            map: Map::ReadWrite(map),
             _header_map: None,
             header,
             data,
@@ -99,8 +115,10 @@ impl Region {
         Ok(region)
     }
 
-    /// A region over `file`, whose data of `layout` starts at `data_offset`.
-    /// The caller has checked that the file is exactly long enough.
+    /// A region over `file`, whose data of `layout` starts at `data_offset`,
+    /// mapped read-write if `writable`, else read-only (`file` may then be
+    /// opened read-only). The caller has checked that the file is exactly
+    /// long enough.
     ///
     /// # Safety
     ///
@@ -115,6 +133,7 @@ impl Region {
         elem_size: usize,
         layout: Layout,
         data_offset: u64,
+        writable: bool,
     ) -> Result<Region, ShmError> {
         if !data_offset.is_multiple_of(elem_size as u64) {
             return Err(ShmError::NpyHeader {
@@ -125,13 +144,21 @@ impl Region {
                 ),
             });
         }
-        // SAFETY: the caller promises the file is neither truncated nor changed
-        // behind our back while mapped.
-        let mut map = unsafe { MmapMut::map_mut(file) }.map_err(|source| ShmError::Io {
+        let map_err = |source| ShmError::Io {
             path: path.to_owned(),
             op: "map the file",
             cause: source,
-        })?;
+        };
+        let map = if writable {
+            // SAFETY: the caller promises the file is neither truncated nor
+            // changed behind our back while mapped.
+            let map = unsafe { MmapMut::map_mut(file) };
+            Map::ReadWrite(map.map_err(map_err)?)
+        } else {
+            // SAFETY: as above.
+            let map = unsafe { Mmap::map(file) };
+            Map::ReadOnly(map.map_err(map_err)?)
+        };
         let mut header_map = anonymous_header_page(path)?;
         let header = NonNull::new(header_map.as_mut_ptr())
             .expect("a mapping is never at address 0")
@@ -139,10 +166,16 @@ impl Region {
         // SAFETY: a fresh, page-aligned, zero-filled memfd page of
         // `HEADER_SIZE` bytes that nobody else maps yet.
         unsafe { Header::init(header.as_ptr(), descr, &layout.shape)? };
+        let base = match &map {
+            Map::ReadWrite(m) => m.as_ptr(),
+            Map::ReadOnly(m) => m.as_ptr(),
+        };
         let data = if map.is_empty() {
             NonNull::<u64>::dangling().cast::<u8>()
         } else {
-            let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
+            // A read-only mapping's pointer is only ever read through: every
+            // write path checks `writable()` first.
+            let base = NonNull::new(base.cast_mut()).expect("a mapping is never at address 0");
             // SAFETY: the caller checked the file holds `data_offset` bytes
             // before the data, so the offset is inside the mapping.
             unsafe { base.add(data_offset as usize) }
@@ -185,6 +218,21 @@ impl Region {
         &self.backing
     }
 
+    /// Whether the data may be written (false for a `PROT_READ` mapping).
+    #[inline]
+    pub(crate) fn writable(&self) -> bool {
+        matches!(self.map, Map::ReadWrite(_))
+    }
+
+    /// The error for a write to a read-only region.
+    pub(crate) fn read_only_error(&self) -> ShmError {
+        let path = match &self.backing {
+            Backing::File { path, .. } => path.clone(),
+            Backing::Anonymous => PathBuf::from("anonymous array"),
+        };
+        ShmError::ReadOnly { path }
+    }
+
     /// Faults in the pages of data bytes `[start, end)`.
     pub(crate) fn prefault(
         &self,
@@ -193,6 +241,9 @@ impl Region {
         access: Access,
     ) -> Result<(), ShmError> {
         debug_assert!(start <= end && end as u64 <= self.layout.bytes);
+        if access == Access::Write && !self.writable() {
+            return Err(self.read_only_error());
+        }
         if start == end {
             return Ok(());
         }
@@ -207,11 +258,10 @@ impl Region {
         let Backing::File { path, .. } = &self.backing else {
             return Ok(());
         };
-        let result = if wait {
-            self.map.flush()
-        } else {
-            self.map.flush_async()
+        let Map::ReadWrite(map) = &self.map else {
+            return Ok(()); // nothing written, nothing to write back
         };
+        let result = if wait { map.flush() } else { map.flush_async() };
         result.map_err(|source| ShmError::Io {
             path: path.clone(),
             op: "flush (msync) the mapping",

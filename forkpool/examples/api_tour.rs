@@ -70,6 +70,13 @@ fn main() -> Result<(), Error> {
     assert_eq!(handle.get_timeout(Duration::from_secs(10))?, 0);
     // ANCHOR_END: apply_async
 
+    // ANCHOR: cancel
+    let mut handle = pool.map_async_chunked(slow_square, vec![4; 100], 1);
+    assert!(handle.cancel()); // future.cancel(): queued tasks are dropped
+    assert!(matches!(handle.get(), Err(Error::Cancelled { .. })));
+    pool.apply_async(square, 3).detach(); // runs to the end, result unwanted
+    // ANCHOR_END: cancel
+
     // ANCHOR: map_async
     let handle = pool.map_async(square, 0..100); // pool.map_async(square, range(100))
     let squares = handle.get()?; // .get()
@@ -96,6 +103,20 @@ fn main() -> Result<(), Error> {
     })?;
     assert_eq!(total, 49 + 14);
     // ANCHOR_END: await
+
+    // ANCHOR: progress
+    // mpire's progress_bar=True, tqdm(pool.imap(...)): feature "progress"
+    let squares = pool.progress("squares").map(square, 0..1000)?;
+    assert_eq!(squares[999], 998_001);
+    let mut total = 0;
+    for sq in pool
+        .progress("squares, as they come")
+        .imap_unordered(square, 0..1000, 10)
+    {
+        total += sq?;
+    }
+    assert_eq!(total, (0..1000u64).map(square).sum::<u64>());
+    // ANCHOR_END: progress
 
     // ANCHOR: errors
     let err = pool

@@ -2,11 +2,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::collector::Shared;
 use crate::error::{Error, Result};
 use crate::mailbox::{Empty, Mailbox};
 use crate::scheduler::Completion;
@@ -18,8 +21,7 @@ pub(crate) trait Sink<O>: Send {
     fn finish(self: Box<Self>) -> Result<O>;
 }
 
-/// The results of a `map`: values per task (tasks are cut in item order,
-/// so by task index), or the error of the lowest item.
+/// The results of a `map`: values per task, or the error of the lowest item.
 pub(crate) struct MapSink<R> {
     chunks: Vec<Option<Vec<R>>>,
     first_error: Option<Error>,
@@ -27,9 +29,9 @@ pub(crate) struct MapSink<R> {
 }
 
 impl<R> MapSink<R> {
-    pub(crate) fn new(arg_type: &'static str) -> Self {
+    pub(crate) fn new(tasks: usize, arg_type: &'static str) -> Self {
         MapSink {
-            chunks: Vec::new(),
+            chunks: (0..tasks).map(|_| None).collect(),
             first_error: None,
             arg_type,
         }
@@ -69,12 +71,7 @@ impl<R: DeserializeOwned + Send> Sink<Vec<R>> for MapSink<R> {
                 );
                 match err {
                     Some(e) => self.note(e),
-                    None => {
-                        if self.chunks.len() <= meta.chunk {
-                            self.chunks.resize_with(meta.chunk + 1, || None);
-                        }
-                        self.chunks[meta.chunk] = Some(values);
-                    }
+                    None => self.chunks[meta.chunk] = Some(values),
                 }
             }
             Err(e) => self.note(e),
@@ -146,8 +143,17 @@ impl<R: DeserializeOwned + Send> Sink<R> for ApplySink<R> {
 /// async-std, smol, a hand-written executor): the pool's collector thread
 /// wakes the task when the last result arrives.
 ///
-/// The work runs whether or not the handle is kept: dropping it only
-/// discards the result.
+/// # Cancelling
+///
+/// [`cancel`](Self::cancel) drops the job's tasks that no worker has taken
+/// yet, and [`get`](Self::get) then returns [`Error::Cancelled`] at once.
+/// **Dropping an unfinished handle cancels it too**, as dropping a Rust
+/// future does: work nobody waits for does not hold the pool. Tasks a
+/// worker already holds run to the end (or to the pool's
+/// [`task_timeout`](crate::PoolBuilder::task_timeout)); their results are
+/// discarded. To submit work and not wait for it (Python's `apply_async`
+/// without keeping the result, then `close(); join()`), call
+/// [`detach`](Self::detach).
 ///
 /// # Examples
 ///
@@ -195,22 +201,72 @@ enum Inner<O> {
 
 struct Waiting<O> {
     rx: Mailbox,
-    /// Items whose completion has not been received.
+    /// Completions not yet received.
     pending: usize,
+    /// Tasks the job was split into.
+    tasks: usize,
+    /// Drops the job's queued tasks; `None` once detached.
+    cancel: Option<Canceller>,
     sink: Box<dyn Sink<O>>,
+    /// Moves one step per item whose result arrived.
+    #[cfg(feature = "progress")]
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl<O> Waiting<O> {
     fn accept(&mut self, c: Completion) {
-        self.pending = self.pending.saturating_sub(c.meta.items);
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &self.bar {
+            bar.inc(c.meta.items as u64);
+        }
         self.sink.take(c);
+        self.pending -= 1;
+    }
+}
+
+/// Cancels a job: sets the flag its queued tasks carry (the scheduler drops
+/// flagged tasks instead of handing them out) and wakes the collector so it
+/// does so now.
+pub(crate) struct Canceller {
+    flag: Arc<AtomicBool>,
+    /// Weak: a handle kept after its pool is gone must not keep the pool's
+    /// descriptors open.
+    shared: Weak<Shared>,
+}
+
+impl Canceller {
+    pub(crate) fn new(flag: Arc<AtomicBool>, shared: &Arc<Shared>) -> Self {
+        Canceller {
+            flag,
+            shared: Arc::downgrade(shared),
+        }
+    }
+
+    pub(crate) fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        if let Some(shared) = self.shared.upgrade() {
+            shared.wake();
+        }
     }
 }
 
 impl<O> AsyncResult<O> {
-    pub(crate) fn new(rx: Mailbox, pending: usize, sink: Box<dyn Sink<O>>) -> Self {
+    pub(crate) fn new(
+        rx: Mailbox,
+        pending: usize,
+        sink: Box<dyn Sink<O>>,
+        cancel: Option<Canceller>,
+    ) -> Self {
         AsyncResult {
-            state: Inner::Waiting(Waiting { rx, pending, sink }),
+            state: Inner::Waiting(Waiting {
+                rx,
+                pending,
+                tasks: pending,
+                cancel,
+                sink,
+                #[cfg(feature = "progress")]
+                bar: None,
+            }),
         }
     }
 
@@ -246,7 +302,7 @@ impl<O> AsyncResult<O> {
     /// block).
     pub fn ready(&self) -> bool {
         match &self.state {
-            Inner::Waiting(w) => w.rx.items() >= w.pending,
+            Inner::Waiting(w) => w.rx.len() >= w.pending,
             Inner::Failed(_) | Inner::Taken => true,
         }
     }
@@ -270,18 +326,123 @@ impl<O> AsyncResult<O> {
         self.take()
     }
 
+    /// Cancels the work: its tasks that no worker holds yet are dropped
+    /// without running, and [`get`](Self::get) (or `.await`) returns
+    /// [`Error::Cancelled`] at once. Tasks a worker already holds finish
+    /// (or hit the pool's [`task_timeout`](crate::PoolBuilder::task_timeout))
+    /// and their results are discarded. Like
+    /// `concurrent.futures.Future.cancel`, returns whether it cancelled
+    /// anything: `false` if every result had already arrived (then `get`
+    /// returns them) or the work had already failed.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn slow(ms: u64) -> u64 {
+    ///     std::thread::sleep(std::time::Duration::from_millis(ms));
+    ///     ms
+    /// }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let mut h = pool.map_async(slow, vec![50; 100]);
+    /// assert!(h.cancel());
+    /// assert!(matches!(h.get(), Err(forkpool::Error::Cancelled { .. })));
+    /// assert_eq!(pool.apply(slow, 1)?, 1); // the pool is free at once
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel(&mut self) -> bool {
+        let Inner::Waiting(w) = &mut self.state else {
+            return false;
+        };
+        while let Ok(c) = w.rx.recv(Some(Instant::now())) {
+            w.accept(c);
+        }
+        if w.pending == 0 {
+            return false;
+        }
+        if let Some(c) = w.cancel.take() {
+            c.cancel();
+        }
+        #[cfg(feature = "progress")]
+        if let Some(bar) = &w.bar {
+            bar.abandon();
+        }
+        let err = Error::Cancelled {
+            completed: w.tasks - w.pending,
+            tasks: w.tasks,
+        };
+        self.state = Inner::Failed(err);
+        true
+    }
+
+    /// Lets the work run to the end without this handle: nobody gets the
+    /// result, and dropping does not cancel it (the behaviour of Python's
+    /// `apply_async` whose result is not kept).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn touch(path: String) {
+    ///     std::fs::write(path, b"done").unwrap();
+    /// }
+    /// let dir = std::env::temp_dir().join(format!("forkpool-detach-{}", std::process::id()));
+    /// let path = dir.to_str().unwrap().to_string();
+    /// let pool = forkpool::Pool::new(1)?;
+    /// pool.apply_async(touch, path.clone()).detach();
+    /// pool.close();
+    /// pool.join()?; // the detached task ran before the workers exited
+    /// assert_eq!(std::fs::read(&path).unwrap(), b"done");
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn detach(mut self) {
+        if let Inner::Waiting(w) = &mut self.state {
+            w.cancel = None;
+        }
+    }
+
+    /// Moves `bar` as results arrive, and finishes it with the result.
+    #[cfg(feature = "progress")]
+    pub(crate) fn with_bar(mut self, bar: indicatif::ProgressBar) -> Self {
+        match &mut self.state {
+            Inner::Waiting(w) => w.bar = Some(bar),
+            Inner::Failed(_) | Inner::Taken => bar.abandon(),
+        }
+        self
+    }
+
     /// Every task's sender is gone without completing it: only a pool shut
     /// down under it does that.
     fn disconnected(&mut self) {
+        #[cfg(feature = "progress")]
+        if let Inner::Waiting(Waiting { bar: Some(bar), .. }) = &self.state {
+            bar.abandon();
+        }
         self.state = Inner::Failed(Error::Terminated);
     }
 
     /// The final value, once every completion is in.
     fn take(&mut self) -> Result<O> {
         match std::mem::replace(&mut self.state, Inner::Taken) {
-            Inner::Waiting(w) => w.sink.finish(),
+            Inner::Waiting(w) => {
+                #[cfg(feature = "progress")]
+                if let Some(bar) = &w.bar {
+                    bar.finish_using_style();
+                }
+                w.sink.finish()
+            }
             Inner::Failed(e) => Err(e),
             Inner::Taken => Err(Error::AlreadyTaken),
+        }
+    }
+}
+
+/// An unfinished handle cancels its work when dropped (see
+/// [`AsyncResult::cancel`]); [`AsyncResult::detach`] lets it run.
+impl<O> Drop for AsyncResult<O> {
+    fn drop(&mut self) {
+        if let Inner::Waiting(w) = &self.state
+            && w.pending > 0
+            && let Some(c) = &w.cancel
+        {
+            c.cancel();
         }
     }
 }
@@ -312,7 +473,7 @@ impl<O> Future for AsyncResult<O> {
 impl<O> std::fmt::Debug for AsyncResult<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
-            Inner::Waiting(w) => format!("waiting for {} items", w.pending),
+            Inner::Waiting(w) => format!("waiting for {} tasks", w.pending),
             Inner::Failed(e) => format!("failed: {e}"),
             Inner::Taken => "taken".to_string(),
         };

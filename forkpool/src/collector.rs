@@ -269,10 +269,16 @@ impl Collector {
                 Ok(Received::WouldBlock) => return,
                 Ok(Received::Eof) => return self.on_zygote_gone(st),
                 Err(e) => {
-                    // The channel is unusable: treat as the zygote gone.
+                    // The channel is unusable: treat as the zygote gone, but
+                    // say why (not "the zygote was killed").
+                    let err = Error::io("reading the zygote's reports", e);
+                    if let Some(tx) = self.startup.take() {
+                        let _ = tx.send(Err(err.clone()));
+                    }
+                    st.fail_all(&err);
+                    st.broken.get_or_insert(err);
+                    st.shut_ctrl();
                     let _ = kill(self.shared.zygote, Signal::SIGKILL);
-                    st.broken
-                        .get_or_insert(Error::io("reading the zygote's reports", e));
                     return self.on_zygote_gone(st);
                 }
             }
@@ -282,15 +288,28 @@ impl Collector {
     fn on_event(&mut self, st: &mut State, event: Event, fds: Vec<PoolFd>) {
         match event {
             Event::Spawned { slot, pid } => {
+                let arrived = fds.len();
                 let mut fds = fds.into_iter();
                 let (Some(task), Some(result), None) = (fds.next(), fds.next(), fds.next()) else {
+                    // The kernel could not install both descriptors (the
+                    // message came with MSG_CTRUNC): those that did arrive
+                    // are dropped here, closed and out of the registry.
+                    drop(fds);
                     st.request_kill(pid);
+                    let (limit, open) = crate::fds::usage();
                     return self.fail_start_or_break(
                         st,
-                        Error::Broken {
-                            reason: format!(
-                                "worker {pid} arrived without its two pipe ends (descriptor limit reached?)"
+                        Error::DescriptorLimit {
+                            call: "recvmsg",
+                            errno: Errno::EMFILE as i32,
+                            detail: format!(
+                                "receiving worker {pid}'s two pipe ends from the zygote \
+                                 (SCM_RIGHTS): {arrived} arrived, the message was cut short \
+                                 (MSG_CTRUNC)"
                             ),
+                            limit,
+                            open,
+                            process: "parent",
                         },
                     );
                 };
@@ -308,14 +327,32 @@ impl Collector {
                 }
                 st.workers.push(Worker::new(slot, pid, task, result));
             }
-            Event::SpawnFailed { slot, errno } => {
+            Event::SpawnFailed {
+                slot,
+                call,
+                errno,
+                limit,
+                open,
+            } => {
                 let e = Errno::from_raw(errno);
-                self.fail_start_or_break(
-                    st,
-                    Error::Broken {
-                        reason: format!("could not fork a worker for slot {slot}: {e}"),
+                let err = match e {
+                    Errno::EMFILE | Errno::ENFILE => Error::DescriptorLimit {
+                        call: call.name(),
+                        errno,
+                        detail: format!("creating the pipes of a worker for slot {slot}"),
+                        limit,
+                        open: open as usize,
+                        process: "zygote",
                     },
-                );
+                    _ => Error::Broken {
+                        reason: format!(
+                            "could not fork a worker for slot {slot}: {} failed in the zygote with {} ({e})",
+                            call.name(),
+                            crate::error::errno_name(errno),
+                        ),
+                    },
+                };
+                self.fail_start_or_break(st, err);
             }
             Event::Exited { pid, cause } => self.on_exited(st, pid, cause),
         }

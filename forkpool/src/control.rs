@@ -10,11 +10,11 @@
 //! (`shutdown(SHUT_WR)`) tells the zygote to kill its workers and exit; the
 //! zygote's end closing tells the parent the zygote is gone.
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{self, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ExitCause;
@@ -35,10 +35,33 @@ pub(crate) enum Event {
     /// A worker was forked; its task pipe's write end and its result pipe's
     /// read end come with this message, in that order.
     Spawned { slot: u32, pid: i32 },
-    /// `fork` or `pipe` failed in the zygote.
-    SpawnFailed { slot: u32, errno: i32 },
+    /// `fork` or `pipe` failed in the zygote: which call, its errno, and
+    /// the zygote's descriptor limit and count (for `EMFILE`).
+    SpawnFailed {
+        slot: u32,
+        call: SpawnCall,
+        errno: i32,
+        limit: u64,
+        open: u64,
+    },
     /// A worker was reaped.
     Exited { pid: i32, cause: ExitCause },
+}
+
+/// The call that failed when the zygote could not fork a worker.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum SpawnCall {
+    Pipe2,
+    Fork,
+}
+
+impl SpawnCall {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SpawnCall::Pipe2 => "pipe2",
+            SpawnCall::Fork => "fork",
+        }
+    }
 }
 
 /// Largest encoded message.
@@ -69,47 +92,87 @@ pub(crate) enum Received<M> {
 
 /// Receives one message (blocking unless `nonblocking`), adopting any
 /// descriptors that came with it as [`PoolFd`]s, under the registry lock.
+///
+/// Every descriptor that arrived is adopted, even when the kernel could not
+/// install them all (`MSG_CTRUNC`: the process is at its descriptor
+/// limit): the caller sees fewer than were sent and decides; none is left
+/// open unowned.
 pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
     fd: BorrowedFd<'_>,
     nonblocking: bool,
 ) -> io::Result<Received<M>> {
-    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
     if nonblocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
+        flags |= libc::MSG_DONTWAIT;
     }
     PoolFd::receiving(|adopter| recv_locked(fd, flags, adopter))
 }
 
+/// Room for the control data of one message: an `SCM_RIGHTS` header and
+/// up to four descriptors (two are ever sent), as `u64`s for alignment.
+type CmsgBuf = [u64; 8];
+
 fn recv_locked<M: for<'de> Deserialize<'de>>(
     fd: BorrowedFd<'_>,
-    flags: MsgFlags,
+    flags: libc::c_int,
     adopter: &mut Adopter<'_>,
 ) -> io::Result<Received<M>> {
     let mut buf = [0u8; MAX_MSG];
-    let mut cmsg_space = nix::cmsg_space!([RawFd; 2]);
-    let (bytes, fds) = loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        match socket::recvmsg::<()>(fd.as_raw_fd(), &mut iov, Some(&mut cmsg_space), flags) {
-            Ok(msg) => {
-                let mut fds = Vec::new();
-                let cmsgs = msg.cmsgs().map_err(io::Error::from)?;
-                for cmsg in cmsgs {
-                    if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                        for r in raw {
-                            // SAFETY: the kernel just installed `r` in our
-                            // table for this message; nothing else owns it.
-                            fds.push(adopter.adopt(unsafe { OwnedFd::from_raw_fd(r) }));
-                        }
-                    }
-                }
-                break (msg.bytes, fds);
-            }
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => return Ok(Received::WouldBlock),
-            Err(Errno::ECONNRESET) => return Ok(Received::Eof),
-            Err(e) => return Err(e.into()),
+    let mut cmsg: CmsgBuf = [0; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `msghdr` is plain data; all-zero is a valid empty header.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cmsg.as_mut_ptr().cast();
+    hdr.msg_controllen = std::mem::size_of::<CmsgBuf>();
+    // nix's `recvmsg` refuses to show the control data of a message with
+    // MSG_CTRUNC, which would leave the descriptors that did arrive open
+    // and unowned: hence the raw call and the walk below.
+    let bytes = loop {
+        // SAFETY: `hdr` points at `iov` (and `iov` at `buf`) and at `cmsg`,
+        // all alive and sized as stated, for the duration of the call.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut hdr, flags) };
+        if n >= 0 {
+            break n as usize;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(Received::WouldBlock),
+            Errno::ECONNRESET => return Ok(Received::Eof),
+            e => return Err(e.into()),
         }
     };
+    let mut fds = Vec::new();
+    // SAFETY: `hdr` was filled by a successful `recvmsg`; its control
+    // fields describe the part of `cmsg` the kernel wrote.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&hdr) };
+    while !c.is_null() {
+        // SAFETY: `c` points at a control header inside `cmsg` (so aligned
+        // for `cmsghdr`, which is what CMSG_FIRSTHDR/NXTHDR guarantee).
+        let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: as above; CMSG_DATA points just past the header.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            let header = data as usize - c as usize;
+            // `cmsg_len` is a `size_t` with glibc, a `u32` with musl.
+            #[allow(clippy::unnecessary_cast)]
+            let count = (len as usize).saturating_sub(header) / std::mem::size_of::<RawFd>();
+            for i in 0..count {
+                // SAFETY: the kernel wrote `count` descriptors after the
+                // header, inside `cmsg`; read unaligned to make no claim.
+                let raw = unsafe { data.cast::<RawFd>().add(i).read_unaligned() };
+                // SAFETY: the kernel just installed `raw` in our table for
+                // this message; nothing else owns it.
+                fds.push(adopter.adopt(unsafe { OwnedFd::from_raw_fd(raw) }));
+            }
+        }
+        // SAFETY: `c` is a header inside the control data `hdr` describes.
+        c = unsafe { libc::CMSG_NXTHDR(&hdr, c) };
+    }
     if bytes == 0 {
         return Ok(Received::Eof);
     }

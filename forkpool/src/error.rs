@@ -65,7 +65,8 @@ pub enum Error {
         type_name: &'static str,
         /// How many bytes were left to decode from.
         bytes: usize,
-        /// What postcard reported.
+        /// Why, in words (the type's own serde error, or what was wrong
+        /// with the bytes).
         reason: String,
     },
 
@@ -79,7 +80,8 @@ pub enum Error {
         what: &'static str,
         /// The Rust type being encoded.
         type_name: &'static str,
-        /// What postcard reported.
+        /// Why, in words (the type's own serde error, or what was wrong
+        /// with the bytes).
         reason: String,
     },
 
@@ -212,19 +214,6 @@ pub enum Error {
     #[error("the result was already taken from this handle")]
     AlreadyTaken,
 
-    /// The caller's input iterator panicked while producing this item (in
-    /// `map`, `imap`, `imap_unordered` and their variants). The results of
-    /// the items before it are delivered first; items already pulled into
-    /// the same chunk are not run (as Python's `imap` does with a chunk
-    /// whose input raised); nothing after it is pulled.
-    #[error("item {item}: the input iterator panicked: {message}")]
-    InputPanicked {
-        /// Index of the item whose production panicked.
-        item: usize,
-        /// The panic message.
-        message: String,
-    },
-
     /// The pool's configuration is invalid (zero processes, say).
     #[error("invalid pool configuration: {reason}")]
     Config {
@@ -297,8 +286,7 @@ impl Error {
             | Error::WorkerDied { item, .. }
             | Error::Decode { item, .. }
             | Error::Encode { item, .. }
-            | Error::TaskTimeout { item, .. }
-            | Error::InputPanicked { item, .. } => Some(*item),
+            | Error::TaskTimeout { item, .. } => Some(*item),
             _ => None,
         }
     }

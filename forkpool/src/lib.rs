@@ -25,7 +25,8 @@
 //! - **Functions cross the fork as pointers.** A worker is a fork of the
 //!   same program, so `map(f, items)` sends `f`'s address and that of a
 //!   trampoline monomorphised for its types; only arguments and results are
-//!   serialised (serde + postcard).
+//!   serialised (serde, in a binary format of the pool's own that moves
+//!   arrays of plain numbers as whole blocks of bytes).
 //! - **Workers are forked by a zygote.** The pool forks one single-threaded
 //!   process when it starts, and that process forks every worker, so no
 //!   worker is ever forked from the parent's threads (whose locks would be
@@ -52,6 +53,7 @@
 
 mod async_result;
 mod builder;
+mod codec;
 mod collector;
 mod control;
 mod error;
@@ -60,6 +62,8 @@ mod frame;
 mod imap;
 mod mailbox;
 mod pool;
+#[cfg(feature = "progress")]
+mod progress;
 mod scheduler;
 mod starmap;
 mod task;
@@ -71,6 +75,8 @@ pub use builder::PoolBuilder;
 pub use error::{Error, ExitCause, Result};
 pub use imap::IMap;
 pub use pool::Pool;
+#[cfg(feature = "progress")]
+pub use progress::{Progressed, WithProgress};
 pub use starmap::StarFn;
 
 /// The README's examples, compiled and run as doctests so they cannot drift.

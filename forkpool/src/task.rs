@@ -7,15 +7,16 @@
 //! items, calls the function on each under `catch_unwind`, and encodes one
 //! outcome per item. Only arguments and results are serialised.
 //!
-//! Task payload: item count (postcard `u64`), then each item (postcard).
-//! Result payload: per item, a tag byte and then
+//! Everything is in the pool's own wire format ([`codec`](crate::codec)).
+//! Task payload: item count (`u64`), then each item. Result payload: per
+//! item, a tag byte and then
 //!
 //! | tag        | followed by                                             |
 //! |------------|---------------------------------------------------------|
-//! | `OK`       | the result (postcard `R`)                               |
-//! | `PANICKED` | the panic message (postcard `String`)                   |
-//! | `ENCODE`   | why the result could not be encoded (postcard `String`) |
-//! | `DECODE`   | why this item's argument could not be decoded, and the byte count (postcard `(String, u64)`); the rest of the task is not run |
+//! | `OK`       | the result (`R`)                                        |
+//! | `PANICKED` | the panic message (`String`)                            |
+//! | `ENCODE`   | why the result could not be encoded (`String`)          |
+//! | `DECODE`   | why this item's argument could not be decoded, and the byte count (`(String, u64)`); the rest of the task is not run |
 
 use std::any::type_name;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,6 +24,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec::{self, decode_from, encode_into};
 use crate::error::Error;
 use crate::frame::TaskHeader;
 use crate::worker::panic_message;
@@ -36,58 +38,6 @@ const DECODE: u8 = 3;
 /// `(function address, frame body, where its payload starts, output)`.
 pub(crate) type Trampoline = fn(usize, Vec<u8>, usize, &mut Vec<u8>);
 
-/// A postcard flavor that appends to a borrowed `Vec` with `memcpy`.
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // A byte loop for short slices was tried (postcard writes varints
-        // through here a few bytes at a time): it sped varints up by at most
-        // a quarter but halved the speed of arrays of floats, whose 8-byte
-        // copies `memcpy` turns into single moves. Kept simple.
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-/// What postcard reports, in words: postcard drops the message of a
-/// type's own `serde` error, so say where to look.
-pub(crate) fn describe(e: &postcard::Error) -> String {
-    match e {
-        postcard::Error::SerdeDeCustom | postcard::Error::SerdeSerCustom => format!(
-            "{e}: the type's own serde impl returned an error (postcard does not keep its message)"
-        ),
-        _ => e.to_string(),
-    }
-}
-
-/// Appends the postcard encoding of `value` to `out`; on error `out` is
-/// left as it was.
-pub(crate) fn encode_into<V: Serialize + ?Sized>(
-    value: &V,
-    out: &mut Vec<u8>,
-) -> postcard::Result<()> {
-    let mark = out.len();
-    let r = postcard::serialize_with_flavor(value, Append(out));
-    if r.is_err() {
-        out.truncate(mark);
-    }
-    r
-}
-
 /// The trampoline for `fn(T) -> R`.
 pub(crate) fn trampoline<T: DeserializeOwned, R: Serialize>() -> Trampoline {
     run_task::<T, R>
@@ -100,7 +50,7 @@ fn run_task<T: DeserializeOwned, R: Serialize>(
     at: usize,
     out: &mut Vec<u8>,
 ) {
-    // SAFETY: `func` was made by `Call::of` from a `fn(T) -> R`, in the
+    // SAFETY: `func` was made by `encode_task` from a `fn(T) -> R`, in the
     // program image this worker is a fork of, and travelled with this very
     // trampoline (monomorphised for the same `T` and `R`); a function pointer
     // stays valid at the same address in a forked child.
@@ -132,7 +82,7 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
             Ok(Err(e)) => {
                 out.truncate(mark);
                 out.push(ENCODE);
-                encode_into(&describe(&e), out).expect("a String always encodes");
+                encode_into(&e.to_string(), out).expect("a String always encodes");
             }
             Err(payload) => {
                 out.truncate(mark);
@@ -149,29 +99,41 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
 
 /// Decodes a task's items: those that decode, and why the next one did not
 /// (with the bytes left), if one did not.
-fn decode_items<T: DeserializeOwned>(input: &[u8]) -> (Vec<T>, Option<(postcard::Error, usize)>) {
-    let (count, mut rest) = match postcard::take_from_bytes::<u64>(input) {
+fn decode_items<T: DeserializeOwned>(mut rest: &[u8]) -> (Vec<T>, Option<(codec::Error, usize)>) {
+    let whole = rest.len();
+    let count = match decode_from::<u64>(&mut rest) {
         Ok(v) => v,
-        Err(e) => return (Vec::new(), Some((e, input.len()))),
+        Err(e) => return (Vec::new(), Some((e, whole))),
     };
     // The count comes off the wire: do not trust it for the reservation.
     let mut items = Vec::with_capacity(count.min(1 << 16) as usize);
     for _ in 0..count {
-        match postcard::take_from_bytes::<T>(rest) {
-            Ok((item, r)) => {
-                rest = r;
-                items.push(item);
-            }
-            Err(e) => return (items, Some((e, rest.len()))),
+        let left = rest.len();
+        match decode_from::<T>(&mut rest) {
+            Ok(item) => items.push(item),
+            Err(e) => return (items, Some((e, left))),
         }
     }
     (items, None)
 }
 
-fn decode_failed(out: &mut Vec<u8>, e: postcard::Error, bytes: usize) {
+fn decode_failed(out: &mut Vec<u8>, e: codec::Error, bytes: usize) {
     out.push(DECODE);
-    encode_into(&(describe(&e), bytes as u64), out)
+    encode_into(&(e.to_string(), bytes as u64), out)
         .expect("a tuple of String and u64 always encodes");
+}
+
+/// Encodes a task frame for `items`, to be run with `f` in a worker;
+/// `first` is the first item's index, for errors. The task id is patched in
+/// at submission.
+pub(crate) fn encode_task<T, R, I>(f: fn(T) -> R, items: I, first: usize) -> Result<Vec<u8>, Error>
+where
+    T: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+    I: IntoIterator<Item = T>,
+    I::IntoIter: ExactSizeIterator,
+{
+    encode_call(trampoline::<T, R>(), f as usize, items, first)
 }
 
 /// What a task runs: a trampoline, and the address of the user's function
@@ -191,135 +153,50 @@ impl Call {
         }
     }
 
-    /// The header of this call's task frames (the id is the scheduler's).
-    pub(crate) fn header(self) -> TaskHeader {
-        TaskHeader {
-            id: 0,
-            tramp: self.tramp as usize as u64,
-            func: self.func as u64,
-        }
+    /// Encodes a task frame of `items`; see [`encode_call`].
+    pub(crate) fn encode<T, I>(self, items: I, first: usize) -> Result<Vec<u8>, Error>
+    where
+        T: Serialize,
+        I: IntoIterator<Item = T>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        encode_call(self.tramp, self.func, items, first)
     }
 }
 
-/// Items encoded one after another (postcard each), with where each ends:
-/// the input of a job, cut into task frames when a worker is about to need
-/// them (see [`crate::scheduler`]). Each item is encoded once, at submit.
-#[derive(Debug, Default)]
-pub(crate) struct Items {
-    /// The job's index of the first item.
+/// Encodes a task frame for `items` (each encoded as a `T`, decoded in the
+/// worker as the trampoline's argument type), to be run by `tramp` with the
+/// function address `func`.
+pub(crate) fn encode_call<T, I>(
+    tramp: Trampoline,
+    func: usize,
+    items: I,
     first: usize,
-    bytes: Vec<u8>,
-    /// `ends[i]` is the end of item `i` in `bytes`.
-    ends: Vec<usize>,
-    /// Items already cut into tasks.
-    taken: usize,
-}
-
-impl Items {
-    /// An empty block whose first item will have index `first` in its job.
-    pub(crate) fn starting_at(first: usize) -> Self {
-        Items {
-            first,
-            ..Items::default()
-        }
-    }
-
-    /// The job's index of the first item.
-    pub(crate) fn first_index(&self) -> usize {
-        self.first
-    }
-
-    /// The job's index of the next item to cut.
-    pub(crate) fn next_index(&self) -> usize {
-        self.first + self.taken
-    }
-
-    /// Keeps only the first `n` items (none of them cut yet).
-    pub(crate) fn truncate(&mut self, n: usize) {
-        debug_assert_eq!(self.taken, 0);
-        if n < self.ends.len() {
-            self.ends.truncate(n);
-            self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
-        }
-    }
-
-    /// Items not yet cut.
-    pub(crate) fn len(&self) -> usize {
-        self.ends.len() - self.taken
-    }
-
-    /// Encoded bytes of the items not yet cut.
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes.len() - self.start()
-    }
-
-    fn start(&self) -> usize {
-        self.taken.checked_sub(1).map_or(0, |i| self.ends[i])
-    }
-
-    /// Appends `item`; `index` (its place in the job) names it in the error.
-    pub(crate) fn push<T: Serialize>(&mut self, item: &T, index: usize) -> Result<(), Error> {
-        encode_into(item, &mut self.bytes).map_err(|e| Error::Encode {
-            item: index,
+) -> Result<Vec<u8>, Error>
+where
+    T: Serialize,
+    I: IntoIterator<Item = T>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let items = items.into_iter();
+    let header = TaskHeader {
+        id: 0,
+        tramp: tramp as usize as u64,
+        func: func as u64,
+    };
+    let mut out = Vec::new();
+    let started = header.begin(&mut out);
+    encode_into(&(items.len() as u64), &mut out).expect("a u64 always encodes");
+    for (i, item) in items.enumerate() {
+        encode_into(&item, &mut out).map_err(|e| Error::Encode {
+            item: first + i,
             what: "argument",
             type_name: type_name::<T>(),
-            reason: describe(&e),
+            reason: e.to_string(),
         })?;
-        self.ends.push(self.bytes.len());
-        Ok(())
-    }
-
-    /// Appends the next `n` items (at most [`len`](Self::len)) to a task
-    /// payload; returns their encoded size.
-    fn take_into(&mut self, n: usize, out: &mut Vec<u8>) -> usize {
-        let from = self.start();
-        let to = self.ends[self.taken + n - 1];
-        out.extend_from_slice(&self.bytes[from..to]);
-        self.taken += n;
-        to - from
-    }
-}
-
-/// A task frame cut out of a job's items.
-pub(crate) struct Cut {
-    pub(crate) frame: Vec<u8>,
-    /// The job's index of its first item.
-    pub(crate) first: usize,
-    /// Encoded size of its items.
-    pub(crate) bytes: usize,
-}
-
-/// Builds a task frame out of the next `n` items of `queue` (which holds at
-/// least `n`, contiguous), consuming them.
-pub(crate) fn cut_task(
-    header: TaskHeader,
-    queue: &mut std::collections::VecDeque<Items>,
-    n: usize,
-) -> Cut {
-    let first = queue.front().map_or(0, Items::next_index);
-    let hint: usize = queue.front().map_or(0, |b| {
-        let k = n.min(b.len());
-        b.ends[b.taken + k - 1] - b.start()
-    });
-    let mut out = Vec::with_capacity(hint + 48);
-    let started = header.begin(&mut out);
-    encode_into(&(n as u64), &mut out).expect("a u64 always encodes");
-    let (mut left, mut bytes) = (n, 0);
-    while left > 0 {
-        let block = queue.front_mut().expect("the queue holds the items cut");
-        let k = left.min(block.len());
-        bytes += block.take_into(k, &mut out);
-        left -= k;
-        if block.len() == 0 {
-            queue.pop_front();
-        }
     }
     started.finish(&mut out);
-    Cut {
-        frame: out,
-        first,
-        bytes,
-    }
+    Ok(out)
 }
 
 /// Decodes the outcomes of a task of `count` items whose first item has
@@ -373,32 +250,26 @@ fn decode_one<R: DeserializeOwned>(
     arg_type: &'static str,
 ) -> Result<R, Error> {
     let bytes = payload.len();
-    let bad = |e: postcard::Error| Error::Frame {
+    let bad = |e: codec::Error| Error::Frame {
         pid,
         detail: format!(
             "the outcome of item {item} (tag {tag}, {bytes} bytes) does not decode: {e}"
         ),
     };
     match tag {
-        OK => {
-            let (r, rest) = postcard::take_from_bytes::<R>(payload).map_err(|e| Error::Decode {
-                item,
-                what: "result",
-                type_name: type_name::<R>(),
-                bytes,
-                reason: describe(&e),
-            })?;
-            *payload = rest;
-            Ok(r)
-        }
+        OK => decode_from::<R>(payload).map_err(|e| Error::Decode {
+            item,
+            what: "result",
+            type_name: type_name::<R>(),
+            bytes,
+            reason: e.to_string(),
+        }),
         PANICKED => {
-            let (message, rest) = postcard::take_from_bytes::<String>(payload).map_err(bad)?;
-            *payload = rest;
+            let message = decode_from::<String>(payload).map_err(bad)?;
             Err(Error::Panicked { item, pid, message })
         }
         ENCODE => {
-            let (reason, rest) = postcard::take_from_bytes::<String>(payload).map_err(bad)?;
-            *payload = rest;
+            let reason = decode_from::<String>(payload).map_err(bad)?;
             Err(Error::Encode {
                 item,
                 what: "result",
@@ -407,8 +278,7 @@ fn decode_one<R: DeserializeOwned>(
             })
         }
         DECODE => {
-            let ((reason, bytes), _) =
-                postcard::take_from_bytes::<(String, u64)>(payload).map_err(bad)?;
+            let (reason, bytes) = decode_from::<(String, u64)>(payload).map_err(bad)?;
             Err(Error::Decode {
                 item,
                 what: "argument",

@@ -27,7 +27,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::control::{self, Event, Received, Request};
+use crate::control::{self, Event, Received, Request, SpawnCall};
 use crate::error::ExitCause;
 use crate::worker::{self, Initializer};
 
@@ -160,12 +160,16 @@ fn spawn(
     init: &mut Initializer,
     workers: &mut BTreeSet<Pid>,
 ) {
-    let failed = |errno: Errno| {
+    let failed = |call: SpawnCall, errno: Errno| {
+        let (limit, open) = crate::fds::usage();
         let _ = control::send(
             ctrl.as_fd(),
             &Event::SpawnFailed {
                 slot,
+                call,
                 errno: errno as i32,
+                limit,
+                open: open as u64,
             },
             &[],
         );
@@ -174,14 +178,14 @@ fn spawn(
         .and_then(|task| nix::unistd::pipe2(OFlag::O_CLOEXEC).map(|result| (task, result)));
     let ((task_r, task_w), (result_r, result_w)) = match pipes {
         Ok(p) => p,
-        Err(e) => return failed(e),
+        Err(e) => return failed(SpawnCall::Pipe2, e),
     };
     let zygote = nix::unistd::getpid();
     // SAFETY: the zygote is single-threaded, so the child is a consistent
     // copy of it; the child branch ends in `worker::run`, which never
     // returns and ends with `_exit`.
     match unsafe { nix::unistd::fork() } {
-        Err(e) => failed(e),
+        Err(e) => failed(SpawnCall::Fork, e),
         Ok(ForkResult::Child) => {
             if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
                 || nix::unistd::getppid() != zygote

@@ -401,8 +401,8 @@ fn an_argument_that_does_not_decode_names_the_type() {
             }) => {
                 assert_eq!(*item, i);
                 assert!(type_name.ends_with("Undecodable"), "{type_name}");
-                // postcard drops a custom error's text; the reason says so.
-                assert!(reason.contains("the type's own serde impl"), "{reason}");
+                // The type's own error text reaches the caller.
+                assert!(reason.contains("Undecodable never decodes"), "{reason}");
             }
             other => panic!("expected an argument Decode error, got {other:?}"),
         }
@@ -424,7 +424,7 @@ fn values_that_do_not_encode_are_errors_on_both_sides() {
     let err = pool.apply(give, 1).unwrap_err();
     assert!(
         matches!(&err, Error::Encode { what: "result", type_name, reason, .. }
-            if type_name.ends_with("Unencodable") && reason.contains("the type's own serde impl")),
+            if type_name.ends_with("Unencodable") && reason.contains("Unencodable never encodes")),
         "{err:?}"
     );
     assert_eq!(pool.worker_pids(), worker);
@@ -733,4 +733,70 @@ fn workers_dying_the_same_way_at_start_break_the_pool_and_say_so() {
         matches!(&err, Error::Initializer { message, .. } if message == "no licence"),
         "{err:?}"
     );
+}
+
+#[test]
+fn descriptor_exhaustion_blamed_the_oom_killer_and_leaked_a_descriptor() {
+    const NAME: &str = "descriptor_exhaustion_blamed_the_oom_killer_and_leaked_a_descriptor";
+    if !common::in_own_process(NAME, 120) {
+        return;
+    }
+    // In a process of its own: the descriptor limit is process-wide.
+    let before = common::fd_table();
+    let limit = *before.keys().max().unwrap() as u64 + 64;
+    common::set_nofile(limit);
+    // Another pool is alive: a new zygote closes that pool's descriptors,
+    // so it has room to make a worker's pipes when the program has none
+    // left to receive them in (the pipe ends arrive cut short).
+    let other = Pool::new(1).unwrap();
+    let with_other = common::fd_table();
+    let mut calls = std::collections::BTreeSet::new();
+    for free in 0..=8 {
+        let fillers = common::fill_fds_leaving(free);
+        let outcome = Pool::new(2).and_then(|pool| {
+            let procs = Procs::of(&pool);
+            let r = pool.map(double, 0..10);
+            drop(pool);
+            procs.assert_gone();
+            r
+        });
+        drop(fillers);
+        match outcome {
+            Ok(v) => assert_eq!(v[9], 18),
+            Err(
+                ref err @ Error::DescriptorLimit {
+                    call,
+                    errno,
+                    limit: l,
+                    ..
+                },
+            ) => {
+                assert!(errno == libc::EMFILE, "free {free}: {err}");
+                assert_eq!(l, limit, "free {free}: {err}");
+                let text = err.to_string();
+                assert!(text.contains(call) && text.contains("EMFILE"), "{text}");
+                assert!(
+                    text.contains(&format!("RLIMIT_NOFILE is {limit}")),
+                    "{text}"
+                );
+                calls.insert(call);
+            }
+            Err(other) => panic!("free {free}: expected DescriptorLimit or success, got {other:?}"),
+        }
+        // Nothing leaked: not a descriptor that did arrive, not a pool's.
+        assert_eq!(
+            common::fd_table(),
+            with_other,
+            "free {free}: descriptors leaked"
+        );
+    }
+    // The sweep met the cut-short message and the parent's own limit.
+    assert!(calls.contains("recvmsg"), "{calls:?}");
+    assert!(calls.contains("socketpair"), "{calls:?}");
+    assert_eq!(other.apply(double, 4).unwrap(), 8);
+    drop(other);
+    assert_eq!(common::fd_table(), before);
+    // And a pool built now inherits nothing and works.
+    let pool = TestPool::new(2);
+    assert_eq!(pool.map(double, 0..10).unwrap()[9], 18);
 }

@@ -167,3 +167,91 @@ impl Drop for TestPool {
         }
     }
 }
+
+/// Runs the test `name` of the current test binary in a process of its own
+/// (with `FORKPOOL_TEST_CHILD=name` set) and asserts that it passed, within
+/// `secs` seconds. For tests that change process-wide state (resource
+/// limits, the panic hook) that other tests of the binary must not see.
+/// Returns `true` in the child, where the caller runs the real test body.
+pub fn in_own_process(name: &str, secs: u64) -> bool {
+    if std::env::var("FORKPOOL_TEST_CHILD").as_deref() == Ok(name) {
+        return true;
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("FORKPOOL_TEST_CHILD", name)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not finish within {secs} s in its own process");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status.success(),
+        "{name} failed in its own process:\n{text}"
+    );
+    assert!(
+        text.contains("1 passed"),
+        "{name} did not run in its own process:\n{text}"
+    );
+    false
+}
+
+/// This process's open descriptors, by number and target (without the
+/// one that lists them).
+pub fn fd_table() -> std::collections::BTreeMap<i32, String> {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            let target = target.to_string_lossy().into_owned();
+            (!target.starts_with("/proc/")).then_some((fd, target))
+        })
+        .collect()
+}
+
+/// Lowers this process's soft `RLIMIT_NOFILE` to `limit`.
+pub fn set_nofile(limit: u64) {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, hard)
+        .unwrap();
+}
+
+/// Opens `/dev/null` until the descriptor table is full, then closes
+/// `free` of them: the caller holds the rest until it drops them.
+pub fn fill_fds_leaving(free: usize) -> Vec<std::os::fd::OwnedFd> {
+    let mut held = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => held.push(std::os::fd::OwnedFd::from(f)),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+            Err(e) => panic!("filling the descriptor table: {e}"),
+        }
+    }
+    assert!(
+        held.len() >= free,
+        "only {} descriptors were free",
+        held.len()
+    );
+    held.truncate(held.len() - free);
+    held
+}

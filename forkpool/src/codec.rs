@@ -1,0 +1,1165 @@
+//! The wire format of arguments and results: a serde data format of our own.
+//!
+//! Both ends of every pipe are forks of one program, so the format does not
+//! need to be portable, self-describing or compact; it needs to be fast for
+//! the values pools carry, big arrays of plain numbers above all. So:
+//!
+//! - every number is written at its own fixed width, little-endian (`u8`: 1
+//!   byte, `f64`: 8, `usize`: 8): no varints, no per-element branching on
+//!   the value;
+//! - a sequence, map, string or byte string is its length (`u64`) and then
+//!   its contents; structs and tuples are their fields in order; an enum is
+//!   its variant index (`u32`) and then its fields; `Option` is a tag byte;
+//!   `bool` is one byte, 0 or 1; `char` is its `u32`;
+//! - **runs of plain numbers move in bulk.** serde hands a `Vec<T>` or
+//!   `[T]` to a format one element at a time (a 64 MiB `Vec<u8>` is 67
+//!   million `serialize_u8` calls, which is what made postcard run at 0.3
+//!   GiB/s). When the sequence being written is a slice of a plain number
+//!   type, the serializer copies the slice's bytes at once; when the value
+//!   being read is a `Vec` of one, the deserializer copies the bytes into a
+//!   vector of the exact length. Elements written one by one (an `ndarray`
+//!   array, a `VecDeque`) have the same bytes, so either side may take the
+//!   fast path without the other.
+//!
+//! Knowing that a sequence is a slice of `f64` takes specialisation, which
+//! Rust does not have: the fast paths compare type ids (with lifetimes
+//! erased, by the `typeid` crate) of the iterator serde passes to
+//! [`Serializer::collect_seq`], and of the visitor `Vec<T>`'s own
+//! `Deserialize` impl passes to [`Deserializer::deserialize_seq`] (found
+//! once by asking `Vec::<T>::deserialize` for it). Any other iterator or
+//! visitor, a user's visitor whose value happens to be a `Vec<u8>` among
+//! them, takes the ordinary element-by-element path, so no type's own serde
+//! code is ever bypassed.
+//!
+//! Input is checked as it is read: a length larger than the bytes left, an
+//! invalid `bool`, `char`, UTF-8 string or variant index, or a value cut
+//! short, is an [`Error`] saying so, never a panic.
+
+use std::any::TypeId;
+use std::fmt;
+use std::mem::{ManuallyDrop, size_of};
+use std::sync::OnceLock;
+
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::ser::{self, Serialize};
+use serde::{Deserialize, Deserializer, Serializer};
+
+/// Why a value did not encode or decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Error(String);
+
+impl Error {
+    fn new(message: impl Into<String>) -> Self {
+        Error(message.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl ser::Error for Error {
+    fn custom<M: fmt::Display>(msg: M) -> Self {
+        Error(format!("the type's own Serialize impl failed: {msg}"))
+    }
+}
+
+impl de::Error for Error {
+    fn custom<M: fmt::Display>(msg: M) -> Self {
+        Error(msg.to_string())
+    }
+}
+
+/// Appends the encoding of `value` to `out`; on error `out` is left as it
+/// was.
+pub(crate) fn encode_into<V: Serialize + ?Sized>(
+    value: &V,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    let mark = out.len();
+    let r = value.serialize(&mut Encoder { out });
+    if r.is_err() {
+        out.truncate(mark);
+    }
+    r
+}
+
+/// Decodes one value from the front of `input`, advancing it past the
+/// value's bytes.
+pub(crate) fn decode_from<'de, T: Deserialize<'de>>(input: &mut &'de [u8]) -> Result<T, Error> {
+    let mut de = Decoder { input };
+    T::deserialize(&mut de)
+}
+
+// ---------------------------------------------------------------------------
+// Plain number types: the ones whose runs move in bulk.
+
+/// The element types whose slices and vectors move as raw bytes: every bit
+/// pattern of their size is a valid value, and their wire form is their
+/// little-endian memory.
+#[cfg(target_pointer_width = "64")]
+macro_rules! plain_types {
+    ($m:ident) => {
+        $m!(
+            u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64, usize, isize
+        )
+    };
+}
+/// (`usize` is written as a `u64`, so it is plain only where it has 8 bytes.)
+#[cfg(not(target_pointer_width = "64"))]
+macro_rules! plain_types {
+    ($m:ident) => {
+        $m!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64)
+    };
+}
+
+/// Whether `T` is one of the plain number types.
+#[inline]
+fn is_plain<T: ?Sized>() -> bool {
+    let id = typeid::of::<T>();
+    macro_rules! check {
+        ($($t:ty),*) => { $(id == typeid::of::<$t>())||* };
+    }
+    plain_types!(check)
+}
+
+/// The size of the plain number type whose slice iterator is `I`, if it is
+/// one.
+#[inline]
+fn plain_slice_iter<I: ?Sized>() -> Option<usize> {
+    let id = typeid::of::<I>();
+    macro_rules! check {
+        ($($t:ty),*) => {
+            $(
+                if id == typeid::of::<std::slice::Iter<'static, $t>>() {
+                    return Some(size_of::<$t>());
+                }
+            )*
+        };
+    }
+    plain_types!(check);
+    None
+}
+
+/// For each plain number type `T`: the type id of the visitor that
+/// `Vec::<T>::deserialize` passes to `deserialize_seq`, with `T`'s size.
+fn vec_visitors() -> &'static [(TypeId, TypeId, usize)] {
+    static IDS: OnceLock<Vec<(TypeId, TypeId, usize)>> = OnceLock::new();
+    IDS.get_or_init(|| {
+        let mut ids = Vec::new();
+        macro_rules! probe {
+            ($($t:ty),*) => {
+                $(
+                    let mut found = None;
+                    let _ = Vec::<$t>::deserialize(Probe(&mut found));
+                    if let Some(visitor) = found {
+                        ids.push((visitor, typeid::of::<Vec<$t>>(), size_of::<$t>()));
+                    }
+                )*
+            };
+        }
+        plain_types!(probe);
+        ids
+    })
+}
+
+/// A deserializer that only records the type of the visitor it is given
+/// for a sequence, and fails.
+struct Probe<'a>(&'a mut Option<TypeId>);
+
+impl<'de> Deserializer<'de> for Probe<'_> {
+    type Error = Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+        Err(Error::new("probe"))
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+        *self.0 = Some(typeid::of::<V>());
+        Err(Error::new("probe"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Encoding.
+
+struct Encoder<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Encoder<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    fn put_len(&mut self, len: usize) {
+        self.put(&(len as u64).to_le_bytes());
+    }
+}
+
+/// Reinterprets `items` as its bytes.
+#[inline]
+fn bytes_of<T: Copy>(items: &[T]) -> &[u8] {
+    // SAFETY: only called with the plain number types (`plain_types!`),
+    // which have no padding and no invalid bytes; the length is the slice's
+    // size in bytes, and the borrow keeps the memory alive.
+    unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<u8>(), std::mem::size_of_val(items)) }
+}
+
+macro_rules! put_number {
+    ($($name:ident: $t:ty),*) => {
+        $(
+            #[inline]
+            fn $name(self, v: $t) -> Result<(), Error> {
+                self.put(&v.to_le_bytes());
+                Ok(())
+            }
+        )*
+    };
+}
+
+impl<'s, 'a> Serializer for &'s mut Encoder<'a> {
+    type Ok = ();
+    type Error = Error;
+    type SerializeSeq = Counted<'a, 's>;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Counted<'a, 's>;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    put_number!(
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_i128: i128, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64, serialize_u128: u128, serialize_f32: f32, serialize_f64: f64
+    );
+
+    #[inline]
+    fn serialize_bool(self, v: bool) -> Result<(), Error> {
+        self.out.push(v as u8);
+        Ok(())
+    }
+
+    fn serialize_char(self, v: char) -> Result<(), Error> {
+        self.serialize_u32(v as u32)
+    }
+
+    fn serialize_str(self, v: &str) -> Result<(), Error> {
+        self.serialize_bytes(v.as_bytes())
+    }
+
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
+        self.put_len(v.len());
+        self.put(v);
+        Ok(())
+    }
+
+    fn serialize_none(self) -> Result<(), Error> {
+        self.out.push(0);
+        Ok(())
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
+        self.out.push(1);
+        value.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+    ) -> Result<(), Error> {
+        self.serialize_u32(index)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.serialize_u32(index)?;
+        value.serialize(self)
+    }
+
+    fn collect_seq<I>(self, iter: I) -> Result<(), Error>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        let iter = iter.into_iter();
+        if cfg!(target_endian = "little") && plain_slice_iter::<I::IntoIter>().is_some() {
+            let iter = ManuallyDrop::new(iter);
+            // SAFETY: `I::IntoIter` is `slice::Iter<'x, T>` for a plain
+            // number type `T` and some lifetime `'x` (type ids equal up to
+            // lifetimes); reading it as `slice::Iter<'_, u8>`'s sibling of
+            // the same `T` is the identity. The borrow it holds outlives this
+            // call, in which the bytes are used. `slice::Iter` has no drop
+            // glue, so not dropping the original loses nothing.
+            let bytes = unsafe { slice_iter_bytes(&*iter) };
+            let size = plain_slice_iter::<I::IntoIter>().expect("checked");
+            self.put_len(bytes.len() / size);
+            self.put(bytes);
+            return Ok(());
+        }
+        let mut seq = self.serialize_seq(iter_len(&iter))?;
+        for item in iter {
+            ser::SerializeSeq::serialize_element(&mut seq, &item)?;
+        }
+        ser::SerializeSeq::end(seq)
+    }
+
+    fn serialize_seq(self, len: Option<usize>) -> Result<Counted<'a, 's>, Error> {
+        Counted::start(self, len)
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<Self, Error> {
+        Ok(self)
+    }
+
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, Error> {
+        Ok(self)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, Error> {
+        self.serialize_u32(index)?;
+        Ok(self)
+    }
+
+    fn serialize_map(self, len: Option<usize>) -> Result<Counted<'a, 's>, Error> {
+        Counted::start(self, len)
+    }
+
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, Error> {
+        Ok(self)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, Error> {
+        self.serialize_u32(index)?;
+        Ok(self)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+/// The exact length of an iterator, if its size hint states one.
+fn iter_len<I: Iterator>(iter: &I) -> Option<usize> {
+    match iter.size_hint() {
+        (lo, Some(hi)) if lo == hi => Some(lo),
+        _ => None,
+    }
+}
+
+/// The bytes of the rest of a slice iterator of a plain number type.
+///
+/// # Safety
+///
+/// `I` must be `std::slice::Iter<'_, T>` for one of the `plain_types!`.
+unsafe fn slice_iter_bytes<I>(iter: &I) -> &[u8] {
+    macro_rules! bytes {
+        ($($t:ty),*) => {
+            $(
+                if typeid::of::<I>() == typeid::of::<std::slice::Iter<'static, $t>>() {
+                    // SAFETY: the caller promises `I` is a slice iterator;
+                    // its id says of which `T`. A `&I` is then a
+                    // `&slice::Iter<'_, T>` borrowed for as long as `iter`.
+                    let it = unsafe { &*(iter as *const I).cast::<std::slice::Iter<'_, $t>>() };
+                    return bytes_of(it.as_slice());
+                }
+            )*
+        };
+    }
+    plain_types!(bytes);
+    unreachable!("slice_iter_bytes called with a type that is not a plain slice iterator")
+}
+
+/// A sequence or map being written: its length is written first, either
+/// the one announced or, if none was, patched in at the end.
+pub(crate) struct Counted<'a, 'b> {
+    enc: &'b mut Encoder<'a>,
+    /// Where the length goes, if it must be patched in.
+    patch: Option<usize>,
+    count: usize,
+    /// Elements announced (for the first element's reservation).
+    announced: usize,
+}
+
+impl<'a, 'b> Counted<'a, 'b> {
+    fn start(enc: &'b mut Encoder<'a>, len: Option<usize>) -> Result<Self, Error> {
+        let patch = match len {
+            Some(n) => {
+                enc.put_len(n);
+                None
+            }
+            None => {
+                let at = enc.out.len();
+                enc.put_len(0);
+                Some(at)
+            }
+        };
+        Ok(Counted {
+            enc,
+            patch,
+            count: 0,
+            announced: len.unwrap_or(0),
+        })
+    }
+
+    #[inline]
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        if self.count == 0 && self.announced > 1 && is_plain::<T>() {
+            // A plain element's encoding is its size: reserve the whole run
+            // once instead of doubling through a big array.
+            let guess = self.announced.saturating_mul(size_of_val(value));
+            self.enc.out.reserve(guess.min(1 << 30));
+        }
+        self.count += 1;
+        value.serialize(&mut *self.enc)
+    }
+
+    fn finish(self) -> Result<(), Error> {
+        match self.patch {
+            Some(at) => {
+                self.enc.out[at..at + 8].copy_from_slice(&(self.count as u64).to_le_bytes());
+                Ok(())
+            }
+            None if self.count == self.announced => Ok(()),
+            None => Err(Error::new(format!(
+                "a sequence announced {} elements but gave {}",
+                self.announced, self.count
+            ))),
+        }
+    }
+}
+
+impl ser::SerializeSeq for Counted<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    #[inline]
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+impl ser::SerializeMap for Counted<'_, '_> {
+    type Ok = ();
+    type Error = Error;
+
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
+        self.count += 1;
+        key.serialize(&mut *self.enc)
+    }
+
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        value.serialize(&mut *self.enc)
+    }
+
+    fn end(self) -> Result<(), Error> {
+        self.finish()
+    }
+}
+
+macro_rules! fields {
+    ($($trait:ident :: $method:ident ($($name:ident: $nt:ty),*)),*) => {
+        $(
+            impl ser::$trait for &mut Encoder<'_> {
+                type Ok = ();
+                type Error = Error;
+
+                #[inline]
+                fn $method<T: Serialize + ?Sized>(&mut self, $(_: $nt,)* value: &T) -> Result<(), Error> {
+                    value.serialize(&mut **self)
+                }
+
+                fn end(self) -> Result<(), Error> {
+                    Ok(())
+                }
+            }
+        )*
+    };
+}
+
+fields!(
+    SerializeTuple::serialize_element(),
+    SerializeTupleStruct::serialize_field(),
+    SerializeTupleVariant::serialize_field(),
+    SerializeStruct::serialize_field(key: &'static str),
+    SerializeStructVariant::serialize_field(key: &'static str)
+);
+
+// ---------------------------------------------------------------------------
+// Decoding.
+
+struct Decoder<'a, 'de> {
+    input: &'a mut &'de [u8],
+}
+
+macro_rules! get_number {
+    ($($name:ident: $t:ty => $visit:ident),*) => {
+        $(
+            #[inline]
+            fn $name<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                let v = <$t>::from_le_bytes(self.array::<{ size_of::<$t>() }>(stringify!($t))?);
+                visitor.$visit(v)
+            }
+        )*
+    };
+}
+
+impl<'de> Decoder<'_, 'de> {
+    #[inline]
+    fn take(&mut self, n: usize, what: &str) -> Result<&'de [u8], Error> {
+        if self.input.len() < n {
+            return Err(Error::new(format!(
+                "the value is cut short: {what} needs {n} bytes, {} are left",
+                self.input.len()
+            )));
+        }
+        let (head, rest) = self.input.split_at(n);
+        *self.input = rest;
+        Ok(head)
+    }
+
+    #[inline]
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], Error> {
+        Ok(self.take(N, what)?.try_into().expect("N bytes"))
+    }
+
+    fn len(&mut self, what: &str) -> Result<usize, Error> {
+        let n = u64::from_le_bytes(self.array::<8>(what)?);
+        usize::try_from(n)
+            .map_err(|_| Error::new(format!("{what} length {n} does not fit in usize")))
+    }
+
+    /// A length of items of at least `min` bytes each, checked against the
+    /// bytes left (a corrupt length must not reserve a terabyte).
+    fn checked_len(&mut self, what: &str, min: usize) -> Result<usize, Error> {
+        let n = self.len(what)?;
+        if n.saturating_mul(min) > self.input.len() {
+            return Err(Error::new(format!(
+                "{what} of {n} items of {min} bytes cannot fit in the {} bytes left: the data is corrupt or cut short",
+                self.input.len()
+            )));
+        }
+        Ok(n)
+    }
+
+    fn bytes(&mut self) -> Result<&'de [u8], Error> {
+        let n = self.checked_len("a byte string", 1)?;
+        self.take(n, "a byte string")
+    }
+
+    fn str(&mut self) -> Result<&'de str, Error> {
+        let b = self.bytes()?;
+        std::str::from_utf8(b).map_err(|e| Error::new(format!("a string is not UTF-8: {e}")))
+    }
+}
+
+/// Decodes a `Vec` of a plain number type of `size` bytes per element in
+/// one copy.
+fn decode_plain_vec<'de, V: Visitor<'de>>(
+    de: &mut Decoder<'_, 'de>,
+    size: usize,
+) -> Result<V::Value, Error> {
+    let n = de.checked_len("a sequence", size)?;
+    let bytes = de.take(n * size, "a sequence")?;
+    macro_rules! build {
+        ($($t:ty),*) => {
+            $(
+                if typeid::of::<V::Value>() == typeid::of::<Vec<$t>>() {
+                    let mut v: Vec<$t> = Vec::with_capacity(n);
+                    // SAFETY: `v` has room for `n` elements, i.e. `bytes.len()`
+                    // bytes; every bit pattern is a valid `$t`, and the wire
+                    // form is its little-endian memory (checked by the caller).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len());
+                        v.set_len(n);
+                    }
+                    let v = ManuallyDrop::new(v);
+                    // SAFETY: `V::Value` is `Vec<$t>` (type ids equal; a
+                    // `Vec` of a plain type has no lifetimes to differ in).
+                    return Ok(unsafe { std::ptr::read((&*v as *const Vec<$t>).cast::<V::Value>()) });
+                }
+            )*
+        };
+    }
+    plain_types!(build);
+    unreachable!("decode_plain_vec called for a value that is not a Vec of a plain type")
+}
+
+impl<'de> Deserializer<'de> for &mut Decoder<'_, 'de> {
+    type Error = Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+        Err(Error::new(
+            "the pool's wire format is not self-describing: a type that deserializes with `deserialize_any` \
+             (an untagged or internally tagged enum, `serde_json::Value`, a flattened struct) cannot cross it",
+        ))
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_any(visitor)
+    }
+
+    get_number!(
+        deserialize_i8: i8 => visit_i8, deserialize_i16: i16 => visit_i16,
+        deserialize_i32: i32 => visit_i32, deserialize_i64: i64 => visit_i64,
+        deserialize_i128: i128 => visit_i128, deserialize_u8: u8 => visit_u8,
+        deserialize_u16: u16 => visit_u16, deserialize_u32: u32 => visit_u32,
+        deserialize_u64: u64 => visit_u64, deserialize_u128: u128 => visit_u128,
+        deserialize_f32: f32 => visit_f32, deserialize_f64: f64 => visit_f64
+    );
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.array::<1>("a bool")?[0] {
+            0 => visitor.visit_bool(false),
+            1 => visitor.visit_bool(true),
+            b => Err(Error::new(format!("invalid bool byte {b}"))),
+        }
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let c = u32::from_le_bytes(self.array::<4>("a char")?);
+        let c = char::from_u32(c).ok_or_else(|| Error::new(format!("invalid char {c:#x}")))?;
+        visitor.visit_char(c)
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_borrowed_str(self.str()?)
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_borrowed_bytes(self.bytes()?)
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_bytes(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        match self.array::<1>("an Option")?[0] {
+            0 => visitor.visit_none(),
+            1 => visitor.visit_some(self),
+            b => Err(Error::new(format!("invalid Option tag {b}"))),
+        }
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_unit()
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_unit()
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        if cfg!(target_endian = "little") {
+            let id = typeid::of::<V>();
+            let value = typeid::of::<V::Value>();
+            if let Some(&(_, _, size)) = vec_visitors()
+                .iter()
+                .find(|(v, val, _)| *v == id && *val == value)
+            {
+                return decode_plain_vec::<V>(self, size);
+            }
+        }
+        // Elements may take no bytes (`()`), so the length cannot be checked
+        // against the input; the size hint is capped by it instead.
+        let len = self.len("a sequence")?;
+        visitor.visit_seq(Items {
+            de: self,
+            left: len,
+        })
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        visitor.visit_seq(Items {
+            de: self,
+            left: len,
+        })
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_tuple(len, visitor)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        let len = self.len("a map")?;
+        visitor.visit_map(Items {
+            de: self,
+            left: len,
+        })
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        self.deserialize_tuple(fields.len(), visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        visitor.visit_enum(self)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+        self.deserialize_u32(visitor)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+/// The items of a sequence, tuple or map being read.
+struct Items<'a, 'b, 'de> {
+    de: &'a mut Decoder<'b, 'de>,
+    left: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Items<'_, '_, 'de> {
+    type Error = Error;
+
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left.min(self.de.input.len()))
+    }
+}
+
+impl<'de> de::MapAccess<'de> for Items<'_, '_, 'de> {
+    type Error = Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    fn next_value_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<T::Value, Error> {
+        seed.deserialize(&mut *self.de)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.left.min(self.de.input.len()))
+    }
+}
+
+impl<'de> de::EnumAccess<'de> for &mut Decoder<'_, 'de> {
+    type Error = Error;
+    type Variant = Self;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self), Error> {
+        let index = u32::from_le_bytes(self.array::<4>("an enum variant")?);
+        let v = seed.deserialize(IntoDeserializer::<Error>::into_deserializer(index))?;
+        Ok((v, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for &mut Decoder<'_, 'de> {
+    type Error = Error;
+
+    fn unit_variant(self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Error> {
+        seed.deserialize(self)
+    }
+
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Error> {
+        de::Deserializer::deserialize_tuple(self, len, visitor)
+    }
+
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Error> {
+        de::Deserializer::deserialize_tuple(self, fields.len(), visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+    use std::collections::{BTreeMap, VecDeque};
+    use std::fmt::Debug;
+
+    fn enc<V: Serialize + ?Sized>(v: &V) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_into(v, &mut out).unwrap();
+        out
+    }
+
+    fn dec<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+        let mut input = bytes;
+        let v = decode_from::<T>(&mut input)?;
+        assert!(input.is_empty(), "{} bytes left over", input.len());
+        Ok(v)
+    }
+
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(v: &T) {
+        let bytes = enc(v);
+        assert_eq!(&dec::<T>(&bytes).unwrap(), v);
+        // Every cut of the bytes is a clean error, never a panic.
+        for cut in 0..bytes.len().min(64) {
+            let mut input = &bytes[..cut];
+            assert!(
+                decode_from::<T>(&mut input).is_err(),
+                "cut at {cut} decoded"
+            );
+        }
+    }
+
+    /// Vectors of `n` values of every plain type, bit patterns from `seed`.
+    macro_rules! each_plain {
+        ($n:expr, $($t:ty),*) => {
+            $(
+                let v: Vec<$t> = (0..$n).map(|i: usize| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) as $t).collect();
+                round_trip(&v);
+                // The bulk path writes what element-by-element writing writes.
+                let deque: VecDeque<$t> = v.iter().copied().collect();
+                assert_eq!(enc(&deque), enc(&v), "{}", stringify!($t));
+                assert_eq!(enc(&v[..]), enc(&v));
+                assert_eq!(enc(&v).len(), 8 + $n * size_of::<$t>());
+            )*
+        };
+    }
+
+    #[test]
+    fn vectors_of_every_plain_type_round_trip_at_every_length() {
+        for n in [0usize, 1, 2, 3, 7, 8, 9, 1000, 4097] {
+            each_plain!(
+                n, u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize
+            );
+        }
+        let floats: Vec<f64> = vec![
+            0.0,
+            -0.0,
+            1.5,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            -1e-300,
+        ];
+        round_trip(&floats);
+        let nan = dec::<Vec<f64>>(&enc(&vec![f64::NAN; 3])).unwrap();
+        assert!(nan.iter().all(|x| x.is_nan()));
+        let f32s: Vec<f32> = (0..1001).map(|i| i as f32 / 7.0).collect();
+        round_trip(&f32s);
+    }
+
+    #[test]
+    fn values_written_element_by_element_read_back_through_the_bulk_path() {
+        let deque: VecDeque<f64> = (0..100).map(|i| i as f64 * 0.5).collect();
+        let v: Vec<f64> = dec(&enc(&deque)).unwrap();
+        assert_eq!(v, deque.iter().copied().collect::<Vec<_>>());
+        // And the other way: bulk-written, read element by element.
+        let d: VecDeque<u16> = dec(&enc(&vec![1u16, 2, 3])).unwrap();
+        assert_eq!(d, [1, 2, 3]);
+    }
+
+    #[test]
+    fn nested_and_composite_values_round_trip() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Sample {
+            name: String,
+            data: Vec<f64>,
+            bytes: Vec<u8>,
+            rows: Vec<Vec<i32>>,
+            flag: bool,
+            c: char,
+            maybe: Option<Box<Sample>>,
+            unit: (),
+            e: Vec<Shape>,
+            map: BTreeMap<String, u32>,
+            tuple: (u8, i64, Vec<u128>),
+        }
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        enum Shape {
+            Dot,
+            Circle(f64),
+            Rect { w: u32, h: u32 },
+            Pair(i8, i8),
+        }
+        let inner = Sample {
+            name: "inner ünïcode".into(),
+            data: vec![],
+            bytes: vec![255, 0, 7],
+            rows: vec![vec![], vec![1, -2, 3]],
+            flag: false,
+            c: '€',
+            maybe: None,
+            unit: (),
+            e: vec![Shape::Dot],
+            map: BTreeMap::new(),
+            tuple: (1, -1, vec![u128::MAX]),
+        };
+        let s = Sample {
+            name: String::new(),
+            data: (0..333).map(|i| i as f64 / 3.0).collect(),
+            bytes: (0..=255).collect(),
+            rows: vec![vec![5; 17]; 3],
+            flag: true,
+            c: 'x',
+            maybe: Some(Box::new(inner)),
+            unit: (),
+            e: vec![
+                Shape::Circle(2.5),
+                Shape::Rect { w: 3, h: 4 },
+                Shape::Pair(-1, 1),
+                Shape::Dot,
+            ],
+            map: [("a".to_string(), 1), ("bb".to_string(), 2)]
+                .into_iter()
+                .collect(),
+            tuple: (9, i64::MIN, vec![0, 1, 2]),
+        };
+        round_trip(&s);
+        round_trip(&Some(vec![1u8]));
+        round_trip(&(Vec::<u8>::new(), String::new(), Vec::<()>::new()));
+    }
+
+    #[test]
+    fn ndarray_arrays_round_trip() {
+        let a = ndarray::Array2::<f64>::from_shape_fn((37, 5), |(i, j)| i as f64 * 10.0 + j as f64);
+        round_trip(&a);
+        let t = a.t().to_owned(); // column-major memory, written element by element
+        round_trip(&t);
+        let b = ndarray::Array3::<u8>::from_shape_fn((3, 0, 4), |_| 1);
+        round_trip(&b);
+        let c = ndarray::Array1::<i32>::from_vec((0..1001).collect());
+        round_trip(&c);
+    }
+
+    #[test]
+    fn a_custom_visitor_producing_a_vec_is_not_bypassed() {
+        // A type whose own Deserialize reads a sequence of u8 through its own
+        // visitor, reversing it: the bulk path must not take its place.
+        #[derive(Debug, PartialEq)]
+        struct Reversed(Vec<u8>);
+        impl<'de> serde::Deserialize<'de> for Reversed {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Vec<u8>;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_seq<A: de::SeqAccess<'de>>(
+                        self,
+                        mut seq: A,
+                    ) -> Result<Vec<u8>, A::Error> {
+                        let mut v = Vec::new();
+                        while let Some(b) = seq.next_element::<u8>()? {
+                            v.insert(0, b);
+                        }
+                        Ok(v)
+                    }
+                }
+                d.deserialize_seq(V).map(Reversed)
+            }
+        }
+        assert_eq!(
+            dec::<Reversed>(&enc(&vec![1u8, 2, 3])).unwrap(),
+            Reversed(vec![3, 2, 1])
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic_or_a_huge_allocation() {
+        // A length claiming far more than the input holds.
+        let mut bytes = u64::MAX.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[1, 2, 3]);
+        let e = dec::<Vec<f64>>(&bytes).unwrap_err();
+        assert!(e.to_string().contains("cannot fit"), "{e}");
+        assert!(dec::<String>(&bytes).is_err());
+        assert!(dec::<Vec<String>>(&bytes).is_err());
+        assert!(
+            dec::<bool>(&[2])
+                .unwrap_err()
+                .to_string()
+                .contains("invalid bool")
+        );
+        assert!(dec::<char>(&0xD800u32.to_le_bytes()).is_err());
+        assert!(dec::<Option<u8>>(&[9, 0]).is_err());
+        let mut bad_utf8 = 2u64.to_le_bytes().to_vec();
+        bad_utf8.extend_from_slice(&[0xff, 0xfe]);
+        assert!(
+            dec::<String>(&bad_utf8)
+                .unwrap_err()
+                .to_string()
+                .contains("UTF-8")
+        );
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        enum Two {
+            A,
+            B,
+        }
+        assert!(dec::<Two>(&7u32.to_le_bytes()).is_err());
+        // Pseudo-random bytes into a few shapes: errors or values, no panic.
+        let mut x = 0x1234_5678_9abc_def0u64;
+        for len in 0..200 {
+            let noise: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let mut i = &noise[..];
+            let _ = decode_from::<(Vec<u8>, String, Option<Vec<f64>>)>(&mut i);
+            let mut i = &noise[..];
+            let _ = decode_from::<BTreeMap<u8, Vec<u16>>>(&mut i);
+        }
+    }
+
+    #[test]
+    fn types_that_need_a_self_describing_format_say_so() {
+        let e = dec::<serde::de::IgnoredAny>(&[0]).unwrap_err();
+        assert!(e.to_string().contains("not self-describing"), "{e}");
+    }
+
+    #[test]
+    fn a_sequence_of_unknown_length_gets_its_length_patched_in() {
+        struct Odd;
+        impl Serialize for Odd {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq((0..5u32).filter(|i| i % 2 == 1))
+            }
+        }
+        assert_eq!(dec::<Vec<u32>>(&enc(&Odd)).unwrap(), [1, 3]);
+    }
+
+    #[test]
+    fn a_serialize_error_keeps_its_message_and_leaves_the_buffer_as_it_was() {
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(ser::Error::custom("no, thanks"))
+            }
+        }
+        let mut out = vec![1, 2, 3];
+        let e = encode_into(&(7u64, Fails), &mut out).unwrap_err();
+        assert!(e.to_string().contains("no, thanks"), "{e}");
+        assert_eq!(out, [1, 2, 3]);
+    }
+}
+
+#[cfg(test)]
+mod fast_paths {
+    use super::*;
+
+    #[test]
+    fn the_bulk_paths_recognise_every_plain_type() {
+        let mut n = 0;
+        macro_rules! count {
+            ($($t:ty),*) => { $( let _ = stringify!($t); n += 1; )* };
+        }
+        plain_types!(count);
+        // Vec<T>'s own visitor was found for each plain type...
+        assert_eq!(vec_visitors().len(), n);
+        // ...and slice iterators are recognised, with their element size.
+        assert_eq!(plain_slice_iter::<std::slice::Iter<'_, f64>>(), Some(8));
+        assert_eq!(plain_slice_iter::<std::slice::Iter<'_, u8>>(), Some(1));
+        assert_eq!(plain_slice_iter::<std::slice::Iter<'_, bool>>(), None);
+        assert_eq!(plain_slice_iter::<std::vec::IntoIter<u8>>(), None);
+    }
+}

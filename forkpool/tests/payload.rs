@@ -1,0 +1,112 @@
+//! Big and odd values through real workers: every plain element type,
+//! `ndarray` arrays, structs holding them, empty and odd lengths, values
+//! bigger than a pipe.
+
+mod common;
+
+use common::TestPool;
+use serde::{Deserialize, Serialize};
+
+fn echo<T>(v: T) -> T {
+    v
+}
+
+/// Sends `v` to a worker and back with `apply`, and as a `map` of copies.
+macro_rules! through_pool {
+    ($pool:expr, $t:ty, $v:expr) => {{
+        let v: $t = $v;
+        let back = $pool.apply(echo::<$t> as fn($t) -> $t, v.clone()).unwrap();
+        assert_eq!(back, v, "{}", stringify!($t));
+        let many = $pool
+            .map(echo::<$t> as fn($t) -> $t, vec![v.clone(); 3])
+            .unwrap();
+        assert!(many.iter().all(|m| *m == v), "{}", stringify!($t));
+    }};
+}
+
+macro_rules! every_plain_type {
+    ($pool:expr, $len:expr, $($t:ty),*) => {
+        $(
+            through_pool!(
+                $pool,
+                Vec<$t>,
+                (0..$len).map(|i: usize| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) as $t).collect()
+            );
+        )*
+    };
+}
+
+#[test]
+fn vectors_of_every_plain_type_round_trip_through_a_worker() {
+    let pool = TestPool::new(2);
+    for len in [0usize, 1, 3, 4097, (1 << 20) + 7] {
+        every_plain_type!(
+            pool, len, u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64
+        );
+    }
+}
+
+#[test]
+fn a_value_bigger_than_the_pipe_round_trips_intact() {
+    fn reverse(mut v: Vec<f64>) -> Vec<f64> {
+        v.reverse();
+        v
+    }
+    let pool = TestPool::new(1);
+    let v: Vec<f64> = (0..3_000_001).map(|i| i as f64 * 0.25).collect();
+    let back = pool.apply(reverse, v.clone()).unwrap();
+    assert_eq!(back.len(), v.len());
+    assert!(back.iter().rev().eq(v.iter()));
+}
+
+#[test]
+fn ndarray_arrays_round_trip_through_a_worker() {
+    fn scale(a: ndarray::Array2<f64>) -> ndarray::Array2<f64> {
+        a * 2.0
+    }
+    let pool = TestPool::new(1);
+    let a = ndarray::Array2::from_shape_fn((513, 257), |(i, j)| (i * 1000 + j) as f64);
+    assert_eq!(pool.apply(scale, a.clone()).unwrap(), &a * 2.0);
+    // A transposed (column-major) array goes element by element; same result.
+    let t = a.t().to_owned();
+    assert_eq!(pool.apply(scale, t.clone()).unwrap(), &t * 2.0);
+    through_pool!(
+        pool,
+        ndarray::Array1<u8>,
+        ndarray::Array1::from_vec(vec![7u8; 100_003])
+    );
+    through_pool!(
+        pool,
+        ndarray::Array3<i32>,
+        ndarray::Array3::zeros((4, 0, 9))
+    );
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Frame {
+    id: u32,
+    label: String,
+    pixels: Vec<u8>,
+    samples: Vec<f64>,
+    grid: ndarray::Array2<f32>,
+    tags: Vec<Option<String>>,
+}
+
+#[test]
+fn structs_holding_arrays_round_trip_through_a_worker() {
+    let pool = TestPool::new(2);
+    let frame = |id: u32| Frame {
+        id,
+        label: format!("frame {id}"),
+        pixels: (0..100_001u32).map(|i| i as u8).collect(),
+        samples: (0..70_001).map(|i| (i as f64).sqrt()).collect(),
+        grid: ndarray::Array2::from_shape_fn((31, 17), |(i, j)| (i as f32) - (j as f32)),
+        tags: vec![None, Some("a".into()), Some(String::new())],
+    };
+    through_pool!(pool, Frame, frame(1));
+    let frames: Vec<Frame> = (0..5).map(frame).collect();
+    let back = pool
+        .map(echo::<Frame> as fn(Frame) -> Frame, frames.clone())
+        .unwrap();
+    assert_eq!(back, frames);
+}
