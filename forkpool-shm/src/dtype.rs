@@ -146,6 +146,18 @@ pub(crate) fn parse(descr: &str) -> Dtype {
         Some(c @ ('<' | '>' | '=' | '|')) => (c, &descr[1..]),
         _ => ('=', descr),
     };
+    // A leading repeat count or shape (`'2f8'`, `'(2,)f8'`) makes a
+    // subarray dtype; numpy writes those as a tuple, never in a string.
+    if descr
+        .trim_start_matches(['<', '>', '=', '|'])
+        .starts_with(|c: char| c.is_ascii_digit() || c == '(')
+    {
+        return unsupported(
+            descr,
+            "subarray dtypes are not supported; save an array of the base type, with the \
+             extra axes in its shape",
+        );
+    }
     let mut chars = rest.chars();
     let Some(letter) = chars.next() else {
         return Dtype::Unknown;
@@ -307,6 +319,9 @@ mod tests {
         assert_eq!(numpy_of("<U3"), "<U3");
         assert_eq!(numpy_of("<f2"), "<f2");
         assert_eq!(numpy_of("<M8[ns]"), "<M8[ns]");
+        assert_eq!(numpy_of("1u1"), "1u1");
+        assert_eq!(numpy_of("<2f8"), "<2f8");
+        assert_eq!(numpy_of("(2,)f8"), "(2,)f8");
     }
 
     #[test]

@@ -117,8 +117,8 @@ pub enum ShmError {
 
     /// A file's length does not match the shape it is opened with.
     #[error(
-        "{path}: the file is {actual} bytes but shape {shape:?} of {elem} needs {expected} bytes \
-         of data{detail}"
+        "{path}: the file is {actual} bytes but shape {shape:?} of {elem} needs {expected} \
+         bytes{detail}"
     )]
     FileLength {
         /// The file.

@@ -278,7 +278,8 @@ fn check_dtype<T: Element>(header: &Parsed, path: &Path) -> Result<(), ShmError>
         Dtype::Unsupported { numpy, what } => (as_written(numpy), format!("; {what}")),
         Dtype::Unknown => (
             header.descr_text.clone(),
-            ", which is not a numpy dtype (np.load refuses it too)".to_owned(),
+            ", which is not a dtype this crate reads (numpy writes plain ones such as '<f8')"
+                .to_owned(),
         ),
     };
     Err(ShmError::DtypeMismatch {
@@ -350,9 +351,19 @@ impl<'a> Parser<'a> {
         self.s.get(self.pos).copied()
     }
 
+    /// Skips white space and comments (`#` to the end of the line), as
+    /// Python's tokenizer does between tokens.
     fn skip_space(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') = self.peek() {
-            self.pos += 1;
+        loop {
+            match self.peek() {
+                Some(b' ' | b'\t' | b'\n' | b'\r' | b'\x0c') => self.pos += 1,
+                Some(b'#') => {
+                    while !matches!(self.peek(), None | Some(b'\n' | b'\r')) {
+                        self.pos += 1;
+                    }
+                }
+                _ => return,
+            }
         }
     }
 
@@ -415,9 +426,6 @@ impl<'a> Parser<'a> {
                 Some(b'\'' | b'"') => self.string()?,
                 Some(b'0'..=b'9' | b'+' | b'-') => self.number()?,
                 Some(b'a'..=b'z' | b'A'..=b'Z' | b'_') => self.name()?,
-                Some(b'#') => {
-                    return Err(self.error("a comment, which numpy never writes,"));
-                }
                 Some(_) => return Err(self.error("unexpected character")),
                 None => return Err(self.error("a value is missing")),
             };
@@ -454,9 +462,6 @@ impl<'a> Parser<'a> {
                     Some(c) if c == close => {
                         self.pos += 1;
                         done = self.close(&mut stack);
-                    }
-                    Some(b'#') => {
-                        return Err(self.error("a comment, which numpy never writes,"));
                     }
                     None => {
                         return Err(self.error(&format!(
@@ -885,10 +890,6 @@ mod tests {
             (
                 "{'descr': '<f8', 'fortran_order': false, 'shape': (3,)}",
                 "a name other",
-            ),
-            (
-                "{'descr': '<f8' # x\n, 'fortran_order': False, 'shape': (3,)}",
-                "comment",
             ),
             ("['descr', '<f8']", "not a dictionary"),
             (

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{python_numpy, spawn};
-use forkpool_shm::{LockedArray, MemInfo, PartitionedArray, SharedArray, ShmError};
+use forkpool_shm::{FileOptions, LockedArray, MemInfo, PartitionedArray, SharedArray, ShmError};
 
 #[test]
 fn a_raw_file_keeps_what_was_written_in_native_row_major_order() {
@@ -190,6 +190,7 @@ fn a_file_larger_than_the_disk_is_refused_and_removed() {
     assert!(matches!(err, ShmError::Reserve { .. }), "{err:?}");
     assert!(err.to_string().contains("1.0 PiB"), "{err}");
     assert!(!path.exists(), "no half-made file is left behind");
+    assert!(entries(dir.path()).is_empty(), "no temporary file either");
 }
 
 #[test]
@@ -206,4 +207,219 @@ fn empty_raw_files_work() {
     // SAFETY: as above.
     let again = unsafe { SharedArray::<f64>::open_file(&path, &[0, 5]) }.unwrap();
     assert_eq!(again.shape(), &[0, 5]);
+}
+
+// Creating never destroys what it did not make (issue 16): the old
+// `create_*` truncated whatever was at the path and, on a later error,
+// removed it (a FIFO, a user's file, a symlink after truncating its target).
+
+/// What is in `dir`, sorted: no temporary file may be left behind.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn create_on_a_fifo_leaves_the_fifo_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipe");
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for raw in [true, false] {
+        // SAFETY: the create fails; nothing is mapped.
+        let err = unsafe {
+            if raw {
+                SharedArray::<f64>::create_file(&path, &[4]).map(drop)
+            } else {
+                SharedArray::<f64>::create_npy(&path, &[4]).map(drop)
+            }
+        }
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("FIFO"), "{text}");
+        assert!(!text.contains("not enough free memory"), "{text}");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(
+            std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()),
+            "the FIFO is still there"
+        );
+    }
+    assert_eq!(entries(dir.path()), ["pipe"]);
+}
+
+#[test]
+fn create_on_an_existing_file_keeps_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("precious.f64");
+    std::fs::write(&path, b"the user's data").unwrap();
+    // SAFETY: the create fails; nothing is mapped.
+    let err = unsafe { SharedArray::<f64>::create_file(&path, &[4]) }.unwrap_err();
+    match &err {
+        ShmError::Io { cause, .. } => {
+            assert_eq!(cause.kind(), std::io::ErrorKind::AlreadyExists, "{err}")
+        }
+        other => panic!("expected Io, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("already exists (15 bytes)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"the user's data");
+    assert_eq!(entries(dir.path()), ["precious.f64"]);
+}
+
+#[test]
+fn create_through_a_symlink_keeps_the_link_and_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, link) = (dir.path().join("target"), dir.path().join("link.npy"));
+    std::fs::write(&target, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    // SAFETY: the create fails; nothing is mapped.
+    let err = unsafe { SharedArray::<u8>::create_npy(&link, &[100]) }.unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(link.is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+}
+
+#[test]
+fn a_second_create_npy_of_one_path_keeps_the_first_arrays_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.npy");
+    // SAFETY: a fresh file used only by this test.
+    let first = unsafe { SharedArray::<i64>::create_npy(&path, &[4, 4]) }.unwrap();
+    first.fill(7);
+    first.flush().unwrap();
+    // Smaller, larger and equal shapes: the old code zeroed (or cut) the
+    // first array's file under it.
+    for shape in [&[1][..], &[100, 100], &[4, 4]] {
+        // SAFETY: the create fails; nothing new is mapped.
+        let err = unsafe { SharedArray::<i64>::create_npy(&path, shape) }.unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+    }
+    assert!(first.iter().all(|x| x == 7));
+    drop(first);
+    // SAFETY: as above.
+    let again = unsafe { SharedArray::<i64>::open_npy(&path) }.unwrap();
+    assert_eq!(again.shape(), &[4, 4]);
+    assert!(again.iter().all(|x| x == 7));
+}
+
+#[test]
+fn a_read_only_file_is_not_opened_read_write_even_by_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("frozen.npy");
+    // SAFETY: a fresh file used only by this test.
+    let array = unsafe { SharedArray::<u16>::create_npy(&path, &[3]) }.unwrap();
+    array.set(1, 9);
+    drop(array);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // SAFETY: the open fails; nothing is mapped.
+    let err = unsafe { SharedArray::<u16>::open_npy(&path) }.unwrap_err();
+    assert!(err.to_string().contains("read-only (mode 444)"), "{err}");
+    // SAFETY: as above.
+    let err = unsafe { SharedArray::<u16>::open_file(&path, &[64]) }.unwrap_err();
+    assert!(err.to_string().contains("open_file_readonly"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn a_read_only_open_maps_the_file_prot_read_and_refuses_writes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("frozen.npy");
+    // SAFETY: a fresh file used only by this test.
+    let array = unsafe { SharedArray::<u16>::create_npy(&path, &[3, 2]) }.unwrap();
+    array.set(1, 9);
+    drop(array);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    // SAFETY: nothing writes or truncates the file while it is mapped.
+    let array = unsafe { SharedArray::<u16>::open_npy_readonly(&path) }.unwrap();
+    assert!(array.is_read_only());
+    assert_eq!(array.to_vec(), [0, 9, 0, 0, 0, 0]);
+    array.prefault_read(0..3).unwrap();
+    assert!(matches!(
+        array.prefault(0..3),
+        Err(ShmError::ReadOnly { .. })
+    ));
+    let set = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| array.set(0, 1)));
+    let message = *set.unwrap_err().downcast::<String>().unwrap();
+    assert!(message.contains("mapped read-only"), "{message}");
+    let fill = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| array.fill_rows(0..1, 1)));
+    assert!(fill.is_err());
+    // The kernel's view: the file is mapped shared and not writable.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps
+        .lines()
+        .find(|l| l.ends_with(path.to_str().unwrap()))
+        .expect("the file is mapped");
+    assert!(line.split_whitespace().nth(1) == Some("r--s"), "{line}");
+    // A forked child reads it too.
+    let child = spawn(|| {
+        ensure!(array.get(1) == 9, "child read {}", array.get(1));
+        Ok(())
+    });
+    child.join();
+    // SAFETY: as above.
+    let raw = unsafe { SharedArray::<u8>::open_file_readonly(&path, &[128 + 12]) }.unwrap();
+    assert!(raw.is_read_only() && raw.get(0) == 0x93);
+}
+
+#[test]
+fn overwrite_replaces_a_file_atomically_and_keeps_its_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.npy");
+    // SAFETY: a fresh file used only by this test.
+    let old = unsafe { SharedArray::<f32>::create_npy(&path, &[8]) }.unwrap();
+    old.fill(1.5);
+    old.flush().unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let options = FileOptions::new().overwrite(true);
+    // SAFETY: as above; `old` maps the old file, which the rename unlinks.
+    let new: SharedArray<f32> = unsafe { options.create_npy(&path, &[2, 2]) }.unwrap();
+    assert!(new.iter().all(|x| x == 0.0));
+    // The old mapping keeps the old file's data; the path is the new file.
+    assert!(old.iter().all(|x| x == 1.5));
+    new.set(3, 2.5);
+    new.flush().unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    // SAFETY: as above.
+    let again = unsafe { SharedArray::<f32>::open_npy(&path) }.unwrap();
+    assert_eq!((again.shape(), again.get(3)), (&[2, 2][..], 2.5));
+    assert_eq!(entries(dir.path()), ["data.npy"]);
+
+    // A FIFO is never replaced, even when asked to overwrite.
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // SAFETY: the create fails.
+    let err = unsafe { options.create_file::<SharedArray<u8>>(&fifo, &[1]) }.unwrap_err();
+    assert!(err.to_string().contains("FIFO"), "{err}");
+}
+
+#[test]
+fn following_a_symlink_replaces_its_target_and_keeps_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, link) = (dir.path().join("target.u8"), dir.path().join("link.u8"));
+    std::fs::write(&target, b"old").unwrap();
+    std::os::unix::fs::symlink("target.u8", &link).unwrap();
+    let options = FileOptions::new().overwrite(true);
+    // Overwrite alone does not write through the link.
+    // SAFETY: the create fails.
+    let err = unsafe { options.create_file::<SharedArray<u8>>(&link, &[4]) }.unwrap_err();
+    assert!(err.to_string().contains("follow_symlinks"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    // SAFETY: a file used only by this test.
+    let array: SharedArray<u8> =
+        unsafe { options.follow_symlinks(true).create_file(&link, &[4]) }.unwrap();
+    array.fill(3);
+    array.flush().unwrap();
+    assert!(link.is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), [3; 4]);
+    assert_eq!(array.path(), Some(target.as_path()));
 }

@@ -266,3 +266,248 @@ fn a_missing_file_names_its_path() {
     assert!(matches!(err, ShmError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("nowhere.npy"), "{err}");
 }
+
+// Regression tests for hostile files (issue 16). Each runs the open in a
+// forked child where the old failure was a crash, a hang or a huge
+// allocation, so the test fails (instead of the harness dying) on old code.
+
+/// A `.npy` file of format `version` whose length field says `hlen` and
+/// whose bytes after the length field are `rest`.
+fn npy_with_len(version: u8, hlen: u32, rest: &[u8]) -> Vec<u8> {
+    let mut out = b"\x93NUMPY".to_vec();
+    out.extend_from_slice(&[version, 0]);
+    if version == 1 {
+        out.extend_from_slice(&(hlen as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&hlen.to_le_bytes());
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// A `.npy` file of format `version` with header `text` and `data` zero bytes.
+fn npy_with(version: u8, text: &str, data: usize) -> Vec<u8> {
+    let mut rest = text.as_bytes().to_vec();
+    rest.resize(rest.len() + data, 0);
+    npy_with_len(version, text.len() as u32, &rest)
+}
+
+/// A format 1.0 `.npy` file with header `text`, padded as numpy pads it (the
+/// data starts at a multiple of 64), and `data` zero bytes.
+fn npy_aligned(text: &str, data: usize) -> Vec<u8> {
+    let width = (10 + text.len() + 1).div_ceil(64) * 64 - 10 - 1;
+    npy_with(1, &format!("{text:<width$}\n"), data)
+}
+
+/// Opens `bytes` as a `.npy` of f64 in a forked child whose address space
+/// is limited to what it has now plus 1 GiB; returns the error's text.
+fn open_in_limited_child(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let child = common::spawn(|| {
+        let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+        let vm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or("no VmSize")?;
+        let limit = vm_kib * 1024 + (1 << 30);
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, limit, limit)
+            .map_err(|e| e.to_string())?;
+        // SAFETY: a private file; the open fails before mapping anything.
+        let err = match unsafe { SharedArray::<f64>::open_npy(&path) } {
+            Ok(_) => return Err("a hostile file was opened".into()),
+            Err(err) => err.to_string(),
+        };
+        nix::unistd::write(&write, err.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    drop(write);
+    child.join();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(read), &mut text).unwrap();
+    text
+}
+
+#[test]
+fn a_72_byte_file_claiming_a_4_gib_header_is_refused_without_allocating_it() {
+    let dir = temp();
+    let mut rest = b"{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }".to_vec();
+    rest.resize(72 - 12, b' ');
+    let bytes = npy_with_len(2, u32::MAX, &rest);
+    assert_eq!(bytes.len(), 72);
+    let err = open_in_limited_child(dir.path(), "huge-length.npy", &bytes);
+    assert!(
+        err.contains("4294967295 bytes long") && err.contains("10000"),
+        "{err}"
+    );
+}
+
+#[test]
+fn deep_nesting_in_a_224_byte_header_is_parsed_at_once() {
+    // The old parser doubled its time per level: 31 levels took hours.
+    let dir = temp();
+    // The dict and the shape's tuple are two levels: 30 more make 32.
+    let levels = 30;
+    let shape = format!("{}3{},", "(".repeat(levels), ")".repeat(levels));
+    let text = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({shape})}}");
+    let bytes = npy_with(1, &format!("{text:<214}"), 24);
+    assert_eq!(bytes.len(), 224 + 24);
+    let path = dir.path().join("nested.npy");
+    std::fs::write(&path, &bytes).unwrap();
+    // As numpy does: `((((3))),)` is `(3,)`.
+    let child = common::spawn(|| {
+        // SAFETY: a private file used only here.
+        let array = unsafe { SharedArray::<f64>::open_npy(&path) }.map_err(|e| e.to_string())?;
+        ensure!(array.shape() == [3], "shape {:?}", array.shape());
+        Ok(())
+    });
+    child.join();
+
+    let descr = format!("{}3{}", "[".repeat(levels), "]".repeat(levels));
+    let text = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': (3,)}}");
+    let err = open_in_limited_child(dir.path(), "nested-descr.npy", &npy_with(1, &text, 24));
+    assert!(err.contains("structured dtype"), "{err}");
+}
+
+#[test]
+fn thousands_of_nesting_levels_are_refused_without_overflowing_the_stack() {
+    // The old parser recursed per level: ~5 120 levels (15.5 KB) aborted the
+    // process with a stack overflow, 1 536 on a 2 MiB thread stack.
+    let dir = temp();
+    let levels = 4_900;
+    let text = format!(
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': {}3{}}}",
+        "(".repeat(levels),
+        ")".repeat(levels)
+    );
+    assert!(text.len() <= 10_000);
+    let err = open_in_limited_child(dir.path(), "deep.npy", &npy_with(1, &text, 8));
+    assert!(err.contains("nested deeper than 32 levels"), "{err}");
+    // The reproducer's shape: 18 656 bytes, a header over numpy's limit.
+    let text = format!("{{'shape': {}{}", "[".repeat(18_656 - 12 - 11), "]");
+    let bytes = npy_with(3, &text, 0);
+    assert_eq!(bytes.len(), 18_656);
+    let err = open_in_limited_child(dir.path(), "deeper.npy", &bytes);
+    assert!(
+        err.contains("more than numpy's limit of 10000 characters"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_two_megabyte_number_is_refused_unread_and_kept_out_of_the_message() {
+    let dir = temp();
+    let text = format!(
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},)}}",
+        "9".repeat(2 << 20)
+    );
+    let err = open_in_limited_child(dir.path(), "long-number.npy", &npy_with(2, &text, 0));
+    assert!(err.len() < 1_000, "the message is {} bytes long", err.len());
+    assert!(err.contains("more than numpy's limit"), "{err}");
+    // Under the limit, a long number is refused by its length.
+    let text = format!(
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},)}}",
+        "9".repeat(9_000)
+    );
+    let err = open_in_limited_child(dir.path(), "long-number-2.npy", &npy_with(1, &text, 0));
+    assert!(
+        err.contains("a number longer than 32 characters") && err.len() < 1_000,
+        "{err}"
+    );
+}
+
+#[test]
+fn an_empty_shape_whose_byte_size_overflows_is_refused_as_numpy_refuses_it() {
+    // (0, 2**32, 2**32) holds no element, but numpy refuses it ("array is
+    // too big") and ndarray's views require the product of the non-zero
+    // axes to fit isize; the old code accepted it (and a debug build
+    // panicked computing the row length).
+    let dir = temp();
+    let text = "{'descr': '<f8', 'fortran_order': False, 'shape': (0, 4294967296, 4294967296), }";
+    let path = dir.path().join("overflow.npy");
+    std::fs::write(&path, npy_aligned(text, 0)).unwrap();
+    // SAFETY: a private file; the open fails before mapping it.
+    let err = unsafe { SharedArray::<f64>::open_npy(&path) }.unwrap_err();
+    assert!(matches!(err, ShmError::InvalidShape { .. }), "{err:?}");
+    assert!(err.to_string().contains("too big"), "{err}");
+    // numpy's exact limit: 2**32 * 268435455 * 8 bytes fits, so it opens.
+    let text = "{'descr': '<f8', 'fortran_order': False, 'shape': (0, 4294967296, 268435455), }";
+    std::fs::write(&path, npy_aligned(text, 0)).unwrap();
+    // SAFETY: as above; the array is empty.
+    let array = unsafe { SharedArray::<f64>::open_npy(&path) }.unwrap();
+    assert_eq!((array.len(), array.nrows()), (0, 0));
+    assert_eq!(array.raw_view().shape(), &[0, 1 << 32, 268_435_455]);
+    assert_eq!(array.to_ndarray().len(), 0);
+}
+
+#[test]
+fn dtypes_are_named_as_numpy_names_them_and_synonyms_open() {
+    let dir = temp();
+    let open = |name: &str, descr: &str| {
+        let text = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': (2,), }}");
+        let path = dir.path().join(name);
+        std::fs::write(&path, npy_aligned(&text, 16)).unwrap();
+        // SAFETY: a private file used only here.
+        unsafe { SharedArray::<f64>::open_npy(&path) }
+    };
+    for (i, synonym) in ["'<d'", "'float64'", "'d'", "'=f8'", "\"<f8\""]
+        .iter()
+        .enumerate()
+    {
+        let array = open(&format!("synonym{i}.npy"), synonym).unwrap();
+        assert_eq!(array.shape(), &[2], "{synonym}");
+    }
+    let cases = [
+        (
+            "'|O'",
+            "holds '|O'",
+            "object arrays (Python objects) are not supported; save numeric data",
+        ),
+        (
+            "'|S2'",
+            "holds '|S2'",
+            "byte-string arrays are not supported",
+        ),
+        ("'|b1'", "holds '|b1'", "boolean arrays are not supported"),
+        ("'>f8'", "holds '>f8'", "big-endian"),
+        ("'<i4'", "holds '<i4'", "open it as an array of i32"),
+        (
+            "'<l'",
+            "holds '<i8' (written '<l')",
+            "open it as an array of i64",
+        ),
+        ("True", "holds True", "not a dtype this crate reads"),
+        ("None", "holds None", "not a dtype this crate reads"),
+    ];
+    for (descr, found, hint) in cases {
+        let err = open("other.npy", descr).unwrap_err();
+        assert!(
+            matches!(err, ShmError::DtypeMismatch { .. }),
+            "{descr}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(found) && text.contains(hint),
+            "{descr}: {text}"
+        );
+        assert!(!text.contains("structured"), "{descr}: {text}");
+    }
+    // The header is not counted as data.
+    let err = open("short.npy", "'<f8'");
+    let path = dir.path().join("short.npy");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() - 8);
+    std::fs::write(&path, &bytes).unwrap();
+    drop(err);
+    // SAFETY: as above.
+    let err = unsafe { SharedArray::<f64>::open_npy(&path) }
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("needs 144 bytes (128 bytes of header and 16 of data)")
+            && err.contains("too short"),
+        "{err}"
+    );
+}
