@@ -56,6 +56,11 @@ fn main() -> Result<(), Error> {
     assert_eq!(done, [0, 1, 4, 9, 16]);
     // ANCHOR_END: imap_unordered
 
+    // ANCHOR: imap_auto
+    let total: u64 = pool.imap_auto(square, 0..10_000).sum::<Result<u64, _>>()?; // pool.imap(square, it)
+    assert_eq!(total, (0..10_000u64).map(square).sum::<u64>());
+    // ANCHOR_END: imap_auto
+
     // ANCHOR: apply
     assert_eq!(pool.apply(square, 12)?, 144); // pool.apply(square, (12,))
     // ANCHOR_END: apply

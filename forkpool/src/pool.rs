@@ -364,6 +364,64 @@ impl Pool {
         IMap::new(self, f, items.into_iter(), chunksize, false)
     }
 
+    /// [`imap`](Self::imap) with the chunk size chosen by the pool (Python's
+    /// `imap(f, items)` without `chunksize`): for an input that knows its
+    /// length, about 16 tasks per worker (results stream back in many small
+    /// steps, tiny items do not cost a round trip each); for one that does
+    /// not (an endless iterator, a filter), one item per task.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let evens: Vec<u64> = pool.imap_auto(|x: u64| x * 2, 0..1000).collect::<Result<_, _>>()?;
+    /// assert_eq!(evens[999], 1998);
+    /// # Ok(()) }
+    /// ```
+    pub fn imap_auto<T, R, I>(&self, f: fn(T) -> R, items: I) -> IMap<'_, T, R, I::IntoIter>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        let items = items.into_iter();
+        let chunksize = self.stream_chunksize(&items);
+        self.imap(f, items, chunksize)
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with the chunk size chosen
+    /// by the pool, as [`imap_auto`](Self::imap_auto).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let sum: u64 = pool.imap_unordered_auto(|x: u64| x * 2, 0..1000).map(Result::unwrap).sum();
+    /// assert_eq!(sum, 999_000);
+    /// # Ok(()) }
+    /// ```
+    pub fn imap_unordered_auto<T, R, I>(
+        &self,
+        f: fn(T) -> R,
+        items: I,
+    ) -> IMap<'_, T, R, I::IntoIter>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        let items = items.into_iter();
+        let chunksize = self.stream_chunksize(&items);
+        self.imap_unordered(f, items, chunksize)
+    }
+
+    /// The chunk size of `imap_auto`: about 16 tasks per worker when the
+    /// input knows its length, else 1.
+    fn stream_chunksize(&self, items: &impl Iterator) -> usize {
+        match items.size_hint() {
+            (lo, Some(hi)) if lo == hi => lo.div_ceil(self.processes * 16).max(1),
+            _ => 1,
+        }
+    }
+
     /// Runs `f(arg)` in a worker and waits for the result.
     ///
     /// # Errors

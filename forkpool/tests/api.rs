@@ -467,3 +467,43 @@ fn pool_builder_default_builds_like_pool_builder() {
     assert_eq!(pool.worker_pids().len(), 2);
     assert_eq!(pool.map(double, [4]).unwrap(), [8]);
 }
+
+#[test]
+fn imap_auto_chunks_inputs_of_known_length_and_streams_the_others() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = TestPool::new(2);
+    // 3200 items, 2 workers: chunks of 100, so each task's items ran in
+    // one worker in a row. Count the runs of equal pids.
+    let pids: Vec<i32> = pool
+        .imap_auto(pid_of, 0..3200)
+        .map(Result::unwrap)
+        .collect();
+    let switches = pids.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(switches < 32, "{switches} worker switches: not chunked");
+    let mut per_pid: HashMap<i32, usize> = HashMap::new();
+    for p in &pids {
+        *per_pid.entry(*p).or_default() += 1;
+    }
+    assert!(per_pid.values().all(|&n| n % 100 == 0), "{per_pid:?}");
+    // An endless input: one item per task, pulled lazily.
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let first: Vec<u64> = pool
+        .imap_unordered_auto(double, endless)
+        .take(10)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first.len(), 10);
+    assert!(pulled.load(Ordering::Relaxed) < 1_000_000);
+    let mut all: Vec<u64> = pool
+        .imap_unordered_auto(double, 0..1000)
+        .map(Result::unwrap)
+        .collect();
+    all.sort();
+    assert_eq!(all, (0..1000).map(|x| x * 2).collect::<Vec<_>>());
+}
