@@ -139,6 +139,22 @@ fn main() -> Result<(), Error> {
     assert!(each[3].is_err() && each[4].is_ok()); // the others are unaffected
     // ANCHOR_END: errors
 
+    // ANCHOR: stats
+    let stats = pool.stats(); // (mpire's worker insights)
+    for w in &stats.workers {
+        println!(
+            "worker {}: {} tasks, {} items, busy {:?}, peak RSS {} KiB",
+            w.pid,
+            w.tasks,
+            w.items,
+            w.busy,
+            w.peak_rss >> 10
+        );
+    }
+    assert_eq!(stats.workers.len(), 2);
+    assert!(stats.tasks() > 0 && stats.peak_rss() > 0);
+    // ANCHOR_END: stats
+
     // ANCHOR: close_join
     let pids = pool.worker_pids();
     assert_eq!(pids.len(), 2);

@@ -354,7 +354,11 @@ impl Collector {
                 };
                 self.fail_start_or_break(st, err);
             }
-            Event::Exited { pid, cause } => self.on_exited(st, pid, cause),
+            Event::Exited {
+                pid,
+                cause,
+                peak_rss,
+            } => self.on_exited(st, pid, cause, peak_rss),
         }
     }
 
@@ -470,7 +474,7 @@ impl Collector {
         st.request_kill(pid);
     }
 
-    fn on_exited(&mut self, st: &mut State, pid: i32, cause: ExitCause) {
+    fn on_exited(&mut self, st: &mut State, pid: i32, cause: ExitCause, peak_rss: u64) {
         let Some(w) = st.workers.iter().position(|w| w.pid == pid) else {
             return;
         };
@@ -509,10 +513,12 @@ impl Collector {
                 item: 0,
                 pid,
                 cause,
-                peak_rss: None,
+                peak_rss: (peak_rss > 0).then_some(peak_rss),
             },
         };
         let removed = st.remove_worker(w, &err);
+        let stats = removed.counters.stats(pid, peak_rss, false);
+        st.exited.push(stats);
         let wanted = match st.phase {
             Phase::Starting | Phase::Running => true,
             Phase::Closed => !st.draining,

@@ -44,8 +44,13 @@ pub(crate) enum Event {
         limit: u64,
         open: u64,
     },
-    /// A worker was reaped.
-    Exited { pid: i32, cause: ExitCause },
+    /// A worker was reaped; `peak_rss` is its peak resident memory in
+    /// bytes (`wait4`'s `ru_maxrss`).
+    Exited {
+        pid: i32,
+        cause: ExitCause,
+        peak_rss: u64,
+    },
 }
 
 /// The call that failed when the zygote could not fork a worker.

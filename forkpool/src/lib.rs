@@ -66,6 +66,7 @@ mod pool;
 mod progress;
 mod scheduler;
 mod starmap;
+mod stats;
 mod task;
 mod worker;
 mod zygote;
@@ -78,6 +79,7 @@ pub use pool::Pool;
 #[cfg(feature = "progress")]
 pub use progress::{Progressed, WithProgress};
 pub use starmap::StarFn;
+pub use stats::{PoolStats, WorkerStats};
 
 /// The README's examples, compiled and run as doctests so they cannot drift.
 #[cfg(doctest)]

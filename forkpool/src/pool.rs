@@ -16,6 +16,7 @@ use crate::imap::IMap;
 use crate::mailbox::{Mailbox, mailbox};
 use crate::scheduler::{Phase, Task, TaskMeta};
 use crate::starmap::{StarFn, star_call};
+use crate::stats::{Counters, PoolStats, live_peak_rss};
 use crate::task::{Call, encode_task};
 
 /// Encoded tasks are handed to the scheduler in batches of about this many
@@ -128,6 +129,38 @@ impl Pool {
     /// Pids of the workers alive now (replacements appear under new pids).
     pub fn worker_pids(&self) -> Vec<i32> {
         self.shared.lock().pids()
+    }
+
+    /// What each worker did: tasks and items done, busy time, peak memory
+    /// (RSS), for the workers alive now and those that exited (crashed,
+    /// recycled). Reads `/proc/<pid>/status` of each live worker.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// pool.map_chunked(|x: u64| x * 2, 0..100, 10)?;
+    /// let s = pool.stats();
+    /// assert_eq!(s.workers.len(), 2);
+    /// assert_eq!(s.tasks(), 10);
+    /// assert_eq!(s.items(), 100);
+    /// for w in &s.workers {
+    ///     println!("worker {}: {} tasks, busy {:?}, peak RSS {} bytes", w.pid, w.tasks, w.busy, w.peak_rss);
+    ///     assert!(w.peak_rss > 0);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        let (live, exited) = {
+            let st = self.shared.lock();
+            let live: Vec<(i32, Counters)> =
+                st.workers.iter().map(|w| (w.pid, w.counters)).collect();
+            (live, st.exited.to_vec())
+        };
+        let workers = live
+            .into_iter()
+            .map(|(pid, c)| c.stats(pid, live_peak_rss(pid), true))
+            .collect();
+        PoolStats { workers, exited }
     }
 
     /// Pid of the zygote, the process that forks the workers.

@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::fds::PoolFd;
 use crate::frame::{self, FrameReader, FromWorker, OutQueue, ResultFrame, TaskHeader};
 use crate::mailbox::Postman;
+use crate::stats::{Counters, Exited};
 
 /// How much work (by the workers' own timing) to keep queued at a worker.
 const TARGET_QUEUED_NS: f64 = 1_000_000.0;
@@ -137,6 +138,8 @@ pub(crate) enum Phase {
 
 /// One worker, as the parent sees it.
 pub(crate) struct Worker {
+    /// Tasks, items and busy time of the results it returned.
+    pub(crate) counters: Counters,
     pub(crate) slot: u32,
     pub(crate) pid: i32,
     /// It sent READY: its initializer succeeded.
@@ -164,6 +167,7 @@ pub(crate) struct Worker {
 impl Worker {
     pub(crate) fn new(slot: u32, pid: i32, task_fd: PoolFd, result_fd: PoolFd) -> Self {
         Worker {
+            counters: Counters::default(),
             slot,
             pid,
             ready: false,
@@ -220,6 +224,8 @@ impl Worker {
 
 /// The pool's mutable state, behind one lock.
 pub(crate) struct State {
+    /// What the workers that exited did (for `Pool::stats`).
+    pub(crate) exited: Exited,
     pub(crate) phase: Phase,
     /// Set once the pool cannot run work; every later call returns it.
     pub(crate) broken: Option<Error>,
@@ -242,6 +248,7 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn new(ctrl: PoolFd, processes: usize, max_tasks_per_child: Option<usize>) -> Self {
         State {
+            exited: Exited::default(),
             phase: Phase::Starting,
             broken: None,
             queue: VecDeque::new(),
@@ -359,6 +366,9 @@ impl State {
             ));
         }
         worker.record_busy(result.busy_ns);
+        worker
+            .counters
+            .record(front.reply.meta.items, result.busy_ns);
         let pid = worker.pid;
         self.done.push(Delivery {
             reply: front.reply,

@@ -24,7 +24,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Pid};
 
 use crate::control::{self, Event, Received, Request, SpawnCall};
@@ -103,14 +103,19 @@ pub(crate) fn run(ctrl: OwnedFd, mut init: Initializer) -> ! {
     }
     for pid in std::mem::take(&mut workers) {
         loop {
-            match waitpid(pid, None) {
+            match wait4(pid.as_raw(), 0) {
                 Err(Errno::EINTR) => continue,
-                Ok(status) => {
+                Ok(Some((status, peak_rss))) => {
                     if let Some((pid, cause)) = exit_cause(status) {
-                        let _ = control::send(ctrl.as_fd(), &Event::Exited { pid, cause }, &[]);
+                        let exited = Event::Exited {
+                            pid,
+                            cause,
+                            peak_rss,
+                        };
+                        let _ = control::send(ctrl.as_fd(), &exited, &[]);
                     }
                 }
-                Err(_) => {}
+                Ok(None) | Err(_) => {}
             }
             break;
         }
@@ -135,18 +140,45 @@ fn exit_cause(status: WaitStatus) -> Option<(i32, ExitCause)> {
 /// Reaps every worker that has exited and reports it.
 fn reap(ctrl: &OwnedFd, workers: &mut BTreeSet<Pid>) {
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+        match wait4(-1, libc::WNOHANG) {
+            Ok(None) | Err(Errno::ECHILD) => return,
             Err(Errno::EINTR) => continue,
             Err(_) => return,
-            Ok(status) => {
+            Ok(Some((status, peak_rss))) => {
                 if let Some((pid, cause)) = exit_cause(status) {
                     workers.remove(&Pid::from_raw(pid));
                     // A failed send means the parent is gone; the main loop
                     // sees that on the socket.
-                    let _ = control::send(ctrl.as_fd(), &Event::Exited { pid, cause }, &[]);
+                    let exited = Event::Exited {
+                        pid,
+                        cause,
+                        peak_rss,
+                    };
+                    let _ = control::send(ctrl.as_fd(), &exited, &[]);
                 }
             }
+        }
+    }
+}
+
+/// `waitpid` that also returns the child's peak resident memory in bytes
+/// (`ru_maxrss` of `wait4`'s rusage; nix has no `wait4`). `Ok(None)`: with
+/// `WNOHANG`, no child has exited.
+fn wait4(pid: i32, flags: i32) -> nix::Result<Option<(WaitStatus, u64)>> {
+    let mut status = 0;
+    // SAFETY: `rusage` is plain integers and `timeval`s: all zeroes is a
+    // valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals, valid for writes of their
+    // types; wait4 is async-signal-safe and takes no lock.
+    let got = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
+    match got {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        got => {
+            let status = WaitStatus::from_raw(Pid::from_raw(got), status)?;
+            // Linux reports ru_maxrss in KiB.
+            Ok(Some((status, (usage.ru_maxrss.max(0) as u64) * 1024)))
         }
     }
 }
