@@ -21,7 +21,8 @@ pub(crate) trait Sink<O>: Send {
     fn finish(self: Box<Self>) -> Result<O>;
 }
 
-/// The results of a `map`: values per task, or the error of the lowest item.
+/// The results of a `map`: values per task (tasks are cut in item order,
+/// so by task index), or the error of the lowest item.
 pub(crate) struct MapSink<R> {
     chunks: Vec<Option<Vec<R>>>,
     first_error: Option<Error>,
@@ -29,9 +30,9 @@ pub(crate) struct MapSink<R> {
 }
 
 impl<R> MapSink<R> {
-    pub(crate) fn new(tasks: usize, arg_type: &'static str) -> Self {
+    pub(crate) fn new(arg_type: &'static str) -> Self {
         MapSink {
-            chunks: (0..tasks).map(|_| None).collect(),
+            chunks: Vec::new(),
             first_error: None,
             arg_type,
         }
@@ -71,7 +72,12 @@ impl<R: DeserializeOwned + Send> Sink<Vec<R>> for MapSink<R> {
                 );
                 match err {
                     Some(e) => self.note(e),
-                    None => self.chunks[meta.chunk] = Some(values),
+                    None => {
+                        if self.chunks.len() <= meta.chunk {
+                            self.chunks.resize_with(meta.chunk + 1, || None);
+                        }
+                        self.chunks[meta.chunk] = Some(values);
+                    }
                 }
             }
             Err(e) => self.note(e),
@@ -201,10 +207,10 @@ enum Inner<O> {
 
 struct Waiting<O> {
     rx: Mailbox,
-    /// Completions not yet received.
+    /// Items whose completion has not been received.
     pending: usize,
-    /// Tasks the job was split into.
-    tasks: usize,
+    /// Items of the job.
+    items: usize,
     /// Drops the job's queued tasks; `None` once detached.
     cancel: Option<Canceller>,
     sink: Box<dyn Sink<O>>,
@@ -219,8 +225,8 @@ impl<O> Waiting<O> {
         if let Some(bar) = &self.bar {
             bar.inc(c.meta.items as u64);
         }
+        self.pending = self.pending.saturating_sub(c.meta.items);
         self.sink.take(c);
-        self.pending -= 1;
     }
 }
 
@@ -261,7 +267,7 @@ impl<O> AsyncResult<O> {
             state: Inner::Waiting(Waiting {
                 rx,
                 pending,
-                tasks: pending,
+                items: pending,
                 cancel,
                 sink,
                 #[cfg(feature = "progress")]
@@ -302,7 +308,7 @@ impl<O> AsyncResult<O> {
     /// block).
     pub fn ready(&self) -> bool {
         match &self.state {
-            Inner::Waiting(w) => w.rx.len() >= w.pending,
+            Inner::Waiting(w) => w.rx.items() >= w.pending,
             Inner::Failed(_) | Inner::Taken => true,
         }
     }
@@ -366,8 +372,8 @@ impl<O> AsyncResult<O> {
             bar.abandon();
         }
         let err = Error::Cancelled {
-            completed: w.tasks - w.pending,
-            tasks: w.tasks,
+            completed: w.items - w.pending,
+            items: w.items,
         };
         self.state = Inner::Failed(err);
         true
@@ -473,7 +479,7 @@ impl<O> Future for AsyncResult<O> {
 impl<O> std::fmt::Debug for AsyncResult<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.state {
-            Inner::Waiting(w) => format!("waiting for {} tasks", w.pending),
+            Inner::Waiting(w) => format!("waiting for {} items", w.pending),
             Inner::Failed(e) => format!("failed: {e}"),
             Inner::Taken => "taken".to_string(),
         };

@@ -201,18 +201,31 @@ pub enum Error {
     /// or its handle dropped) before it finished: its queued tasks were
     /// dropped without running.
     #[error(
-        "cancelled after {completed} of {tasks} tasks had finished; the rest did not run or were discarded"
+        "cancelled after {completed} of {items} items had finished; the rest did not run or were discarded"
     )]
     Cancelled {
-        /// Tasks (chunks) whose results had arrived when it was cancelled.
+        /// Items whose results had arrived when it was cancelled.
         completed: usize,
-        /// Tasks (chunks) the work was split into.
-        tasks: usize,
+        /// Items of the work.
+        items: usize,
     },
 
     /// The result was already taken out of this handle.
     #[error("the result was already taken from this handle")]
     AlreadyTaken,
+
+    /// The caller's input iterator panicked while producing this item (in
+    /// `map`, `imap`, `imap_unordered` and their variants). The results of
+    /// the items before it are delivered first; items already pulled into
+    /// the same chunk are not run (as Python's `imap` does with a chunk
+    /// whose input raised); nothing after it is pulled.
+    #[error("item {item}: the input iterator panicked: {message}")]
+    InputPanicked {
+        /// Index of the item whose production panicked.
+        item: usize,
+        /// The panic message.
+        message: String,
+    },
 
     /// The pool's configuration is invalid (zero processes, say).
     #[error("invalid pool configuration: {reason}")]
@@ -286,7 +299,8 @@ impl Error {
             | Error::WorkerDied { item, .. }
             | Error::Decode { item, .. }
             | Error::Encode { item, .. }
-            | Error::TaskTimeout { item, .. } => Some(*item),
+            | Error::TaskTimeout { item, .. }
+            | Error::InputPanicked { item, .. } => Some(*item),
             _ => None,
         }
     }

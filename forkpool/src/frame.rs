@@ -118,17 +118,6 @@ impl TaskHeader {
         Some((h, &body[Self::BODY_LEN..]))
     }
 
-    /// Sets the id of a whole task frame (prefix included) built with id 0.
-    pub(crate) fn set_id(frame: &mut [u8], id: u64) {
-        let at = LEN_PREFIX + 1;
-        frame[at..at + 8].copy_from_slice(&id.to_le_bytes());
-    }
-
-    /// The id of a whole task frame (prefix included).
-    pub(crate) fn id_of(frame: &[u8]) -> u64 {
-        field(&frame[LEN_PREFIX..], 0)
-    }
-
     /// Where a task body's payload starts (after [`parse`](Self::parse)
     /// accepted it).
     pub(crate) const PAYLOAD_AT: usize = Self::BODY_LEN;
@@ -577,7 +566,6 @@ mod tests {
         let started = h.begin(&mut out);
         out.extend_from_slice(b"items");
         started.finish(&mut out);
-        assert_eq!(TaskHeader::id_of(&out[2..]), 41);
         let body = &out[2 + LEN_PREFIX..];
         assert_eq!(
             u64::from_le_bytes(out[2..2 + LEN_PREFIX].try_into().unwrap()) as usize,

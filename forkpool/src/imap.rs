@@ -2,14 +2,31 @@
 //! [`Pool::imap_unordered`](crate::Pool::imap_unordered).
 //!
 //! Unlike Python's `imap`, which drains its input into the task queue at
-//! once, the iterator pulls input only as results are consumed: at most
-//! [`MAX_TASKS_PER_WORKER`] tasks per worker and [`MAX_BYTES`] of encoded
-//! input are outstanding, so an endless input streams in bounded memory.
+//! once, the iterator pulls input only as results are consumed: it keeps
+//! at most a bounded number of items outstanding (two chunks per worker at
+//! first, then twice the items completed so far, up to
+//! [`MAX_TASKS_PER_WORKER`] chunks per worker) and at most [`MAX_BYTES`] of
+//! encoded input, so an
+//! endless input streams in bounded memory. What it pulls waits in the
+//! parent; the scheduler cuts it into tasks only as workers are about to
+//! need them, so dropping the iterator early leaves running only what the
+//! workers already hold (see [`crate::scheduler`]).
+//!
+//! # An input that panics
+//!
+//! The input iterator runs in the caller's thread, under `catch_unwind`.
+//! If it panics while producing item `k`, the results of the items before
+//! the chunk being assembled are delivered (for `imap`, in order), then
+//! one [`Error::InputPanicked`] naming item `k` and the message, then the
+//! iterator ends, and every later `next()` returns `None` at once. The items
+//! of that unfinished chunk are not run, as in Python (10 items failing at
+//! item 3 with chunksize 1 give 3 results; 20 items failing at 7 with
+//! chunksize 2 give 6, with chunksize 4 give 4).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::iter::Fuse;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,21 +34,33 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 use crate::mailbox::{Mailbox, Postman, mailbox};
 use crate::pool::Pool;
-use crate::scheduler::{Completion, Task, TaskMeta};
-use crate::task::{decode_outcomes, encode_task};
+use crate::scheduler::{Chunking, Completion, JobId, JobSpec};
+use crate::task::{Call, Items, decode_outcomes};
+use crate::worker::panic_message;
 
 /// Most tasks outstanding per worker process.
 const MAX_TASKS_PER_WORKER: usize = 1024;
 /// Most bytes of encoded input outstanding (beyond two tasks per worker).
 const MAX_BYTES: usize = 64 << 20;
 
+/// Pulls the next item of `input` (whose index would be `index`), turning
+/// a panic into [`Error::InputPanicked`]. After an error, do not call it
+/// again on the same iterator.
+pub(crate) fn pull<I: Iterator>(input: &mut I, index: usize) -> Result<Option<I::Item>> {
+    catch_unwind(AssertUnwindSafe(|| input.next())).map_err(|payload| Error::InputPanicked {
+        item: index,
+        message: panic_message(payload.as_ref()),
+    })
+}
+
 /// The iterator returned by [`Pool::imap`](crate::Pool::imap) and
 /// [`Pool::imap_unordered`](crate::Pool::imap_unordered): one `Result`
 /// per input item.
 ///
 /// An item whose task failed yields its error and the iteration goes on.
-/// Dropping the iterator early cancels the tasks not yet handed to a
-/// worker.
+/// If the input iterator panics, the results before it come first, then
+/// [`Error::InputPanicked`], then the end (see the module docs). Dropping
+/// the iterator early cancels the work not yet handed to a worker.
 ///
 /// # Examples
 ///
@@ -44,24 +73,47 @@ const MAX_BYTES: usize = 64 << 20;
 /// assert_eq!(squares[999], 999 * 999);
 /// # Ok(()) }
 /// ```
+///
+/// An input that panics part-way:
+///
+/// ```
+/// # fn main() -> Result<(), forkpool::Error> {
+/// let pool = forkpool::Pool::new(2)?;
+/// let input = (0..10u32).map(|i| if i == 3 { panic!("bad row") } else { i });
+/// let got: Vec<_> = pool.imap(|x: u32| x + 1, input, 1).collect();
+/// assert_eq!(got.len(), 4);
+/// assert_eq!(got[..3].iter().map(|r| *r.as_ref().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
+/// assert!(matches!(&got[3], Err(forkpool::Error::InputPanicked { item: 3, .. })));
+/// # Ok(()) }
+/// ```
 #[must_use = "iterators are lazy: nothing runs until the IMap is iterated"]
 pub struct IMap<'p, T, R, I: Iterator<Item = T>> {
     pool: &'p Pool,
     f: fn(T) -> R,
-    input: Fuse<I>,
+    input: I,
     chunksize: usize,
     ordered: bool,
-    tx: Postman,
     rx: Mailbox,
+    /// Until the job is opened: its sender.
+    tx: Option<Postman>,
     cancel: Arc<AtomicBool>,
-    /// Index of the next task to submit, and of its first item.
-    next_chunk: usize,
+    job: Option<JobId>,
+    /// Index of the next item to pull.
     next_item: usize,
+    /// No more input will be pulled (it ended, panicked, or the pool
+    /// refused more).
     input_done: bool,
+    /// The input's panic, yielded once everything before it was.
+    failure: Option<Error>,
+    /// Items handed to the pool and not yet completed, and their bytes.
     outstanding: usize,
     outstanding_bytes: usize,
-    /// Ordered: finished tasks waiting for their turn.
+    /// Items completed so far: the outstanding limit is twice this (slow
+    /// start), within bounds.
+    completed: usize,
+    /// Ordered: finished items waiting for their turn, by first index.
     waiting: BTreeMap<usize, VecDeque<Result<R>>>,
+    /// Ordered: the index of the next item to yield.
     next_yield: usize,
     /// Items ready to yield.
     current: VecDeque<Result<R>>,
@@ -81,118 +133,153 @@ where
         ordered: bool,
     ) -> Self {
         let (tx, rx) = mailbox();
+        let chunksize = chunksize.max(1);
         IMap {
             pool,
             f,
-            input: input.fuse(),
-            chunksize: chunksize.max(1),
+            input,
+            chunksize,
             ordered,
-            tx,
             rx,
+            tx: Some(tx),
             cancel: Arc::new(AtomicBool::new(false)),
-            next_chunk: 0,
+            job: None,
             next_item: 0,
             input_done: false,
+            failure: None,
             outstanding: 0,
             outstanding_bytes: 0,
+            completed: 0,
             waiting: BTreeMap::new(),
             next_yield: 0,
             current: VecDeque::new(),
         }
     }
 
-    fn max_tasks(&self) -> usize {
-        self.pool.processes() * MAX_TASKS_PER_WORKER
+    fn max_items(&self) -> usize {
+        self.pool.processes() * MAX_TASKS_PER_WORKER * self.chunksize
     }
 
-    /// Submits input until the outstanding bounds are reached. Refills only
-    /// once half the room is free, so submissions go in batches.
+    /// Pulls input until the limit of outstanding items is reached (in
+    /// whole chunks), and hands it to the pool in one block. The limit is
+    /// twice the items completed so far (so it doubles per round trip, like
+    /// the scheduler's window), at least two chunks per worker and at most
+    /// [`MAX_TASKS_PER_WORKER`] chunks per worker. Refills only once half
+    /// the room is free, so hand-overs go in batches.
     fn refill(&mut self) {
-        let max = self.max_tasks();
-        let min_tasks = 2 * self.pool.processes();
-        if self.input_done || (self.outstanding > max / 2 && self.outstanding_bytes < MAX_BYTES / 2)
+        let min_items = 2 * self.pool.processes() * self.chunksize;
+        let limit = (2 * self.completed).clamp(min_items, self.max_items().max(min_items));
+        if self.input_done
+            || (self.outstanding > limit / 2 && self.outstanding_bytes < MAX_BYTES / 2)
         {
             return;
         }
-        let mut batch = Vec::new();
+        let mut block = Items::starting_at(self.next_item);
         while !self.input_done
-            && self.outstanding < max
-            && (self.outstanding_bytes < MAX_BYTES || self.outstanding < min_tasks)
+            && self.outstanding + block.len() < limit
+            && (self.outstanding_bytes + block.bytes() < MAX_BYTES
+                || self.outstanding + block.len() < min_items)
         {
-            let items: Vec<T> = self.input.by_ref().take(self.chunksize).collect();
-            if items.is_empty() {
-                self.input_done = true;
-                break;
-            }
-            let (chunk, first, count) = (self.next_chunk, self.next_item, items.len());
-            self.next_chunk += 1;
-            self.next_item += count;
-            match encode_task(self.f, items, first) {
-                Ok(frame) => {
-                    self.outstanding += 1;
-                    self.outstanding_bytes += frame.len();
-                    let meta = TaskMeta {
-                        chunk,
-                        first,
-                        items: count,
-                        bytes: frame.len(),
-                    };
-                    batch.push(Task::new(
-                        frame,
-                        meta,
-                        self.tx.clone(),
-                        Some(self.cancel.clone()),
-                    ));
+            let start = self.next_item;
+            let mut encode_error = None;
+            for _ in 0..self.chunksize {
+                match pull(&mut self.input, self.next_item) {
+                    Ok(Some(item)) => {
+                        if encode_error.is_none()
+                            && let Err(e) = block.push(&item, self.next_item)
+                        {
+                            encode_error = Some(e);
+                        }
+                        self.next_item += 1;
+                    }
+                    Ok(None) => {
+                        self.input_done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        // The unfinished chunk is not run (as in Python).
+                        self.input_done = true;
+                        self.failure = Some(e);
+                        self.next_item = start;
+                        break;
+                    }
                 }
-                // Not sent: the task fails here, in its place.
-                Err(e) => self.finished(
-                    chunk,
-                    (first..first + count).map(|i| Err(e.for_item(i))).collect(),
-                ),
             }
-        }
-        if batch.is_empty() {
-            return;
-        }
-        let sent: Vec<(usize, usize, usize, usize)> = batch
-            .iter()
-            .map(|t| {
-                let m = t.meta();
-                (m.chunk, m.first, m.items, m.bytes)
-            })
-            .collect();
-        if let Err(e) = self.pool.submit(batch) {
-            // The pool takes nothing more: each item of these tasks gets the
-            // error, and no more input is read.
-            self.input_done = true;
-            for (chunk, first, count, bytes) in sent {
-                self.outstanding -= 1;
-                self.outstanding_bytes -= bytes;
+            let in_block = start - block.first_index();
+            if self.failure.is_some() {
+                block.truncate(in_block);
+            } else if let Some(e) = encode_error {
+                // Not sent: the chunk fails here, in its place, and the
+                // items before it go as one block.
+                block.truncate(in_block);
+                let before = std::mem::replace(&mut block, Items::starting_at(self.next_item));
+                self.hand_over(before, false);
                 self.finished(
-                    chunk,
-                    (first..first + count).map(|_| Err(e.clone())).collect(),
+                    start,
+                    (start..self.next_item)
+                        .map(|i| Err(e.for_item(i)))
+                        .collect(),
                 );
             }
         }
+        self.hand_over(block, self.input_done);
     }
 
-    /// A task's items are known: queue them for yielding.
-    fn finished(&mut self, chunk: usize, items: VecDeque<Result<R>>) {
+    /// Gives a block of items to the pool (`done` if the input ended). If
+    /// the pool refuses, each of its items gets the error, and no more
+    /// input is read.
+    fn hand_over(&mut self, block: Items, done: bool) {
+        if block.len() == 0 && (!done || self.job.is_none()) {
+            return;
+        }
+        let (first, len, bytes) = (block.first_index(), block.len(), block.bytes());
+        let submitted = match (self.job, self.tx.take()) {
+            (Some(job), _) => Ok(job),
+            (None, Some(sink)) => self.pool.open_job(JobSpec {
+                header: Call::of(self.f).header(),
+                chunking: Chunking::Fixed(self.chunksize),
+                sink,
+                cancel: self.cancel.clone(),
+            }),
+            (None, None) => Err(Error::Terminated),
+        }
+        .and_then(|job| {
+            self.job = Some(job);
+            self.pool.append(job, block, done)
+        });
+        match submitted {
+            Ok(()) => {
+                self.outstanding += len;
+                self.outstanding_bytes += bytes;
+            }
+            Err(e) => {
+                self.input_done = true;
+                self.finished(first, (0..len).map(|_| Err(e.clone())).collect());
+            }
+        }
+    }
+
+    /// Items are known from `first` on: queue them for yielding.
+    fn finished(&mut self, first: usize, items: VecDeque<Result<R>>) {
+        if items.is_empty() {
+            return;
+        }
         if self.ordered {
-            self.waiting.insert(chunk, items);
+            self.waiting.insert(first, items);
         } else {
             self.current.extend(items);
         }
     }
 
     fn accept(&mut self, c: Completion) {
-        self.outstanding -= 1;
-        self.outstanding_bytes -= c.meta.bytes;
         let meta = c.meta;
+        self.outstanding -= meta.items;
+        self.outstanding_bytes -= meta.bytes;
+        self.completed += meta.items;
         let mut items = VecDeque::with_capacity(meta.items);
         match c.outcome {
-            Ok(body) => decode_outcomes::<R>(
-                body.payload(),
+            Ok(result) => decode_outcomes::<R>(
+                result.payload(),
                 meta.items,
                 meta.first,
                 c.pid,
@@ -203,7 +290,7 @@ where
                 items.extend((meta.first..meta.first + meta.items).map(|i| Err(e.for_item(i))))
             }
         }
-        self.finished(meta.chunk, items);
+        self.finished(meta.first, items);
     }
 }
 
@@ -223,7 +310,7 @@ where
             if self.ordered
                 && let Some(items) = self.waiting.remove(&self.next_yield)
             {
-                self.next_yield += 1;
+                self.next_yield += items.len();
                 self.current = items;
                 continue;
             }
@@ -232,12 +319,18 @@ where
                 continue;
             }
             if self.outstanding == 0 {
-                return None;
+                // Everything before the input's panic was yielded.
+                return self.failure.take().map(Err);
             }
             match self.rx.recv(None) {
                 Ok(c) => self.accept(c),
-                // Unreachable while `self.tx` lives; kept for clarity.
-                Err(_) => return Some(Err(Error::Terminated)),
+                // Every sender is gone with items outstanding: only a pool
+                // shut down under us does that. End rather than wait.
+                Err(_) => {
+                    self.outstanding = 0;
+                    self.input_done = true;
+                    return Some(Err(Error::Terminated));
+                }
             }
         }
     }
@@ -245,6 +338,8 @@ where
 
 impl<T, R, I: Iterator<Item = T>> Drop for IMap<'_, T, R, I> {
     fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
+        if let Some(job) = self.job {
+            self.pool.cancel_job(job);
+        }
     }
 }

@@ -146,8 +146,8 @@ impl Mailbox {
         Poll::Pending
     }
 
-    /// How many completions are waiting.
-    pub(crate) fn len(&self) -> usize {
-        self.0.state.lock().queue.len()
+    /// How many items the waiting completions cover.
+    pub(crate) fn items(&self) -> usize {
+        self.0.state.lock().queue.iter().map(|c| c.meta.items).sum()
     }
 }

@@ -12,18 +12,18 @@ use crate::async_result::{ApplySink, AsyncResult, Canceller, MapSink};
 use crate::builder::PoolBuilder;
 use crate::collector::Shared;
 use crate::error::{Error, Result};
-use crate::imap::IMap;
-use crate::mailbox::{Mailbox, mailbox};
-use crate::scheduler::{Phase, Task, TaskMeta};
+use crate::imap::{IMap, pull};
+use crate::mailbox::mailbox;
+use crate::scheduler::{Chunking, JobId, JobSpec, Phase};
 use crate::starmap::{StarFn, star_call};
 use crate::stats::{Counters, PoolStats, live_peak_rss};
-use crate::task::{Call, encode_task};
+use crate::task::{Call, Items};
 
-/// Encoded tasks are handed to the scheduler in batches of about this many
-/// bytes (or [`BATCH_TASKS`] tasks), so workers start before a big map is
-/// fully encoded, without a lock round trip per tiny task.
-const BATCH_BYTES: usize = 1 << 20;
-const BATCH_TASKS: usize = 256;
+/// A map's encoded items are handed to the scheduler in blocks of about
+/// this many bytes (or [`BLOCK_ITEMS`] items), so workers start before a
+/// big map is fully encoded, without a lock round trip per tiny item.
+const BLOCK_BYTES: usize = 1 << 20;
+const BLOCK_ITEMS: usize = 16 * 1024;
 
 /// A pool of forked worker processes, like Python's
 /// `multiprocessing.Pool`.
@@ -76,14 +76,9 @@ impl fmt::Debug for Pool {
             .field("zygote", &self.shared.zygote.as_raw())
             .field("workers", &st.pids())
             .field("phase", &st.phase)
-            .field("queued", &st.queue.len())
+            .field("queued_items", &st.queued_items())
             .finish()
     }
-}
-
-/// Python's rule for `map`'s chunk size: about four tasks per worker.
-pub(crate) fn default_chunksize(items: usize, processes: usize) -> usize {
-    items.div_ceil(processes * 4).max(1)
 }
 
 impl Pool {
@@ -173,9 +168,19 @@ impl Pool {
         Canceller::new(flag, &self.shared)
     }
 
-    /// Hands tasks to the scheduler.
-    pub(crate) fn submit(&self, tasks: Vec<Task>) -> Result<()> {
-        let full = self.shared.lock().submit(tasks)?;
+    /// Starts a job (see [`crate::scheduler`]).
+    pub(crate) fn open_job(&self, spec: JobSpec) -> Result<JobId> {
+        self.shared.lock().open_job(spec)
+    }
+
+    /// Drops what job `id` has not yet sent to a worker.
+    pub(crate) fn cancel_job(&self, job: JobId) {
+        self.shared.lock().cancel(job);
+    }
+
+    /// Adds encoded items to a job (`done`: they are its last).
+    pub(crate) fn append(&self, job: JobId, items: Items, done: bool) -> Result<()> {
+        let full = self.shared.lock().append(job, items, done)?;
         if full {
             self.shared.wake();
         }
@@ -183,14 +188,23 @@ impl Pool {
     }
 
     /// Applies `f` to every item, in parallel, and returns the results in
-    /// input order. Items go out in chunks of Python's default size (about
-    /// four tasks per worker); see [`map_chunked`](Self::map_chunked).
+    /// input order.
+    ///
+    /// Items are encoded once, up front, and cut into tasks only as workers
+    /// are about to need them (guided self-scheduling): the first tasks are
+    /// single items, then each task takes about 100 µs of items by this
+    /// job's own measured cost, never more than the remaining items over
+    /// twice the workers. So cheap items travel in large chunks, costly
+    /// ones one by one, and chunks shrink as the job drains. To fix the
+    /// chunk size yourself, use [`map_chunked`](Self::map_chunked).
     ///
     /// # Errors
     ///
     /// The error of the lowest-numbered item that failed (a panic, a dead
     /// worker, a value that would not encode or decode); every other item
     /// still ran. To get every item's own outcome, use [`imap`](Self::imap).
+    /// If the input iterator itself panics, [`Error::InputPanicked`] and
+    /// nothing runs.
     ///
     /// ```
     /// # fn main() -> Result<(), forkpool::Error> {
@@ -254,9 +268,7 @@ impl Pool {
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items: Vec<T> = items.into_iter().collect();
-        let chunksize = default_chunksize(items.len(), self.processes);
-        self.map_async_chunked(f, items, chunksize)
+        self.map_call(Call::of(f), std::any::type_name::<T>(), items, None)
     }
 
     /// [`map_async`](Self::map_async) with `chunksize` items per task.
@@ -270,31 +282,50 @@ impl Pool {
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let call = Call::of(f);
-        self.map_call(call, std::any::type_name::<T>(), items, chunksize)
+        let chunksize = Some(chunksize.max(1));
+        self.map_call(Call::of(f), std::any::type_name::<T>(), items, chunksize)
     }
 
-    /// Submits `items` (each encoded as it is, decoded in the worker as
-    /// the argument of `call`) in tasks of `chunksize` items; `arg_type`
-    /// names the argument type in errors.
+    /// Collects `items` (an input that panics fails the map in its place;
+    /// nothing runs), encodes them (each as it is, decoded in the worker as
+    /// the argument of `call`) and submits them as one job: tasks of
+    /// `chunksize` items, or guided chunks when `None`. `arg_type` names
+    /// the argument type in errors.
     pub(crate) fn map_call<A, R>(
         &self,
         call: Call,
         arg_type: &'static str,
         items: impl IntoIterator<Item = A>,
-        chunksize: usize,
+        chunksize: Option<usize>,
     ) -> AsyncResult<Vec<R>>
     where
         A: Serialize,
         R: DeserializeOwned + Send + 'static,
     {
-        let items: Vec<A> = items.into_iter().collect();
-        let chunksize = chunksize.max(1);
-        let tasks = items.len().div_ceil(chunksize);
-        let sink = Box::new(MapSink::<R>::new(tasks, arg_type));
+        let mut input = items.into_iter();
+        let mut items = Vec::with_capacity(input.size_hint().0);
+        loop {
+            match pull(&mut input, items.len()) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => break,
+                Err(e) => return AsyncResult::failed(e),
+            }
+        }
+        let total = items.len();
+        let sink = Box::new(MapSink::<R>::new(arg_type));
+        let (tx, rx) = mailbox();
         let cancel = Arc::new(AtomicBool::new(false));
-        match self.submit_chunks(call, &cancel, items, chunksize) {
-            Ok(rx) => AsyncResult::new(rx, tasks, sink, Some(self.canceller(cancel))),
+        let spec = JobSpec {
+            header: call.header(),
+            chunking: match chunksize {
+                Some(n) => Chunking::Fixed(n.max(1)),
+                None => Chunking::Guided { total },
+            },
+            sink: tx,
+            cancel: cancel.clone(),
+        };
+        match self.submit_items(spec, items) {
+            Ok(()) => AsyncResult::new(rx, total, sink, Some(self.canceller(cancel))),
             Err(e) => {
                 // Tasks submitted before the failure need not run.
                 self.canceller(cancel).cancel();
@@ -303,42 +334,22 @@ impl Pool {
         }
     }
 
-    /// Encodes `items` in chunks and submits them in batches.
-    fn submit_chunks<A: Serialize>(
-        &self,
-        call: Call,
-        cancel: &Arc<AtomicBool>,
-        items: Vec<A>,
-        chunksize: usize,
-    ) -> Result<Mailbox> {
-        let (tx, rx) = mailbox();
+    /// Opens a job for `spec` and appends `items` to it in blocks.
+    fn submit_items<T: Serialize>(&self, spec: JobSpec, items: Vec<T>) -> Result<()> {
+        let job = self.open_job(spec)?;
         let total = items.len();
-        let mut items = items.into_iter();
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        let (mut first, mut chunk) = (0, 0);
-        while first < total {
-            let count = chunksize.min(total - first);
-            let frame = call.encode(items.by_ref().take(count), first)?;
-            batch_bytes += frame.len();
-            let meta = TaskMeta {
-                chunk,
-                first,
-                items: count,
-                bytes: frame.len(),
-            };
-            batch.push(Task::new(frame, meta, tx.clone(), Some(cancel.clone())));
-            if batch.len() >= BATCH_TASKS || batch_bytes >= BATCH_BYTES {
-                self.submit(std::mem::take(&mut batch))?;
-                batch_bytes = 0;
+        let mut block = Items::starting_at(0);
+        for (i, item) in items.into_iter().enumerate() {
+            block.push(&item, i)?;
+            if block.len() >= BLOCK_ITEMS || block.bytes() >= BLOCK_BYTES {
+                let full = std::mem::replace(&mut block, Items::starting_at(i + 1));
+                self.append(job, full, i + 1 == total)?;
             }
-            first += count;
-            chunk += 1;
         }
-        if !batch.is_empty() {
-            self.submit(batch)?;
+        if total == 0 || block.len() > 0 {
+            self.append(job, block, true)?;
         }
-        Ok(rx)
+        Ok(())
     }
 
     /// A lazy, ordered map: yields each item's `Result` in input order,
@@ -492,20 +503,16 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let sink = Box::new(ApplySink::<R>::new(std::any::type_name::<T>()));
+        let (tx, rx) = mailbox();
         let cancel = Arc::new(AtomicBool::new(false));
-        let submitted = encode_task(f, std::iter::once(arg), 0).and_then(|frame| {
-            let (tx, rx) = mailbox();
-            let meta = TaskMeta {
-                chunk: 0,
-                first: 0,
-                items: 1,
-                bytes: frame.len(),
-            };
-            let task = Task::new(frame, meta, tx, Some(cancel.clone()));
-            self.submit(vec![task]).map(|()| rx)
-        });
-        match submitted {
-            Ok(rx) => AsyncResult::new(rx, 1, sink, Some(self.canceller(cancel))),
+        let spec = JobSpec {
+            header: Call::of(f).header(),
+            chunking: Chunking::Fixed(1),
+            sink: tx,
+            cancel: cancel.clone(),
+        };
+        match self.submit_items(spec, vec![arg]) {
+            Ok(()) => AsyncResult::new(rx, 1, sink, Some(self.canceller(cancel))),
             Err(e) => AsyncResult::failed(e),
         }
     }
@@ -568,10 +575,8 @@ impl Pool {
         F::Output: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f; // zero-sized: the trampoline knows it by its type
-        let items: Vec<Args> = items.into_iter().collect();
-        let chunksize = default_chunksize(items.len(), self.processes);
         let call = star_call::<F, Args>();
-        self.map_call(call, std::any::type_name::<Args>(), items, chunksize)
+        self.map_call(call, std::any::type_name::<Args>(), items, None)
     }
 
     /// Takes no new work; what was submitted still runs. Follow with

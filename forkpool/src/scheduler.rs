@@ -1,21 +1,51 @@
-//! The parent's picture of the pool: the task queue, the workers and what
-//! each one holds, and the choice of which worker gets the next task.
+//! The parent's picture of the pool: the jobs waiting, the workers and
+//! what each one holds, and the choice of which worker gets the next task.
 //!
-//! Each worker has its own task pipe, so the parent schedules: a task goes
-//! to the ready worker holding the fewest, up to that worker's *window*.
-//! The window adapts to how long tasks take (the worker reports its busy
-//! time with every result): about [`TARGET_QUEUED`] of work is kept queued
-//! at each worker, so tiny tasks travel in batches (hundreds per `write`)
-//! while long ones go one at a time and balance like Python's shared
-//! queue.
+//! # Commit work late
+//!
+//! A task written into one worker's pipe cannot move to an idle worker, so
+//! the scheduler writes a task only when a worker is about to need it.
+//!
+//! - **Jobs, not tasks, wait in the parent.** A job (one `map`, one `imap`,
+//!   one `apply`) is its items, each encoded once at submit into one buffer
+//!   ([`Items`]). Task frames are cut out of consecutive items at dispatch
+//!   time, so a task's size is chosen when it is sent, from what the job has
+//!   shown so far.
+//! - **Each worker holds a small, time-bounded amount of work**, measured
+//!   in *this job's* task times (the worker reports its busy time with every
+//!   result). A worker takes another task while the work it holds is
+//!   estimated under [`HOLD_NS`] (about the time a result takes to come back
+//!   and a refill to reach it), or while it holds fewer than two tasks that
+//!   are not long ([`LONG_NS`]): the second one keeps the worker busy while
+//!   the first one's result travels. So tiny tasks travel hundreds per
+//!   `write`, and long ones go one at a time, like Python's shared queue.
+//! - **Nothing carries from one job to the next.** A new job knows nothing:
+//!   its tasks count as unknown, so each worker gets one, and the job's
+//!   allowance per worker grows by one with each of its completed tasks
+//!   (so it doubles per round trip, TCP's slow start) while the
+//!   estimate from its own completions says how much fits in [`HOLD_NS`].
+//!   A job that follows a job of tiny tasks therefore starts as cautiously
+//!   as on a fresh pool, and reaches every worker.
+//! - **Guided self-scheduling for `map`'s default chunks** (OpenMP's
+//!   `guided`; Polychronopoulos and Kuck, 1987): a task gets about
+//!   [`TASK_NS`] of items by the job's per-item estimate, never more than
+//!   the remaining items over twice the workers, and a single item while
+//!   nothing is known. Chunks shrink as the job drains, and shrink at once
+//!   when items turn out costlier (the estimate follows a costlier item up
+//!   immediately, and comes down by halves).
+//!
+//! What this cannot do: undo a commitment. When a job's items change cost
+//! abruptly (thousands of 20 µs items, then 25 ms ones), each worker may
+//! already hold up to [`HOLD_NS`] of what it *thought* was cheap work, and
+//! those tasks run where they are.
 //!
 //! Tasks are written from whichever thread holds the state lock: the
 //! submitting thread (so `apply` costs no thread hop on the way out) or the
-//! collector thread when results free a worker's window. Writes never
-//! block: what a pipe does not take waits in the worker's [`OutQueue`] for
-//! the collector to flush when the pipe drains.
+//! collector thread when results free a worker. Writes never block: what a
+//! pipe does not take waits in the worker's [`OutQueue`] for the collector
+//! to flush when the pipe drains.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,11 +56,27 @@ use crate::fds::PoolFd;
 use crate::frame::{self, FrameReader, FromWorker, OutQueue, ResultFrame, TaskHeader};
 use crate::mailbox::Postman;
 use crate::stats::{Counters, Exited};
+use crate::task::{Cut, Items, cut_task};
 
-/// How much work (by the workers' own timing) to keep queued at a worker.
-const TARGET_QUEUED_NS: f64 = 1_000_000.0;
+/// Estimated work (by the job's own task times) a worker may hold: about
+/// what covers a result's trip back and the refill's trip out, results
+/// being held up to 200 µs by the worker for company.
+pub(crate) const HOLD_NS: f64 = 1_000_000.0;
+/// A task estimated at least this long goes to a worker only when it holds
+/// nothing (a round trip is then under 2 % of the task).
+pub(crate) const LONG_NS: f64 = 5_000_000.0;
+/// What a guided chunk aims to take, by the job's per-item estimate: above
+/// the 200 µs a worker holds a result for company, so each guided chunk's
+/// result comes home at once and the next chunk goes to whichever worker
+/// finished, not to one that returned a batch.
+pub(crate) const TASK_NS: f64 = 250_000.0;
 /// Most tasks in flight at one worker.
-const MAX_WINDOW: usize = 1024;
+pub(crate) const MAX_WINDOW: usize = 1024;
+/// Tasks a new job may give each worker before any of them finished.
+const FIRST_WINDOW: usize = 1;
+
+/// Names a job in the pool's state.
+pub(crate) type JobId = u64;
 
 /// The finished (or failed) task, sent to whoever submitted it.
 #[derive(Debug)]
@@ -46,80 +92,157 @@ pub(crate) struct Completion {
 /// What the submitter needs back with a task's completion.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TaskMeta {
-    /// Index of the task in its job.
+    /// Index of the task in its job (tasks are cut in item order).
     pub(crate) chunk: usize,
     /// Index of the task's first item in the job's input.
     pub(crate) first: usize,
     /// How many items the task holds.
     pub(crate) items: usize,
-    /// Size of the encoded task.
+    /// Encoded size of those items.
     pub(crate) bytes: usize,
-}
-
-/// A task's way home: its description and its job's mailbox.
-pub(crate) struct Reply {
-    meta: TaskMeta,
-    sink: Postman,
 }
 
 /// A completion to post once the state lock is released (posting wakes the
 /// submitter, which would then wait for the lock we hold).
 pub(crate) struct Delivery {
-    reply: Reply,
+    sink: Postman,
+    meta: TaskMeta,
     pid: i32,
     outcome: Result<ResultFrame, Error>,
 }
 
 impl Delivery {
     /// The task failed as a whole: `err`, for the task's first item.
-    fn failed(reply: Reply, pid: i32, err: &Error) -> Self {
-        let outcome = Err(err.for_item(reply.meta.first));
+    fn failed(sink: Postman, meta: TaskMeta, pid: i32, err: &Error) -> Self {
         Delivery {
-            reply,
+            sink,
+            meta,
             pid,
-            outcome,
+            outcome: Err(err.for_item(meta.first)),
         }
     }
 
     pub(crate) fn post(self) {
-        self.reply.sink.send(Completion {
-            meta: self.reply.meta,
+        self.sink.send(Completion {
+            meta: self.meta,
             pid: self.pid,
             outcome: self.outcome,
         });
     }
 }
 
-/// An encoded task waiting for a worker.
-pub(crate) struct Task {
-    frame: Vec<u8>,
-    reply: Reply,
-    /// Set when the submitter no longer wants it run (imap dropped early).
-    cancel: Option<Arc<AtomicBool>>,
+/// How a job's items are split into tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunking {
+    /// This many items per task (the last task may hold fewer).
+    Fixed(usize),
+    /// Guided self-scheduling over `total` items (see the module docs).
+    Guided { total: usize },
 }
 
-impl Task {
-    pub(crate) fn new(
-        frame: Vec<u8>,
-        meta: TaskMeta,
-        sink: Postman,
-        cancel: Option<Arc<AtomicBool>>,
-    ) -> Self {
-        Task {
-            frame,
-            reply: Reply { meta, sink },
-            cancel,
+/// What a job is: how to run its tasks and where their results go.
+pub(crate) struct JobSpec {
+    /// The trampoline and function of every task (the id is set per task).
+    pub(crate) header: TaskHeader,
+    pub(crate) chunking: Chunking,
+    pub(crate) sink: Postman,
+    /// Set when the submitter no longer wants the rest run (an `IMap`
+    /// dropped early, a `map` whose input failed to encode).
+    pub(crate) cancel: Arc<AtomicBool>,
+}
+
+/// A job as the scheduler keeps it.
+struct Job {
+    spec: JobSpec,
+    /// Items appended and not yet cut, oldest first.
+    queue: VecDeque<Items>,
+    /// Items appended so far, and the index of the first one not yet cut.
+    appended: usize,
+    next_item: usize,
+    next_chunk: usize,
+    /// The submitter will append nothing more.
+    input_done: bool,
+    /// Tasks of this job that workers hold.
+    in_flight: usize,
+    /// Estimated nanoseconds per item, from this job's own completions.
+    item_ns: Option<f64>,
+    /// Tasks a worker may hold when it takes one of this job's (grows by
+    /// one per completed task: slow start).
+    window: usize,
+}
+
+impl Job {
+    fn uncut(&self) -> usize {
+        self.appended - self.next_item
+    }
+
+    fn cancelled(&self) -> bool {
+        self.spec.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Whether it will never need the state again.
+    fn finished(&self) -> bool {
+        self.in_flight == 0 && (self.cancelled() || (self.input_done && self.uncut() == 0))
+    }
+
+    /// Items in the next task, if one can be cut now.
+    fn next_len(&self, processes: usize) -> Option<usize> {
+        let uncut = self.uncut();
+        if uncut == 0 || self.cancelled() {
+            return None;
+        }
+        match self.spec.chunking {
+            Chunking::Fixed(n) if uncut >= n => Some(n),
+            Chunking::Fixed(_) => self.input_done.then_some(uncut),
+            Chunking::Guided { total } => {
+                let guided = total.saturating_sub(self.next_item).div_ceil(2 * processes);
+                let by_time = self
+                    .item_ns
+                    .map_or(1, |ns| (TASK_NS / ns.max(1.0)) as usize);
+                Some(by_time.min(guided).min(uncut).max(1))
+            }
         }
     }
 
-    pub(crate) fn meta(&self) -> TaskMeta {
-        self.reply.meta
+    /// Estimated nanoseconds of a task of `n` items (`None`: not known).
+    fn estimate(&self, n: usize) -> Option<f64> {
+        self.item_ns.map(|ns| ns * n as f64)
+    }
+
+    /// How much estimated work a worker may hold when it takes this job's
+    /// next task: [`HOLD_NS`], and for a guided job also no more than its
+    /// share of what is left (so the last tasks are not all committed to
+    /// the worker that asked first).
+    fn hold_cap(&self, processes: usize) -> f64 {
+        match (self.spec.chunking, self.item_ns) {
+            (Chunking::Guided { total }, Some(ns)) => {
+                let left = total.saturating_sub(self.next_item) as f64 * ns;
+                HOLD_NS.min(left / processes as f64)
+            }
+            _ => HOLD_NS,
+        }
+    }
+
+    /// Learns from a completed task: its busy time over its items.
+    fn learn(&mut self, busy_ns: u64, items: usize) {
+        let sample = busy_ns as f64 / items.max(1) as f64;
+        self.item_ns = Some(match self.item_ns {
+            // Costlier items: believe it at once (smaller tasks follow).
+            Some(old) if sample < old => 0.5 * (old + sample),
+            _ => sample,
+        });
+        self.window = (self.window + 1).min(MAX_WINDOW);
     }
 }
 
+/// A task a worker holds.
 struct InFlight {
     id: u64,
-    reply: Reply,
+    job: JobId,
+    meta: TaskMeta,
+    /// What it was estimated to cost when sent (unknown counts as
+    /// [`HOLD_NS`]).
+    est_ns: f64,
 }
 
 /// Where the pool is in its life.
@@ -156,8 +279,8 @@ pub(crate) struct Worker {
     pub(crate) result_pipe_big: bool,
     out: OutQueue,
     in_flight: VecDeque<InFlight>,
-    window: usize,
-    avg_ns: Option<f64>,
+    /// Sum of the estimates of `in_flight`.
+    held_ns: f64,
     /// Tasks sent to it, for `max_tasks_per_child`.
     sent: usize,
     /// Why it is being killed, if the parent decided so (bad frame).
@@ -179,8 +302,7 @@ impl Worker {
             result_pipe_big: false,
             out: OutQueue::default(),
             in_flight: VecDeque::new(),
-            window: 1,
-            avg_ns: None,
+            held_ns: 0.0,
             sent: 0,
             failure: None,
         }
@@ -211,14 +333,31 @@ impl Worker {
         }
     }
 
-    fn record_busy(&mut self, busy_ns: u64) {
-        let sample = busy_ns as f64;
-        let avg = match self.avg_ns {
-            Some(a) => 0.75 * a + 0.25 * sample,
-            None => sample,
+    /// Whether it may take a task estimated at `est` (`None`: unknown) of
+    /// a job whose window is `window`, holding at most `cap` of estimated
+    /// work (beyond the two-task pipeline).
+    fn has_room(&self, est: Option<f64>, window: usize, cap: f64) -> bool {
+        let held = self.in_flight.len();
+        if held == 0 {
+            return true;
+        }
+        if held >= window.min(MAX_WINDOW) {
+            return false;
+        }
+        match est {
+            None => held < FIRST_WINDOW,
+            Some(e) => (held < 2 && e < LONG_NS) || self.held_ns < cap,
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<InFlight> {
+        let f = self.in_flight.pop_front()?;
+        self.held_ns = if self.in_flight.is_empty() {
+            0.0
+        } else {
+            (self.held_ns - f.est_ns).max(0.0)
         };
-        self.avg_ns = Some(avg);
-        self.window = ((TARGET_QUEUED_NS / avg.max(1.0)) as usize).clamp(1, MAX_WINDOW);
+        Some(f)
     }
 }
 
@@ -229,7 +368,10 @@ pub(crate) struct State {
     pub(crate) phase: Phase,
     /// Set once the pool cannot run work; every later call returns it.
     pub(crate) broken: Option<Error>,
-    pub(crate) queue: VecDeque<Task>,
+    /// Every job that has items to cut or tasks out.
+    jobs: HashMap<JobId, Job>,
+    /// Jobs that may still have items to cut, in submission order.
+    order: VecDeque<JobId>,
     pub(crate) workers: Vec<Worker>,
     pub(crate) ctrl: Arc<PoolFd>,
     pub(crate) processes: usize,
@@ -243,6 +385,7 @@ pub(crate) struct State {
     /// Completions to post when the lock is released.
     pub(crate) done: Vec<Delivery>,
     next_id: u64,
+    next_job: JobId,
 }
 
 impl State {
@@ -251,7 +394,8 @@ impl State {
             exited: Exited::default(),
             phase: Phase::Starting,
             broken: None,
-            queue: VecDeque::new(),
+            jobs: HashMap::new(),
+            order: VecDeque::new(),
             workers: Vec::with_capacity(processes),
             ctrl: Arc::new(ctrl),
             processes,
@@ -261,6 +405,7 @@ impl State {
             terminated: false,
             done: Vec::new(),
             next_id: 0,
+            next_job: 0,
         }
     }
 
@@ -278,50 +423,94 @@ impl State {
         }
     }
 
-    /// Queues tasks and hands out what it can. Returns whether a pipe is
-    /// full, so the collector must watch it.
-    pub(crate) fn submit(&mut self, tasks: impl IntoIterator<Item = Task>) -> Result<bool, Error> {
+    /// Starts a job; its items come with [`append`](Self::append).
+    pub(crate) fn open_job(&mut self, spec: JobSpec) -> Result<JobId, Error> {
         self.accepting()?;
-        for mut task in tasks {
-            TaskHeader::set_id(&mut task.frame, self.next_id);
-            self.next_id += 1;
-            self.queue.push_back(task);
+        let id = self.next_job;
+        self.next_job += 1;
+        self.jobs.insert(
+            id,
+            Job {
+                spec,
+                queue: VecDeque::new(),
+                appended: 0,
+                next_item: 0,
+                next_chunk: 0,
+                input_done: false,
+                in_flight: 0,
+                item_ns: None,
+                window: FIRST_WINDOW,
+            },
+        );
+        self.order.push_back(id);
+        Ok(id)
+    }
+
+    /// Adds encoded items to a job (`done`: they are its last) and hands
+    /// out what it can. Returns whether a pipe is full, so the collector
+    /// must watch it. On error nothing was added: the caller still owns
+    /// the items' outcome.
+    pub(crate) fn append(&mut self, job: JobId, items: Items, done: bool) -> Result<bool, Error> {
+        self.accepting()?;
+        let Some(j) = self.jobs.get_mut(&job) else {
+            // Only a job failed by a broken pool is gone while its
+            // submitter appends; `accepting` said so above.
+            return Err(Error::Terminated);
+        };
+        j.appended += items.len();
+        if items.len() > 0 {
+            j.queue.push_back(items);
+        }
+        j.input_done |= done;
+        if j.finished() {
+            self.jobs.remove(&job);
         }
         Ok(self.dispatch())
     }
 
-    /// Gives queued tasks to workers with room, and writes them (under the
-    /// lock: measured on one core, writing after releasing it made `apply`
-    /// slower, 14.2 against 11.9 µs). Returns whether output is left for the
-    /// collector to flush when the pipe has room.
+    /// The submitter gave up on job `id` (an `IMap` dropped): its uncut
+    /// items are dropped now; what workers hold still runs.
+    pub(crate) fn cancel(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.get(&id) {
+            job.spec.cancel.store(true, Ordering::Relaxed);
+            self.drop_uncut(id);
+        }
+    }
+
+    /// Items queued in the parent, not yet cut into tasks.
+    pub(crate) fn queued_items(&self) -> usize {
+        self.jobs.values().map(Job::uncut).sum()
+    }
+
+    /// Gives tasks to workers with room, cutting them from the oldest job
+    /// with items, and writes them (under the lock: measured on one core,
+    /// writing after releasing it made `apply` slower, 14.2 against 11.9
+    /// µs). Returns whether output is left for the collector to flush when
+    /// the pipe has room.
     pub(crate) fn dispatch(&mut self) -> bool {
-        while let Some(task) = self.queue.front() {
-            if task
-                .cancel
-                .as_ref()
-                .is_some_and(|c| c.load(Ordering::Relaxed))
-            {
-                self.queue.pop_front();
+        let mut at = 0;
+        while at < self.order.len() {
+            let id = self.order[at];
+            let Some(job) = self.jobs.get(&id) else {
+                self.order.remove(at);
+                continue;
+            };
+            if job.cancelled() || (job.input_done && job.uncut() == 0) {
+                self.order.remove(at);
+                self.drop_uncut(id);
                 continue;
             }
-            let Some(w) = self.pick_worker() else {
+            let Some(n) = job.next_len(self.processes) else {
+                // Waiting for its submitter: later jobs may go first.
+                at += 1;
+                continue;
+            };
+            let est = job.estimate(n);
+            let cap = job.hold_cap(self.processes);
+            let Some(w) = self.pick_worker(est, job.window, cap) else {
                 break;
             };
-            let mut task = self.queue.pop_front().expect("front exists");
-            let worker = &mut self.workers[w];
-            let id = TaskHeader::id_of(&task.frame);
-            if task.frame.len() > frame::PIPE_DEFAULT && !worker.task_pipe_big {
-                worker.task_pipe_big = true;
-                if let Some(fd) = &worker.task_fd {
-                    frame::enlarge_pipe(fd.as_fd());
-                }
-            }
-            worker.out.push(std::mem::take(&mut task.frame));
-            worker.in_flight.push_back(InFlight {
-                id,
-                reply: task.reply,
-            });
-            worker.sent += 1;
+            self.send(id, w, n, est);
         }
         let mut pending = false;
         for w in &mut self.workers {
@@ -332,49 +521,123 @@ impl State {
         pending
     }
 
-    fn pick_worker(&self) -> Option<usize> {
-        let mut best: Option<(usize, usize)> = None;
+    /// Cuts the next `n` items of job `id` into a task for worker `w`.
+    fn send(&mut self, id: JobId, w: usize, n: usize, est: Option<f64>) {
+        let job = self.jobs.get_mut(&id).expect("dispatch found it");
+        let task_id = self.next_id;
+        self.next_id += 1;
+        let header = TaskHeader {
+            id: task_id,
+            ..job.spec.header
+        };
+        let Cut {
+            frame,
+            first,
+            bytes,
+        } = cut_task(header, &mut job.queue, n);
+        let meta = TaskMeta {
+            chunk: job.next_chunk,
+            first,
+            items: n,
+            bytes,
+        };
+        job.next_chunk += 1;
+        job.next_item += n;
+        job.in_flight += 1;
+        let worker = &mut self.workers[w];
+        if frame.len() > frame::PIPE_DEFAULT && !worker.task_pipe_big {
+            worker.task_pipe_big = true;
+            if let Some(fd) = &worker.task_fd {
+                frame::enlarge_pipe(fd.as_fd());
+            }
+        }
+        worker.out.push(frame);
+        let est_ns = est.unwrap_or(HOLD_NS);
+        worker.held_ns += est_ns;
+        worker.in_flight.push_back(InFlight {
+            id: task_id,
+            job: id,
+            meta,
+            est_ns,
+        });
+        worker.sent += 1;
+    }
+
+    /// A cancelled or finished job leaves the queue: its uncut items are
+    /// dropped (nobody wants them), and it is forgotten once no worker
+    /// holds its tasks.
+    fn drop_uncut(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            if job.cancelled() {
+                job.queue.clear();
+                job.next_item = job.appended;
+            }
+            if job.finished() {
+                self.jobs.remove(&id);
+            }
+        }
+    }
+
+    /// The worker with room that holds the least estimated work.
+    fn pick_worker(&self, est: Option<f64>, window: usize, cap: f64) -> Option<usize> {
+        let mut best: Option<(usize, f64)> = None;
         for (i, w) in self.workers.iter().enumerate() {
-            let held = w.in_flight.len();
-            let room = w.ready
+            let usable = w.ready
                 && !w.eof
                 && w.failure.is_none()
                 && w.task_fd.is_some()
-                && held < w.window
                 && self.max_tasks_per_child.is_none_or(|m| w.sent < m);
-            if room && best.is_none_or(|(_, b)| held < b) {
-                best = Some((i, held));
+            if usable && w.has_room(est, window, cap) && best.is_none_or(|(_, b)| w.held_ns < b) {
+                best = Some((i, w.held_ns));
             }
         }
         best.map(|(i, _)| i)
+    }
+
+    /// A task of job `id` ended (`busy`: the worker's time, if it ran):
+    /// the job learns from it, and is forgotten if that was its last.
+    fn task_ended(&mut self, id: JobId, meta: &TaskMeta, busy: Option<u64>) -> Option<Postman> {
+        let job = self.jobs.get_mut(&id)?;
+        job.in_flight -= 1;
+        if let Some(busy) = busy {
+            job.learn(busy, meta.items);
+        }
+        let sink = job.spec.sink.clone();
+        if job.finished() {
+            self.jobs.remove(&id);
+        }
+        Some(sink)
     }
 
     /// A result frame from worker `w`: completes the task it answers.
     pub(crate) fn on_result(&mut self, w: usize, result: ResultFrame) -> Result<(), String> {
         let worker = &mut self.workers[w];
         let id = result.id;
-        let Some(front) = worker.in_flight.pop_front() else {
-            return Err(format!(
-                "a result for task {id}, but the worker holds no task"
-            ));
-        };
-        if front.id != id {
-            let expected = front.id;
-            worker.in_flight.push_front(front);
-            return Err(format!(
-                "a result for task {id}, but task {expected} was next"
-            ));
+        match worker.in_flight.front() {
+            None => {
+                return Err(format!(
+                    "a result for task {id}, but the worker holds no task"
+                ));
+            }
+            Some(f) if f.id != id => {
+                return Err(format!(
+                    "a result for task {id}, but task {} was next",
+                    f.id
+                ));
+            }
+            Some(_) => {}
         }
-        worker.record_busy(result.busy_ns);
-        worker
-            .counters
-            .record(front.reply.meta.items, result.busy_ns);
+        let front = worker.pop_front().expect("checked above");
+        worker.counters.record(front.meta.items, result.busy_ns);
         let pid = worker.pid;
-        self.done.push(Delivery {
-            reply: front.reply,
-            pid,
-            outcome: Ok(result),
-        });
+        if let Some(sink) = self.task_ended(front.job, &front.meta, Some(result.busy_ns)) {
+            self.done.push(Delivery {
+                sink,
+                meta: front.meta,
+                pid,
+                outcome: Ok(result),
+            });
+        }
         self.retire_if_spent(w);
         Ok(())
     }
@@ -415,20 +678,53 @@ impl State {
         }
     }
 
+    /// Fails what worker `w`'s in-flight list holds with `err`.
+    fn fail_held(&mut self, held: VecDeque<InFlight>, pid: i32, err: &Error) {
+        for f in held {
+            if let Some(sink) = self.task_ended(f.job, &f.meta, None) {
+                self.done.push(Delivery::failed(sink, f.meta, pid, err));
+            }
+        }
+    }
+
     /// Removes a worker that exited and fails what it held with `err`
     /// (`err` names the first item; each task gets its own index).
     pub(crate) fn remove_worker(&mut self, w: usize, err: &Error) -> Worker {
         let mut worker = self.workers.remove(w);
-        for f in worker.in_flight.drain(..) {
-            self.done.push(Delivery::failed(f.reply, worker.pid, err));
-        }
+        let held = std::mem::take(&mut worker.in_flight);
+        worker.held_ns = 0.0;
+        self.fail_held(held, worker.pid, err);
         worker
     }
 
-    /// Fails every queued task with `err`.
+    /// Fails every item not yet cut into a task with `err` (one completion
+    /// per job, covering them all).
     pub(crate) fn fail_queue(&mut self, err: &Error) {
-        for task in self.queue.drain(..) {
-            self.done.push(Delivery::failed(task.reply, 0, err));
+        for id in std::mem::take(&mut self.order) {
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if !job.cancelled() {
+                // One completion per contiguous block (an `IMap` numbers its
+                // blocks itself).
+                for block in &job.queue {
+                    let meta = TaskMeta {
+                        chunk: job.next_chunk,
+                        first: block.next_index(),
+                        items: block.len(),
+                        bytes: block.bytes(),
+                    };
+                    job.next_chunk += 1;
+                    self.done
+                        .push(Delivery::failed(job.spec.sink.clone(), meta, 0, err));
+                }
+            }
+            job.queue.clear();
+            job.next_item = job.appended;
+            job.input_done = true;
+            if job.finished() {
+                self.jobs.remove(&id);
+            }
         }
     }
 
@@ -444,11 +740,13 @@ impl State {
     /// Fails everything: the queue and what every worker holds.
     pub(crate) fn fail_all(&mut self, err: &Error) {
         self.fail_queue(err);
-        for worker in &mut self.workers {
-            for f in worker.in_flight.drain(..) {
-                self.done.push(Delivery::failed(f.reply, worker.pid, err));
-            }
+        for w in 0..self.workers.len() {
+            let worker = &mut self.workers[w];
+            let held = std::mem::take(&mut worker.in_flight);
+            worker.held_ns = 0.0;
             worker.out = OutQueue::default();
+            let pid = worker.pid;
+            self.fail_held(held, pid, err);
         }
     }
 
@@ -476,9 +774,10 @@ impl State {
         }
     }
 
-    /// Whether all submitted work is done.
+    /// Whether all submitted work is done (a job whose submitter may still
+    /// append, an `IMap` not yet at its end, has nothing to do until it does).
     pub(crate) fn idle(&self) -> bool {
-        self.queue.is_empty() && self.workers.iter().all(|w| !w.holds_tasks())
+        self.queued_items() == 0 && self.workers.iter().all(|w| !w.holds_tasks())
     }
 
     /// Pids of the workers alive now.

@@ -50,7 +50,7 @@ fn run_task<T: DeserializeOwned, R: Serialize>(
     at: usize,
     out: &mut Vec<u8>,
 ) {
-    // SAFETY: `func` was made by `encode_task` from a `fn(T) -> R`, in the
+    // SAFETY: `func` was made by `Call::of` from a `fn(T) -> R`, in the
     // program image this worker is a fork of, and travelled with this very
     // trampoline (monomorphised for the same `T` and `R`); a function pointer
     // stays valid at the same address in a forked child.
@@ -123,19 +123,6 @@ fn decode_failed(out: &mut Vec<u8>, e: codec::Error, bytes: usize) {
         .expect("a tuple of String and u64 always encodes");
 }
 
-/// Encodes a task frame for `items`, to be run with `f` in a worker;
-/// `first` is the first item's index, for errors. The task id is patched in
-/// at submission.
-pub(crate) fn encode_task<T, R, I>(f: fn(T) -> R, items: I, first: usize) -> Result<Vec<u8>, Error>
-where
-    T: Serialize + DeserializeOwned,
-    R: Serialize + DeserializeOwned,
-    I: IntoIterator<Item = T>,
-    I::IntoIter: ExactSizeIterator,
-{
-    encode_call(trampoline::<T, R>(), f as usize, items, first)
-}
-
 /// What a task runs: a trampoline, and the address of the user's function
 /// it calls (unused by trampolines that know their function by type).
 #[derive(Debug, Clone, Copy)]
@@ -153,50 +140,135 @@ impl Call {
         }
     }
 
-    /// Encodes a task frame of `items`; see [`encode_call`].
-    pub(crate) fn encode<T, I>(self, items: I, first: usize) -> Result<Vec<u8>, Error>
-    where
-        T: Serialize,
-        I: IntoIterator<Item = T>,
-        I::IntoIter: ExactSizeIterator,
-    {
-        encode_call(self.tramp, self.func, items, first)
+    /// The header of this call's task frames (the id is the scheduler's).
+    pub(crate) fn header(self) -> TaskHeader {
+        TaskHeader {
+            id: 0,
+            tramp: self.tramp as usize as u64,
+            func: self.func as u64,
+        }
     }
 }
 
-/// Encodes a task frame for `items` (each encoded as a `T`, decoded in the
-/// worker as the trampoline's argument type), to be run by `tramp` with the
-/// function address `func`.
-pub(crate) fn encode_call<T, I>(
-    tramp: Trampoline,
-    func: usize,
-    items: I,
+/// Items encoded one after another (the pool's codec), with where each ends:
+/// the input of a job, cut into task frames when a worker is about to need
+/// them (see [`crate::scheduler`]). Each item is encoded once, at submit.
+#[derive(Debug, Default)]
+pub(crate) struct Items {
+    /// The job's index of the first item.
     first: usize,
-) -> Result<Vec<u8>, Error>
-where
-    T: Serialize,
-    I: IntoIterator<Item = T>,
-    I::IntoIter: ExactSizeIterator,
-{
-    let items = items.into_iter();
-    let header = TaskHeader {
-        id: 0,
-        tramp: tramp as usize as u64,
-        func: func as u64,
-    };
-    let mut out = Vec::new();
-    let started = header.begin(&mut out);
-    encode_into(&(items.len() as u64), &mut out).expect("a u64 always encodes");
-    for (i, item) in items.enumerate() {
-        encode_into(&item, &mut out).map_err(|e| Error::Encode {
-            item: first + i,
+    bytes: Vec<u8>,
+    /// `ends[i]` is the end of item `i` in `bytes`.
+    ends: Vec<usize>,
+    /// Items already cut into tasks.
+    taken: usize,
+}
+
+impl Items {
+    /// An empty block whose first item will have index `first` in its job.
+    pub(crate) fn starting_at(first: usize) -> Self {
+        Items {
+            first,
+            ..Items::default()
+        }
+    }
+
+    /// The job's index of the first item.
+    pub(crate) fn first_index(&self) -> usize {
+        self.first
+    }
+
+    /// The job's index of the next item to cut.
+    pub(crate) fn next_index(&self) -> usize {
+        self.first + self.taken
+    }
+
+    /// Keeps only the first `n` items (none of them cut yet).
+    pub(crate) fn truncate(&mut self, n: usize) {
+        debug_assert_eq!(self.taken, 0);
+        if n < self.ends.len() {
+            self.ends.truncate(n);
+            self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
+        }
+    }
+
+    /// Items not yet cut.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len() - self.taken
+    }
+
+    /// Encoded bytes of the items not yet cut.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.len() - self.start()
+    }
+
+    fn start(&self) -> usize {
+        self.taken.checked_sub(1).map_or(0, |i| self.ends[i])
+    }
+
+    /// Appends `item`; `index` (its place in the job) names it in the error.
+    pub(crate) fn push<T: Serialize>(&mut self, item: &T, index: usize) -> Result<(), Error> {
+        encode_into(item, &mut self.bytes).map_err(|e| Error::Encode {
+            item: index,
             what: "argument",
             type_name: type_name::<T>(),
             reason: e.to_string(),
         })?;
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+
+    /// Appends the next `n` items (at most [`len`](Self::len)) to a task
+    /// payload; returns their encoded size.
+    fn take_into(&mut self, n: usize, out: &mut Vec<u8>) -> usize {
+        let from = self.start();
+        let to = self.ends[self.taken + n - 1];
+        out.extend_from_slice(&self.bytes[from..to]);
+        self.taken += n;
+        to - from
+    }
+}
+
+/// A task frame cut out of a job's items.
+pub(crate) struct Cut {
+    pub(crate) frame: Vec<u8>,
+    /// The job's index of its first item.
+    pub(crate) first: usize,
+    /// Encoded size of its items.
+    pub(crate) bytes: usize,
+}
+
+/// Builds a task frame out of the next `n` items of `queue` (which holds at
+/// least `n`, contiguous), consuming them.
+pub(crate) fn cut_task(
+    header: TaskHeader,
+    queue: &mut std::collections::VecDeque<Items>,
+    n: usize,
+) -> Cut {
+    let first = queue.front().map_or(0, Items::next_index);
+    let hint: usize = queue.front().map_or(0, |b| {
+        let k = n.min(b.len());
+        b.ends[b.taken + k - 1] - b.start()
+    });
+    let mut out = Vec::with_capacity(hint + 48);
+    let started = header.begin(&mut out);
+    encode_into(&(n as u64), &mut out).expect("a u64 always encodes");
+    let (mut left, mut bytes) = (n, 0);
+    while left > 0 {
+        let block = queue.front_mut().expect("the queue holds the items cut");
+        let k = left.min(block.len());
+        bytes += block.take_into(k, &mut out);
+        left -= k;
+        if block.len() == 0 {
+            queue.pop_front();
+        }
     }
     started.finish(&mut out);
-    Ok(out)
+    Cut {
+        frame: out,
+        first,
+        bytes,
+    }
 }
 
 /// Decodes the outcomes of a task of `count` items whose first item has

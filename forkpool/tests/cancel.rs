@@ -48,8 +48,8 @@ fn cancel_drops_the_queued_tasks_and_frees_the_pool_at_once() {
     assert!(h.cancel(), "the map was not finished");
     let at_cancel = runs(&path);
     match h.get() {
-        Err(Error::Cancelled { completed, tasks }) => {
-            assert_eq!(tasks, 1000);
+        Err(Error::Cancelled { completed, items }) => {
+            assert_eq!(items, 1000);
             assert!(completed <= at_cancel, "{completed} > {at_cancel}");
         }
         other => panic!("expected Cancelled, got {other:?}"),
@@ -139,7 +139,7 @@ fn a_cancelled_handle_awaits_to_cancelled() {
         .unwrap();
     let out = rt.block_on(h);
     assert!(
-        matches!(out, Err(Error::Cancelled { tasks: 100, .. })),
+        matches!(out, Err(Error::Cancelled { items: 100, .. })),
         "{out:?}"
     );
     // The pool serves the next call.
