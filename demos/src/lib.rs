@@ -21,3 +21,9 @@ pub mod mmap;
 pub mod pid_fill;
 pub mod random_fill;
 pub mod raw_array;
+
+/// The workspace README's example, compiled and run as a doctest so it
+/// cannot drift (the published crates test their own READMEs).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

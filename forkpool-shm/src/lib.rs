@@ -96,6 +96,13 @@
 //! println!("{err}"); // asked for 11.6 TiB of shared memory but only ... use a file-backed array ...
 //! ```
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "forkpool-shm runs on Linux only: its arrays are memfd_create memory reserved with \
+     fallocate and pre-faulted with MADV_POPULATE_WRITE, and its memory reports read \
+     Linux's /proc, which macOS, the BSDs and Windows do not have"
+);
+
 mod array;
 mod dtype;
 mod element;
@@ -127,6 +134,12 @@ pub use partition::{PartitionedArray, RowsMut, RowsRef, split_rows};
 pub use report::{MemoryReport, MemoryUsage};
 pub use units::ByteSize;
 pub use value::{LockedValue, SharedValue, ValueGuard};
+
+/// This crate's README (shipped in the package), its example compiled and
+/// run as a doctest so it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 /// A process id, as `fork` and `waitpid` use it (re-exported from `nix`).
 pub use nix::unistd::Pid;

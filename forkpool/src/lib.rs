@@ -51,6 +51,13 @@
 
 #![warn(missing_docs)]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "forkpool runs on Linux only: it forks its workers and uses Linux's eventfd, \
+     prctl(PR_SET_PDEATHSIG), memfd_create and F_SETPIPE_SZ, which macOS, the BSDs \
+     and Windows do not have"
+);
+
 mod async_result;
 mod builder;
 mod codec;
@@ -81,7 +88,8 @@ pub use progress::{Progressed, WithProgress};
 pub use starmap::StarFn;
 pub use stats::{PoolStats, WorkerStats};
 
-/// The README's examples, compiled and run as doctests so they cannot drift.
+/// This crate's README (shipped in the package), its example compiled and
+/// run as a doctest so it cannot drift.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
