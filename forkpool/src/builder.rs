@@ -50,6 +50,7 @@ pub struct PoolBuilder {
     initializer: Option<Initializer>,
     max_tasks_per_child: Option<usize>,
     start_timeout: Duration,
+    task_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -59,6 +60,7 @@ impl fmt::Debug for PoolBuilder {
             .field("initializer", &self.initializer.as_ref().map(|_| ".."))
             .field("max_tasks_per_child", &self.max_tasks_per_child)
             .field("start_timeout", &self.start_timeout)
+            .field("task_timeout", &self.task_timeout)
             .finish()
     }
 }
@@ -89,6 +91,7 @@ impl PoolBuilder {
             initializer: None,
             max_tasks_per_child: None,
             start_timeout: Self::DEFAULT_START_TIMEOUT,
+            task_timeout: None,
         }
     }
 
@@ -165,6 +168,43 @@ impl PoolBuilder {
         self
     }
 
+    /// A time limit for each task (one chunk of a map, one `apply`): a task
+    /// that runs longer, or whose worker is stopped (SIGSTOP) that long, has
+    /// its worker killed and replaced, and fails alone with
+    /// [`Error::TaskTimeout`] naming its item, the worker's pid and the
+    /// limit. Every other task goes on. The limit is per task, not per
+    /// call: a map of many tasks may take far longer in all. Default: none,
+    /// as Python's `Pool`.
+    ///
+    /// The clock of a task starts when the pool writes it to an idle
+    /// worker: with a limit, each worker holds one task at a time (without
+    /// one, short tasks are queued at a worker in batches). So tiny tasks
+    /// cost a round trip each; give them a `chunksize`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// fn work(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::builder()
+    ///     .processes(2)
+    ///     .task_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// let out: Vec<_> = pool.imap(work, [1, 60_000, 2], 1).collect();
+    /// assert_eq!(*out[0].as_ref().unwrap(), 1);
+    /// assert!(matches!(out[1], Err(forkpool::Error::TaskTimeout { item: 1, .. })));
+    /// assert_eq!(*out[2].as_ref().unwrap(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn task_timeout(mut self, limit: Duration) -> Self {
+        self.task_timeout = Some(limit);
+        self
+    }
+
     /// Forks the zygote, which forks the workers; returns once every
     /// worker's initializer has run.
     ///
@@ -190,6 +230,11 @@ impl PoolBuilder {
         if processes == 0 {
             return Err(Error::Config {
                 reason: "processes must be at least 1".into(),
+            });
+        }
+        if self.task_timeout == Some(Duration::ZERO) {
+            return Err(Error::Config {
+                reason: "task_timeout must be longer than zero (or unset)".into(),
             });
         }
         if self.max_tasks_per_child == Some(0) {
@@ -229,8 +274,10 @@ impl PoolBuilder {
         let zygote = unsafe { fork_zygote(keep, move || zygote::run(theirs.into_owned(), init)) }
             .map_err(|e| Error::io("forking the zygote", e))?;
 
+        let mut state = State::new(ours, processes, self.max_tasks_per_child);
+        state.task_timeout = self.task_timeout;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::new(ours, processes, self.max_tasks_per_child)),
+            state: Mutex::new(state),
             wake,
             zygote,
             has_initializer,

@@ -152,10 +152,16 @@ impl Collector {
             entries.clear();
             flags.clear();
             let timeout = {
-                let st = self.shared.lock();
+                let mut st = self.shared.lock();
                 if st.phase == Phase::Finished {
                     return;
                 }
+                // Tasks past their time limit: their workers are killed now;
+                // the next clock to run out bounds the wait below.
+                let task_deadline = match st.phase {
+                    Phase::Running | Phase::Closed => st.expire_tasks(Instant::now()),
+                    _ => None,
+                };
                 entries.push((Source::Ctrl, st.ctrl.clone()));
                 flags.push(PollFlags::POLLIN);
                 if st.phase != Phase::Terminating {
@@ -171,7 +177,11 @@ impl Collector {
                         }
                     }
                 }
-                match self.deadline {
+                let deadline = match (self.deadline, task_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                match deadline {
                     Some(d) => {
                         let ms = d.saturating_duration_since(Instant::now()).as_millis();
                         PollTimeout::try_from(ms.min(60_000) as i32 + 1).unwrap_or(PollTimeout::MAX)
@@ -576,6 +586,9 @@ impl Collector {
     /// (the workers died with the zygote).
     fn on_zygote_gone(&mut self, st: &mut State) {
         let cause = self.reap_zygote();
+        // Its workers were re-parented when it exited: to init, or to this
+        // process if it is a child subreaper; then reap them here.
+        reap_adopted(&st.pids());
         if !st.ctrl_shut {
             let what = match cause {
                 Some(c) => format!("the zygote process {} {c}", self.shared.zygote),
@@ -635,6 +648,52 @@ impl Collector {
         st.workers.clear();
         st.phase = Phase::Finished;
     }
+}
+
+/// How long the collector waits for orphaned workers it adopted to die.
+const ADOPTED_WAIT: Duration = Duration::from_secs(2);
+
+/// Reaps the workers (of `pids`) that lost their zygote and were adopted
+/// by this process, which happens when the program made itself a child
+/// subreaper (`PR_SET_CHILD_SUBREAPER`). They die of their death signal
+/// (SIGKILL) within moments; a worker adopted by init or by another
+/// subreaper is theirs to reap and is left alone. Only a process that
+/// `/proc` shows as a `forkpool-worker` whose parent is this process is
+/// waited for, so no other child of the program is reaped.
+fn reap_adopted(pids: &[i32]) {
+    let me = nix::unistd::getpid().as_raw();
+    let deadline = Instant::now() + ADOPTED_WAIT;
+    let mut left: Vec<i32> = pids.to_vec();
+    while !left.is_empty() {
+        left.retain(|&pid| {
+            if !adopted_worker(pid, me) {
+                return false;
+            }
+            let status = waitpid(
+                Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+            matches!(status, Ok(WaitStatus::StillAlive) | Err(Errno::EINTR))
+        });
+        if left.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether `pid` is a pool worker (alive or a zombie) whose parent is `me`.
+fn adopted_worker(pid: i32, me: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    // After the name: state, then the parent's pid.
+    let ppid = stat[close + 1..].split_whitespace().nth(1);
+    comm == "forkpool-worker" && ppid.and_then(|p| p.parse::<i32>().ok()) == Some(me)
 }
 
 /// What `build()` is still waiting for, in words: the workers that have

@@ -49,6 +49,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::control::{self, Request};
 use crate::error::Error;
@@ -285,6 +286,10 @@ pub(crate) struct Worker {
     sent: usize,
     /// Why it is being killed, if the parent decided so (bad frame).
     pub(crate) failure: Option<Error>,
+    /// When the task at the head of `in_flight` started (as the parent
+    /// knows it: when it was written to an idle worker, or when the result
+    /// before it arrived), for `task_timeout`.
+    head_since: Option<Instant>,
 }
 
 impl Worker {
@@ -305,6 +310,7 @@ impl Worker {
             held_ns: 0.0,
             sent: 0,
             failure: None,
+            head_since: None,
         }
     }
 
@@ -386,6 +392,9 @@ pub(crate) struct State {
     pub(crate) done: Vec<Delivery>,
     next_id: u64,
     next_job: JobId,
+    /// `PoolBuilder::task_timeout`: a worker whose head task runs longer
+    /// is killed and the task fails alone (see [`State::expire_tasks`]).
+    pub(crate) task_timeout: Option<Duration>,
 }
 
 impl State {
@@ -406,6 +415,7 @@ impl State {
             done: Vec::new(),
             next_id: 0,
             next_job: 0,
+            task_timeout: None,
         }
     }
 
@@ -465,7 +475,9 @@ impl State {
         if j.finished() {
             self.jobs.remove(&job);
         }
-        Ok(self.dispatch())
+        // With a task timeout the collector must also learn of the clocks
+        // started here, to wake when the first one runs out.
+        Ok(self.dispatch() || self.task_timeout.is_some())
     }
 
     /// The submitter gave up on job `id` (an `IMap` dropped): its uncut
@@ -551,6 +563,9 @@ impl State {
                 frame::enlarge_pipe(fd.as_fd());
             }
         }
+        if worker.in_flight.is_empty() {
+            worker.head_since = Some(Instant::now());
+        }
         worker.out.push(frame);
         let est_ns = est.unwrap_or(HOLD_NS);
         worker.held_ns += est_ns;
@@ -586,6 +601,10 @@ impl State {
                 && !w.eof
                 && w.failure.is_none()
                 && w.task_fd.is_some()
+                // With a task timeout a worker holds one task at a time: the
+                // clock starts when it is written, and no task waits behind
+                // one that is killed.
+                && (self.task_timeout.is_none() || w.in_flight.is_empty())
                 && self.max_tasks_per_child.is_none_or(|m| w.sent < m);
             if usable && w.has_room(est, window, cap) && best.is_none_or(|(_, b)| w.held_ns < b) {
                 best = Some((i, w.held_ns));
@@ -629,6 +648,7 @@ impl State {
         }
         let front = worker.pop_front().expect("checked above");
         worker.counters.record(front.meta.items, result.busy_ns);
+        worker.head_since = (!worker.in_flight.is_empty()).then(Instant::now);
         let pid = worker.pid;
         if let Some(sink) = self.task_ended(front.job, &front.meta, Some(result.busy_ns)) {
             self.done.push(Delivery {
@@ -735,6 +755,49 @@ impl State {
         }
         self.terminated = true;
         self.fail_all(err);
+    }
+
+    /// Kills the workers whose head task has run longer than the task
+    /// timeout (through the zygote, which alone knows the pid is still that
+    /// worker's): the task fails with [`Error::TaskTimeout`], the worker is
+    /// replaced when its exit is reported. Returns when the next clock
+    /// runs out, if any is running.
+    pub(crate) fn expire_tasks(&mut self, now: Instant) -> Option<Instant> {
+        let limit = self.task_timeout?;
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        for worker in &mut self.workers {
+            let Some(since) = worker.head_since else {
+                continue;
+            };
+            if worker.failure.is_some() || worker.in_flight.is_empty() {
+                continue;
+            }
+            let deadline = since + limit;
+            if deadline > now {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                continue;
+            }
+            let err = Error::TaskTimeout {
+                item: 0,
+                pid: worker.pid,
+                limit,
+                ran: now - since,
+            };
+            // One task at a time (see `pick_worker`): the head is the task.
+            let held = std::mem::take(&mut worker.in_flight);
+            worker.held_ns = 0.0;
+            expired.push((held, worker.pid, err.clone()));
+            worker.out = OutQueue::default();
+            worker.head_since = None;
+            worker.eof = true; // its late result, if any, is not wanted
+            worker.failure = Some(err);
+        }
+        for (held, pid, err) in expired {
+            self.fail_held(held, pid, &err);
+            self.request_kill(pid);
+        }
+        next
     }
 
     /// Fails everything: the queue and what every worker holds.

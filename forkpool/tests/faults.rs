@@ -800,3 +800,85 @@ fn descriptor_exhaustion_blamed_the_oom_killer_and_leaked_a_descriptor() {
     let pool = TestPool::new(2);
     assert_eq!(pool.map(double, 0..10).unwrap()[9], 18);
 }
+
+/// Sleeps `ms` milliseconds (an "endless" task when large); returns `ms`.
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn an_endless_task_held_its_caller_forever() {
+    let limit = Duration::from_millis(400);
+    let (results, before, after) = within(60, "imap with an endless task", move || {
+        let pool = TestPool::build(|| Pool::builder().processes(2).task_timeout(limit).build());
+        let before = pool.worker_pids();
+        let items = [5u64, 5, 3_600_000, 5, 5, 5, 5, 5];
+        let results: Vec<_> = pool.imap(nap, items, 1).collect();
+        // The killed worker is replaced; the pool serves on.
+        common::wait_for("a replacement", || {
+            let p = pool.worker_pids();
+            p.len() == 2 && p.iter().any(|x| !before.contains(x))
+        });
+        let after = pool.map(double, 0..10);
+        (results, before, after)
+    });
+    for (i, r) in results.iter().enumerate() {
+        if i == 2 {
+            match r {
+                Err(
+                    e @ Error::TaskTimeout {
+                        item,
+                        pid,
+                        limit: l,
+                        ran,
+                    },
+                ) => {
+                    assert_eq!((*item, *l), (2, limit));
+                    assert!(before.contains(pid), "{pid} was not a worker: {before:?}");
+                    assert!(*ran >= limit, "{ran:?}");
+                    let text = e.to_string();
+                    assert!(text.contains("item 2"), "{text}");
+                    assert!(text.contains(&format!("worker {pid}")), "{text}");
+                    assert!(text.contains(&format!("{limit:?}")), "{text}");
+                }
+                other => panic!("item 2: expected TaskTimeout, got {other:?}"),
+            }
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), 5, "item {i}");
+        }
+    }
+    assert_eq!(after.unwrap()[9], 18);
+}
+
+#[test]
+fn a_stopped_worker_held_its_task_forever() {
+    let limit = Duration::from_millis(500);
+    let (err, victim, served) = within(60, "apply on a stopped worker", move || {
+        let mut pool = TestPool::build(|| Pool::builder().processes(1).task_timeout(limit).build());
+        let victim = pool.worker_pids()[0];
+        let h = pool.apply_async(nap, 200);
+        common::kill(victim, libc::SIGSTOP);
+        let err = h.get().unwrap_err();
+        pool.record();
+        let served = pool.apply(double, 21);
+        (err, victim, served)
+    });
+    assert!(
+        matches!(err, Error::TaskTimeout { item: 0, pid, limit: l, .. } if pid == victim && l == limit),
+        "{err:?}"
+    );
+    assert_eq!(served.unwrap(), 42);
+}
+
+#[test]
+fn the_task_timeout_is_per_task_not_per_call() {
+    // Twelve 50 ms tasks on one worker take longer than the limit in all;
+    // none alone comes near it.
+    let limit = Duration::from_millis(400);
+    let pool = TestPool::build(|| Pool::builder().processes(1).task_timeout(limit).build());
+    let worker = pool.worker_pids();
+    let out = pool.map_chunked(nap, [50u64; 12], 1).unwrap();
+    assert_eq!(out, [50; 12]);
+    assert_eq!(pool.worker_pids(), worker, "no worker was killed");
+}
