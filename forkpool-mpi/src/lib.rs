@@ -51,7 +51,13 @@
 //! held with [`Error::RankDied`], and runs the rest on the ranks left; a
 //! worker on rank 0's node whose rank 0 died returns an error from
 //! `Pool::world`. Ranks on other nodes cannot be watched by pid: there
-//! only `mpirun`'s default (end the job) applies.
+//! only `mpirun`'s default (end the job) applies. Nor can a rank that dies
+//! inside a collective call (the start-up exchange in `Pool::world`, the
+//! allocation of a `NodeArray`): MPI collectives have no deadline without
+//! ULFM (which Debian's OpenMPI 4.1 lacks), so under `--enable-recovery`
+//! the other ranks of that call wait; keep `mpirun`'s default where that
+//! matters. Under `--enable-recovery` `mpirun` exits 0 even though a rank
+//! died: check the pool's errors, not only the exit status.
 //!
 //! # Cargo feature
 //!

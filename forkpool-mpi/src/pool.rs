@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::iter::Peekable;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 
 use mpi::ffi;
@@ -57,10 +58,11 @@ const LIVENESS_EVERY: Duration = Duration::from_millis(20);
 pub struct Pool {
     core: RefCell<Core>,
     layout: Vec<RankInfo>,
-    node_comm: SimpleCommunicator,
-    world: SimpleCommunicator,
-    // Dropped last: finalizes MPI.
-    _universe: mpi::environment::Universe,
+    // Freed in `Drop`, before MPI is finalized.
+    node_comm: ManuallyDrop<SimpleCommunicator>,
+    world: ManuallyDrop<SimpleCommunicator>,
+    // Dropped last: finalizes MPI (unless a rank died, see `Drop`).
+    universe: ManuallyDrop<mpi::environment::Universe>,
 }
 
 /// Rank 0's view of the workers and of the tasks out.
@@ -155,8 +157,15 @@ impl Pool {
         let node_comm = world.split_shared(rank as i32);
         let layout = serve::exchange_layout(&world, &node_comm);
         if rank != 0 {
-            serve::serve(&world, &node_comm, &layout)?;
-            return Ok(None);
+            let served = serve::serve(&world, &node_comm, &layout);
+            drop((node_comm, world));
+            // MPI_Finalize waits (a fence) for every rank, and may wait
+            // forever for one that died: after a death, leave MPI without it.
+            match served {
+                Ok(serve::Stopped { finalize: true }) => drop(universe),
+                Ok(serve::Stopped { finalize: false }) | Err(_) => std::mem::forget(universe),
+            }
+            return served.map(|_| None);
         }
         let workers = layout
             .iter()
@@ -184,9 +193,9 @@ impl Pool {
         Ok(Some(Pool {
             core: RefCell::new(core),
             layout,
-            node_comm,
-            world,
-            _universe: universe,
+            node_comm: ManuallyDrop::new(node_comm),
+            world: ManuallyDrop::new(world),
+            universe: ManuallyDrop::new(universe),
         }))
     }
 
@@ -396,7 +405,7 @@ impl Pool {
     }
 
     /// Waits for the tasks out, then stops the workers and frees the arrays.
-    fn stop(&mut self) {
+    fn stop(&mut self) -> bool {
         let core = self.core.get_mut();
         core.drain(&self.world);
         let dead_nodes: HashSet<usize> = core
@@ -409,6 +418,7 @@ impl Pool {
         let stop = StopRequest {
             free: core.arrays.clone(),
             dead_nodes: dead_nodes.iter().copied().collect(),
+            finalize: dead_nodes.is_empty(),
         };
         let message = postcard::to_stdvec(&stop).expect("a stop always encodes");
         for w in core.workers.iter().skip(1).filter(|w| w.alive) {
@@ -423,14 +433,28 @@ impl Pool {
             core.orphans.push(buf);
         }
         std::mem::forget(std::mem::take(&mut core.orphans));
+        stop.finalize
     }
 }
 
 impl Drop for Pool {
     /// Waits for the tasks out, frees the node-shared arrays, tells every
-    /// worker rank to return from [`Pool::world`], and finalizes MPI.
+    /// worker rank to return from [`Pool::world`], and finalizes MPI (not
+    /// when a rank died: `MPI_Finalize` could wait for it forever).
     fn drop(&mut self) {
-        self.stop();
+        let finalize = self.stop();
+        // SAFETY: each is dropped once, here, and never used after; the
+        // communicators before MPI is finalized.
+        unsafe {
+            ManuallyDrop::drop(&mut self.node_comm);
+            ManuallyDrop::drop(&mut self.world);
+            if finalize {
+                ManuallyDrop::drop(&mut self.universe);
+            }
+        }
+        // Otherwise a rank died: MPI_Finalize would wait for it (its fence
+        // may never complete), so MPI is left without finalizing. mpirun
+        // accepts that under --enable-recovery.
     }
 }
 

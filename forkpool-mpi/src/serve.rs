@@ -41,6 +41,14 @@ const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 pub(crate) struct StopRequest {
     pub(crate) free: Vec<u64>,
     pub(crate) dead_nodes: Vec<usize>,
+    /// Whether to finalize MPI (not when a rank died).
+    pub(crate) finalize: bool,
+}
+
+/// How a worker's service ended.
+pub(crate) struct Stopped {
+    /// Whether to finalize MPI.
+    pub(crate) finalize: bool,
 }
 
 /// Host name bytes exchanged per rank.
@@ -85,7 +93,7 @@ pub(crate) fn serve(
     world: &SimpleCommunicator,
     node_comm: &SimpleCommunicator,
     layout: &[RankInfo],
-) -> Result<()> {
+) -> Result<Stopped> {
     let me = world.rank() as usize;
     let my_node = layout[me].node;
     let root = world.process_at_rank(0);
@@ -130,7 +138,9 @@ pub(crate) fn serve(
                 let stop: StopRequest = postcard::from_bytes(&message)
                     .map_err(|e| Error::Mpi(format!("rank {me}: a bad stop request: {e}")))?;
                 free_arrays(node_comm, my_node, &stop);
-                return Ok(());
+                return Ok(Stopped {
+                    finalize: stop.finalize,
+                });
             }
             other => eprintln!("forkpool-mpi: rank {me} ignored a message with tag {other}"),
         }
