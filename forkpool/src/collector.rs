@@ -9,9 +9,13 @@
 //! until the zygote is reaped.
 //!
 //! No wait here is without an end: every descriptor it polls belongs to a
-//! process that either answers or dies, and the zygote's death (or, after
+//! process that either answers or dies; the zygote's death (or, after
 //! `terminate`, [`TERMINATE_GRACE`] of silence, then `SIGKILL`) ends the
-//! thread.
+//! thread; with a task timeout, the first running task's deadline bounds
+//! the poll, and a task past it has its worker killed. `build()` waits for
+//! this thread's word at most `start_timeout`. A worker that dies before
+//! READY is replaced; [`START_ATTEMPTS`] dying the same way in a row stop
+//! the pool, so a broken initializer cannot fork forever.
 
 use std::os::fd::AsFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};

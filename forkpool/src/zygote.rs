@@ -15,6 +15,14 @@
 //! long as the zygote. The zygote itself relies on its control socket
 //! instead, because the parent thread that built the pool may be
 //! short-lived.
+//!
+//! So a zygote killed by SIGKILL takes its workers with it (a worker forked
+//! as the zygote died sees its parent changed and exits; one blocked on its
+//! task pipe also sees EOF once the pool drops its ends). Their exit
+//! statuses go to whoever adopts them: init, or the program if it is a
+//! child subreaper, in which case the pool's collector reaps them. The
+//! zygote takes no lock after its fork (see `worker`'s module docs):
+//! nothing here prints, reads the environment or touches the panic hook.
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

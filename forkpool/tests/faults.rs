@@ -811,10 +811,14 @@ fn nap(ms: u64) -> u64 {
 fn an_endless_task_held_its_caller_forever() {
     let limit = Duration::from_millis(400);
     let (results, before, after) = within(60, "imap with an endless task", move || {
+        // ANCHOR: task_timeout
         let pool = TestPool::build(|| Pool::builder().processes(2).task_timeout(limit).build());
         let before = pool.worker_pids();
+        // Item 2 sleeps for an hour: it fails alone with TaskTimeout after
+        // `limit`, its worker is killed and replaced; the others succeed.
         let items = [5u64, 5, 3_600_000, 5, 5, 5, 5, 5];
         let results: Vec<_> = pool.imap(nap, items, 1).collect();
+        // ANCHOR_END: task_timeout
         // The killed worker is replaced; the pool serves on.
         common::wait_for("a replacement", || {
             let p = pool.worker_pids();
