@@ -96,6 +96,31 @@ fn main() -> Result<(), Error> {
     assert_eq!(powers, [1024, 81]);
     // ANCHOR_END: starmap
 
+    // ANCHOR: map_with
+    // pool.map(functools.partial(lookup, table), items): the table is made
+    // after the pool started, and each worker reads it once per call.
+    fn lookup(table: &Vec<u64>, i: usize) -> u64 {
+        table[i]
+    }
+    let table: Vec<u64> = (0..1000).map(|x| x * 3).collect();
+    let out = pool.map_with(&table, lookup, [1, 10, 999])?;
+    assert_eq!(out, [3, 30, 2997]);
+    assert_eq!(pool.apply_with(&table, lookup, 7)?, 21);
+    // ANCHOR_END: map_with
+
+    // ANCHOR: context
+    // mpire's shared_objects: one Context for any call, across calls
+    let table = forkpool::Context::new(table)?;
+    let squares: Vec<u64> = pool
+        .imap(
+            |(t, i): (forkpool::Context<Vec<u64>>, usize)| t[i] * t[i],
+            (0..3).map(|i| (table.clone(), i)),
+            1,
+        )
+        .collect::<Result<_, _>>()?;
+    assert_eq!(squares, [0, 9, 36]);
+    // ANCHOR_END: context
+
     // ANCHOR: await
     // concurrent.futures / asyncio: await the handle under any executor
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::collector::Shared;
+use crate::context::Shipped;
 use crate::error::{Error, Result};
 use crate::mailbox::{Empty, Mailbox};
 use crate::scheduler::Completion;
@@ -196,6 +197,9 @@ impl<R: DeserializeOwned + Send> Sink<R> for ApplySink<R> {
 /// ```
 pub struct AsyncResult<O> {
     state: Inner<O>,
+    /// What must live until the result is in: the contexts its items
+    /// refer to.
+    _keep: Option<Shipped>,
 }
 
 enum Inner<O> {
@@ -264,6 +268,7 @@ impl<O> AsyncResult<O> {
         cancel: Option<Canceller>,
     ) -> Self {
         AsyncResult {
+            _keep: None,
             state: Inner::Waiting(Waiting {
                 rx,
                 pending,
@@ -279,6 +284,7 @@ impl<O> AsyncResult<O> {
     pub(crate) fn failed(e: Error) -> Self {
         AsyncResult {
             state: Inner::Failed(e),
+            _keep: None,
         }
     }
 
@@ -410,6 +416,15 @@ impl<O> AsyncResult<O> {
         match &mut self.state {
             Inner::Waiting(w) => w.bar = Some(bar),
             Inner::Failed(_) | Inner::Taken => bar.abandon(),
+        }
+        self
+    }
+
+    /// Keeps the memory files of the contexts the job's items refer to
+    /// open as long as this handle.
+    pub(crate) fn keep_shipped(mut self, shipped: Shipped) -> Self {
+        if !shipped.is_empty() {
+            self._keep = Some(shipped);
         }
         self
     }

@@ -62,6 +62,7 @@ mod async_result;
 mod builder;
 mod codec;
 mod collector;
+mod context;
 mod control;
 mod error;
 mod fds;
@@ -80,6 +81,7 @@ mod zygote;
 
 pub use async_result::AsyncResult;
 pub use builder::PoolBuilder;
+pub use context::Context;
 pub use error::{Error, ExitCause, Result};
 pub use imap::IMap;
 pub use pool::Pool;

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::async_result::{ApplySink, AsyncResult, Canceller, MapSink};
 use crate::builder::PoolBuilder;
 use crate::collector::Shared;
+use crate::context::{Context, shipping, with_call};
 use crate::error::{Error, Result};
 use crate::imap::{IMap, pull};
 use crate::mailbox::mailbox;
@@ -324,8 +325,10 @@ impl Pool {
             sink: tx,
             cancel: cancel.clone(),
         };
-        match self.submit_items(spec, items) {
-            Ok(()) => AsyncResult::new(rx, total, sink, Some(self.canceller(cancel))),
+        let (submitted, shipped) = shipping(|| self.submit_items(spec, items));
+        match submitted {
+            Ok(()) => AsyncResult::new(rx, total, sink, Some(self.canceller(cancel)))
+                .keep_shipped(shipped),
             Err(e) => {
                 // Tasks submitted before the failure need not run.
                 self.canceller(cancel).cancel();
@@ -502,19 +505,126 @@ impl Pool {
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let sink = Box::new(ApplySink::<R>::new(std::any::type_name::<T>()));
+        self.apply_call(Call::of(f), std::any::type_name::<T>(), arg)
+    }
+
+    /// Submits a job of one item, `arg` (decoded in the worker as the
+    /// argument of `call`); `arg_type` names the argument type in errors.
+    fn apply_call<A, R>(&self, call: Call, arg_type: &'static str, arg: A) -> AsyncResult<R>
+    where
+        A: Serialize,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let sink = Box::new(ApplySink::<R>::new(arg_type));
         let (tx, rx) = mailbox();
         let cancel = Arc::new(AtomicBool::new(false));
         let spec = JobSpec {
-            header: Call::of(f).header(),
+            header: call.header(),
             chunking: Chunking::Fixed(1),
             sink: tx,
             cancel: cancel.clone(),
         };
-        match self.submit_items(spec, vec![arg]) {
-            Ok(()) => AsyncResult::new(rx, 1, sink, Some(self.canceller(cancel))),
+        let (submitted, shipped) = shipping(|| self.submit_items(spec, vec![arg]));
+        match submitted {
+            Ok(()) => {
+                AsyncResult::new(rx, 1, sink, Some(self.canceller(cancel))).keep_shipped(shipped)
+            }
             Err(e) => AsyncResult::failed(e),
         }
+    }
+
+    /// [`map`](Self::map) with a context: `f(&ctx, item)` for every item,
+    /// where `ctx` is any value made at any time (after the pool started
+    /// too), like Python's `pool.map(functools.partial(f, table), items)`.
+    /// The context is encoded once and each worker reads it once per call,
+    /// not once per task (see [`Context`]); nothing needs a `static`.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Self::map); [`Error::Encode`] if the context does not
+    /// encode.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn lookup(table: &Vec<u64>, i: usize) -> u64 {
+    ///     table[i]
+    /// }
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let table: Vec<u64> = (0..1000).map(|x| x * 3).collect(); // made after the pool
+    /// let out = pool.map_with(&table, lookup, 0..1000)?;
+    /// assert_eq!(out[999], 2997);
+    /// # Ok(()) }
+    /// ```
+    pub fn map_with<C, T, R>(
+        &self,
+        ctx: &C,
+        f: fn(&C, T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>>
+    where
+        C: Serialize + DeserializeOwned + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.map_with_async(ctx, f, items).get()
+    }
+
+    /// Starts a [`map_with`](Self::map_with) and returns at once with a
+    /// handle; the context is encoded before this returns (the borrow
+    /// ends here) and kept until the handle is done.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let h = pool.map_with_async(&"ab".to_string(), |s: &String, n: usize| s.repeat(n), [1, 2]);
+    /// assert_eq!(h.get()?, ["ab", "abab"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn map_with_async<C, T, R>(
+        &self,
+        ctx: &C,
+        f: fn(&C, T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        C: Serialize + DeserializeOwned + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let ctx = match Context::encode(ctx) {
+            Ok(c) => c,
+            Err(e) => return AsyncResult::failed(e),
+        };
+        let items = items.into_iter().map(move |t| (ctx.clone(), t));
+        // The items' clones keep the context; their job keeps it open.
+        self.map_call(with_call(f), std::any::type_name::<T>(), items, None)
+    }
+
+    /// [`apply`](Self::apply) with a context: runs `f(&ctx, arg)` in a
+    /// worker, `ctx` made at any time (see [`map_with`](Self::map_with)).
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Self::apply); [`Error::Encode`] if the context does not
+    /// encode.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let words = vec!["a".to_string(), "bb".to_string()];
+    /// let n = pool.apply_with(&words, |w: &Vec<String>, i: usize| w[i].len(), 1)?;
+    /// assert_eq!(n, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn apply_with<C, T, R>(&self, ctx: &C, f: fn(&C, T) -> R, arg: T) -> Result<R>
+    where
+        C: Serialize + DeserializeOwned + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let ctx = Context::encode(ctx)?;
+        self.apply_call(with_call(f), std::any::type_name::<T>(), (ctx, arg))
+            .get()
     }
 
     /// Applies a function of several arguments to every tuple of
