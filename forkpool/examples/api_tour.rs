@@ -99,13 +99,13 @@ fn main() -> Result<(), Error> {
     // ANCHOR: map_with
     // pool.map(functools.partial(lookup, table), items): the table is made
     // after the pool started, and each worker reads it once per call.
-    fn lookup(table: &Vec<u64>, i: usize) -> u64 {
+    fn lookup(table: &[u64], i: usize) -> u64 {
         table[i]
     }
     let table: Vec<u64> = (0..1000).map(|x| x * 3).collect();
-    let out = pool.map_with(&table, lookup, [1, 10, 999])?;
+    let out = pool.map_with(table.as_slice(), lookup, [1, 10, 999])?;
     assert_eq!(out, [3, 30, 2997]);
-    assert_eq!(pool.apply_with(&table, lookup, 7)?, 21);
+    assert_eq!(pool.apply_with(&table[..], lookup, 7)?, 21);
     // ANCHOR_END: map_with
 
     // ANCHOR: context

@@ -129,14 +129,17 @@ impl<C: Serialize> Context<C> {
     /// [`Error::Io`] if the memory file cannot be made or written (no
     /// memory, no descriptors).
     pub fn new(value: C) -> Result<Context<C>> {
-        let mut ctx = Context::encode(&value)?;
+        let mut ctx = Context::<C>::encode(&value)?;
         Arc::get_mut(&mut ctx.inner).expect("not shared yet").value = Some(Arc::new(value));
         Ok(ctx)
     }
+}
 
-    /// A context of a borrowed value: shipped to the workers, not readable
-    /// in this process (`map_with`'s, which never hands it out).
-    pub(crate) fn encode(value: &C) -> Result<Context<C>> {
+impl<C> Context<C> {
+    /// A context of a borrowed value that decodes as a `C` (`value` may be
+    /// a `[u64]` for a `C` of `Vec<u64>`): shipped to the workers, not
+    /// readable in this process (`map_with`'s, which never hands it out).
+    pub(crate) fn encode<B: Serialize + ?Sized>(value: &B) -> Result<Context<C>> {
         let mut bytes = Vec::with_capacity(HEAD + 64);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         bytes.extend_from_slice(&MAGIC.to_le_bytes());
@@ -144,7 +147,7 @@ impl<C: Serialize> Context<C> {
         codec::encode_into(value, &mut bytes).map_err(|e| Error::Encode {
             item: 0,
             what: "context",
-            type_name: std::any::type_name::<C>(),
+            type_name: std::any::type_name::<B>(),
             reason: e.to_string(),
         })?;
         let [memfd] = PoolFd::create(|| {
@@ -325,10 +328,13 @@ fn read<C: DeserializeOwned>(at: Ref) -> std::result::Result<C, String> {
     })
 }
 
-/// The trampoline of `fn(&C, T) -> R` over items `(Context<C>, T)`.
+/// The trampoline of `fn(&C, T) -> R` over items `(Context<C::Owned>, T)`
+/// (`C` may be unsized: a `[u64]` context travels and decodes as a
+/// `Vec<u64>`, which the function borrows).
 pub(crate) fn with_call<C, T, R>(f: fn(&C, T) -> R) -> crate::task::Call
 where
-    C: DeserializeOwned + 'static,
+    C: ?Sized + ToOwned,
+    C::Owned: DeserializeOwned + 'static,
     T: DeserializeOwned,
     R: Serialize,
 {
@@ -340,7 +346,8 @@ where
 
 fn run_with<C, T, R>(func: usize, body: Vec<u8>, at: usize, out: &mut Vec<u8>)
 where
-    C: DeserializeOwned + 'static,
+    C: ?Sized + ToOwned,
+    C::Owned: DeserializeOwned + 'static,
     T: DeserializeOwned,
     R: Serialize,
 {
@@ -349,5 +356,7 @@ where
     // trampoline (monomorphised for the same `C`, `T` and `R`); a function
     // pointer stays valid at the same address in a forked child.
     let f = unsafe { std::mem::transmute::<usize, fn(&C, T) -> R>(func) };
-    crate::task::run_items(body, at, out, |(ctx, t): (Context<C>, T)| f(&ctx, t));
+    crate::task::run_items(body, at, out, |(ctx, t): (Context<C::Owned>, T)| {
+        f(std::borrow::Borrow::borrow(&*ctx), t)
+    });
 }

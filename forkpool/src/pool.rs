@@ -537,7 +537,9 @@ impl Pool {
     /// where `ctx` is any value made at any time (after the pool started
     /// too), like Python's `pool.map(functools.partial(f, table), items)`.
     /// The context is encoded once and each worker reads it once per call,
-    /// not once per task (see [`Context`]); nothing needs a `static`.
+    /// not once per task (see [`Context`]); nothing needs a `static`. It
+    /// may be unsized: a `&[u64]` context reaches `f` as a `&[u64]` (it
+    /// travels as its owned form, `Vec<u64>`).
     ///
     /// # Errors
     ///
@@ -546,12 +548,12 @@ impl Pool {
     ///
     /// ```
     /// # fn main() -> Result<(), forkpool::Error> {
-    /// fn lookup(table: &Vec<u64>, i: usize) -> u64 {
+    /// fn lookup(table: &[u64], i: usize) -> u64 {
     ///     table[i]
     /// }
     /// let pool = forkpool::Pool::new(2)?;
     /// let table: Vec<u64> = (0..1000).map(|x| x * 3).collect(); // made after the pool
-    /// let out = pool.map_with(&table, lookup, 0..1000)?;
+    /// let out = pool.map_with(table.as_slice(), lookup, 0..1000)?;
     /// assert_eq!(out[999], 2997);
     /// # Ok(()) }
     /// ```
@@ -562,7 +564,8 @@ impl Pool {
         items: impl IntoIterator<Item = T>,
     ) -> Result<Vec<R>>
     where
-        C: Serialize + DeserializeOwned + 'static,
+        C: ?Sized + Serialize + ToOwned,
+        C::Owned: DeserializeOwned + 'static,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -576,7 +579,7 @@ impl Pool {
     /// ```
     /// # fn main() -> Result<(), forkpool::Error> {
     /// let pool = forkpool::Pool::new(2)?;
-    /// let h = pool.map_with_async(&"ab".to_string(), |s: &String, n: usize| s.repeat(n), [1, 2]);
+    /// let h = pool.map_with_async("ab", |s: &str, n: usize| s.repeat(n), [1, 2]);
     /// assert_eq!(h.get()?, ["ab", "abab"]);
     /// # Ok(()) }
     /// ```
@@ -587,11 +590,12 @@ impl Pool {
         items: impl IntoIterator<Item = T>,
     ) -> AsyncResult<Vec<R>>
     where
-        C: Serialize + DeserializeOwned + 'static,
+        C: ?Sized + Serialize + ToOwned,
+        C::Owned: DeserializeOwned + 'static,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let ctx = match Context::encode(ctx) {
+        let ctx = match Context::<C::Owned>::encode(ctx) {
             Ok(c) => c,
             Err(e) => return AsyncResult::failed(e),
         };
@@ -612,17 +616,18 @@ impl Pool {
     /// # fn main() -> Result<(), forkpool::Error> {
     /// let pool = forkpool::Pool::new(1)?;
     /// let words = vec!["a".to_string(), "bb".to_string()];
-    /// let n = pool.apply_with(&words, |w: &Vec<String>, i: usize| w[i].len(), 1)?;
+    /// let n = pool.apply_with(&words[..], |w: &[String], i: usize| w[i].len(), 1)?;
     /// assert_eq!(n, 2);
     /// # Ok(()) }
     /// ```
     pub fn apply_with<C, T, R>(&self, ctx: &C, f: fn(&C, T) -> R, arg: T) -> Result<R>
     where
-        C: Serialize + DeserializeOwned + 'static,
+        C: ?Sized + Serialize + ToOwned,
+        C::Owned: DeserializeOwned + 'static,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let ctx = Context::encode(ctx)?;
+        let ctx = Context::<C::Owned>::encode(ctx)?;
         self.apply_call(with_call(f), std::any::type_name::<T>(), (ctx, arg))
             .get()
     }

@@ -27,7 +27,7 @@ fn reads(pids: &[i32]) -> HashMap<i32, u64> {
     pids.iter().map(|&p| (p, rchar(p))).collect()
 }
 
-fn lookup(table: &Vec<u64>, i: usize) -> u64 {
+fn lookup(table: &[u64], i: usize) -> u64 {
     table[i]
 }
 
@@ -78,7 +78,7 @@ fn map_with_sends_its_context_once_per_worker_per_call() {
     let calls = 3;
     for _ in 0..calls {
         let out = pool
-            .map_with(&table, lookup, (0..10_000).map(|i| i * 397))
+            .map_with(table.as_slice(), lookup, (0..10_000).map(|i| i * 397))
             .unwrap();
         assert_eq!(out[9_999], 9_999 * 397 * 7);
     }
