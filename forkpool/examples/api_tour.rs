@@ -37,6 +37,16 @@ fn main() -> Result<(), Error> {
     assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
     // ANCHOR_END: map
 
+    // ANCHOR: borrowed
+    fn str_len(s: String) -> usize {
+        s.len()
+    }
+    let words: Vec<String> = ["to", "be", "or", "not"].map(String::from).to_vec();
+    let lens = pool.map(str_len, &words)?; // borrowed: encoded in place, not cloned
+    assert_eq!(lens, [2, 2, 2, 3]);
+    assert_eq!(pool.apply(str_len, &words[3])?, 3);
+    // ANCHOR_END: borrowed
+
     // ANCHOR: map_chunked
     let squares = pool.map_chunked(square, 0..10_000, 500)?; // pool.map(square, it, chunksize=500)
     assert_eq!(squares[100], 10_000);

@@ -58,6 +58,7 @@ compile_error!(
      and Windows do not have"
 );
 
+mod arg;
 mod async_result;
 mod builder;
 mod codec;
@@ -79,6 +80,7 @@ mod task;
 mod worker;
 mod zygote;
 
+pub use arg::Arg;
 pub use async_result::AsyncResult;
 pub use builder::PoolBuilder;
 pub use context::Context;

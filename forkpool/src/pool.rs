@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::arg::Arg;
 use crate::async_result::{ApplySink, AsyncResult, Canceller, MapSink};
 use crate::builder::PoolBuilder;
 use crate::collector::Shared;
@@ -214,8 +215,9 @@ impl Pool {
     /// assert_eq!(lens, [1, 2, 3]);
     /// # Ok(()) }
     /// ```
-    pub fn map<T, R>(&self, f: fn(T) -> R, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
+    pub fn map<T, R, A>(&self, f: fn(T) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
+        A: Arg<T>,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -236,13 +238,14 @@ impl Pool {
     /// assert_eq!(out[99], -99);
     /// # Ok(()) }
     /// ```
-    pub fn map_chunked<T, R>(
+    pub fn map_chunked<T, R, A>(
         &self,
         f: fn(T) -> R,
-        items: impl IntoIterator<Item = T>,
+        items: impl IntoIterator<Item = A>,
         chunksize: usize,
     ) -> Result<Vec<R>>
     where
+        A: Arg<T>,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -260,12 +263,13 @@ impl Pool {
     /// assert_eq!(h.get()?, [2, 4, 6]);
     /// # Ok(()) }
     /// ```
-    pub fn map_async<T, R>(
+    pub fn map_async<T, R, A>(
         &self,
         f: fn(T) -> R,
-        items: impl IntoIterator<Item = T>,
+        items: impl IntoIterator<Item = A>,
     ) -> AsyncResult<Vec<R>>
     where
+        A: Arg<T>,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -273,13 +277,14 @@ impl Pool {
     }
 
     /// [`map_async`](Self::map_async) with `chunksize` items per task.
-    pub fn map_async_chunked<T, R>(
+    pub fn map_async_chunked<T, R, A>(
         &self,
         f: fn(T) -> R,
-        items: impl IntoIterator<Item = T>,
+        items: impl IntoIterator<Item = A>,
         chunksize: usize,
     ) -> AsyncResult<Vec<R>>
     where
+        A: Arg<T>,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -482,8 +487,9 @@ impl Pool {
     /// assert_ne!(pid, std::process::id());
     /// # Ok(()) }
     /// ```
-    pub fn apply<T, R>(&self, f: fn(T) -> R, arg: T) -> Result<R>
+    pub fn apply<T, R, A>(&self, f: fn(T) -> R, arg: A) -> Result<R>
     where
+        A: Arg<T>,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -500,8 +506,9 @@ impl Pool {
     /// assert_eq!(out, [0, 10, 20, 30]);
     /// # Ok(()) }
     /// ```
-    pub fn apply_async<T, R>(&self, f: fn(T) -> R, arg: T) -> AsyncResult<R>
+    pub fn apply_async<T, R, A>(&self, f: fn(T) -> R, arg: A) -> AsyncResult<R>
     where
+        A: Arg<T>,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::arg::Arg;
 use crate::async_result::AsyncResult;
 use crate::error::Result;
 use crate::imap::IMap;
@@ -119,8 +120,9 @@ impl<'p> WithProgress<'p> {
     /// # Errors
     ///
     /// As [`Pool::map`].
-    pub fn map<T, R>(self, f: fn(T) -> R, items: impl IntoIterator<Item = T>) -> Result<Vec<R>>
+    pub fn map<T, R, A>(self, f: fn(T) -> R, items: impl IntoIterator<Item = A>) -> Result<Vec<R>>
     where
+        A: Arg<T>,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -132,17 +134,18 @@ impl<'p> WithProgress<'p> {
     /// # Errors
     ///
     /// As [`Pool::map`].
-    pub fn map_chunked<T, R>(
+    pub fn map_chunked<T, R, A>(
         self,
         f: fn(T) -> R,
-        items: impl IntoIterator<Item = T>,
+        items: impl IntoIterator<Item = A>,
         chunksize: usize,
     ) -> Result<Vec<R>>
     where
+        A: Arg<T>,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items: Vec<T> = items.into_iter().collect();
+        let items: Vec<A> = items.into_iter().collect();
         size(&self.bar, self.styled, Some(items.len()));
         self.pool
             .map_async_chunked(f, items, chunksize)
@@ -152,16 +155,17 @@ impl<'p> WithProgress<'p> {
 
     /// [`Pool::map_async`] with the bar: it moves while the handle is
     /// waited for (`get`, `get_timeout` or `.await`).
-    pub fn map_async<T, R>(
+    pub fn map_async<T, R, A>(
         self,
         f: fn(T) -> R,
-        items: impl IntoIterator<Item = T>,
+        items: impl IntoIterator<Item = A>,
     ) -> AsyncResult<Vec<R>>
     where
+        A: Arg<T>,
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let items: Vec<T> = items.into_iter().collect();
+        let items: Vec<A> = items.into_iter().collect();
         size(&self.bar, self.styled, Some(items.len()));
         self.pool.map_async(f, items).with_bar(self.bar)
     }

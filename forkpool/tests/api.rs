@@ -507,3 +507,55 @@ fn imap_auto_chunks_inputs_of_known_length_and_streams_the_others() {
     all.sort();
     assert_eq!(all, (0..1000).map(|x| x * 2).collect::<Vec<_>>());
 }
+
+#[test]
+fn borrowed_items_are_encoded_in_place_once_each() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static ENCODED: AtomicUsize = AtomicUsize::new(0);
+    /// Not `Clone`: a map that compiled by cloning it could not exist.
+    #[derive(serde::Deserialize)]
+    struct Word(String);
+    impl serde::Serialize for Word {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            ENCODED.fetch_add(1, Ordering::SeqCst);
+            s.serialize_newtype_struct("Word", &self.0)
+        }
+    }
+    fn word_len(w: Word) -> usize {
+        w.0.len()
+    }
+    fn str_len(s: String) -> usize {
+        s.len()
+    }
+    fn total(v: Vec<u32>) -> u32 {
+        v.iter().sum()
+    }
+    let pool = TestPool::new(2);
+    let words: Vec<Word> = (0..1000).map(|i| Word("x".repeat(i % 7))).collect();
+    let lens = pool.map(word_len, &words).unwrap();
+    assert_eq!(
+        ENCODED.load(Ordering::SeqCst),
+        1000,
+        "each item encoded once"
+    );
+    assert!(lens.iter().enumerate().all(|(i, &n)| n == i % 7));
+    let lens = pool.map_chunked(word_len, &words[..10], 3).unwrap();
+    assert_eq!(lens, [0, 1, 2, 3, 4, 5, 6, 0, 1, 2]);
+    assert_eq!(pool.apply(word_len, &words[6]).unwrap(), 6);
+    assert_eq!(
+        pool.map_async(word_len, words.iter().rev()).get().unwrap()[0],
+        999 % 7
+    );
+    // &str for String, &[u32] for Vec<u32>.
+    let strs: Vec<String> = ["a", "bb"].map(String::from).to_vec();
+    assert_eq!(
+        pool.map(str_len, strs.iter().map(String::as_str)).unwrap(),
+        [1, 2]
+    );
+    let rows: Vec<Vec<u32>> = vec![vec![1, 2], vec![3, 4, 5]];
+    assert_eq!(
+        pool.map(total, rows.iter().map(Vec::as_slice)).unwrap(),
+        [3, 12]
+    );
+    assert_eq!(words.len(), 1000, "still ours");
+}
