@@ -95,8 +95,11 @@ pub enum Error {
         detail: String,
     },
 
-    /// The initializer panicked, returned an error, or its worker died
-    /// while running it. Returned by [`PoolBuilder::build`](crate::PoolBuilder::build),
+    /// The initializer panicked or returned an error (the message says
+    /// what it reported), or workers running it died the same way
+    /// (killed, `exit`, `abort`) three times in a row (the message names
+    /// their pids and how they ended; a single death before READY is just
+    /// replaced). Returned by [`PoolBuilder::build`](crate::PoolBuilder::build),
     /// or by every later call if it happened in a replacement worker.
     #[error("the initializer failed in worker {pid}: {message}")]
     Initializer {
@@ -180,8 +183,8 @@ pub enum Error {
     Terminated,
 
     /// The pool cannot work any more: its zygote died, a worker could not
-    /// be forked, or a replacement worker's initializer failed. Build a new
-    /// pool.
+    /// be forked, or (with no initializer) three workers in a row died the
+    /// same way before reporting ready. Build a new pool.
     #[error("the pool is broken and cannot run work: {reason}")]
     Broken {
         /// Why.
