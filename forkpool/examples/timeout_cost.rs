@@ -21,7 +21,10 @@ fn main() -> Result<(), forkpool::Error> {
     const ROUNDS: usize = 7;
     let mut times: [[Vec<Duration>; 3]; 2] = Default::default();
     for _ in 0..ROUNDS {
-        for (t, limit) in [None, Some(Duration::from_secs(10))].into_iter().enumerate() {
+        for (t, limit) in [None, Some(Duration::from_secs(10))]
+            .into_iter()
+            .enumerate()
+        {
             let mut builder = forkpool::Pool::builder().processes(2);
             if let Some(limit) = limit {
                 builder = builder.task_timeout(limit);
