@@ -74,9 +74,11 @@ fn sigkill_storm_during_a_long_imap_unordered_accounts_for_every_item_once() {
                     if let Some(pid) = next
                         && common::ours(pid).is_some_and(|s| s != "Z")
                     {
-                        common::kill(pid, libc::SIGKILL);
                         killed.insert(pid);
-                        kills.fetch_add(1, SeqCst);
+                        // SAFETY: kill(2) has no memory-safety preconditions.
+                        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                            kills.fetch_add(1, SeqCst);
+                        }
                     }
                 }
                 killed
@@ -271,6 +273,12 @@ fn kills_during_close_and_join_fail_only_what_the_worker_held() {
 
 #[test]
 fn kills_during_terminate_end_everything_without_a_hang() {
+    // A zygote killed mid-terminate leaves its workers to a subreaper: make
+    // this process one, so the pool reaps them (and the check below does
+    // not depend on how soon init reaps orphans).
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0);
     for victim in ["worker", "zygote"] {
         let procs = within(60, "terminate with a kill", move || {
             let pool = Pool::new(2).unwrap();
@@ -281,7 +289,10 @@ fn kills_during_terminate_end_everything_without_a_hang() {
                 _ => pool.zygote_pid(),
             };
             std::thread::scope(|s| {
-                s.spawn(|| common::kill(pid, libc::SIGKILL));
+                // The kill races terminate: the process may be gone (and
+                // reaped) already, which is fine (ESRCH).
+                // SAFETY: kill(2) has no memory-safety preconditions.
+                s.spawn(|| unsafe { libc::kill(pid, libc::SIGKILL) });
                 pool.terminate();
             });
             assert!(h.get().is_err());
