@@ -19,8 +19,9 @@
 //! lock-free slot. What remains is what Rust's panic machinery itself does
 //! when a task panics: it *reads* the hook (a reader another thread left
 //! behind does not block it; a thread that was inside `set_hook` or
-//! `take_hook` at the instant of the fork would) and unwinds (glibc resets
-//! its loader locks in a forked child). Allocation is safe: glibc's
+//! `take_hook` at the instant of the fork would) and unwinds (the unwinder
+//! finds its tables through glibc's lock-free `_dl_find_object`, glibc 2.35
+//! and later with libgcc 12 and later). Allocation is safe: glibc's
 //! `malloc` has fork handlers.
 
 use std::any::Any;
