@@ -144,6 +144,22 @@ fn main() -> Result<(), Error> {
     assert_eq!(total, 49 + 14);
     // ANCHOR_END: await
 
+    // ANCHOR: stream
+    let mut squares = pool.imap_unordered(square, 0..100, 10); // feature "futures"
+    let total = runtime.block_on(async {
+        let mut total = 0;
+        while let Some(sq) = std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut squares), cx)
+        })
+        .await
+        {
+            total += sq?;
+        }
+        Ok::<_, Error>(total)
+    })?;
+    assert_eq!(total, (0..100u64).map(square).sum::<u64>());
+    // ANCHOR_END: stream
+
     // ANCHOR: progress
     // mpire's progress_bar=True, tqdm(pool.imap(...)): feature "progress"
     let squares = pool.progress("squares").map(square, 0..1000)?;

@@ -14,8 +14,7 @@
 //! when the last `Context` handle in the parent is dropped and no job that
 //! carries it is still waiting: `apply`, `map` and their `_async` forms
 //! keep the contexts their items carry until their results are in. A task
-//! whose context is gone fails with a decode error saying so (with `imap`,
-//! which does not keep them, hold a handle while iterating).
+//! whose context is gone fails with a decode error saying so.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -74,9 +73,9 @@ struct Inner<C> {
 ///
 /// Cloning is cheap (a reference count). The value is encoded once, into
 /// a memory file the parent holds until the last clone is dropped (a job
-/// whose items carry a clone keeps it until its results are in; with
-/// `imap`, keep a handle while iterating); each worker reads it once and
-/// keeps it decoded (its last 4 contexts).
+/// whose items carry a clone keeps it until its results are in, an `imap`
+/// as long as it lives); each worker reads it once and keeps it decoded
+/// (its last 4 contexts).
 ///
 /// # Examples
 ///
@@ -242,6 +241,15 @@ pub(crate) fn shipping<R>(encode: impl FnOnce() -> R) -> (R, Shipped) {
 }
 
 impl Shipped {
+    /// Adds `more`, without repeating a file already kept.
+    pub(crate) fn absorb(&mut self, more: Shipped) {
+        for m in more.0 {
+            if !self.0.iter().any(|k| Arc::ptr_eq(k, &m)) {
+                self.0.push(m);
+            }
+        }
+    }
+
     /// Whether no context was referred to.
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -359,4 +367,28 @@ where
     crate::task::run_items(body, at, out, |(ctx, t): (Context<C::Owned>, T)| {
         f(std::borrow::Borrow::borrow(&*ctx), t)
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_to_a_closed_or_foreign_descriptor_is_an_error_not_a_value() {
+        let ctx = Context::new(vec![1u64, 2, 3]).unwrap();
+        let at = ctx.inner.at;
+        // The right file: decodes.
+        assert_eq!(*read::<Vec<u64>>(at).unwrap(), [1, 2, 3]);
+        // Another id on the same descriptor: refused by the head check.
+        let wrong_id = Ref {
+            id: at.id + 1_000_000,
+            ..at
+        };
+        let e = read::<Vec<u64>>(wrong_id).unwrap_err();
+        assert!(e.contains("not this context"), "{e}");
+        // A descriptor that is not open.
+        drop(ctx);
+        let e = read::<Vec<u64>>(at).unwrap_err();
+        assert!(e.contains("was every Context handle dropped"), "{e}");
+    }
 }

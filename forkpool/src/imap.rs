@@ -27,12 +27,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::task::Poll;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::context::{Shipped, shipping};
 use crate::error::{Error, Result};
-use crate::mailbox::{Mailbox, Postman, mailbox};
+use crate::mailbox::{Empty, Mailbox, Postman, mailbox};
 use crate::pool::Pool;
 use crate::scheduler::{Chunking, Completion, JobId, JobSpec};
 use crate::task::{Call, Items, decode_outcomes};
@@ -117,6 +119,8 @@ pub struct IMap<'p, T, R, I: Iterator<Item = T>> {
     next_yield: usize,
     /// Items ready to yield.
     current: VecDeque<Result<R>>,
+    /// The contexts the items handed over carry, kept open for their tasks.
+    shipped: Shipped,
 }
 
 impl<'p, T, R, I> IMap<'p, T, R, I>
@@ -153,6 +157,7 @@ where
             waiting: BTreeMap::new(),
             next_yield: 0,
             current: VecDeque::new(),
+            shipped: Shipped::default(),
         }
     }
 
@@ -167,6 +172,13 @@ where
     /// [`MAX_TASKS_PER_WORKER`] chunks per worker. Refills only once half
     /// the room is free, so hand-overs go in batches.
     fn refill(&mut self) {
+        let ((), shipped) = shipping(|| self.refill_now());
+        self.shipped.absorb(shipped);
+    }
+
+    /// [`refill`](Self::refill), without keeping the contexts the items
+    /// carry.
+    fn refill_now(&mut self) {
         let min_items = 2 * self.pool.processes() * self.chunksize;
         let limit = (2 * self.completed).clamp(min_items, self.max_items().max(min_items));
         if self.input_done
@@ -303,9 +315,28 @@ where
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
+        match self.advance(|rx| Poll::Ready(rx.recv(None))) {
+            Poll::Ready(item) => item,
+            Poll::Pending => unreachable!("a blocking receive is always ready"),
+        }
+    }
+}
+
+impl<T, R, I> IMap<'_, T, R, I>
+where
+    T: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+    I: Iterator<Item = T>,
+{
+    /// The next item, taking completions with `recv`: blocking for the
+    /// iterator, polling for the stream.
+    fn advance(
+        &mut self,
+        mut recv: impl FnMut(&Mailbox) -> Poll<std::result::Result<Completion, Empty>>,
+    ) -> Poll<Option<Result<R>>> {
         loop {
             if let Some(item) = self.current.pop_front() {
-                return Some(item);
+                return Poll::Ready(Some(item));
             }
             if self.ordered
                 && let Some(items) = self.waiting.remove(&self.next_yield)
@@ -320,19 +351,60 @@ where
             }
             if self.outstanding == 0 {
                 // Everything before the input's panic was yielded.
-                return self.failure.take().map(Err);
+                return Poll::Ready(self.failure.take().map(Err));
             }
-            match self.rx.recv(None) {
+            match std::task::ready!(recv(&self.rx)) {
                 Ok(c) => self.accept(c),
                 // Every sender is gone with items outstanding: only a pool
                 // shut down under us does that. End rather than wait.
                 Err(_) => {
                     self.outstanding = 0;
                     self.input_done = true;
-                    return Some(Err(Error::Terminated));
+                    return Poll::Ready(Some(Err(Error::Terminated)));
                 }
             }
         }
+    }
+}
+
+/// With the feature `futures`: the results as a [`futures_core::Stream`],
+/// for async code under any executor (the collector thread wakes the task
+/// when results arrive). The input is pulled, and items encoded, in
+/// `poll_next`.
+///
+/// ```
+/// # fn main() -> Result<(), forkpool::Error> {
+/// use std::pin::Pin;
+///
+/// let pool = forkpool::Pool::new(2)?;
+/// let mut squares = pool.imap(|x: u64| x * x, 0..10u64, 2);
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let total = rt.block_on(async {
+///     let mut total = 0;
+///     while let Some(sq) =
+///         std::future::poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut squares), cx)).await
+///     {
+///         total += sq?;
+///     }
+///     Ok::<_, forkpool::Error>(total)
+/// })?;
+/// assert_eq!(total, 285);
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "futures")]
+impl<T, R, I> futures_core::Stream for IMap<'_, T, R, I>
+where
+    T: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned + Unpin,
+    I: Iterator<Item = T> + Unpin,
+{
+    type Item = Result<R>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<R>>> {
+        self.get_mut().advance(|rx| rx.poll_recv(cx))
     }
 }
 

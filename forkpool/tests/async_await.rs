@@ -170,3 +170,49 @@ fn tokio_tasks_on_many_threads_share_one_pool() {
     drop(rt);
     drop(Arc::try_unwrap(pool).ok().expect("the runtime is gone"));
 }
+
+/// Collects a stream by polling it in a future, with `futures_core` only.
+async fn collect<S: futures_core::Stream + Unpin>(mut s: S) -> Vec<S::Item> {
+    let mut out = Vec::new();
+    while let Some(x) =
+        std::future::poll_fn(|cx| futures_core::Stream::poll_next(std::pin::Pin::new(&mut s), cx))
+            .await
+    {
+        out.push(x);
+    }
+    out
+}
+
+#[test]
+fn imap_is_a_stream_under_a_minimal_executor_that_only_polls_when_woken() {
+    let pool = TestPool::new(2);
+    let (out, polls, wakes) = block_on(collect(pool.imap(sleep_ms, [50u64, 1, 1, 1, 1], 1)));
+    let out: Vec<u64> = out.into_iter().map(Result::unwrap).collect();
+    assert_eq!(out, [50, 1, 1, 1, 1], "in input order");
+    assert!(wakes >= 1, "never woken");
+    // One poll per completion at most, plus the first and the last.
+    assert!(polls <= 5 + 3, "{polls} polls for 5 tasks");
+}
+
+#[test]
+fn imap_unordered_streams_under_tokio() {
+    let pool = TestPool::new(2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut got: Vec<u64> = rt
+        .block_on(collect(pool.imap_unordered(double, 0..10_000, 16)))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    got.sort();
+    assert_eq!(got, (0..10_000).map(double).collect::<Vec<_>>());
+    // A failing item is one error in the stream, the rest go on.
+    let items = rt.block_on(collect(pool.imap(
+        |x: u32| if x == 2 { panic!("two") } else { x },
+        0..4,
+        1,
+    )));
+    assert_eq!(items.len(), 4);
+    assert!(items[2].is_err() && items[3].is_ok());
+}
