@@ -3,9 +3,9 @@
 //! Rank 0 hands tasks to the worker ranks and collects their results; it
 //! never blocks in a send (tasks go out with `MPI_Isend`, kept until they
 //! complete), so a worker blocked sending a large result to rank 0 is
-//! always answered. At most [`DEPTH`] tasks wait on a worker at once:
-//! enough to hide a message's latency, few enough that work is committed
-//! to a rank late. While it waits, rank 0 checks that the ranks holding its
+//! always answered. A worker holds at most about 2 ms of queued work
+//! (2 to 16 tasks, by the time the last tasks took): enough to hide a
+//! message's latency, little enough that work is committed to a rank late. While it waits, rank 0 checks that the ranks holding its
 //! tasks are alive (see [`crate::serve`] and the crate docs on faults).
 
 use std::cell::RefCell;
@@ -28,8 +28,13 @@ use crate::layout::{RankInfo, alive};
 use crate::serve::{self, StopRequest, tag};
 use crate::task::{Sendable, decode_outcomes, encode_task, result_id};
 
-/// Most tasks waiting on one worker rank at once.
-const DEPTH: usize = 2;
+/// Fewest and most tasks waiting on one worker rank at once: a worker
+/// holds about [`HOLD`] of work, by the time its tasks take (commit work
+/// late, but keep a rank busy across a message's latency when tasks are
+/// short).
+const MIN_DEPTH: usize = 2;
+const MAX_DEPTH: usize = 16;
+const HOLD: f64 = 0.002;
 /// How often rank 0 checks, while it waits, that the ranks holding its
 /// tasks are alive.
 const LIVENESS_EVERY: Duration = Duration::from_millis(20);
@@ -84,6 +89,8 @@ struct Core {
     /// hold them).
     orphans: Vec<Vec<u8>>,
     last_check: Instant,
+    /// The time a task takes on a worker, smoothed (seconds).
+    service: f64,
     next_array: u64,
     /// The node-shared arrays made so far (for the shutdown).
     arrays: Vec<u64>,
@@ -187,6 +194,7 @@ impl Pool {
             sends: Vec::new(),
             orphans: Vec::new(),
             last_check: Instant::now(),
+            service: HOLD,
             next_array: 0,
             arrays: Vec::new(),
         };
@@ -262,7 +270,23 @@ impl Pool {
         T: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
-        self.imap(f, items, chunksize).collect()
+        let items: Vec<T> = items.into_iter().collect();
+        let n = items.len();
+        let mut job = self.imap(f, items, chunksize);
+        job.slots = Some(Slots {
+            values: (0..n).map(|_| None).collect(),
+            error: None,
+        });
+        job.run_to_end();
+        let slots = job.slots.take().expect("set above");
+        if let Some(e) = slots.error {
+            return Err(e);
+        }
+        Ok(slots
+            .values
+            .into_iter()
+            .map(|v| v.expect("every item has a result or an error"))
+            .collect())
     }
 
     /// A lazy, ordered map: each item's `Result`, in input order, pulling
@@ -464,6 +488,7 @@ impl Core {
     /// one.
     fn free_rank(&mut self, node: Option<usize>) -> std::result::Result<Option<usize>, String> {
         let n = self.workers.len();
+        let depth = self.depth();
         let fits = |w: &Worker| w.alive && node.is_none_or(|k| w.info.node == k);
         if !self.workers.iter().any(fits) {
             return Err(match node {
@@ -479,7 +504,7 @@ impl Core {
             let r = (self.cursor + step) % n;
             let w = &self.workers[r];
             if fits(w)
-                && w.in_flight < DEPTH
+                && w.in_flight < depth
                 && best.is_none_or(|b| w.in_flight < self.workers[b].in_flight)
             {
                 best = Some(r);
@@ -492,6 +517,11 @@ impl Core {
             self.cursor = (r + 1) % n;
         }
         Ok(best)
+    }
+
+    /// How many tasks a worker may hold: about [`HOLD`] of work.
+    fn depth(&self) -> usize {
+        ((HOLD / self.service.max(1e-9)).ceil() as usize).clamp(MIN_DEPTH, MAX_DEPTH)
     }
 
     /// Sends task `id` to `rank` without blocking.
@@ -526,9 +556,16 @@ impl Core {
             .any_process()
             .immediate_matched_probe_with_tag(tag::RESULT)
         {
-            let (message, status) = probe.matched_receive_vec::<u8>();
+            let (mut message, status) = probe.matched_receive_vec::<u8>();
             let rank = status.source_rank() as usize;
             got = true;
+            // The worker's time for the task trails the message.
+            if message.len() >= 8 {
+                let at = message.len() - 8;
+                let nanos = u64::from_le_bytes(message[at..].try_into().expect("8 bytes"));
+                message.truncate(at);
+                self.service = 0.8 * self.service + 0.2 * (nanos as f64 * 1e-9);
+            }
             match result_id(&message) {
                 Ok((id, _)) => self.answer(id, Answer::Done { rank, message }),
                 Err(e) => eprintln!("forkpool-mpi: rank 0 dropped a message from rank {rank}: {e}"),
@@ -596,33 +633,62 @@ impl Core {
 }
 
 /// Waiting without burning a core the workers need: spin briefly, then
-/// yield, then sleep a little.
+/// yield, then sleep a little. Reading the clock only once waiting
+/// starts (a clock read per result cost a quarter of rank 0's time).
 pub(crate) struct Backoff {
-    since: Instant,
+    since: Option<Instant>,
     spins: u32,
 }
 
 impl Backoff {
     pub(crate) fn new() -> Self {
         Backoff {
-            since: Instant::now(),
+            since: None,
             spins: 0,
         }
     }
 
     pub(crate) fn reset(&mut self) {
         self.spins = 0;
-        self.since = Instant::now();
+        self.since = None;
     }
 
     pub(crate) fn wait(&mut self) {
         self.spins += 1;
         if self.spins < 64 {
             std::hint::spin_loop();
-        } else if self.since.elapsed() < Duration::from_millis(2) {
+            return;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_millis(2) {
             std::thread::yield_now();
         } else {
             std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+/// `map`'s results: one slot per item, and the error of the lowest item
+/// that failed.
+struct Slots<R> {
+    values: Vec<Option<R>>,
+    error: Option<Error>,
+}
+
+impl<R> Slots<R> {
+    fn put(&mut self, item: usize, r: Result<R>) {
+        match r {
+            Ok(v) => self.values[item] = Some(v),
+            Err(e) => {
+                if self
+                    .error
+                    .as_ref()
+                    .and_then(Error::item)
+                    .is_none_or(|i| item < i)
+                {
+                    self.error = Some(e);
+                }
+            }
         }
     }
 }
@@ -648,9 +714,15 @@ pub struct IMap<'p, T, R> {
     out: Vec<Out>,
     /// Ordered: results by the first item of their task.
     by_first: BTreeMap<usize, VecDeque<Result<R>>>,
+    /// Ordered: the results being yielded, of the task whose first item
+    /// was next when they were taken.
+    current: VecDeque<Result<R>>,
     next_yield: usize,
     /// Unordered (and failures before sending): results as they come.
     ready: VecDeque<Result<R>>,
+    /// `map`: every result in its slot, and the first error by item
+    /// (no per-item queue: a `Result<R, Error>` is ten times a `u64`).
+    slots: Option<Slots<R>>,
     _types: PhantomData<fn(T) -> R>,
 }
 
@@ -675,15 +747,21 @@ where
             next_item: 0,
             out: Vec::new(),
             by_first: BTreeMap::new(),
+            current: VecDeque::new(),
             next_yield: 0,
             ready: VecDeque::new(),
+            slots: None,
             _types: PhantomData,
         }
     }
 
     /// Results for items that failed before any task went out.
     fn fail(&mut self, first: usize, errors: Vec<Error>) {
-        if self.ordered {
+        if let Some(slots) = &mut self.slots {
+            for (i, e) in errors.into_iter().enumerate() {
+                slots.put(first + i, Err(e));
+            }
+        } else if self.ordered {
             self.by_first
                 .insert(first, errors.into_iter().map(Err).collect());
         } else {
@@ -753,23 +831,34 @@ where
             };
             got = true;
             let Out { first, count, .. } = self.out.swap_remove(i);
-            let mut results = VecDeque::with_capacity(count);
+            let mut results = VecDeque::new();
+            let slots = &mut self.slots;
+            let mut deliver = |item: usize, r: Result<R>| match slots {
+                Some(slots) => slots.put(item, r),
+                None => results.push_back(r),
+            };
             match answer {
                 Answer::Done { rank, message } => {
                     let (_, outcomes) = result_id(&message).expect("checked on arrival");
-                    decode_outcomes::<R>(outcomes, count, first, rank, |_, r| results.push_back(r));
+                    decode_outcomes::<R>(outcomes, count, first, rank, &mut deliver);
                 }
                 Answer::Died { rank } => {
                     let w = &core.workers[rank].info;
-                    results.extend((first..first + count).map(|item| {
-                        Err(Error::RankDied {
+                    for item in first..first + count {
+                        deliver(
                             item,
-                            rank,
-                            pid: w.pid,
-                            host: w.host.clone(),
-                        })
-                    }));
+                            Err(Error::RankDied {
+                                item,
+                                rank,
+                                pid: w.pid,
+                                host: w.host.clone(),
+                            }),
+                        );
+                    }
                 }
+            }
+            if self.slots.is_some() {
+                continue;
             }
             if self.ordered {
                 self.by_first.insert(first, results);
@@ -780,24 +869,41 @@ where
         got
     }
 
+    /// Runs every task and collects every answer (for `slots`).
+    fn run_to_end(&mut self) {
+        let mut idle: Option<Backoff> = None;
+        loop {
+            self.submit();
+            if self.out.is_empty() && self.input.peek().is_none() {
+                return;
+            }
+            if self.collect() {
+                idle = None;
+                continue;
+            }
+            if self.pool.core.borrow_mut().poll(&self.pool.world) {
+                idle = None;
+            } else {
+                idle.get_or_insert_with(Backoff::new).wait();
+            }
+        }
+    }
+
     fn take_ready(&mut self) -> Option<Result<R>> {
         if !self.ordered {
             return self.ready.pop_front();
         }
         loop {
-            let mut entry = self.by_first.first_entry()?;
-            if *entry.key() > self.next_yield {
+            if let Some(r) = self.current.pop_front() {
+                self.next_yield += 1;
+                return Some(r);
+            }
+            // The next task's results, once they are in.
+            let entry = self.by_first.first_entry()?;
+            if *entry.key() != self.next_yield {
                 return None;
             }
-            match entry.get_mut().pop_front() {
-                Some(r) => {
-                    self.next_yield += 1;
-                    return Some(r);
-                }
-                None => {
-                    entry.remove();
-                }
-            }
+            self.current = entry.remove();
         }
     }
 }
@@ -810,7 +916,10 @@ where
     type Item = Result<R>;
 
     fn next(&mut self) -> Option<Result<R>> {
-        let mut idle = Backoff::new();
+        if let Some(r) = self.take_ready() {
+            return Some(r);
+        }
+        let mut idle: Option<Backoff> = None;
         loop {
             if let Some(r) = self.take_ready() {
                 return Some(r);
@@ -823,14 +932,14 @@ where
                 return None;
             }
             if self.collect() {
-                idle.reset();
+                idle = None;
                 continue;
             }
             let got = self.pool.core.borrow_mut().poll(&self.pool.world);
             if got {
-                idle.reset();
+                idle = None;
             } else {
-                idle.wait();
+                idle.get_or_insert_with(Backoff::new).wait();
             }
         }
     }

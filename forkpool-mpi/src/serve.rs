@@ -118,12 +118,19 @@ pub(crate) fn serve(
         let (message, status) = probe.matched_receive_vec::<u8>();
         match status.tag() {
             tag::TASK => {
+                let started = Instant::now();
                 // SAFETY: the message comes from rank 0, and `Pool::world`
                 // checked that every rank runs this executable before any
                 // rank served a task.
                 let result = unsafe { crate::task::execute(&message) };
                 match result {
-                    Ok(out) => root.send_with_tag(&out[..], tag::RESULT),
+                    Ok(mut out) => {
+                        // The time the task took here, for rank 0's sizing
+                        // of what a worker holds (see `pool::Core::depth`).
+                        let nanos = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+                        out.extend_from_slice(&nanos.to_le_bytes());
+                        root.send_with_tag(&out[..], tag::RESULT)
+                    }
                     Err(e) => eprintln!("forkpool-mpi: rank {me} dropped a task: {e}"),
                 }
             }
