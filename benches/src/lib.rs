@@ -11,6 +11,8 @@
 //! - [`arrays`]: shared-array fills, a large array passed by value or
 //!   shared, locked and lock-free counters;
 //! - [`random`]: random fill, serial and parallel;
+//! - [`sched`]: scheduling, spin-on-clock task lists on a fresh pool and
+//!   after other work, against a raw-fork ceiling (issue 9);
 //! - [`startup`]: pool start-up as the parent's memory grows;
 //! - [`ceiling`]: `memset`, `memcpy`, raw pipe ping-pong and throughput,
 //!   bare `fork`;
@@ -25,6 +27,7 @@ pub mod arrays;
 pub mod ceiling;
 pub mod experiments;
 pub mod random;
+pub mod sched;
 pub mod startup;
 pub mod tasks;
 pub mod timing;

@@ -16,7 +16,9 @@
 //! - `--only <text>`: only the workloads whose id contains `<text>`;
 //! - `--reps <n>`: timed runs per measurement (default 5, 3 for the slow ones);
 //! - `--python <exe>`: the interpreter (default `$PYTHON` or `python3`);
-//! - `--no-python`: the Rust side only.
+//! - `--no-python`: the Rust side only;
+//! - `--sched-sleep`: the scheduling rows' tasks sleep instead of spinning
+//!   (on a machine whose cores others keep busy: measures the schedule).
 //!
 //! If `python3` is missing the Python column says so and the rest runs; if
 //! numpy is missing it is installed with `pip`.
@@ -31,6 +33,7 @@ use forkpool_benches::arrays::{Counter, Counters, PassArray, WarmFill, cold_fill
 use forkpool_benches::ceiling::{PingPong, PipeSink, faulted_buffer, fork_exit_wait, memset};
 use forkpool_benches::experiments::{self, fill_nontemporal, fill_regular};
 use forkpool_benches::random;
+use forkpool_benches::sched::{self, Before, Kind, Mode};
 use forkpool_benches::startup::{Ballast, time_start};
 use forkpool_benches::tasks::{
     Bytes, Chunks, RayonMap, time_apply, time_map, time_payload, time_payload_bytes,
@@ -47,6 +50,8 @@ struct Options {
     only: Option<String>,
     reps: Option<usize>,
     python: Option<String>,
+    /// Scheduling rows: tasks sleep instead of spinning.
+    sched_sleep: bool,
 }
 
 impl Options {
@@ -56,6 +61,7 @@ impl Options {
             only: None,
             reps: None,
             python: Some(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())),
+            sched_sleep: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -65,10 +71,11 @@ impl Options {
                 "--reps" => o.reps = args.next().and_then(|n| n.parse().ok()),
                 "--python" => o.python = args.next(),
                 "--no-python" => o.python = None,
+                "--sched-sleep" => o.sched_sleep = true,
                 "-h" | "--help" => {
                     println!(
                         "usage: compare [--quick] [--only <id text>] [--reps <n>] \
-                         [--python <exe> | --no-python]"
+                         [--python <exe> | --no-python] [--sched-sleep]"
                     );
                     std::process::exit(0);
                 }
@@ -223,6 +230,19 @@ impl Python {
     }
 }
 
+/// One line of the scheduling table: efficiencies (ideal / wall).
+#[derive(Debug)]
+struct SchedRow {
+    workload: String,
+    before: Before,
+    mode: Mode,
+    python: Result<f64, String>,
+    forkpool: f64,
+    /// Wall time of the forkpool job, seconds.
+    forkpool_wall: f64,
+    raw_fork: f64,
+}
+
 /// One line of the table.
 #[derive(Debug)]
 struct Row {
@@ -239,6 +259,7 @@ struct Runner {
     sizes: Sizes,
     python: Option<Python>,
     rows: Vec<Row>,
+    sched: Vec<SchedRow>,
     /// Measurements that explain a row rather than make one.
     notes: Vec<String>,
     /// The lazily allocated random fill (an experiment), in seconds.
@@ -721,6 +742,123 @@ impl Runner {
         }
     }
 
+    /// Scheduling (issue 9): spin-on-clock task lists on a fresh pool and
+    /// after other work, `map` and `imap_unordered(chunksize 1)`, as
+    /// efficiency against the ideal, beside Python and a raw-fork ceiling.
+    fn sched_rows(&mut self) {
+        let z = self.sizes;
+        let scale = if self.opts.quick { 0.1 } else { 1.0 };
+        let kind = if self.opts.sched_sleep {
+            Kind::Sleep
+        } else {
+            Kind::Spin
+        };
+        for w in sched::workloads(scale) {
+            let id = format!("sched-{}", w.id);
+            if !self.wants(&id) {
+                continue;
+            }
+            let file = std::env::temp_dir().join(format!(
+                "forkpool-sched-{}-{}.json",
+                w.id,
+                std::process::id()
+            ));
+            std::fs::write(&file, serde_json::to_string(&w.durations).expect("json"))
+                .expect("writing the durations for Python");
+            let raw = sample(z.slow_reps, || sched::time_raw_fork(&w, kind, PROCESSES)).median();
+            let raw_eff = w.efficiency(PROCESSES, raw);
+            for before in Before::ALL {
+                for mode in Mode::ALL {
+                    let ours = sample(z.slow_reps, || {
+                        sched::time_forkpool(&w, kind, PROCESSES, before, mode)
+                    })
+                    .median();
+                    let python = self
+                        .python(
+                            "sched.py",
+                            &[
+                                s("--durations"),
+                                file.display().to_string(),
+                                s("--mode"),
+                                s(mode.arg()),
+                                s("--before"),
+                                s(before.arg()),
+                                s("--reps"),
+                                s(z.slow_reps),
+                                s("--kind"),
+                                s(kind.what()),
+                            ],
+                            false,
+                        )
+                        .map(|secs| w.efficiency(PROCESSES, Duration::from_secs_f64(secs)));
+                    let row = SchedRow {
+                        workload: w.what.to_string(),
+                        before,
+                        mode,
+                        python,
+                        forkpool: w.efficiency(PROCESSES, ours),
+                        forkpool_wall: secs(ours),
+                        raw_fork: raw_eff,
+                    };
+                    eprintln!(
+                        "  {:<44} {:<34} {:<15} python {:>5}  forkpool {:.2}  raw fork {:.2}",
+                        row.workload,
+                        before.what(),
+                        mode.arg(),
+                        row.python
+                            .as_ref()
+                            .map_or("-".into(), |p| format!("{p:.2}")),
+                        row.forkpool,
+                        row.raw_fork
+                    );
+                    self.sched.push(row);
+                }
+            }
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+
+    fn sched_table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "Scheduling, {PROCESSES} processes, tasks {}: efficiency = max(sum of durations / processes, \
+             longest task) / wall time (1.00 is ideal); raw fork = the same list dealt round \
+             robin to plainly forked processes",
+            if self.opts.sched_sleep {
+                "sleep"
+            } else {
+                "spin on the clock"
+            }
+        );
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
+            "| workload | before | mode | Python | forkpool | raw fork | forkpool / raw fork | forkpool wall vs fresh |"
+        );
+        let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|");
+        for r in &self.sched {
+            let fresh = self
+                .sched
+                .iter()
+                .find(|f| f.workload == r.workload && f.mode == r.mode && f.before == Before::Fresh)
+                .map_or(f64::NAN, |f| f.forkpool_wall);
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:+.0} % |",
+                r.workload,
+                r.before.what(),
+                r.mode.arg(),
+                r.python.as_ref().map_or("-".into(), |p| format!("{p:.2}")),
+                r.forkpool,
+                r.raw_fork,
+                r.forkpool / r.raw_fork,
+                100.0 * (r.forkpool_wall / fresh - 1.0),
+            );
+        }
+        t
+    }
+
     fn table(&self) -> String {
         let mut t = String::new();
         let _ = writeln!(
@@ -898,6 +1036,7 @@ fn main() {
         sizes,
         python,
         rows: Vec::new(),
+        sched: Vec::new(),
         notes: Vec::new(),
         lazy_random: None,
     };
@@ -913,6 +1052,7 @@ fn main() {
     r.fill_rows();
     r.random_rows();
     r.counter_rows();
+    r.sched_rows();
 
     println!("forkpool vs Python multiprocessing, {}", today());
     println!("machine: {}", machine());
@@ -935,4 +1075,8 @@ fn main() {
     print!("{}", r.table());
     println!();
     print!("{}", r.derived());
+    if !r.sched.is_empty() {
+        println!();
+        print!("{}", r.sched_table());
+    }
 }
