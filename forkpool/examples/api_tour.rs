@@ -116,6 +116,8 @@ fn main() -> Result<(), Error> {
     let out = pool.map_with(table.as_slice(), lookup, [1, 10, 999])?;
     assert_eq!(out, [3, 30, 2997]);
     assert_eq!(pool.apply_with(&table[..], lookup, 7)?, 21);
+    let mut lazily = pool.imap_with(table.as_slice(), lookup, [2, 4], 1)?;
+    assert_eq!(lazily.next().transpose()?, Some(6));
     // ANCHOR_END: map_with
 
     // ANCHOR: context

@@ -336,6 +336,37 @@ fn read<C: DeserializeOwned>(at: Ref) -> std::result::Result<C, String> {
     })
 }
 
+/// What [`Pool::imap_with`](crate::Pool::imap_with) and
+/// [`Pool::imap_unordered_with`](crate::Pool::imap_unordered_with) return:
+/// an [`IMap`](crate::IMap) over the items paired with the context `C`.
+pub type IMapWith<'p, C, T, R, I> = crate::IMap<'p, (Context<C>, T), R, WithContext<C, I>>;
+
+/// The input of [`Pool::imap_with`](crate::Pool::imap_with): each item of
+/// `I`, paired with the context.
+#[derive(Debug)]
+pub struct WithContext<C, I> {
+    ctx: Context<C>,
+    items: I,
+}
+
+impl<C, I> WithContext<C, I> {
+    pub(crate) fn new(ctx: Context<C>, items: I) -> Self {
+        WithContext { ctx, items }
+    }
+}
+
+impl<C, I: Iterator> Iterator for WithContext<C, I> {
+    type Item = (Context<C>, I::Item);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.items.next().map(|t| (self.ctx.clone(), t))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.items.size_hint()
+    }
+}
+
 /// The trampoline of `fn(&C, T) -> R` over items `(Context<C::Owned>, T)`
 /// (`C` may be unsized: a `[u64]` context travels and decodes as a
 /// `Vec<u64>`, which the function borrows).

@@ -24,6 +24,7 @@
 //! chunksize 2 give 6, with chunksize 4 give 4).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -91,7 +92,9 @@ pub(crate) fn pull<I: Iterator>(input: &mut I, index: usize) -> Result<Option<I:
 #[must_use = "iterators are lazy: nothing runs until the IMap is iterated"]
 pub struct IMap<'p, T, R, I: Iterator<Item = T>> {
     pool: &'p Pool,
-    f: fn(T) -> R,
+    /// The trampoline and function that run each item (a `fn(T) -> R`).
+    call: Call,
+    types: PhantomData<fn(T) -> R>,
     input: I,
     chunksize: usize,
     ordered: bool,
@@ -131,7 +134,7 @@ where
 {
     pub(crate) fn new(
         pool: &'p Pool,
-        f: fn(T) -> R,
+        call: Call,
         input: I,
         chunksize: usize,
         ordered: bool,
@@ -140,7 +143,8 @@ where
         let chunksize = chunksize.max(1);
         IMap {
             pool,
-            f,
+            call,
+            types: PhantomData,
             input,
             chunksize,
             ordered,
@@ -248,7 +252,7 @@ where
         let submitted = match (self.job, self.tx.take()) {
             (Some(job), _) => Ok(job),
             (None, Some(sink)) => self.pool.open_job(JobSpec {
-                header: Call::of(self.f).header(),
+                header: self.call.header(),
                 chunking: Chunking::Fixed(self.chunksize),
                 sink,
                 cancel: self.cancel.clone(),

@@ -83,7 +83,7 @@ mod zygote;
 pub use arg::Arg;
 pub use async_result::AsyncResult;
 pub use builder::PoolBuilder;
-pub use context::Context;
+pub use context::{Context, IMapWith, WithContext};
 pub use error::{Error, ExitCause, Result};
 pub use imap::IMap;
 pub use pool::Pool;

@@ -12,7 +12,7 @@ use crate::arg::Arg;
 use crate::async_result::{ApplySink, AsyncResult, Canceller, MapSink};
 use crate::builder::PoolBuilder;
 use crate::collector::Shared;
-use crate::context::{Context, shipping, with_call};
+use crate::context::{Context, IMapWith, WithContext, shipping, with_call};
 use crate::error::{Error, Result};
 use crate::imap::{IMap, pull};
 use crate::mailbox::mailbox;
@@ -385,7 +385,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = T>,
     {
-        IMap::new(self, f, items.into_iter(), chunksize, true)
+        IMap::new(self, Call::of(f), items.into_iter(), chunksize, true)
     }
 
     /// As [`imap`](Self::imap), but yields results in the order they
@@ -413,7 +413,7 @@ impl Pool {
         R: Serialize + DeserializeOwned,
         I: IntoIterator<Item = T>,
     {
-        IMap::new(self, f, items.into_iter(), chunksize, false)
+        IMap::new(self, Call::of(f), items.into_iter(), chunksize, false)
     }
 
     /// [`imap`](Self::imap) with the chunk size chosen by the pool (Python's
@@ -609,6 +609,96 @@ impl Pool {
         let items = items.into_iter().map(move |t| (ctx.clone(), t));
         // The items' clones keep the context; their job keeps it open.
         self.map_call(with_call(f), std::any::type_name::<T>(), items, None)
+    }
+
+    /// [`imap`](Self::imap) with a context: yields `f(&ctx, item)` for
+    /// every item, in input order, `ctx` made at any time (see
+    /// [`map_with`](Self::map_with)). The context is encoded when this is
+    /// called.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] if the context does not encode, [`Error::Io`] if
+    /// its memory file cannot be made; each item's own error comes with it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let table: Vec<u64> = (0..100).map(|x| x * x).collect();
+    /// let mut it = pool.imap_with(table.as_slice(), |t: &[u64], i: usize| t[i], [3, 9], 1)?;
+    /// assert_eq!(it.next().unwrap()?, 9);
+    /// assert_eq!(it.next().unwrap()?, 81);
+    /// # Ok(()) }
+    /// ```
+    pub fn imap_with<'p, C, T, R, I>(
+        &'p self,
+        ctx: &C,
+        f: fn(&C, T) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> Result<IMapWith<'p, C::Owned, T, R, I::IntoIter>>
+    where
+        C: ?Sized + Serialize + ToOwned,
+        C::Owned: DeserializeOwned + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        self.imap_with_order(ctx, f, items, chunksize, true)
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with a context (see
+    /// [`imap_with`](Self::imap_with)): results in completion order.
+    ///
+    /// # Errors
+    ///
+    /// As [`imap_with`](Self::imap_with).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let sum: u64 = pool
+    ///     .imap_unordered_with(&10u64, |k: &u64, x: u64| k * x, 0..10, 2)?
+    ///     .map(Result::unwrap)
+    ///     .sum();
+    /// assert_eq!(sum, 450);
+    /// # Ok(()) }
+    /// ```
+    pub fn imap_unordered_with<'p, C, T, R, I>(
+        &'p self,
+        ctx: &C,
+        f: fn(&C, T) -> R,
+        items: I,
+        chunksize: usize,
+    ) -> Result<IMapWith<'p, C::Owned, T, R, I::IntoIter>>
+    where
+        C: ?Sized + Serialize + ToOwned,
+        C::Owned: DeserializeOwned + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        self.imap_with_order(ctx, f, items, chunksize, false)
+    }
+
+    fn imap_with_order<'p, C, T, R, I>(
+        &'p self,
+        ctx: &C,
+        f: fn(&C, T) -> R,
+        items: I,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Result<IMapWith<'p, C::Owned, T, R, I::IntoIter>>
+    where
+        C: ?Sized + Serialize + ToOwned,
+        C::Owned: DeserializeOwned + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        let ctx = Context::<C::Owned>::encode(ctx)?;
+        let input = WithContext::new(ctx, items.into_iter());
+        Ok(IMap::new(self, with_call(f), input, chunksize, ordered))
     }
 
     /// [`apply`](Self::apply) with a context: runs `f(&ctx, arg)` in a

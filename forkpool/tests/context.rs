@@ -198,3 +198,33 @@ fn an_imap_keeps_the_contexts_its_items_carry() {
     blocker.get().unwrap();
     assert_eq!(first.unwrap().0, 2);
 }
+
+#[test]
+fn imap_with_reads_a_32_mib_context_once_per_worker_over_2000_tasks() {
+    const PROCESSES: usize = 2;
+    let pool = TestPool::new(PROCESSES);
+    let pids = pool.worker_pids();
+    let table = table();
+    let before = reads(&pids);
+    let got: Vec<u64> = pool
+        .imap_with(table.as_slice(), lookup, (0..2000).map(|i| i * 397), 1)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(got, (0..2000u64).map(|i| i * 397 * 7).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered_with(table.as_slice(), lookup, 0..2000, 1)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort();
+    assert_eq!(unordered, (0..2000u64).map(|i| i * 7).collect::<Vec<_>>());
+    let after = reads(&pids);
+    let total: u64 = pids.iter().map(|p| after[p] - before[p]).sum();
+    // Two calls, at most once per worker each, plus 4000 small tasks.
+    let bound = 2 * PROCESSES as u64 * 32 * MIB + 4000 * 1024;
+    assert!(
+        total >= 32 * MIB && total <= bound,
+        "{total} bytes read by the workers (bound {bound})"
+    );
+}
