@@ -1,7 +1,12 @@
 //! A fork-based process pool for Rust, in the spirit of Python's
-//! `multiprocessing.Pool`: `map`, `imap`, `imap_unordered`, `apply`,
-//! `apply_async`, `map_async`, an initializer, `max_tasks_per_child`, and no
-//! hang, ever, when a worker crashes.
+//! `multiprocessing.Pool`: `map`, `imap`, `imap_unordered`, `starmap`,
+//! `apply`, `apply_async`, `map_async`, an initializer, `max_tasks_per_child`,
+//! and no hang, ever, when a worker crashes. Beyond Python's `Pool`: a
+//! context made at any time ([`Pool::map_with`], [`Context`]), borrowed
+//! input (`pool.map(f, &items)`), `.await` on any [`AsyncResult`] (and
+//! [`IMap`] as a `Stream`, feature `futures`), cancelling
+//! ([`AsyncResult::cancel`]), progress bars (feature `progress`) and
+//! per-worker statistics ([`Pool::stats`]).
 //!
 //! ```
 //! # fn main() -> Result<(), forkpool::Error> {
