@@ -5,7 +5,7 @@
 //!   array they have already mapped (`warm`, the steady state: their
 //!   initializer pre-faulted it); and a first fill (`cold`: creating the
 //!   array, then fresh workers pre-faulting and filling their rows).
-//! - `random_fill_1GiB`: one ChaCha8 stream per row. End to end: serially
+//! - `random_fill_1GiB`: one Philox4x32-10 stream per row. End to end: serially
 //!   into a new private array (`vec!`, as `np.empty`), and by 2 workers into
 //!   a new shared array (created, then filled), against 2 threads filling a
 //!   new private array. Into an existing shared array (allocated, not yet

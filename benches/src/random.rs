@@ -1,6 +1,7 @@
-//! Random fill, serial and on a pool: one ChaCha stream per row from one
-//! master seed, so the array is bit-identical whatever the number of
-//! workers (DESIGN.md, "Reproducible parallel randomness").
+//! Random fill, serial and on a pool: one Philox4x32-10 stream per row from
+//! one master seed, so the array is bit-identical whatever the number of
+//! workers (DESIGN.md, "Reproducible parallel randomness"); and the
+//! generators alone, per core, against numpy's (`python/rng_per_core.py`).
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -11,8 +12,44 @@ use forkpool_shm::PartitionedArray;
 use crate::arrays::{ROW, rows_for};
 
 /// The row kernel, shared with the `random-fill` demo: row `row` is the
-/// ChaCha8 stream `row` of the generator keyed by `seed`.
+/// Philox4x32-10 stream `row` under key `seed`.
 pub use demos::random_fill::fill_row;
+
+/// The demo's previous row kernel, kept for the side-by-side measurement:
+/// ChaCha8 (`rand_chacha`) keyed by `seed`, stream `row`, drawn 512 words
+/// at a time and turned into doubles from their top 53 bits.
+pub fn chacha8_row(seed: u64, row: u64, out: &mut [f64]) {
+    use rand::{RngExt, SeedableRng};
+    const UNIT: f64 = 1.0 / (1u64 << 53) as f64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(row);
+    let mut words = [0u64; 512];
+    for chunk in out.chunks_mut(words.len()) {
+        let words = &mut words[..chunk.len()];
+        rng.fill(words);
+        for (x, w) in chunk.iter_mut().zip(words.iter()) {
+            *x = (w >> 11) as f64 * UNIT;
+        }
+    }
+}
+
+/// Generation alone on one thread: `rows` calls of `kernel` for rows
+/// `0..rows` into one reused buffer of `cols` doubles, which stays in the
+/// cache, as `python/rng_per_core.py` times numpy's `random(out=row)`.
+pub fn generation_per_core(
+    kernel: fn(u64, u64, &mut [f64]),
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Duration {
+    let mut row = vec![0f64; cols];
+    let start = Instant::now();
+    for r in 0..rows {
+        kernel(seed, r as u64, &mut row);
+        std::hint::black_box(&mut row);
+    }
+    start.elapsed()
+}
 
 static ARRAY: OnceLock<PartitionedArray<f64>> = OnceLock::new();
 

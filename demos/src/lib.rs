@@ -18,6 +18,8 @@ pub mod locked;
 pub mod memmap;
 pub mod memory_limit;
 pub mod mmap;
+pub mod passes;
+pub mod philox;
 pub mod pid_fill;
 pub mod random_fill;
 pub mod raw_array;

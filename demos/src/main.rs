@@ -40,7 +40,7 @@ enum Demo {
     /// 6. Array(lock=False): fill with 42, workers check and write their
     ///    pid, the parent verifies every item.
     PidFill(demos::pid_fill::Args),
-    /// 7. Parallel random fill, one ChaCha stream per row: serial against
+    /// 7. Parallel random fill, one Philox stream per row: serial against
     ///    parallel, bit-identical.
     RandomFill(demos::random_fill::Args),
     /// 8. Array(lock=True): counters with and without the lock, and a

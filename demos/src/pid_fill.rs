@@ -8,16 +8,25 @@
 //! every item must be counted, and every worker must have done some rows.
 //! The memory table, taken while the workers still map the array, shows
 //! one copy summed over all processes.
+//!
+//! The phases say where the time goes. Creating the array allocates,
+//! zeroes and maps every page on all cores at once (forkpool-shm populates
+//! new arrays in bulk), so the parent's fill with 42 takes no page fault;
+//! the fill and the verification are whole-array passes, split over the
+//! parent's threads ([`crate::passes`], `--threads`); each worker maps a
+//! row's pages in one call before touching it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use forkpool::Pool;
 use forkpool_shm::SharedArray;
 
 use crate::common::{self, DEFAULT_VALUE, bytes, fact, phase};
+use crate::passes;
 
 /// Options of the `pid-fill` demo.
 #[derive(clap::Args, Debug)]
@@ -31,10 +40,38 @@ pub struct Args {
     /// Worker processes (the notes: 4).
     #[arg(long, default_value_t = 4)]
     processes: usize,
+    /// Threads of the parent's whole-array passes (fill with 42, verify);
+    /// default: one per core.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Keep the array in this file instead of anonymous shared memory (for
     /// arrays larger than the memory available).
     #[arg(long)]
     file: Option<PathBuf>,
+}
+
+impl Args {
+    /// The options for a `rows x cols` array and `processes` workers, the
+    /// rest at their defaults (for running the demo from other programs,
+    /// such as the benchmark runner).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let args = demos::pid_fill::Args::new(2000, 32_000, 2);
+    /// let took = demos::pid_fill::run_timed(&args)?;
+    /// println!("create -> verified in {took:?}");
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    pub fn new(rows: usize, cols: usize, processes: usize) -> Args {
+        Args {
+            rows,
+            cols,
+            processes,
+            threads: None,
+            file: None,
+        }
+    }
 }
 
 // ANCHOR: worker
@@ -51,6 +88,10 @@ fn worker_fn(idx: usize) -> (i32, bool) {
         .as_ref()
         .expect("the array is set before the pool forks");
     let pid = std::process::id();
+    // Map the row's pages in one call rather than one fault per 4 KiB page
+    // (a forked worker has none of them mapped). Only a speed-up: if it
+    // fails, the loops below fault the pages in as usual.
+    let _ = array.prefault(idx..idx + 1);
     let untouched = array.iter_rows(idx..idx + 1).all(|v| v == DEFAULT_VALUE);
     array.fill_row(idx, f64::from(pid));
     (pid as i32, untouched)
@@ -59,7 +100,16 @@ fn worker_fn(idx: usize) -> (i32, bool) {
 
 /// Runs the demo.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    run_timed(args).map(drop)
+}
+
+/// Runs the demo and returns its time from creating the array to the
+/// verified result (the notes' program, end to end; closing the pool is
+/// not counted).
+pub fn run_timed(args: &Args) -> anyhow::Result<Duration> {
     let (rows, cols, processes) = (args.rows, args.cols, args.processes);
+    let threads = args.threads.unwrap_or_else(passes::default_threads);
+    ensure!(threads > 0, "--threads takes at least 1");
     let size = common::f64_rows_for(rows, cols, processes)?;
     common::heading(
         "pid-fill",
@@ -67,16 +117,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     fact("array", format!("{rows} x {cols} f64 = {}", bytes(size)));
     fact("processes", processes);
+    fact("threads of the passes", threads);
 
     // ANCHOR: create
-    let (array, _) = common::try_phase("create", Some(size), || match &args.file {
-        // SAFETY: the file is created here, and only this program and the
-        // processes it forks map it while the demo runs.
-        Some(path) => unsafe { SharedArray::<f64>::create_file(path, &[rows, cols]) },
-        None => SharedArray::<f64>::new(&[rows, cols]),
+    let started = Instant::now();
+    let label = match args.file {
+        Some(_) => "create (a file)",
+        None => "create + populate",
+    };
+    let (array, _) = common::try_phase(label, Some(size), || {
+        match &args.file {
+            // SAFETY: the file is created here, and only this program and the
+            // processes it forks map it while the demo runs.
+            Some(path) => unsafe { SharedArray::<f64>::create_file(path, &[rows, cols]) },
+            None => SharedArray::<f64>::new(&[rows, cols]),
+        }
     })
     .context("creating the shared array")?;
-    phase("fill with 42", Some(size), || array.fill(DEFAULT_VALUE));
+    phase(&format!("fill with 42, {threads} thr."), Some(size), || {
+        passes::on_row_blocks(rows, threads, |r| array.fill_rows(r, DEFAULT_VALUE))
+    });
     *ARRAY.write().unwrap_or_else(|e| e.into_inner()) = Some(array.clone());
     let _release = Release; // the parent lets go of it when the demo ends
     let (pool, _) = common::try_phase("start the pool", None, || Pool::new(processes))?;
@@ -106,6 +166,32 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         format!("{:.0}", rows as f64 / took.as_secs_f64()),
     );
 
+    // ANCHOR: verify
+    let (counts, _) = phase(
+        &format!("verify (count), {threads} thr."),
+        Some(size),
+        || {
+            let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+            for block in passes::on_row_blocks(rows, threads, |r| count_values(&array, r)) {
+                for (value, n) in block {
+                    *counts.entry(value).or_default() += n;
+                }
+            }
+            counts
+        },
+    );
+    let took = started.elapsed();
+    fact(
+        "create -> verified",
+        format!(
+            "{:.3} s (the notes' program end to end)",
+            took.as_secs_f64()
+        ),
+    );
+    println!("   {:>10}  {:>14}", "PID", "Count");
+    for (value, count) in &counts {
+        println!("   {:>10}  {:>14}", f64::from_bits(*value), count);
+    }
     let report = common::memory_table("memory while the workers hold the array", Some(&pool), &[])?;
     let total = report.total();
     let in_memory = total.pss_shmem + total.pss_file;
@@ -117,32 +203,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             in_memory as f64 / size as f64
         ),
     );
-
-    // ANCHOR: verify
-    let (counts, _) = phase("verify: count every value", Some(size), || {
-        let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut last = f64::NAN;
-        let mut run = 0u64;
-        for v in array.iter() {
-            if v.to_bits() == last.to_bits() {
-                run += 1;
-            } else {
-                if run > 0 {
-                    *counts.entry(last.to_bits()).or_default() += run;
-                }
-                last = v;
-                run = 1;
-            }
-        }
-        if run > 0 {
-            *counts.entry(last.to_bits()).or_default() += run;
-        }
-        counts
-    });
-    println!("   {:>10}  {:>14}", "PID", "Count");
-    for (value, count) in &counts {
-        println!("   {:>10}  {:>14}", f64::from_bits(*value), count);
-    }
     let counted: u64 = counts.values().sum();
     ensure!(
         !counts.contains_key(&DEFAULT_VALUE.to_bits()),
@@ -179,7 +239,31 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // ANCHOR_END: verify
     pool.close();
     pool.join()?;
-    Ok(())
+    Ok(took)
+}
+
+/// How many times each value (by its bits) occurs in rows `rows`: runs of
+/// equal values are counted as runs, so a row of one pid costs one map
+/// update.
+fn count_values(array: &SharedArray<f64>, rows: std::ops::Range<usize>) -> BTreeMap<u64, u64> {
+    let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut last = f64::NAN.to_bits();
+    let mut run = 0u64;
+    for v in array.iter_rows(rows) {
+        if v.to_bits() == last {
+            run += 1;
+        } else {
+            if run > 0 {
+                *counts.entry(last).or_default() += run;
+            }
+            last = v.to_bits();
+            run = 1;
+        }
+    }
+    if run > 0 {
+        *counts.entry(last).or_default() += run;
+    }
+    counts
 }
 
 /// Empties [`ARRAY`] when dropped, however the demo ends.

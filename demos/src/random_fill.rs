@@ -4,19 +4,20 @@
 //!
 //! Seeding one generator per *worker* makes the array depend on how many
 //! workers filled it, and on which worker got which rows. Here every *row*
-//! has its own ChaCha stream: the master `--seed` is the key and the row
-//! index is the stream number, so row `r` holds the same numbers whoever
-//! fills it. The demo fills the array serially in the parent, then in
-//! parallel in a pool, and checks the two are bit-identical; then again with
-//! other worker counts (by default 1 and `processes + 1`).
+//! has its own stream of a counter-based generator (Philox4x32-10, see
+//! [`crate::philox`]): the master `--seed` is the key and the row index is
+//! part of the counter, so row `r` holds the same numbers whoever fills it.
+//! The demo fills the array serially in the parent, then in parallel in a
+//! pool, and checks the two are bit-identical; then again with other worker
+//! counts (by default 1 and `processes + 1`).
 //!
-//! Page faults are printed apart. Helper processes touch both new arrays
-//! first, in bulk (new pages are the dearest to fault in); then the serial
-//! filler and each worker pre-fault their rows in one call
-//! (`MADV_POPULATE_WRITE`) before the hot loop: a process takes a fault per
-//! 4 KiB page of a shared array the first time it touches it, even when
-//! another process made the page, and faulting page by page inside the
-//! loop is slower.
+//! Where the time goes is printed phase by phase. Creating the two arrays
+//! allocates, zeroes and maps their pages on every core (forkpool-shm
+//! populates new arrays in bulk), so the serial fill in the parent takes no
+//! page fault; each worker maps its rows in one call
+//! (`MADV_POPULATE_WRITE`) before its hot loop, since a process takes a
+//! fault per 4 KiB page of a shared array the first time it touches it,
+//! even when another process made the page.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;
@@ -25,8 +26,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use forkpool::Pool;
 use forkpool_shm::PartitionedArray;
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{self, bytes, fact, phase};
@@ -44,7 +43,7 @@ pub struct Args {
     /// Worker processes of the parallel fill (the notes: 4).
     #[arg(long, default_value_t = 2)]
     processes: usize,
-    /// Master seed: the key of every row's ChaCha stream.
+    /// Master seed: the key of every row's Philox stream.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Fill again with these worker counts and check the array is the same
@@ -54,19 +53,15 @@ pub struct Args {
 }
 
 // ANCHOR: kernel
-/// `2^-53`: turns the top 53 bits of a `u64` into a double in `[0, 1)`.
-const UNIT: f64 = 1.0 / (1u64 << 53) as f64;
-
 /// Fills `out` with the random doubles of row `row`: uniform in `[0, 1)`,
-/// from a ChaCha8 generator keyed by `seed` and set to stream `row`.
+/// stream `row` of the counter-based generator Philox4x32-10 keyed by
+/// `seed` (see [`crate::philox`]).
 ///
-/// The numbers depend only on `(seed, row, out.len())`, never on which
-/// process or thread calls this or in what order, which is what makes a
-/// parallel fill bit-identical to a serial one. They are the values that
-/// `rng.random::<f64>()` would return, one after the other, from
-/// `ChaCha8Rng::seed_from_u64(seed)` after `set_stream(row)`; this function
-/// draws them in bulk (`fill` of 64-bit words, then one shift and multiply
-/// each), which is several times faster.
+/// The numbers depend only on `(seed, row)` and the column, never on which
+/// process or thread calls this, in what order, or on which CPU: that is
+/// what makes a parallel fill bit-identical to a serial one. Element `c`
+/// comes from block `c / 2` of the row's stream; a prefix of a longer row
+/// is the shorter row.
 ///
 /// # Examples
 ///
@@ -81,16 +76,7 @@ const UNIT: f64 = 1.0 / (1u64 << 53) as f64;
 /// assert!(a.iter().all(|x| (0.0..1.0).contains(x)));
 /// ```
 pub fn fill_row(seed: u64, row: u64, out: &mut [f64]) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(row);
-    let mut words = [0u64; 512];
-    for chunk in out.chunks_mut(words.len()) {
-        let words = &mut words[..chunk.len()];
-        rng.fill(words);
-        for (x, w) in chunk.iter_mut().zip(words.iter()) {
-            *x = (w >> 11) as f64 * UNIT;
-        }
-    }
+    crate::philox::fill_unit(seed, row, out);
 }
 // ANCHOR_END: kernel
 
@@ -190,71 +176,25 @@ fn parallel_fill(
 }
 // ANCHOR_END: parallel
 
-/// The first element where `a` and `b` differ bit for bit, as (row, col).
+/// The first element where `a` and `b` differ bit for bit, as (row, col):
+/// a whole-array pass, split over the parent's threads.
 fn first_difference(
     a: &PartitionedArray<f64>,
     b: &PartitionedArray<f64>,
 ) -> anyhow::Result<Option<(usize, usize)>> {
     let (a, b) = (a.read_rows(0..a.nrows())?, b.read_rows(0..b.nrows())?);
     let cols = a.shape()[1];
-    for (r, (x, y)) in a.chunks(cols).zip(b.chunks(cols)).enumerate() {
-        if x.iter().zip(y).any(|(p, q)| p.to_bits() != q.to_bits()) {
-            let c = x
+    let (a, b): (&[f64], &[f64]) = (&a, &b);
+    let firsts =
+        crate::passes::on_row_blocks(a.len() / cols, crate::passes::default_threads(), |rows| {
+            let span = rows.start * cols..rows.end * cols;
+            a[span.clone()]
                 .iter()
-                .zip(y)
+                .zip(&b[span])
                 .position(|(p, q)| p.to_bits() != q.to_bits())
-                .unwrap_or(0);
-            return Ok(Some((r, c)));
-        }
-    }
-    Ok(None)
-}
-
-/// The new arrays, for the helper pool that touches them first.
-static FRESH: OnceLock<[PartitionedArray<f64>; 2]> = OnceLock::new();
-
-/// In a helper worker: touches rows `[start, end)` of new array `which` for
-/// the first time, in bulk.
-fn first_touch((which, start, end): (usize, usize, usize)) -> Result<(), String> {
-    let arrays = FRESH.get().expect("the initializer sets the arrays");
-    arrays[which]
-        .claim_rows(start..end)
-        .and_then(|rows| rows.prefault())
-        .map_err(|e| e.to_string())
-}
-
-/// Touches every page of two new arrays once, 64 MiB at a time, in a
-/// helper pool of `processes` workers that then exits: the pages exist
-/// afterwards, but nobody that fills them has them mapped yet.
-fn populate(arrays: [&PartitionedArray<f64>; 2], processes: usize) -> anyhow::Result<()> {
-    let (nrows, row_bytes) = (arrays[0].nrows(), (arrays[0].row_len() * 8).max(1));
-    let step = ((64 << 20) / row_bytes).max(1);
-    let tasks: Vec<(usize, usize, usize)> = (0..2)
-        .flat_map(|which| {
-            (0..nrows)
-                .step_by(step)
-                .map(move |start| (which, start, (start + step).min(nrows)))
-        })
-        .collect();
-    let both = [arrays[0].clone(), arrays[1].clone()];
-    let pool = Pool::builder()
-        .processes(processes)
-        .initializer(move || {
-            let _ = FRESH.set(both.clone());
-        })
-        .build()
-        .context("starting the helper pool")?;
-    let bar = common::progress(2 * nrows as u64, "populate both arrays");
-    for (outcome, (_, start, end)) in pool.imap(first_touch, tasks.clone(), 1).zip(&tasks) {
-        outcome
-            .context("a helper failed")?
-            .map_err(|e| anyhow::anyhow!("touching the new arrays failed: {e}"))?;
-        bar.inc((end - start) as u64);
-    }
-    bar.finish_and_clear();
-    pool.close();
-    pool.join()?;
-    Ok(())
+                .map(|i| (rows.start + i / cols, i % cols))
+        });
+    Ok(firsts.into_iter().flatten().next())
 }
 
 /// A 64-bit digest of the values' bits, in order: equal arrays give equal
@@ -362,11 +302,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     common::heading(
         "random-fill",
-        "serial against parallel random fill, one ChaCha stream per row",
+        "serial against parallel random fill, one Philox stream per row",
     );
     fact("array", format!("{rows} x {cols} f64 = {}", bytes(size)));
     fact("processes", processes);
-    fact("seed", format!("{seed} (ChaCha8, stream = row index)"));
+    fact(
+        "seed",
+        format!("{seed} (Philox4x32-10 key, stream = row index)"),
+    );
+    fact(
+        "generator kernel",
+        format!("{} (the CPU's widest)", crate::philox::Simd::best().name()),
+    );
 
     common::ensure_memory(
         2 * size,
@@ -378,7 +325,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     )?;
 
     // ANCHOR: create
-    let (arrays, _) = phase("create two arrays", Some(2 * size), || {
+    let (arrays, _) = phase("create two arrays (populated)", Some(2 * size), || {
         Ok::<_, forkpool_shm::ShmError>((
             PartitionedArray::<f64>::new(&[rows, cols])?,
             PartitionedArray::<f64>::new(&[rows, cols])?,
@@ -386,16 +333,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     });
     let (serial, parallel) = arrays
         .context("creating the serial and the parallel arrays (both must fit in memory at once)")?;
-    // New pages cost most the first time anyone touches them (the kernel
-    // zeroes them; in a VM the host may have to back them too): measured
-    // here at about 0.5 GiB/s for a 3.7 GiB array, against 4 GiB/s and more
-    // to map a page that exists. Both arrays get that first touch now, from
-    // helper processes, so the serial and the parallel fill both start from
-    // pages that exist but that they have not mapped yet.
-    let (populated, _) = phase("populate (first touch)", Some(2 * size), || {
-        populate([&serial, &parallel], processes)
-    });
-    populated?;
     // The workers inherit the parallel array through the initializer.
     let (pool, _) = phase("start the pool", None, || {
         start_pool(processes, &parallel, seed)
@@ -404,6 +341,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // ANCHOR_END: create
 
     // ANCHOR: serial
+    // The parent created the array: its pages are mapped here already, so
+    // this costs next to nothing (the workers below have to map theirs).
     let mut all = serial.claim_rows(0..rows)?;
     let (prefaulted, serial_faults) = phase("serial: page faults", Some(size), || all.prefault());
     prefaulted?;
@@ -444,9 +383,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
 
     // ANCHOR: compare
-    let (diff, _) = phase("compare serial and parallel", Some(2 * size), || {
-        first_difference(&serial, &parallel)
-    });
+    let (diff, _) = phase(
+        "compare serial and parallel (threads)",
+        Some(2 * size),
+        || first_difference(&serial, &parallel),
+    );
     if let Some((r, c)) = diff? {
         anyhow::bail!(
             "the parallel fill differs from the serial one at row {r}, column {c}: \

@@ -1045,8 +1045,11 @@ impl<T: Element> SharedArray<T> {
     }
 
     /// Maps the pages of rows `[rows.start, rows.end)` into this process,
-    /// writable, in one call (`madvise(MADV_POPULATE_WRITE)`; on kernels
-    /// before 5.14, by touching each page). Data is unchanged.
+    /// writable, in one call (`madvise(MADV_POPULATE_WRITE)` for a file;
+    /// for an anonymous array, whose pages exist since creation,
+    /// `MADV_POPULATE_READ`, which maps shared memory writable too and maps
+    /// 16 pages per fault; on kernels before 5.14, by touching each page).
+    /// Data is unchanged.
     ///
     /// Every process takes a page fault per 4 KiB page the first time it
     /// touches a page of a shared mapping; a worker about to write its rows

@@ -234,6 +234,18 @@ impl Region {
     }
 
     /// Faults in the pages of data bytes `[start, end)`.
+    ///
+    /// For an anonymous region, pages wanted for writing are populated *for
+    /// reading*: its pages all exist (creation populated them), and a read
+    /// fault on a shared memfd mapping maps them writable (shmem needs no
+    /// write notification) and maps up to 16 neighbours at once (the
+    /// kernel's fault-around), where `MADV_POPULATE_WRITE` takes the fault
+    /// path once per page. Measured here in a forked child, 512 MiB: 0.06-0.23
+    /// s against 0.18-0.48 s, and the fill that follows takes no fault
+    /// either way. (Where the kernel does track writes to shared memory,
+    /// soft-dirty for instance, the first write to each page is then a
+    /// minor fault: slower, never wrong.) File-backed regions keep
+    /// `MADV_POPULATE_WRITE`, which marks the pages dirty as the writes will.
     pub(crate) fn prefault(
         &self,
         start: usize,
@@ -247,6 +259,10 @@ impl Region {
         if start == end {
             return Ok(());
         }
+        let access = match self.backing {
+            Backing::Anonymous => Access::Read,
+            Backing::File { .. } => access,
+        };
         // SAFETY: `[start, end)` lies inside the data, which lies inside the
         // mapping, alive for the duration of the call.
         let ptr = unsafe { self.data.add(start) };

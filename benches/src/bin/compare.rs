@@ -99,6 +99,10 @@ struct Sizes {
     pass_mib: usize,
     fill_mib: usize,
     random_mib: usize,
+    /// pid-fill: rows x cols (the demo's default: 2000 x 32000).
+    pid_fill: (usize, usize),
+    /// Generation per core: rows x cols drawn into one reused row.
+    rng: (usize, usize),
     counter_rust: u64,
     counter_python: u64,
     ballast_mib: usize,
@@ -117,6 +121,8 @@ impl Sizes {
                 pass_mib: 16,
                 fill_mib: 32,
                 random_mib: 64,
+                pid_fill: (200, 32_000),
+                rng: (200, 32_000),
                 counter_rust: 100_000,
                 counter_python: 10_000,
                 ballast_mib: 64,
@@ -132,6 +138,8 @@ impl Sizes {
                 pass_mib: 256,
                 fill_mib: 256,
                 random_mib: 1024,
+                pid_fill: (2000, 32_000),
+                rng: (2000, 32_000),
                 counter_rust: 2_000_000,
                 counter_python: 100_000,
                 ballast_mib: 1024,
@@ -264,6 +272,23 @@ struct Runner {
     notes: Vec<String>,
     /// The lazily allocated random fill (an experiment), in seconds.
     lazy_random: Option<f64>,
+}
+
+/// Runs `f` with this process's stdout sent to `/dev/null` (a demo's
+/// phase tables), and puts stdout back afterwards.
+fn silenced<R>(f: impl FnOnce() -> R) -> R {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let saved = nix::unistd::dup(std::io::stdout()).expect("dup stdout");
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("open /dev/null");
+    nix::unistd::dup2_stdout(&null).expect("stdout to /dev/null");
+    let out = f();
+    let _ = std::io::stdout().flush();
+    nix::unistd::dup2_stdout(&saved).expect("stdout back");
+    out
 }
 
 fn secs(d: Duration) -> f64 {
@@ -642,6 +667,102 @@ impl Runner {
                 ceiling: Some(ceiling),
             });
         }
+    }
+
+    /// Random generation per core: numpy's PCG64 `random(out=row)` against
+    /// the demo's Philox (and its previous ChaCha8), one thread each, into
+    /// one reused row.
+    fn rng_rows(&mut self) {
+        let id = "rng-per-core";
+        if !self.wants(id) {
+            return;
+        }
+        let z = self.sizes;
+        let (rows, cols) = z.rng;
+        let time = |kernel| {
+            secs(
+                sample(z.reps, || {
+                    random::generation_per_core(kernel, rows, cols, 42)
+                })
+                .median(),
+            )
+        };
+        let philox = time(random::fill_row);
+        let chacha = time(random::chacha8_row);
+        let python = self.python(
+            "rng_per_core.py",
+            &[
+                s("--rows"),
+                s(rows),
+                s("--cols"),
+                s(cols),
+                s("--reps"),
+                s(z.reps),
+            ],
+            true,
+        );
+        let doubles = (rows * cols) as f64;
+        self.notes.push(format!(
+            "random generation, 1 thread, ns per double: Philox4x32-10 ({}) {:.2}, \
+             ChaCha8 (rand_chacha, the previous kernel) {:.2}{}",
+            demos::philox::Simd::best().name(),
+            philox / doubles * 1e9,
+            chacha / doubles * 1e9,
+            python.as_ref().map_or(String::new(), |p| format!(
+                ", numpy PCG64 random(out=row) {:.2}",
+                p / doubles * 1e9
+            )),
+        ));
+        self.push(Row {
+            id,
+            workload: format!(
+                "random generation {rows} x {cols} doubles, 1 thread (Py: PCG64, Rust: Philox)"
+            ),
+            python,
+            forkpool: philox,
+            // The previous kernel is in the notes; a generator has no
+            // machine ceiling worth the name here.
+            ceiling: None,
+        });
+    }
+
+    /// The notes' pid-fill program end to end (create -> verified): the
+    /// `pid-fill` demo, its output silenced, against `python/pid_fill.py`.
+    fn pid_fill_rows(&mut self) {
+        let id = "pid-fill";
+        if !self.wants(id) {
+            return;
+        }
+        let z = self.sizes;
+        let (rows, cols) = z.pid_fill;
+        let args = demos::pid_fill::Args::new(rows, cols, PROCESSES);
+        let ours = sample(z.slow_reps, || {
+            silenced(|| demos::pid_fill::run_timed(&args)).expect("the pid-fill demo")
+        })
+        .median();
+        let python = self.python(
+            "pid_fill.py",
+            &[
+                s("--rows"),
+                s(rows),
+                s("--cols"),
+                s(cols),
+                s("--processes"),
+                s(PROCESSES),
+                s("--reps"),
+                s(z.slow_reps),
+            ],
+            true,
+        );
+        self.push(Row {
+            id,
+            workload: format!(
+                "pid-fill {rows} x {cols}, {PROCESSES} processes, create -> verified"
+            ),
+            python,
+            forkpool: secs(ours),
+            ceiling: None,
+        });
     }
 
     fn counter_rows(&mut self) {
@@ -1051,6 +1172,8 @@ fn main() {
     r.pass_rows();
     r.fill_rows();
     r.random_rows();
+    r.rng_rows();
+    r.pid_fill_rows();
     r.counter_rows();
     r.sched_rows();
 
