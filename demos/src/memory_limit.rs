@@ -310,18 +310,13 @@ fn fill_file(
         .step_by(per_block)
         .map(|s| (s, (s + per_block).min(rows)))
         .collect();
-    let bar = common::progress(rows as u64, "workers fill the file");
+    let bar = common::progress(blocks.len() as u64, "workers fill the file");
     let (outcomes, _) = phase("workers fill the file", Some(size), || {
-        let mut out = Vec::with_capacity(blocks.len());
-        for r in pool.imap_unordered(fill_block, blocks.clone(), 1) {
-            if let Ok(Ok((_, n))) = &r {
-                bar.inc(*n as u64);
-            }
-            out.push(r);
-        }
-        out
+        let it = pool
+            .progress_bar(bar)
+            .imap_unordered(fill_block, blocks.clone(), 1);
+        it.collect::<Vec<_>>()
     });
-    bar.finish_and_clear();
     // ANCHOR_END: file
     let mut pids = BTreeSet::new();
     for outcome in outcomes {

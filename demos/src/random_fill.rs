@@ -153,7 +153,7 @@ fn parallel_fill(
         .filter(|r| !r.is_empty())
         .map(|r| (r.start, r.end))
         .collect();
-    let bar = common::progress(array.nrows() as u64, what);
+    let bar = common::progress(blocks.len() as u64, what);
     let t0 = Instant::now();
     let mut done = Parallel {
         took: Duration::ZERO,
@@ -161,17 +161,15 @@ fn parallel_fill(
         prefault: Duration::ZERO,
         fill: Duration::ZERO,
     };
-    for outcome in pool.imap_unordered(fill_block, blocks, 1) {
+    for outcome in pool.progress_bar(bar).imap_unordered(fill_block, blocks, 1) {
         let block = outcome
             .context("a worker failed")?
             .map_err(|e| anyhow::anyhow!("a worker could not fill its rows: {e}"))?;
         *done.rows_by_pid.entry(block.pid).or_default() += block.rows;
         done.prefault += block.prefault;
         done.fill += block.fill;
-        bar.inc(block.rows as u64);
     }
     done.took = t0.elapsed();
-    bar.finish_and_clear();
     Ok(done)
 }
 // ANCHOR_END: parallel
