@@ -169,6 +169,44 @@ pub fn time_payload_bytes(pool: &Pool, payload: Bytes) -> Duration {
     took
 }
 
+/// The round-trip benchmarks' task for bytes: the value comes back as it went.
+pub fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+/// The round-trip benchmarks' task for floats.
+pub fn echo_floats(v: Vec<f64>) -> Vec<f64> {
+    v
+}
+
+/// Times `n` sequential `pool.apply(echo_bytes, ..)` of a `len`-byte value
+/// (made before the clock starts; the answer is dropped after it stops).
+/// Returns the time per round trip.
+pub fn time_round_trip_bytes(pool: &Pool, len: usize, n: u32) -> Duration {
+    let values: Vec<Vec<u8>> = (0..n).map(|_| vec![1u8; len]).collect();
+    let start = Instant::now();
+    let back: Vec<Vec<u8>> = values
+        .into_iter()
+        .map(|v| pool.apply(echo_bytes, v).expect("apply"))
+        .collect();
+    let took = start.elapsed();
+    assert!(back.iter().all(|b| b.len() == len));
+    took / n.max(1)
+}
+
+/// [`time_round_trip_bytes`] with `len / 8` doubles.
+pub fn time_round_trip_floats(pool: &Pool, len: usize, n: u32) -> Duration {
+    let values: Vec<Vec<f64>> = (0..n).map(|_| vec![1.5f64; len / 8]).collect();
+    let start = Instant::now();
+    let back: Vec<Vec<f64>> = values
+        .into_iter()
+        .map(|v| pool.apply(echo_floats, v).expect("apply"))
+        .collect();
+    let took = start.elapsed();
+    assert!(back.iter().all(|b| b.len() == len / 8));
+    took / n.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +220,7 @@ mod tests {
         let pool = Pool::new(1).unwrap();
         time_payload_bytes(&pool, Bytes(vec![7; 100_000]));
         time_payload(&pool, vec![7; 100_000]);
+        time_round_trip_bytes(&pool, 1000, 3);
+        time_round_trip_floats(&pool, 1 << 20, 1);
     }
 }

@@ -44,6 +44,19 @@ use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize};
 use serde::{Deserialize, Deserializer, Serializer};
 
+#[cfg(test)]
+thread_local! {
+    /// How many times a bulk path ran on this thread (tests check that the
+    /// paths they mean to exercise are taken).
+    static BULK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[inline]
+fn note_bulk() {
+    #[cfg(test)]
+    BULK.set(BULK.get() + 1);
+}
+
 /// Why a value did not encode or decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Error(String);
@@ -328,6 +341,7 @@ impl<'s, 'a> Serializer for &'s mut Encoder<'a> {
             // call, in which the bytes are used. `slice::Iter` has no drop
             // glue, so not dropping the original loses nothing.
             let bytes = unsafe { slice_iter_bytes(&*iter) };
+            note_bulk();
             let size = plain_slice_iter::<I::IntoIter>().expect("checked");
             self.put_len(bytes.len() / size);
             self.put(bytes);
@@ -613,6 +627,7 @@ fn decode_plain_vec<'de, V: Visitor<'de>>(
 ) -> Result<V::Value, Error> {
     let n = de.checked_len("a sequence", size)?;
     let bytes = de.take(n * size, "a sequence")?;
+    note_bulk();
     macro_rules! build {
         ($($t:ty),*) => {
             $(
@@ -1161,5 +1176,34 @@ mod fast_paths {
         assert_eq!(plain_slice_iter::<std::slice::Iter<'_, u8>>(), Some(1));
         assert_eq!(plain_slice_iter::<std::slice::Iter<'_, bool>>(), None);
         assert_eq!(plain_slice_iter::<std::vec::IntoIter<u8>>(), None);
+    }
+
+    /// Bulk paths taken while encoding and then decoding `v`.
+    fn bulk_runs<T: Serialize + serde::de::DeserializeOwned>(v: &T) -> usize {
+        let before = BULK.get();
+        let mut out = Vec::new();
+        encode_into(v, &mut out).unwrap();
+        let mut input = &out[..];
+        decode_from::<T>(&mut input).unwrap();
+        BULK.get() - before
+    }
+
+    #[test]
+    fn vectors_of_plain_numbers_take_the_bulk_paths_both_ways() {
+        assert_eq!(bulk_runs(&vec![1u8; 1000]), 2);
+        assert_eq!(bulk_runs(&vec![1.5f64; 1000]), 2);
+        assert_eq!(
+            bulk_runs(&(7u32, vec![1i16; 3], vec![vec![0u64; 2]; 3])),
+            2 + 6
+        );
+        let a = ndarray::Array2::<f64>::zeros((4, 4));
+        assert_eq!(bulk_runs(&a), 1, "written element by element, read in bulk");
+        // Not plain: element by element both ways.
+        assert_eq!(bulk_runs(&vec![true; 10]), 0);
+        assert_eq!(bulk_runs(&vec!['x'; 10]), 0);
+        assert_eq!(
+            bulk_runs(&std::collections::VecDeque::from(vec![1u8; 10])),
+            0
+        );
     }
 }

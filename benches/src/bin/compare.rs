@@ -30,13 +30,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use forkpool::Pool;
 use forkpool_benches::arrays::{Counter, Counters, PassArray, WarmFill, cold_fill};
-use forkpool_benches::ceiling::{PingPong, PipeSink, faulted_buffer, fork_exit_wait, memset};
+use forkpool_benches::ceiling::{
+    PingPong, PipeSink, faulted_buffer, fork_exit_wait, memcpy, memset,
+};
 use forkpool_benches::experiments::{self, fill_nontemporal, fill_regular};
 use forkpool_benches::random;
 use forkpool_benches::sched::{self, Before, Kind, Mode};
 use forkpool_benches::startup::{Ballast, time_start};
 use forkpool_benches::tasks::{
     Bytes, Chunks, RayonMap, time_apply, time_map, time_payload, time_payload_bytes,
+    time_round_trip_bytes, time_round_trip_floats,
 };
 use forkpool_benches::timing::{OneCpu, sample};
 
@@ -291,6 +294,13 @@ fn silenced<R>(f: impl FnOnce() -> R) -> R {
     out
 }
 
+fn fmt_bytes(len: usize) -> String {
+    match len {
+        l if l >= MIB => format!("{} MiB", l / MIB),
+        l => format!("{} KiB", l / 1024),
+    }
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -423,6 +433,68 @@ impl Runner {
                 python,
                 forkpool: secs(ours),
                 ceiling: Some(("raw pipe ping-pong".into(), secs(ceiling))),
+            });
+        }
+    }
+
+    /// A value sent to a worker by `apply` and returned, at 1 KiB, 1 MiB and
+    /// 64 MiB: `Vec<u8>` against Python's `bytes`, `Vec<f64>` against a
+    /// numpy float64 array; the ceiling is a one-thread `memcpy` of the same
+    /// size into memory already faulted in, and the raw pipes there and back
+    /// go in the notes.
+    fn round_trip_rows(&mut self) {
+        const CASES: [(&str, &str, usize, u32); 6] = [
+            ("round-trip-bytes-1k", "bytes", 1 << 10, 2000),
+            ("round-trip-numpy-1k", "numpy", 1 << 10, 2000),
+            ("round-trip-bytes-1m", "bytes", 1 << 20, 100),
+            ("round-trip-numpy-1m", "numpy", 1 << 20, 100),
+            ("round-trip-bytes-64m", "bytes", 64 << 20, 1),
+            ("round-trip-numpy-64m", "numpy", 64 << 20, 1),
+        ];
+        if !CASES.iter().any(|c| self.wants(c.0)) {
+            return;
+        }
+        let z = self.sizes;
+        let quick = self.opts.quick;
+        let pool = Pool::new(PROCESSES).expect("pool");
+        for (id, kind, len, n) in CASES {
+            if !self.wants(id) {
+                continue;
+            }
+            let n = if quick { n.div_ceil(10) } else { n };
+            let reps = if len > MIB { z.slow_reps } else { z.reps };
+            let src = faulted_buffer(len);
+            let mut dst = faulted_buffer(len);
+            let ceiling = sample(reps.max(3), || memcpy(&mut dst, &src, 1)).median();
+            drop((src, dst));
+            let ours = match kind {
+                "bytes" => sample(reps, || time_round_trip_bytes(&pool, len, n)).median(),
+                _ => sample(reps, || time_round_trip_floats(&pool, len, n)).median(),
+            };
+            let args = vec![
+                s("--bytes"),
+                s(len),
+                s("--kind"),
+                s(kind),
+                s("--n"),
+                s(n),
+                s("--reps"),
+                s(reps),
+            ];
+            let python = self.python("round_trip.py", &args, kind == "numpy");
+            let (rust, py) = match kind {
+                "bytes" => ("Vec<u8>", "bytes"),
+                _ => ("Vec<f64>", "numpy float64"),
+            };
+            self.push(Row {
+                id,
+                workload: format!("apply round trip, {} ({rust} / {py})", fmt_bytes(len)),
+                python,
+                forkpool: secs(ours),
+                ceiling: Some((
+                    format!("memcpy {}, 1 thread", fmt_bytes(len)),
+                    secs(ceiling),
+                )),
             });
         }
     }
@@ -1170,6 +1242,7 @@ fn main() {
     r.apply_rows();
     r.map_rows();
     r.pass_rows();
+    r.round_trip_rows();
     r.fill_rows();
     r.random_rows();
     r.rng_rows();
