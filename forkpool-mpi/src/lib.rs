@@ -59,6 +59,14 @@
 //! matters. Under `--enable-recovery` `mpirun` exits 0 even though a rank
 //! died: check the pool's errors, not only the exit status.
 //!
+//! # Testing several nodes on one machine
+//!
+//! With `FORKPOOL_MPI_TEST_NODES=k` in every rank's environment (`mpirun -x
+//! FORKPOOL_MPI_TEST_NODES=2 ...`), the ranks of each node are split into
+//! `k` pretend nodes by rank, each with its own shared window: the rows
+//! are split over them and tasks routed to them as over real nodes (the
+//! crate's tests and CI run the examples so).
+//!
 //! # Cargo feature
 //!
 //! The pool and the arrays need an MPI library (OpenMPI or MPICH, with

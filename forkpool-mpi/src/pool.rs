@@ -161,7 +161,7 @@ impl Pool {
             });
         }
 
-        let node_comm = world.split_shared(rank as i32);
+        let node_comm = node_communicator(&world);
         let layout = serve::exchange_layout(&world, &node_comm);
         if rank != 0 {
             let served = serve::serve(&world, &node_comm, &layout);
@@ -458,6 +458,28 @@ impl Pool {
         }
         std::mem::forget(std::mem::take(&mut core.orphans));
         stop.finalize
+    }
+}
+
+/// The variable that splits each node into this many pretend nodes, to
+/// test the code for several nodes on one machine (every rank must see the
+/// same value: `mpirun -x FORKPOOL_MPI_TEST_NODES=2 ...`).
+pub(crate) const TEST_NODES: &str = "FORKPOOL_MPI_TEST_NODES";
+
+/// The ranks this rank shares memory with: `MPI_Comm_split_type(SHARED)`,
+/// split further into [`TEST_NODES`] groups by rank when that is set.
+fn node_communicator(world: &SimpleCommunicator) -> SimpleCommunicator {
+    let rank = world.rank();
+    let shared = world.split_shared(rank);
+    let parts = std::env::var(TEST_NODES)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|&k| k > 1);
+    match parts {
+        Some(k) => shared
+            .split_by_color_with_key(mpi::topology::Color::with_value(rank % k), rank)
+            .expect("every rank has a color"),
+        None => shared,
     }
 }
 

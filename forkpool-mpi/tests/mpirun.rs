@@ -49,6 +49,13 @@ fn mark((array, row): (NodeArray<f64>, usize)) -> (u32, bool) {
     (pid, untouched)
 }
 
+/// The value of `row` if every element holds it.
+fn row_value((array, row): (NodeArray<f64>, usize)) -> Option<f64> {
+    let mut buf = vec![0.0; array.row_len()];
+    array.read_row(row, &mut buf);
+    buf.iter().all(|&v| v == buf[0]).then_some(buf[0])
+}
+
 /// Dies (SIGKILL) on item 5; the others sleep a little.
 fn die_on_five(x: u32) -> u32 {
     if x == 5 {
@@ -143,21 +150,52 @@ fn check_api() -> Result<(), String> {
         }
         *rows_by_pid.entry(pid).or_default() += 1;
     }
-    // One node here: rank 0 sees every row the workers wrote.
+    // Every row, read by a task on its own node; rank 0's node's rows
+    // by rank 0 too.
     let mut counted: BTreeMap<u32, usize> = BTreeMap::new();
+    let reads: Vec<_> = (0..300)
+        .map(|r| (array.node_of_row(r), (array.clone(), r)))
+        .collect();
+    for (row, value) in pool.imap_on(row_value, reads, 8, true).enumerate() {
+        let pid = match value.map_err(e)? {
+            Some(v) if workers.contains(&(v as u32)) => v as u32,
+            other => return Err(format!("row {row} is not one worker's pid: {other:?}")),
+        };
+        *counted.entry(pid).or_default() += 1;
+    }
     let mut buf = vec![0.0; 1000];
     for row in array.rows_here() {
         array.read_row(row, &mut buf);
-        let pid = buf[0] as u32;
-        if buf.iter().any(|&v| v != buf[0]) || !workers.contains(&pid) {
-            return Err(format!("row {row} is not one worker's pid: {}", buf[0]));
+        if !workers.contains(&(buf[0] as u32)) || buf.iter().any(|&v| v != buf[0]) {
+            return Err(format!("rank 0 reads {} in row {row}", buf[0]));
         }
-        *counted.entry(pid).or_default() += 1;
     }
     if counted != rows_by_pid || counted.values().sum::<usize>() != 300 {
         return Err(format!(
-            "rank 0 counted {counted:?}, the workers said {rows_by_pid:?}"
+            "the rows hold {counted:?}, the workers said {rows_by_pid:?}"
         ));
+    }
+    if pool.nodes() == 2 {
+        // Pretend nodes: 1 worker on node 0 (with rank 0), 2 on node 1,
+        // and the rows in that proportion.
+        if array.rows_of_node(0) != (0..100) || array.rows_of_node(1) != (100..300) {
+            return Err(format!(
+                "rows split {:?} {:?}",
+                array.rows_of_node(0),
+                array.rows_of_node(1)
+            ));
+        }
+        // A task on node 1 touching a row of node 0 fails with a message
+        // naming the node to run it on.
+        match pool
+            .imap_on(mark, [(1, (array.clone(), 0))], 1, true)
+            .next()
+        {
+            Some(Err(Error::Panicked { message, .. }))
+                if message.contains("row 0 is not on this node") && message.contains("node 0") => {}
+            other => return Err(format!("a row of another node: {other:?}")),
+        }
+        println!("ok: rows split 100 + 200 over 2 nodes; a task touching another node's row fails");
     }
     println!("ok: node-shared array: the workers' rows seen by rank 0 {counted:?}");
     drop(array);
@@ -310,6 +348,28 @@ fn launcher() {
     all &= expect(
         "map_imap_apply_panics_and_node_array_on_4_ranks",
         run.status == Some(0) && run.output.contains("all checks passed"),
+        &run,
+    );
+
+    // The same on two pretend nodes (each node's ranks split in two):
+    // rows split over the nodes, tasks routed to the node of their rows.
+    let run = mpirun(
+        &[
+            "-x",
+            "FORKPOOL_MPI_TEST_NODES=2",
+            "-n",
+            RANKS,
+            exe,
+            "--rank",
+            "api",
+        ],
+        long,
+    );
+    all &= expect(
+        "node_array_rows_split_over_2_pretend_nodes_and_tasks_routed_to_their_node",
+        run.status == Some(0)
+            && run.output.contains("rows split 100 + 200 over 2 nodes")
+            && run.output.contains("all checks passed"),
         &run,
     );
 
