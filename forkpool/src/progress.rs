@@ -198,6 +198,72 @@ impl<'p> WithProgress<'p> {
         self.pool.starmap_async(f, items).with_bar(self.bar).get()
     }
 
+    /// [`Pool::map_with`] with the bar.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let table = vec![10u64, 20, 30];
+    /// let out = pool.progress("lookups").map_with(table.as_slice(), |t: &[u64], i: usize| t[i], [2, 0])?;
+    /// assert_eq!(out, [30, 10]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::map_with`].
+    pub fn map_with<C, T, R>(
+        self,
+        ctx: &C,
+        f: fn(&C, T) -> R,
+        items: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<R>>
+    where
+        C: ?Sized + Serialize + ToOwned,
+        C::Owned: DeserializeOwned + 'static,
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let items: Vec<T> = items.into_iter().collect();
+        size(&self.bar, self.styled, Some(items.len()));
+        self.pool
+            .map_with_async(ctx, f, items)
+            .with_bar(self.bar)
+            .get()
+    }
+
+    /// [`Pool::imap_auto`] with the bar.
+    pub fn imap_auto<T, R, I>(
+        self,
+        f: fn(T) -> R,
+        items: I,
+    ) -> Progressed<IMap<'p, T, R, I::IntoIter>>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        let items = items.into_iter();
+        size(&self.bar, self.styled, exact_len(&items));
+        Progressed::new(self.pool.imap_auto(f, items), self.bar)
+    }
+
+    /// [`Pool::imap_unordered_auto`] with the bar.
+    pub fn imap_unordered_auto<T, R, I>(
+        self,
+        f: fn(T) -> R,
+        items: I,
+    ) -> Progressed<IMap<'p, T, R, I::IntoIter>>
+    where
+        T: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator<Item = T>,
+    {
+        let items = items.into_iter();
+        size(&self.bar, self.styled, exact_len(&items));
+        Progressed::new(self.pool.imap_unordered_auto(f, items), self.bar)
+    }
+
     /// [`Pool::imap`] with the bar, which moves as each item is yielded.
     /// Its length is the input's, when the input iterator knows it exactly.
     ///

@@ -145,3 +145,37 @@ fn a_cancelled_handle_awaits_to_cancelled() {
     // The pool serves the next call.
     assert_eq!(pool.map(double, 0..10).unwrap()[9], 18);
 }
+
+#[test]
+fn cancelled_endless_tasks_that_workers_hold_end_at_the_task_timeout() {
+    /// Counts its run, then never returns.
+    fn count_and_spin(path: String) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(b"x").unwrap();
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+    const PROCESSES: usize = 2;
+    let (_dir, path) = counter();
+    let pool = TestPool::build(|| {
+        forkpool::Pool::builder()
+            .processes(PROCESSES)
+            .task_timeout(Duration::from_millis(300))
+            .build()
+    });
+    let mut h = pool.map_async_chunked(count_and_spin, vec![path.clone(); 100], 1);
+    common::wait_for("both workers to be spinning", || runs(&path) >= PROCESSES);
+    assert!(h.cancel());
+    assert!(matches!(h.get(), Err(Error::Cancelled { .. })));
+    // The held tasks never end by themselves: the next call is served
+    // because the task timeout replaces their workers, and none of the
+    // cancelled tasks runs in the replacements.
+    assert_eq!(pool.map(double, 0..10).unwrap()[9], 18);
+    let total = runs(&path);
+    assert!(
+        total <= PROCESSES * HELD_PER_WORKER,
+        "{total} of 100 endless tasks started"
+    );
+}

@@ -100,3 +100,29 @@ fn a_failing_map_still_counts_the_items_that_ran() {
     assert_eq!(err.item(), Some(5));
     assert_eq!(bar.position(), 10, "every item ran and was counted");
 }
+
+#[test]
+fn map_with_and_imap_auto_with_a_bar() {
+    let pool = TestPool::new(2);
+    let bar = hidden();
+    let table: Vec<u64> = (0..100).collect();
+    let out = pool
+        .progress_bar(bar.clone())
+        .map_with(table.as_slice(), |t: &[u64], i: usize| t[i] * 2, 0..100)
+        .unwrap();
+    assert_eq!(out[99], 198);
+    assert_eq!((bar.length(), bar.position()), (Some(100), 100));
+    let bar = hidden();
+    let n = pool
+        .progress_bar(bar.clone())
+        .imap_unordered_auto(double, 0..500)
+        .count();
+    assert_eq!((n as u64, bar.position()), (500, 500));
+    let bar = hidden();
+    let got: Vec<u64> = pool
+        .progress_bar(bar.clone())
+        .imap_auto(double, 0..50)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!((got[49], bar.position()), (98, 50));
+}
