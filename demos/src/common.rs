@@ -230,34 +230,24 @@ pub fn ensure_memory(needed: u64, what: &str, instead: &str) -> anyhow::Result<(
 }
 
 /// The PSS of the mappings of the file `path`, summed over the processes of
-/// `report` (from `/proc/<pid>/smaps`): the file's pages in memory, each
-/// counted once however many processes map it. (`MemoryReport`'s
-/// `pss_file` also counts the program's own code.)
+/// `report` (from `/proc/<pid>/smaps`, read with `procfs`): the file's pages
+/// in memory, each counted once however many processes map it.
+/// (`MemoryReport`'s `pss_file` also counts the program's own code.)
 pub fn mapped_file_pss(report: &MemoryReport, path: &std::path::Path) -> anyhow::Result<u64> {
+    use procfs::process::{MMapPath, Process};
     let path = std::fs::canonicalize(path)
         .with_context(|| format!("finding the full path of {}", path.display()))?;
-    let name = path.to_string_lossy();
     let mut total = 0;
     for process in report.entries() {
-        let smaps = format!("/proc/{}/smaps", process.pid);
-        let text = std::fs::read_to_string(&smaps).with_context(|| format!("reading {smaps}"))?;
-        let mut in_file = false;
-        for line in text.lines() {
-            if let Some(pss) = line.strip_prefix("Pss:") {
-                if in_file {
-                    let kib: u64 = pss.trim().trim_end_matches("kB").trim().parse()?;
-                    total += kib * 1024;
-                }
-            } else if line
-                .split_whitespace()
-                .next()
-                .is_some_and(|f| !f.ends_with(':'))
-            {
-                // A mapping's first line (`start-end perms offset dev inode
-                // path`), not one of its `Field: value` lines.
-                in_file = line.trim_end().ends_with(name.as_ref());
-            }
-        }
+        let maps = Process::new(process.pid)
+            .and_then(|p| p.smaps())
+            .with_context(|| format!("reading /proc/{}/smaps", process.pid))?;
+        total += maps
+            .0
+            .iter()
+            .filter(|map| matches!(&map.pathname, MMapPath::Path(p) if *p == path))
+            .filter_map(|map| map.extension.map.get("Pss"))
+            .sum::<u64>();
     }
     Ok(total)
 }

@@ -45,7 +45,7 @@ impl MemInfo {
     /// # Errors
     ///
     /// [`ShmError::Proc`] if the file cannot be read, [`ShmError::ProcFormat`]
-    /// if a field is missing.
+    /// if a field is missing (read with the `procfs` crate).
     ///
     /// # Examples
     ///
@@ -55,36 +55,53 @@ impl MemInfo {
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn read() -> Result<MemInfo, ShmError> {
+        use procfs::Current;
         let path = Path::new("/proc/meminfo");
-        let text = fs::read_to_string(path).map_err(|source| ShmError::Proc {
-            pid: std::process::id() as i32,
-            path: path.to_owned(),
-            cause: source,
-        })?;
-        Self::parse(&text).map_err(|reason| ShmError::ProcFormat {
+        let info = procfs::Meminfo::current()
+            .map_err(|e| proc_error(std::process::id() as i32, path, e))?;
+        Self::from_procfs(&info).map_err(|reason| ShmError::ProcFormat {
             path: path.to_owned(),
             reason,
         })
     }
 
-    fn parse(text: &str) -> Result<MemInfo, String> {
-        let field = |name: &str| -> Result<u64, String> {
-            text.lines()
-                .find_map(|line| {
-                    let rest = line.strip_prefix(name)?.strip_prefix(':')?;
-                    let kib = rest.trim().trim_end_matches("kB").trim();
-                    kib.parse::<u64>().ok()
-                })
-                .map(|kib| kib * 1024)
-                .ok_or_else(|| format!("no `{name}` line"))
-        };
+    /// The figures we use of what `procfs` read (in bytes); `MemAvailable`
+    /// (Linux 3.14) and `Shmem` (2.6.32) are optional there.
+    fn from_procfs(info: &procfs::Meminfo) -> Result<MemInfo, String> {
+        let required =
+            |value: Option<u64>, name: &str| value.ok_or_else(|| format!("no `{name}` line"));
         Ok(MemInfo {
-            mem_total: field("MemTotal")?,
-            mem_available: field("MemAvailable")?,
-            swap_total: field("SwapTotal")?,
-            swap_free: field("SwapFree")?,
-            shmem: field("Shmem")?,
+            mem_total: info.mem_total,
+            mem_available: required(info.mem_available, "MemAvailable")?,
+            swap_total: info.swap_total,
+            swap_free: info.swap_free,
+            shmem: required(info.shmem, "Shmem")?,
         })
+    }
+}
+
+/// A failed read of a `/proc` file of process `pid`, as a [`ShmError`]:
+/// [`ShmError::Proc`] with the I/O error (`NotFound` when the process has
+/// exited, `PermissionDenied` for another user's), or
+/// [`ShmError::ProcFormat`] for contents not understood.
+pub(crate) fn proc_error(pid: i32, path: &Path, error: procfs::ProcError) -> ShmError {
+    use procfs::ProcError;
+    use std::io::{Error, ErrorKind};
+    let cause = match error {
+        ProcError::NotFound(_) => Error::from(ErrorKind::NotFound),
+        ProcError::PermissionDenied(_) => Error::from(ErrorKind::PermissionDenied),
+        ProcError::Io(cause, _) => cause,
+        other => {
+            return ShmError::ProcFormat {
+                path: path.to_owned(),
+                reason: other.to_string(),
+            };
+        }
+    };
+    ShmError::Proc {
+        pid,
+        path: path.to_owned(),
+        cause,
     }
 }
 
@@ -162,17 +179,15 @@ pub(crate) fn check_available(requested: u64) -> Result<(), ShmError> {
 /// Room left under this process's cgroup memory limit, if it has one: the
 /// limit minus current usage, and the file that sets the limit.
 fn cgroup_room() -> Option<(u64, PathBuf)> {
-    let membership = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let groups = procfs::process::Process::myself().ok()?.cgroups().ok()?;
     let mut best: Option<(u64, PathBuf)> = None;
-    for line in membership.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let rel = path.trim_start_matches('/');
-        let candidate = if controllers.is_empty() {
+    for group in groups.0 {
+        let rel = group.pathname.trim_start_matches('/');
+        let candidate = if group.controllers.is_empty() {
             // cgroup v2: the unified hierarchy.
             let dir = Path::new("/sys/fs/cgroup").join(rel);
             room_in(&dir.join("memory.max"), &dir.join("memory.current"))
-        } else if controllers.split(',').any(|c| c == "memory") {
+        } else if group.controllers.iter().any(|c| c == "memory") {
             // cgroup v1: the memory controller's own hierarchy.
             let dir = Path::new("/sys/fs/cgroup/memory").join(rel);
             room_in(
@@ -206,16 +221,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_meminfo() {
-        let text = "MemTotal:       24684096 kB\nMemFree:        23000000 kB\n\
-                    MemAvailable:   24434852 kB\nSwapTotal:             0 kB\n\
-                    SwapFree:              0 kB\nShmem:              8788 kB\n";
-        let info = MemInfo::parse(text).unwrap();
+    fn reads_meminfo_in_bytes() {
+        use procfs::FromBufRead;
+        let fields = |available: &str| {
+            format!(
+                "MemTotal: 24684096 kB\nMemFree: 23000000 kB\n{available}Buffers: 0 kB\n\
+                 Cached: 0 kB\nSwapCached: 0 kB\nActive: 0 kB\nInactive: 0 kB\n\
+                 SwapTotal: 0 kB\nSwapFree: 0 kB\nDirty: 0 kB\nWriteback: 0 kB\n\
+                 Mapped: 0 kB\nShmem: 8788 kB\nSlab: 0 kB\nKernelStack: 0 kB\n\
+                 PageTables: 0 kB\nNFS_Unstable: 0 kB\nBounce: 0 kB\nWritebackTmp: 0 kB\n\
+                 CommitLimit: 0 kB\nCommitted_AS: 0 kB\nVmallocTotal: 0 kB\n\
+                 VmallocUsed: 0 kB\nVmallocChunk: 0 kB\nAnonPages: 0 kB\n"
+            )
+        };
+        let parse = |text: &str| procfs::Meminfo::from_buf_read(text.as_bytes()).unwrap();
+        let info = MemInfo::from_procfs(&parse(&fields("MemAvailable: 24434852 kB\n"))).unwrap();
         assert_eq!(info.mem_total, 24684096 * 1024);
         assert_eq!(info.mem_available, 24434852 * 1024);
         assert_eq!(info.swap_total, 0);
         assert_eq!(info.shmem, 8788 * 1024);
-        let err = MemInfo::parse("MemTotal: 1 kB\n").unwrap_err();
+        let err = MemInfo::from_procfs(&parse(&fields(""))).unwrap_err();
         assert!(err.contains("MemAvailable"), "{err}");
     }
 

@@ -79,20 +79,18 @@ struct Stat {
     start_time: u64,
 }
 
-fn stat_of(pid: i32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
+impl From<procfs::process::Stat> for Stat {
+    fn from(stat: procfs::process::Stat) -> Stat {
+        Stat {
+            state: stat.state,
+            start_time: stat.starttime,
+        }
+    }
 }
 
-/// Parses `pid (comm) state ppid ... starttime ...`; `comm` may hold spaces
-/// and parentheses, so fields are counted after the last `)`.
-fn parse_stat(text: &str) -> Option<Stat> {
-    let after = &text[text.rfind(')')? + 1..];
-    let mut fields = after.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // `state` is field 3; `starttime` is field 22, the 19th after `state`.
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some(Stat { state, start_time })
+fn stat_of(pid: i32) -> Option<Stat> {
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    Some(stat.into())
 }
 
 /// Whether the process `pid`, started at `start_time`, is still running
@@ -112,10 +110,16 @@ mod tests {
     fn parses_stat_with_odd_command_names() {
         let text = "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
                     987654 1000000 100 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0";
-        let stat = parse_stat(text).unwrap();
+        let parse = |text: &str| -> Option<Stat> {
+            use procfs::FromRead;
+            procfs::process::Stat::from_read(text.as_bytes())
+                .ok()
+                .map(Stat::from)
+        };
+        let stat = parse(text).unwrap();
         assert_eq!(stat.state, 'S');
         assert_eq!(stat.start_time, 987654);
-        assert!(parse_stat("garbage").is_none());
+        assert!(parse("garbage").is_none());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use nix::unistd::Pid;
 
 use crate::error::ShmError;
+use crate::memory::proc_error;
 use crate::units::ByteSize;
 
 /// The memory figures of one process, in bytes, from
@@ -83,13 +84,11 @@ impl MemoryUsage {
     /// ```
     pub fn of(pid: Pid) -> Result<MemoryUsage, ShmError> {
         let path = PathBuf::from(format!("/proc/{pid}/smaps_rollup"));
-        let text = std::fs::read_to_string(&path).map_err(|source| ShmError::Proc {
-            pid: pid.as_raw(),
-            path: path.clone(),
-            cause: source,
-        })?;
+        let rollup = procfs::process::Process::new(pid.as_raw())
+            .and_then(|process| process.smaps_rollup())
+            .map_err(|e| proc_error(pid.as_raw(), &path, e))?;
         let mut usage =
-            Self::parse(&text).map_err(|reason| ShmError::ProcFormat { path, reason })?;
+            Self::from_rollup(&rollup).map_err(|reason| ShmError::ProcFormat { path, reason })?;
         usage.pid = pid.as_raw();
         Ok(usage)
     }
@@ -141,14 +140,16 @@ impl MemoryUsage {
         self.private_clean + self.private_dirty
     }
 
-    fn parse(text: &str) -> Result<MemoryUsage, String> {
-        let field = |name: &str| -> Option<u64> {
-            text.lines().find_map(|line| {
-                let rest = line.strip_prefix(name)?.strip_prefix(':')?;
-                let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-                Some(kib * 1024)
-            })
-        };
+    /// The figures of a parsed `smaps_rollup` (`procfs` gives them in bytes).
+    fn from_rollup(rollup: &procfs::process::SmapsRollup) -> Result<MemoryUsage, String> {
+        let fields = &rollup
+            .memory_map_rollup
+            .0
+            .first()
+            .ok_or("no [rollup] line")?
+            .extension
+            .map;
+        let field = |name: &str| fields.get(name).copied();
         let required = |name: &str| field(name).ok_or_else(|| format!("no `{name}` line"));
         Ok(MemoryUsage {
             pid: 0,
@@ -340,22 +341,30 @@ mod tests {
         Shared_Clean:       1600 kB\nShared_Dirty:          0 kB\nPrivate_Clean:        40 kB\n\
         Private_Dirty:       116 kB\nSwap:                  0 kB\n";
 
+    fn parse(text: &str) -> Result<MemoryUsage, String> {
+        use procfs::FromBufRead;
+        let rollup = procfs::process::SmapsRollup::from_buf_read(text.as_bytes())
+            .map_err(|e| e.to_string())?;
+        MemoryUsage::from_rollup(&rollup)
+    }
+
     #[test]
     fn parses_smaps_rollup() {
-        let u = MemoryUsage::parse(ROLLUP).unwrap();
+        let u = parse(ROLLUP).unwrap();
         assert_eq!(u.rss, 1756 * 1024);
         assert_eq!(u.pss, 328 * 1024);
         assert_eq!(u.pss_anon, 116 * 1024);
         assert_eq!(u.pss_file, 212 * 1024);
         assert_eq!(u.shared(), 1600 * 1024);
         assert_eq!(u.private(), 156 * 1024);
-        let err = MemoryUsage::parse("Rss: 1 kB\n").unwrap_err();
+        let err = parse("55ce090bc000-7fff7b859000 ---p 00000000 00:00 0   [rollup]\nRss: 1 kB\n")
+            .unwrap_err();
         assert!(err.contains("Pss"), "{err}");
     }
 
     #[test]
     fn prints_a_table_with_totals() {
-        let one = MemoryUsage::parse(ROLLUP).unwrap();
+        let one = parse(ROLLUP).unwrap();
         let mut report = MemoryReport::new();
         report.push(
             MemoryUsage {

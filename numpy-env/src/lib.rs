@@ -93,7 +93,13 @@ impl std::error::Error for Error {}
 /// later calls return the same answer.
 pub fn python() -> Result<&'static Python, Error> {
     static PYTHON: OnceLock<Result<Python, Error>> = OnceLock::new();
-    PYTHON.get_or_init(provision).as_ref().map_err(Clone::clone)
+    PYTHON
+        .get_or_init(|| {
+            let base = std::env::var_os(PYTHON_VAR).unwrap_or_else(|| "python3".into());
+            python_from(&base)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 fn error(message: impl Into<String>) -> Error {
@@ -106,8 +112,12 @@ const HOW_TO_INSTALL: &str = "install numpy for it (Debian/Ubuntu: `apt-get inst
      or `apt-get install python3-venv` so that the set-up can make its own environment; \
      elsewhere: `python3 -m pip install numpy`), or point FORKPOOL_PYTHON at a Python that has numpy";
 
-fn provision() -> Result<Python, Error> {
-    let base = std::env::var_os(PYTHON_VAR).unwrap_or_else(|| "python3".into());
+/// Like [`python`], starting from the interpreter `base` instead of
+/// `$FORKPOOL_PYTHON` or `python3`, and not cached: `base` itself if it
+/// imports numpy, else the environment under `target/` (shared by every
+/// `base`: the first one to need it makes it).
+pub fn python_from(base: impl AsRef<OsStr>) -> Result<Python, Error> {
+    let base = base.as_ref().to_owned();
     let shown = base.to_string_lossy().into_owned();
     match probe(Command::new(&base), &format!("{shown}, the system's")) {
         Ok(Some(python)) => return Ok(python.with_exe(&base, None)),

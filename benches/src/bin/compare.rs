@@ -10,23 +10,20 @@
 //! prints a table: workload, Python time, forkpool time, the ratio, and
 //! forkpool as a fraction of the ceiling.
 //!
-//! Options:
+//! Options: see `--help` (`--quick`, `--only <text>`, `--reps <n>`,
+//! `--python <exe>`, `--no-python`).
 //!
-//! - `--quick`: small sizes and few runs (a smoke test of the whole chain);
-//! - `--only <text>`: only the workloads whose id contains `<text>`;
-//! - `--reps <n>`: timed runs per measurement (default 5, 3 for the slow ones);
-//! - `--python <exe>`: the interpreter (default `$PYTHON` or `python3`);
-//! - `--no-python`: the Rust side only;
-//! - `--sched-sleep`: the scheduling rows' tasks sleep instead of spinning
-//!   (on a machine whose cores others keep busy: measures the schedule).
-//!
-//! If `python3` is missing the Python column says so and the rest runs; if
-//! numpy is missing it is installed with `pip`.
+//! The Python side is the system's `python3` if it has numpy, else a virtual
+//! environment under `target/` that the `numpy-env` crate sets up on first
+//! use; with no Python at all the runner stops and says what to install
+//! (`--no-python` runs the Rust side alone).
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use clap::Parser;
 
 use forkpool::Pool;
 use forkpool_benches::arrays::{Counter, Counters, PassArray, WarmFill, cold_fill};
@@ -46,50 +43,32 @@ use forkpool_benches::timing::{OneCpu, sample};
 const PROCESSES: usize = 2;
 const MIB: usize = 1 << 20;
 
-/// Command-line options.
-#[derive(Debug)]
+/// forkpool against Python's multiprocessing, and both against the
+/// machine's ceiling, workload by workload; prints a markdown table.
+#[derive(Debug, Parser)]
+#[command(name = "compare")]
 struct Options {
+    /// Small sizes and few runs (a smoke test of the whole chain).
+    #[arg(long)]
     quick: bool,
+    /// Only the workloads whose id contains this text (apply, map, pass,
+    /// fill-warm, fill-cold, random, counter, start).
+    #[arg(long, value_name = "TEXT")]
     only: Option<String>,
-    reps: Option<usize>,
-    python: Option<String>,
-    /// Scheduling rows: tasks sleep instead of spinning.
+    /// Timed runs per measurement [default: 5, 3 for the slow ones].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    reps: Option<u16>,
+    /// The Python to compare with [default: python3]; numpy is set up for
+    /// it under target/ on first use if it lacks it.
+    #[arg(long, value_name = "EXE", env = "FORKPOOL_PYTHON")]
+    python: Option<OsString>,
+    /// The Rust side only: no Python column.
+    #[arg(long, conflicts_with = "python")]
+    no_python: bool,
+    /// Scheduling rows: tasks sleep instead of spinning (on a machine whose
+    /// cores others keep busy: measures the schedule).
+    #[arg(long)]
     sched_sleep: bool,
-}
-
-impl Options {
-    fn parse() -> Options {
-        let mut o = Options {
-            quick: false,
-            only: None,
-            reps: None,
-            python: Some(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())),
-            sched_sleep: false,
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(a) = args.next() {
-            match a.as_str() {
-                "--quick" => o.quick = true,
-                "--only" => o.only = args.next(),
-                "--reps" => o.reps = args.next().and_then(|n| n.parse().ok()),
-                "--python" => o.python = args.next(),
-                "--no-python" => o.python = None,
-                "--sched-sleep" => o.sched_sleep = true,
-                "-h" | "--help" => {
-                    println!(
-                        "usage: compare [--quick] [--only <id text>] [--reps <n>] \
-                         [--python <exe> | --no-python] [--sched-sleep]"
-                    );
-                    std::process::exit(0);
-                }
-                other => {
-                    eprintln!("compare: unknown option {other:?} (try --help)");
-                    std::process::exit(2);
-                }
-            }
-        }
-        o
-    }
 }
 
 /// Sizes of the workloads: the full run, or `--quick`.
@@ -151,72 +130,46 @@ impl Sizes {
             }
         };
         if let Some(r) = o.reps {
-            s.reps = r;
-            s.slow_reps = r;
+            s.reps = r.into();
+            s.slow_reps = r.into();
         }
         s
     }
 }
 
-/// The Python side: the interpreter, whether numpy imports, the scripts.
+/// The Python side: an interpreter with numpy, and the scripts.
 #[derive(Debug)]
 struct Python {
-    exe: String,
-    version: String,
-    numpy: bool,
+    python: numpy_env::Python,
     dir: PathBuf,
 }
 
 impl Python {
-    /// Finds the interpreter and numpy (installing numpy with pip if it is
-    /// missing); `None`, with a message, if there is no interpreter.
-    fn detect(exe: &str) -> Option<Python> {
-        let version = match Command::new(exe).arg("--version").output() {
-            Ok(out) if out.status.success() => {
-                String::from_utf8_lossy(&out.stdout).trim().to_string()
-            }
-            _ => {
-                eprintln!(
-                    "compare: {exe} was not found: the Python column is skipped \
-                     (install Python 3 or pass --python <exe>)"
-                );
-                return None;
-            }
+    /// The Python to compare with: `exe` (or `python3`) with numpy, set up
+    /// under `target/` if it lacks it. Exits, saying what to install, if
+    /// there is none.
+    fn find(exe: Option<&OsString>) -> Python {
+        let found = match exe {
+            Some(exe) => numpy_env::python_from(exe),
+            None => numpy_env::python().cloned(),
         };
-        let numpy_ok = || {
-            Command::new(exe)
-                .args(["-c", "import numpy"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        let mut numpy = numpy_ok();
-        if !numpy {
-            eprintln!("compare: numpy is missing: running {exe} -m pip install --quiet numpy");
-            let _ = Command::new(exe)
-                .args(["-m", "pip", "install", "--quiet", "numpy"])
-                .status();
-            numpy = numpy_ok();
-            if !numpy {
-                eprintln!(
-                    "compare: numpy could not be installed: the Python column of the \
-                     numpy workloads is skipped"
-                );
+        match found {
+            Ok(python) => Python {
+                python,
+                dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/python")),
+            },
+            Err(e) => {
+                eprintln!("compare: {e} (or pass --no-python to run the Rust side alone)");
+                std::process::exit(1);
             }
         }
-        Some(Python {
-            exe: exe.to_string(),
-            version,
-            numpy,
-            dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/python")),
-        })
     }
 
     /// Runs `script` with `args`; the median seconds it reports.
-    fn run(&self, script: &str, args: &[String], needs_numpy: bool) -> Result<f64, String> {
-        if needs_numpy && !self.numpy {
-            return Err("numpy missing".into());
-        }
-        let out = Command::new(&self.exe)
+    fn run(&self, script: &str, args: &[String]) -> Result<f64, String> {
+        let out = self
+            .python
+            .command()
             .arg(self.dir.join(script))
             .args(args)
             .current_dir(&self.dir)
@@ -314,10 +267,10 @@ impl Runner {
         self.opts.only.as_deref().is_none_or(|o| id.contains(o))
     }
 
-    fn python(&self, script: &str, args: &[String], needs_numpy: bool) -> Result<f64, String> {
+    fn python(&self, script: &str, args: &[String]) -> Result<f64, String> {
         match &self.python {
             None => Err("no python".into()),
-            Some(p) => p.run(script, args, needs_numpy),
+            Some(p) => p.run(script, args),
         }
     }
 
@@ -366,7 +319,6 @@ impl Runner {
                     s("--reps"),
                     s(z.reps),
                 ],
-                false,
             );
             self.push(Row {
                 id,
@@ -421,7 +373,7 @@ impl Runner {
             if one_cpu {
                 args.push(s("--cpu0"));
             }
-            let python = self.python("apply_latency.py", &args, false);
+            let python = self.python("apply_latency.py", &args);
             let workload = if one_cpu {
                 "apply round trip, all on CPU 0"
             } else {
@@ -563,7 +515,7 @@ impl Runner {
                 ));
             }
             let ours = sample(z.slow_reps, || bench.run_by_value()).median();
-            let python = self.python("pass_array.py", &common("value"), true);
+            let python = self.python("pass_array.py", &common("value"));
             self.push(Row {
                 id: "pass-value",
                 workload: format!("{} MiB array to {tasks} tasks, by value", z.pass_mib),
@@ -581,7 +533,7 @@ impl Runner {
             let mut args = common("shared");
             let last = args.len() - 1;
             args[last] = s(z.reps);
-            let python = self.python("pass_array.py", &args, true);
+            let python = self.python("pass_array.py", &args);
             self.push(Row {
                 id: "pass-shared",
                 workload: format!("{} MiB array to {tasks} tasks, shared", z.pass_mib),
@@ -639,7 +591,6 @@ impl Runner {
                     s("--reps"),
                     s(z.reps),
                 ],
-                true,
             );
             let what = if mode == "warm" {
                 "workers have mapped it"
@@ -730,7 +681,7 @@ impl Runner {
             if existing {
                 args.push(s("--existing"));
             }
-            let python = self.python("random_fill.py", &args, true);
+            let python = self.python("random_fill.py", &args);
             self.push(Row {
                 id,
                 workload,
@@ -875,7 +826,6 @@ impl Runner {
                     s("--reps"),
                     s(z.reps),
                 ],
-                false,
             );
             self.push(Row {
                 id,
@@ -918,7 +868,6 @@ impl Runner {
                     s("--reps"),
                     s(z.reps * 2),
                 ],
-                false,
             );
             let holding = if mib == 0 {
                 String::new()
@@ -981,7 +930,6 @@ impl Runner {
                                 s("--kind"),
                                 s(kind.what()),
                             ],
-                            false,
                         )
                         .map(|secs| w.efficiency(PROCESSES, Duration::from_secs_f64(secs)));
                     let row = SchedRow {
@@ -1180,39 +1128,22 @@ fn fmt_time(secs: f64) -> String {
 
 /// Today's date (UTC), `YYYY-MM-DD`.
 fn today() -> String {
-    let days = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    jiff::Timestamp::now().strftime("%Y-%m-%d").to_string()
 }
 
 /// One line about the machine: CPUs, memory, kernel.
 fn machine() -> String {
+    use procfs::Current;
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let mem = forkpool_shm::MemInfo::read()
         .map(|m| format!("{}", forkpool_shm::ByteSize(m.mem_total)))
         .unwrap_or_else(|_| "?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let model = std::fs::read_to_string("/proc/cpuinfo")
+    let model = procfs::CpuInfo::current()
         .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
+        .and_then(|c| c.model_name(0).map(str::to_owned))
         .unwrap_or_default();
     format!("{cpus} CPUs ({model}), {mem} RAM, Linux {kernel}")
 }
@@ -1220,10 +1151,12 @@ fn machine() -> String {
 fn main() {
     let opts = Options::parse();
     let sizes = Sizes::new(&opts);
-    let python = opts.python.as_deref().and_then(Python::detect);
-    if opts.python.is_none() {
+    let python = if opts.no_python {
         eprintln!("compare: --no-python: the Python column is skipped");
-    }
+        None
+    } else {
+        Some(Python::find(opts.python.as_ref()))
+    };
     let mut r = Runner {
         opts,
         sizes,
@@ -1235,7 +1168,7 @@ fn main() {
     };
     eprintln!("compare: {}", machine());
     if let Some(p) = &r.python {
-        eprintln!("compare: {} ({})", p.version, p.exe);
+        eprintln!("compare: {}", p.python.describe());
     }
     // Start-up first, while this process is small; the rest after.
     r.startup_rows();
@@ -1253,12 +1186,8 @@ fn main() {
     println!("forkpool vs Python multiprocessing, {}", today());
     println!("machine: {}", machine());
     match &r.python {
-        Some(p) => println!(
-            "python: {}{}",
-            p.version,
-            if p.numpy { ", numpy" } else { ", no numpy" }
-        ),
-        None => println!("python: not run (not found, or --no-python): the Python column is empty"),
+        Some(p) => println!("python: {}", p.python.describe()),
+        None => println!("python: not run (--no-python): the Python column is empty"),
     }
     println!(
         "command: cargo run --release -p forkpool-benches --bin compare{}",
