@@ -220,7 +220,7 @@ pub fn one_copy(in_memory: u64, size: u64) -> anyhow::Result<()> {
 pub fn ensure_memory(needed: u64, what: &str, instead: &str) -> anyhow::Result<()> {
     let room = forkpool_shm::available_memory().context("reading the memory available")?;
     anyhow::ensure!(
-        needed <= room.bytes.bytes(),
+        needed <= room.bytes.as_u64(),
         "{what} needs {} of memory, but only {} is available ({}): {instead}",
         bytes(needed),
         room.bytes,

@@ -112,7 +112,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let cols = match args.cols {
         Some(cols) => cols,
         None => {
-            let target = room.bytes.bytes() as f64 * args.factor;
+            let target = room.bytes.as_u64() as f64 * args.factor;
             ((target / (rows as f64 * 8.0)).ceil() as usize).max(1)
         }
     };
@@ -123,7 +123,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.processes
     );
     let size = common::array_bytes(rows, cols, 8)?;
-    let share = size as f64 / room.bytes.bytes().max(1) as f64;
+    let share = size as f64 / room.bytes.as_u64().max(1) as f64;
     fact(
         "array asked for",
         if share >= 0.01 {
@@ -138,7 +138,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             )
         },
     );
-    let fits = size <= room.bytes.bytes();
+    let fits = size <= room.bytes.as_u64();
     ensure!(
         !fits || args.file.is_some(),
         "{rows} x {cols} doubles ({}) fit in the {} available, so there is no error to show: \
@@ -250,9 +250,9 @@ fn refuse(rows: usize, cols: usize, size: u64, swap_total: u64) -> anyhow::Resul
     match &err {
         // The array and its header page.
         ShmError::OutOfMemory { requested, .. } => ensure!(
-            (size..=size + (1 << 20)).contains(&requested.bytes()),
+            (size..=size + (1 << 20)).contains(&requested.as_u64()),
             "the error names {} bytes asked, not the {size} asked for",
-            requested.bytes()
+            requested.as_u64()
         ),
         other => anyhow::bail!("expected OutOfMemory, got: {other}"),
     }

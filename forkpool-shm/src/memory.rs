@@ -135,7 +135,7 @@ pub struct Available {
 ///
 /// ```
 /// let room = forkpool_shm::available_memory()?;
-/// assert!(room.bytes.bytes() > 0);
+/// assert!(room.bytes.as_u64() > 0);
 /// # Ok::<(), forkpool_shm::ShmError>(())
 /// ```
 pub fn available_memory() -> Result<Available, ShmError> {
