@@ -722,7 +722,6 @@ impl Runner {
                 s("--reps"),
                 s(z.reps),
             ],
-            true,
         );
         let doubles = (rows * cols) as f64;
         self.notes.push(format!(
@@ -775,7 +774,6 @@ impl Runner {
                 s("--reps"),
                 s(z.slow_reps),
             ],
-            true,
         );
         self.push(Row {
             id,
