@@ -433,7 +433,7 @@ impl Runner {
                 s("--reps"),
                 s(reps),
             ];
-            let python = self.python("round_trip.py", &args, kind == "numpy");
+            let python = self.python("round_trip.py", &args);
             let (rust, py) = match kind {
                 "bytes" => ("Vec<u8>", "bytes"),
                 _ => ("Vec<f64>", "numpy float64"),
