@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{self, decode_from, encode_into};
 use crate::error::Error;
-use crate::frame::TaskHeader;
+use crate::frame::{self, TaskHeader};
 use crate::worker::panic_message;
 
 const OK: u8 = 0;
@@ -153,10 +153,15 @@ impl Call {
 /// Items encoded one after another (the pool's codec), with where each ends:
 /// the input of a job, cut into task frames when a worker is about to need
 /// them (see [`crate::scheduler`]). Each item is encoded once, at submit.
-#[derive(Debug, Default)]
+///
+/// The bytes start with room for a task frame's head ([`TASK_HEAD`]): a
+/// task that takes a whole block, as `apply`'s one item does, becomes a
+/// frame in place, without copying a big argument into a second buffer.
+#[derive(Debug)]
 pub(crate) struct Items {
     /// The job's index of the first item.
     first: usize,
+    /// [`TASK_HEAD`] bytes of room, then the items.
     bytes: Vec<u8>,
     /// `ends[i]` is the end of item `i` in `bytes`.
     ends: Vec<usize>,
@@ -169,7 +174,9 @@ impl Items {
     pub(crate) fn starting_at(first: usize) -> Self {
         Items {
             first,
-            ..Items::default()
+            bytes: vec![0; TASK_HEAD],
+            ends: Vec::new(),
+            taken: 0,
         }
     }
 
@@ -188,7 +195,8 @@ impl Items {
         debug_assert_eq!(self.taken, 0);
         if n < self.ends.len() {
             self.ends.truncate(n);
-            self.bytes.truncate(self.ends.last().copied().unwrap_or(0));
+            self.bytes
+                .truncate(self.ends.last().copied().unwrap_or(TASK_HEAD));
         }
     }
 
@@ -203,7 +211,9 @@ impl Items {
     }
 
     fn start(&self) -> usize {
-        self.taken.checked_sub(1).map_or(0, |i| self.ends[i])
+        self.taken
+            .checked_sub(1)
+            .map_or(TASK_HEAD, |i| self.ends[i])
     }
 
     /// Appends `item`; `index` (its place in the job) names it in the error.
@@ -229,6 +239,10 @@ impl Items {
     }
 }
 
+/// Bytes of a task frame before its first item: the length prefix, the
+/// header, the item count.
+const TASK_HEAD: usize = frame::LEN_PREFIX + TaskHeader::PAYLOAD_AT + 8;
+
 /// A task frame cut out of a job's items.
 pub(crate) struct Cut {
     pub(crate) frame: Vec<u8>,
@@ -246,6 +260,28 @@ pub(crate) fn cut_task(
     n: usize,
 ) -> Cut {
     let first = queue.front().map_or(0, Items::next_index);
+    if let Some(block) = queue.front()
+        && block.taken == 0
+        && n > 0
+        && block.len() == n
+    {
+        // The task is the whole block: write the head into the room left
+        // for it, and the block's bytes are the frame.
+        let block = queue.pop_front().expect("the front block");
+        let bytes = block.bytes.len() - TASK_HEAD;
+        let mut frame = block.bytes;
+        let mut head = Vec::with_capacity(TASK_HEAD);
+        let started = header.begin(&mut head);
+        encode_into(&(n as u64), &mut head).expect("a u64 always encodes");
+        assert_eq!(head.len(), TASK_HEAD, "the task head has a fixed size");
+        frame[..TASK_HEAD].copy_from_slice(&head);
+        started.finish(&mut frame);
+        return Cut {
+            frame,
+            first,
+            bytes,
+        };
+    }
     let hint: usize = queue.front().map_or(0, |b| {
         let k = n.min(b.len());
         b.ends[b.taken + k - 1] - b.start()
@@ -363,5 +399,64 @@ fn decode_one<R: DeserializeOwned>(
             pid,
             detail: format!("unknown outcome tag {other} for item {item}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn block(first: usize, items: &[Vec<f64>]) -> Items {
+        let mut b = Items::starting_at(first);
+        for (i, it) in items.iter().enumerate() {
+            b.push(it, first + i).unwrap();
+        }
+        b
+    }
+
+    /// The items of a task frame, decoded as a worker does.
+    fn items_of(frame: &[u8], id: u64) -> Vec<Vec<f64>> {
+        let len = u64::from_le_bytes(frame[..frame::LEN_PREFIX].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - frame::LEN_PREFIX);
+        let (h, payload) = TaskHeader::parse(&frame[frame::LEN_PREFIX..]).unwrap();
+        assert_eq!(h.id, id);
+        let (items, failure) = decode_items::<Vec<f64>>(payload);
+        assert!(failure.is_none());
+        items
+    }
+
+    #[test]
+    fn a_whole_block_becomes_its_frame_in_place_and_parts_are_copied_out() {
+        let header = TaskHeader {
+            id: 0,
+            tramp: 1,
+            func: 2,
+        };
+        let items: Vec<Vec<f64>> = (0..5).map(|i| vec![i as f64; 1000 + i]).collect();
+        // Whole block: the frame is the block's own buffer.
+        let mut q = VecDeque::from([block(10, &items)]);
+        let buffer = q[0].bytes.as_ptr();
+        let cut = cut_task(header, &mut q, 5);
+        assert!(q.is_empty());
+        assert_eq!(cut.frame.as_ptr(), buffer, "the whole block was copied");
+        assert_eq!((cut.first, items_of(&cut.frame, 0)), (10, items.clone()));
+        assert_eq!(cut.bytes, cut.frame.len() - TASK_HEAD);
+        // Parts of blocks, across two blocks: copied, same layout.
+        let mut q = VecDeque::from([block(0, &items[..3]), block(3, &items[3..])]);
+        let a = cut_task(header, &mut q, 2);
+        let b = cut_task(header, &mut q, 2);
+        let c = cut_task(header, &mut q, 1);
+        assert!(q.is_empty());
+        assert_eq!((a.first, items_of(&a.frame, 0)), (0, items[..2].to_vec()));
+        assert_eq!((b.first, items_of(&b.frame, 0)), (2, items[2..4].to_vec()));
+        assert_eq!((c.first, items_of(&c.frame, 0)), (4, items[4..].to_vec()));
+        // A block truncated before any cut keeps its room for the head.
+        let mut t = block(0, &items);
+        t.truncate(2);
+        assert_eq!(t.len(), 2);
+        let mut q = VecDeque::from([t]);
+        let d = cut_task(header, &mut q, 2);
+        assert_eq!(items_of(&d.frame, 0), items[..2].to_vec());
     }
 }
