@@ -17,12 +17,13 @@
 //! `[0, 1)` from its top 53 bits (what numpy's `random()` and rand's
 //! `random::<f64>()` do).
 //!
-//! Why not ChaCha8, the previous generator: measured side by side on this
-//! machine (`benches/src/random.rs`), ChaCha8 (`rand_chacha`, AVX2) drew
-//! about 3.1 ns per double per core, numpy's PCG64 `random(out=row)` 2.5-3
-//! ns; this Philox, whose 16 independent blocks per step the compiler turns
-//! into AVX-512 or AVX2 multiplies, about 2 ns with AVX-512. Philox is also
-//! simpler to vectorise than ChaCha across blocks, which is all a row needs.
+//! Why not ChaCha8, the previous generator: it was slower than numpy per
+//! core. Side by side in one run of the comparison runner (`compare --only
+//! rng`: 2000 rows of 32 000 doubles into one reused row, one thread, on a
+//! 2-core machine loaded by other builds), in ns per double: this Philox
+//! with AVX-512 8.75-9.98, numpy's PCG64 `random(out=row)` 12.1-15.0,
+//! ChaCha8 (`rand_chacha`) 13.7-15.3. Philox's blocks are independent, so
+//! 16 of them vectorise with no shuffling between blocks.
 //!
 //! The kernel is written once over 16 lanes and compiled three times: for
 //! AVX-512, for AVX2, and for the baseline x86-64 (SSE2) or any other
