@@ -153,6 +153,8 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) ->
     let mut reader = FrameReader::default();
     let mut out: Vec<u8> = Vec::with_capacity(FLUSH_AT);
     let mut oldest: Option<Instant> = None;
+    // When the last task ended (see the MAX_HOLD check below).
+    let mut last_end = Instant::now();
     let flush = |out: &mut Vec<u8>, oldest: &mut Option<Instant>| {
         if out.is_empty() {
             return;
@@ -169,14 +171,17 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) ->
     loop {
         match reader.next_frame() {
             Ok(Some(body)) => {
-                if oldest.is_some_and(|t| t.elapsed() >= MAX_HOLD) {
+                // A result's age counts from its task's start, and "now" is
+                // when the last task ended (no clock read of its own: on
+                // this VM a clock read is a measurable part of a tiny
+                // task). So the result of a task that alone took MAX_HOLD
+                // goes out before the next task runs (the parent refills
+                // this worker's pipe from it).
+                if oldest.is_some_and(|t| last_end.duration_since(t) >= MAX_HOLD) {
                     flush(&mut out, &mut oldest);
                 }
-                // A result's age counts from its task's start: the result of
-                // a task that alone took MAX_HOLD goes out before the next
-                // task runs (the parent refills this worker's pipe from it).
                 let started = Instant::now();
-                run_task(body, &mut out);
+                last_end = run_task(body, &mut out, started);
                 oldest.get_or_insert(started);
                 if out.len() >= FLUSH_AT {
                     flush(&mut out, &mut oldest);
@@ -197,8 +202,9 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) ->
     }
 }
 
-/// Runs one task frame, appending its result frame to `out`.
-fn run_task(body: Vec<u8>, out: &mut Vec<u8>) {
+/// Runs one task frame that arrived by `t0`, appending its result frame to
+/// `out`; returns when it ended.
+fn run_task(body: Vec<u8>, out: &mut Vec<u8>, t0: Instant) -> Instant {
     let Some((header, _)) = TaskHeader::parse(&body) else {
         exit(EXIT_BAD_FRAME);
     };
@@ -208,8 +214,9 @@ fn run_task(body: Vec<u8>, out: &mut Vec<u8>) {
     // pipe is private to the parent and this worker.
     let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(tramp) };
     let started = ResultFrame::begin(out, header.id);
-    let t0 = Instant::now();
     tramp(func, body, TaskHeader::PAYLOAD_AT, out);
-    let busy = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+    let end = Instant::now();
+    let busy = end.duration_since(t0).as_nanos().min(u64::MAX as u128) as u64;
     started.finish(out, busy);
+    end
 }
