@@ -14,7 +14,7 @@ three workloads on 4 ranks (rank 0 the pool, 3 workers):
   gives the memory, the workers join the collective call from a task
   each), each row filled by numpy from its own stream
   (`default_rng([seed, row]).random(out=row)`, PCG64; forkpool-mpi uses
-  ChaCha8: the same work per value, not the same numbers).
+  the `demos` row kernel: the same work per value, not the same numbers).
 
 Each workload runs once to warm up, then --reps times; one JSON line per
 workload gives the median, like the other scripts of benches/python.

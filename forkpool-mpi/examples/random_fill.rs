@@ -1,5 +1,6 @@
 //! The `demos random-fill` demo across MPI ranks: a large random array
-//! filled by the worker ranks, one ChaCha stream per row, so the array (and
+//! filled by the worker ranks, one random stream per row (the `demos`
+//! row kernel, whatever generator it uses), so the array (and
 //! its digest) is the one the single-machine demo makes for the same seed
 //! and shape, whatever the number of ranks or nodes.
 //!
@@ -32,7 +33,7 @@ struct Args {
     /// Columns of the array.
     #[arg(long, default_value_t = 32_000)]
     cols: usize,
-    /// Master seed: the key of every row's ChaCha stream.
+    /// Master seed: the key of every row's stream.
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }
@@ -100,7 +101,7 @@ fn main() -> anyhow::Result<()> {
     let (rows, cols, seed) = (args.rows, args.cols, args.seed);
     ensure!(rows > 0 && cols > 0, "--rows and --cols must be at least 1");
     let size = (rows * cols * 8) as u64;
-    println!("== random-fill on MPI: one ChaCha stream per row, rows split over the nodes ==");
+    println!("== random-fill on MPI: one random stream per row, rows split over the nodes ==");
     fact(
         "array",
         format!(
@@ -112,7 +113,10 @@ fn main() -> anyhow::Result<()> {
         "ranks",
         format!("1 + {} workers on {} node(s)", pool.ranks(), pool.nodes()),
     );
-    fact("seed", format!("{seed} (ChaCha8, stream = row index)"));
+    fact(
+        "seed",
+        format!("{seed} (demos' row kernel, stream = row index)"),
+    );
 
     // ANCHOR: create
     let t0 = Instant::now();
