@@ -608,6 +608,23 @@ impl<'de> Decoder<'_, 'de> {
         Ok(n)
     }
 
+    /// The length of a sequence or map whose elements' sizes are not known
+    /// here. Elements may take no bytes (`()`), so a length above the bytes
+    /// left is allowed, but only up to [`MAX_EMPTY_ELEMENTS`]: a corrupt
+    /// length must not make the decoder loop for hours.
+    fn seq_len(&mut self, what: &str) -> Result<usize, Error> {
+        let n = self.len(what)?;
+        if n > self.input.len() && n > MAX_EMPTY_ELEMENTS {
+            return Err(Error::new(format!(
+                "{what} of {n} elements cannot fit in the {} bytes left (only elements of no \
+                 bytes could, and at most {MAX_EMPTY_ELEMENTS} of those are accepted): the data \
+                 is corrupt or cut short",
+                self.input.len()
+            )));
+        }
+        Ok(n)
+    }
+
     fn bytes(&mut self) -> Result<&'de [u8], Error> {
         let n = self.checked_len("a byte string", 1)?;
         self.take(n, "a byte string")
@@ -618,6 +635,10 @@ impl<'de> Decoder<'_, 'de> {
         std::str::from_utf8(b).map_err(|e| Error::new(format!("a string is not UTF-8: {e}")))
     }
 }
+
+/// Most elements a sequence may have beyond the bytes left to read them
+/// from (elements of no bytes, such as `()`).
+const MAX_EMPTY_ELEMENTS: usize = 1 << 24;
 
 /// Decodes a `Vec` of a plain number type of `size` bytes per element in
 /// one copy.
@@ -744,9 +765,7 @@ impl<'de> Deserializer<'de> for &mut Decoder<'_, 'de> {
                 return decode_plain_vec::<V>(self, size);
             }
         }
-        // Elements may take no bytes (`()`), so the length cannot be checked
-        // against the input; the size hint is capped by it instead.
-        let len = self.len("a sequence")?;
+        let len = self.seq_len("a sequence")?;
         visitor.visit_seq(Items {
             de: self,
             left: len,
@@ -770,7 +789,7 @@ impl<'de> Deserializer<'de> for &mut Decoder<'_, 'de> {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
-        let len = self.len("a map")?;
+        let len = self.seq_len("a map")?;
         visitor.visit_map(Items {
             de: self,
             left: len,
@@ -1091,6 +1110,12 @@ mod tests {
                 .to_string()
                 .contains("invalid bool")
         );
+        // Elements of no bytes: a sane count decodes, a corrupt one is an
+        // error at once instead of a loop of 2^63 steps.
+        assert_eq!(dec::<Vec<()>>(&1000u64.to_le_bytes()).unwrap().len(), 1000);
+        let e = dec::<Vec<()>>(&(1u64 << 63).to_le_bytes()).unwrap_err();
+        assert!(e.to_string().contains("cannot fit"), "{e}");
+        assert!(dec::<BTreeMap<(), ()>>(&u64::MAX.to_le_bytes()).is_err());
         assert!(dec::<char>(&0xD800u32.to_le_bytes()).is_err());
         assert!(dec::<Option<u8>>(&[9, 0]).is_err());
         let mut bad_utf8 = 2u64.to_le_bytes().to_vec();

@@ -2,7 +2,7 @@
 //!
 //! Every frame is an 8-byte little-endian body length followed by the body.
 //! The body starts with a one-byte kind and a fixed little-endian header,
-//! then a postcard payload:
+//! then a payload in the pool's wire format ([`crate::codec`]):
 //!
 //! | kind          | direction        | header                               | payload                       |
 //! |---------------|------------------|--------------------------------------|-------------------------------|
