@@ -941,3 +941,96 @@ mod tests {
         );
     }
 }
+
+/// Bounded property tests of the parser (a fuzz run that fits in CI):
+/// whatever the bytes, `parse` returns, without panicking, and what it
+/// accepts is consistent.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The headers this crate writes (byte for byte numpy's, checked in
+    /// `tests/npy.rs`), for a few dtypes and shapes.
+    fn seeds() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for descr in ["<f8", "|u1", "<i4", ">f8", "|O", "<c16"] {
+            for shape in [&[][..], &[3], &[2, 3], &[0, 3], &[1 << 40, 1 << 20]] {
+                out.push(header_bytes(descr, shape));
+            }
+        }
+        out
+    }
+
+    /// Checks what `parse` says about `bytes` as a whole file.
+    fn check(bytes: &[u8]) {
+        let prefix = &bytes[..bytes.len().min(MAX_PREFIX)];
+        if let Ok(parsed) = parse(prefix, bytes.len() as u64) {
+            assert!(parsed.data_offset <= bytes.len() as u64);
+            assert!(parsed.shape.iter().all(|&d| d <= isize::MAX as usize));
+            assert!(parsed.descr_text.len() <= 63);
+        }
+    }
+
+    /// A mutation: replace, insert or delete one byte at a position.
+    fn mutate(mut bytes: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
+        for &(at, kind, byte) in edits {
+            let at = at % (bytes.len() + 1);
+            match kind % 3 {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => {}
+            }
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_after_the_magic_parse_or_fail_cleanly(
+            version in 0u8..5,
+            rest in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut bytes = b"\x93NUMPY".to_vec();
+            bytes.extend_from_slice(&[version, 0]);
+            bytes.extend_from_slice(&rest);
+            check(&bytes);
+        }
+
+        #[test]
+        fn mutants_of_numpy_headers_parse_or_fail_cleanly(
+            seed in 0usize..30,
+            edits in proptest::collection::vec((0usize..200, any::<u8>(), any::<u8>()), 1..8),
+            tokens in proptest::collection::vec(0usize..12, 0..4),
+        ) {
+            let mut bytes = seeds()[seed].clone();
+            // Splice in whole tokens too: brackets, numbers, names.
+            const TOKENS: [&[u8]; 12] = [
+                b"(", b")", b"[[", b"]]", b"{", b"}", b"'x'", b"99999999999999999999",
+                b"True", b"-", b"3L", b"#",
+            ];
+            for (i, &t) in tokens.iter().enumerate() {
+                let at = 10 + (i * 17) % (bytes.len() - 10);
+                bytes.splice(at..at, TOKENS[t].iter().copied());
+            }
+            check(&mutate(bytes, &edits));
+        }
+
+        #[test]
+        fn written_headers_read_back(
+            dims in proptest::collection::vec(0usize..1 << 20, 0..6),
+        ) {
+            let bytes = header_bytes("<i2", &dims);
+            let parsed = parse(&bytes, bytes.len() as u64).unwrap();
+            prop_assert_eq!(parsed.shape, dims);
+            prop_assert_eq!(parsed.data_offset, bytes.len() as u64);
+            prop_assert_eq!(bytes.len() % ARRAY_ALIGN, 0);
+        }
+    }
+}

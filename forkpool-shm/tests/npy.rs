@@ -352,7 +352,8 @@ fn deep_nesting_in_a_224_byte_header_is_parsed_at_once() {
     let levels = 30;
     let shape = format!("{}3{},", "(".repeat(levels), ")".repeat(levels));
     let text = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({shape})}}");
-    let bytes = npy_with(1, &format!("{text:<214}"), 24);
+    // Padded and ended with a newline, as numpy writes it.
+    let bytes = npy_with(1, &format!("{text:<213}\n"), 24);
     assert_eq!(bytes.len(), 224 + 24);
     let path = dir.path().join("nested.npy");
     std::fs::write(&path, &bytes).unwrap();
@@ -366,7 +367,7 @@ fn deep_nesting_in_a_224_byte_header_is_parsed_at_once() {
     child.join();
 
     let descr = format!("{}3{}", "[".repeat(levels), "]".repeat(levels));
-    let text = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': (3,)}}");
+    let text = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': (3,)}}\n");
     let err = open_in_limited_child(dir.path(), "nested-descr.npy", &npy_with(1, &text, 24));
     assert!(err.contains("structured dtype"), "{err}");
 }
@@ -378,7 +379,7 @@ fn thousands_of_nesting_levels_are_refused_without_overflowing_the_stack() {
     let dir = temp();
     let levels = 4_900;
     let text = format!(
-        "{{'descr': '<f8', 'fortran_order': False, 'shape': {}3{}}}",
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': {}3{}}}\n",
         "(".repeat(levels),
         ")".repeat(levels)
     );
@@ -386,7 +387,7 @@ fn thousands_of_nesting_levels_are_refused_without_overflowing_the_stack() {
     let err = open_in_limited_child(dir.path(), "deep.npy", &npy_with(1, &text, 8));
     assert!(err.contains("nested deeper than 32 levels"), "{err}");
     // The reproducer's shape: 18 656 bytes, a header over numpy's limit.
-    let text = format!("{{'shape': {}{}", "[".repeat(18_656 - 12 - 11), "]");
+    let text = format!("{{'shape': {}{}\n", "[".repeat(18_656 - 12 - 12), "]");
     let bytes = npy_with(3, &text, 0);
     assert_eq!(bytes.len(), 18_656);
     let err = open_in_limited_child(dir.path(), "deeper.npy", &bytes);
@@ -400,7 +401,7 @@ fn thousands_of_nesting_levels_are_refused_without_overflowing_the_stack() {
 fn a_two_megabyte_number_is_refused_unread_and_kept_out_of_the_message() {
     let dir = temp();
     let text = format!(
-        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},)}}",
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},)}}\n",
         "9".repeat(2 << 20)
     );
     let err = open_in_limited_child(dir.path(), "long-number.npy", &npy_with(2, &text, 0));
@@ -408,7 +409,7 @@ fn a_two_megabyte_number_is_refused_unread_and_kept_out_of_the_message() {
     assert!(err.contains("more than numpy's limit"), "{err}");
     // Under the limit, a long number is refused by its length.
     let text = format!(
-        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},)}}",
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},)}}\n",
         "9".repeat(9_000)
     );
     let err = open_in_limited_child(dir.path(), "long-number-2.npy", &npy_with(1, &text, 0));
@@ -510,4 +511,73 @@ fn dtypes_are_named_as_numpy_names_them_and_synonyms_open() {
             && err.contains("too short"),
         "{err}"
     );
+}
+
+#[test]
+fn the_header_written_is_numpys_byte_for_byte() {
+    let dir = temp();
+    let shapes: [&[usize]; 5] = [&[], &[7], &[3, 4], &[0, 5], &[12_345, 2, 1]];
+    let mut paths = Vec::new();
+    for (i, shape) in shapes.iter().enumerate() {
+        let path = dir.path().join(format!("ours{i}.npy"));
+        // SAFETY: a fresh file used only here.
+        drop(unsafe { SharedArray::<u8>::create_npy(&path, shape) }.unwrap());
+        paths.push(path);
+    }
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let out = python_numpy(
+        "import sys, io, numpy as np\n\
+         from numpy.lib import format as fmt\n\
+         for path in sys.argv[1:]:\n\
+         \x20   ours = open(path, 'rb').read()\n\
+         \x20   a = np.load(path, mmap_mode='r')\n\
+         \x20   buf = io.BytesIO()\n\
+         \x20   fmt.write_array_header_1_0(buf, fmt.header_data_from_array_1_0(a))\n\
+         \x20   theirs = buf.getvalue()\n\
+         \x20   assert ours[:len(theirs)] == theirs, (ours[:len(theirs)], theirs)\n\
+         print('ok')",
+        &refs,
+    );
+    assert_eq!(out.trim(), "ok");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 64, ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// The openers, fuzzed (bounded): a mutated file is opened or refused,
+    /// never a panic, and what opens is exactly as long as the file.
+    #[test]
+    fn mutated_files_open_consistently_or_are_refused(
+        edits in proptest::collection::vec((0usize..140, 0u8..3, proptest::prelude::any::<u8>()), 1..6),
+        data in 0usize..200,
+    ) {
+        let dir = temp();
+        let path = dir.path().join("m.npy");
+        // SAFETY: a fresh file used only here.
+        drop(unsafe { SharedArray::<u16>::create_npy(&path, &[3, 4]) }.unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(128);
+        for (at, kind, byte) in edits {
+            let at = at.min(bytes.len() - 1);
+            match kind {
+                0 => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ => { bytes.remove(at); }
+            }
+        }
+        bytes.resize(bytes.len() + data, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        // SAFETY: as above; read-only, and nothing changes the file.
+        if let Ok(a) = unsafe { SharedArray::<u16>::open_npy_readonly(&path) } {
+            let header = bytes.len() as u64 - a.size_bytes();
+            proptest::prop_assert!(header >= 10 && header.is_multiple_of(2));
+            proptest::prop_assert_eq!(a.iter().count(), a.len());
+        }
+        // SAFETY: as above.
+        if let Ok(a) = unsafe { SharedArray::<u8>::open_npy_readonly(&path) } {
+            proptest::prop_assert_eq!(a.to_vec().len(), a.len());
+        }
+    }
 }
