@@ -241,6 +241,76 @@ impl FileOptions {
     }
 }
 
+impl FileOptions {
+    /// Saves a copy of `array` as a `.npy` file at `path`, as `np.save`
+    /// does, but under these options: by default only where nothing exists
+    /// (see [`SharedArray::save_npy`]); with [`overwrite`](Self::overwrite),
+    /// replacing a regular file atomically.
+    ///
+    /// # Errors
+    ///
+    /// As for [`SharedArray::save_npy`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::{FileOptions, SharedArray};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("result.npy");
+    /// let array = SharedArray::<i32>::new(&[2, 2])?;
+    /// array.save_npy(&path)?;
+    /// array.fill(5);
+    /// // A second save must ask to replace the first:
+    /// assert!(array.save_npy(&path).is_err());
+    /// FileOptions::new().overwrite(true).save_npy(&array, &path)?;
+    /// // SAFETY: a file only this program uses.
+    /// let saved = unsafe { SharedArray::<i32>::open_npy_readonly(&path)? };
+    /// assert_eq!(saved.to_vec(), [5; 4]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn save_npy<T: Element>(
+        &self,
+        array: &SharedArray<T>,
+        path: impl AsRef<Path>,
+    ) -> Result<(), ShmError> {
+        let path = path.as_ref();
+        let target = target(path, self)?;
+        let header = npy::header_bytes(T::NPY_DESCR, array.shape());
+        let total = header.len() as u64 + array.size_bytes();
+        check_disk_space(&target.path, target.dir(), total)?;
+        let temp = target.temporary(target.dir())?;
+        let write = io(&target.path, "write the .npy file");
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, temp.as_file());
+        out.write_all(&header).map_err(write)?;
+        // Element by element (atomic loads), a megabyte at a time.
+        let mut buf: Vec<T> = Vec::with_capacity((1 << 20) / size_of::<T>());
+        let mut values = array.iter();
+        loop {
+            buf.clear();
+            buf.extend(values.by_ref().take(buf.capacity()));
+            if buf.is_empty() {
+                break;
+            }
+            // SAFETY: the elements are plain numbers (`Element` is sealed to
+            // integers and floats): no padding, every byte initialised, so
+            // the buffer is `size_of_val(buf)` readable bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), size_of_val(&buf[..]))
+            };
+            out.write_all(bytes)
+                .map_err(io(&target.path, "write the .npy file"))?;
+        }
+        out.flush()
+            .map_err(io(&target.path, "write the .npy file"))?;
+        drop(out);
+        temp.as_file()
+            .sync_all()
+            .map_err(io(&target.path, "sync the .npy file to disk"))?;
+        target.persist(temp, self)
+    }
+}
+
 /// What kind of file system object `meta` is, in words.
 fn kind_of(meta: &std::fs::Metadata) -> &'static str {
     let t = meta.file_type();
@@ -382,10 +452,7 @@ unsafe fn create_region(
     prefix: &[u8],
 ) -> Result<Region, ShmError> {
     let target = target(path, options)?;
-    let dir = match target.path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let dir = target.dir();
     let total = (prefix.len() as u64)
         .checked_add(layout.bytes)
         .ok_or_else(|| ShmError::InvalidShape {
@@ -393,23 +460,7 @@ unsafe fn create_region(
             reason: "the file would be larger than a file can be".into(),
         })?;
     check_disk_space(&target.path, dir, total)?;
-    let name = target
-        .path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".part")
-        .permissions(Permissions::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(io(&target.path, "create a temporary file in the directory"))?;
-    if let Some(permissions) = target.replaces {
-        temp.as_file().set_permissions(permissions).map_err(io(
-            &target.path,
-            "give the new file the old one's permissions",
-        ))?;
-    }
+    let temp = target.temporary(dir)?;
     let mut file = temp.as_file();
     file.write_all(prefix)
         .map_err(io(&target.path, "write the .npy header"))?;
@@ -432,20 +483,67 @@ unsafe fn create_region(
             true,
         )?
     };
-    let persisted = if options.overwrite {
-        temp.persist(&target.path)
-    } else {
-        temp.persist_noclobber(&target.path)
-    };
-    match persisted {
-        Ok(_) => Ok(region),
-        Err(e) if e.error.kind() == ErrorKind::AlreadyExists => Err(refuse(
-            &target.path,
-            "create the file",
-            ErrorKind::AlreadyExists,
-            "another process created it meanwhile; it is left untouched".into(),
-        )),
-        Err(e) => Err(io(&target.path, "rename the new file into place")(e.error)),
+    target.persist(temp, options)?;
+    Ok(region)
+}
+
+impl Target {
+    /// The directory the file goes in.
+    fn dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
+    /// A new temporary file in `dir` (the target's directory), with the
+    /// permissions of the file it replaces, or `0666` less the umask.
+    fn temporary(&self, dir: &Path) -> Result<tempfile::NamedTempFile, ShmError> {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".part")
+            .permissions(Permissions::from_mode(0o666))
+            .tempfile_in(dir)
+            .map_err(io(&self.path, "create a temporary file in the directory"))?;
+        if let Some(permissions) = &self.replaces {
+            temp.as_file()
+                .set_permissions(permissions.clone())
+                .map_err(io(
+                    &self.path,
+                    "give the new file the old one's permissions",
+                ))?;
+        }
+        Ok(temp)
+    }
+
+    /// Renames the finished `temp` to the target: over an existing file if
+    /// `options` allow, else only where nothing exists (checked again at
+    /// the rename, atomically). On failure `temp` is removed.
+    fn persist(
+        &self,
+        temp: tempfile::NamedTempFile,
+        options: &FileOptions,
+    ) -> Result<(), ShmError> {
+        let persisted = if options.overwrite {
+            temp.persist(&self.path)
+        } else {
+            temp.persist_noclobber(&self.path)
+        };
+        match persisted {
+            Ok(_) => Ok(()),
+            Err(e) if e.error.kind() == ErrorKind::AlreadyExists => Err(refuse(
+                &self.path,
+                "create the file",
+                ErrorKind::AlreadyExists,
+                "another process created it meanwhile; it is left untouched".into(),
+            )),
+            Err(e) => Err(io(&self.path, "rename the new file into place")(e.error)),
+        }
     }
 }
 
@@ -862,6 +960,44 @@ file_constructors!(
 );
 
 impl<T: Element> SharedArray<T> {
+    /// Saves a copy of the array as a `.npy` file at `path`, as `np.save`
+    /// does: numpy reads it with `np.load(path)`, and
+    /// [`open_npy`](Self::open_npy) maps it. Safe: the file is written, not
+    /// mapped.
+    ///
+    /// Unlike `np.save`, nothing may exist at `path` (use
+    /// [`FileOptions::overwrite`] and [`FileOptions::save_npy`] to replace a
+    /// file). The file is written under a temporary name in the same
+    /// directory, synced to disk and renamed into place, so `path` never
+    /// holds a partial file. The elements are read one by one with atomic
+    /// loads: save when no process writes the array (after the workers are
+    /// done) for a consistent copy.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::Io`] if something exists at `path` (kind
+    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists)) or the file
+    /// cannot be written; [`ShmError::Reserve`] if the disk is too small.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::SharedArray;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("result.npy");
+    /// let array = SharedArray::<f64>::new(&[3, 2])?;
+    /// array.fill_row(1, 2.5);
+    /// array.save_npy(&path)?;
+    /// // SAFETY: a file only this program uses.
+    /// let saved = unsafe { SharedArray::<f64>::open_npy(&path)? };
+    /// assert_eq!((saved.shape(), saved.get_at(&[1, 1])), (&[3, 2][..], 2.5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn save_npy(&self, path: impl AsRef<Path>) -> Result<(), ShmError> {
+        FileOptions::new().save_npy(self, path)
+    }
+
     /// Opens an existing raw file holding an array of `shape` for reading
     /// only: the file is opened `O_RDONLY` and mapped `PROT_READ`, as
     /// `np.memmap(path, mode='r')` does, so neither this process nor those it

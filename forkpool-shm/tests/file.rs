@@ -337,9 +337,11 @@ fn a_read_only_open_maps_the_file_prot_read_and_refuses_writes() {
     array.set(1, 9);
     drop(array);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    // ANCHOR: readonly
     // SAFETY: nothing writes or truncates the file while it is mapped.
     let array = unsafe { SharedArray::<u16>::open_npy_readonly(&path) }.unwrap();
     assert!(array.is_read_only());
+    // ANCHOR_END: readonly
     assert_eq!(array.to_vec(), [0, 9, 0, 0, 0, 0]);
     array.prefault_read(0..3).unwrap();
     assert!(matches!(
@@ -379,9 +381,11 @@ fn overwrite_replaces_a_file_atomically_and_keeps_its_permissions() {
     old.fill(1.5);
     old.flush().unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    // ANCHOR: overwrite
     let options = FileOptions::new().overwrite(true);
     // SAFETY: as above; `old` maps the old file, which the rename unlinks.
     let new: SharedArray<f32> = unsafe { options.create_npy(&path, &[2, 2]) }.unwrap();
+    // ANCHOR_END: overwrite
     assert!(new.iter().all(|x| x == 0.0));
     // The old mapping keeps the old file's data; the path is the new file.
     assert!(old.iter().all(|x| x == 1.5));

@@ -346,18 +346,23 @@ fn a_72_byte_file_claiming_a_4_gib_header_is_refused_without_allocating_it() {
 
 #[test]
 fn deep_nesting_in_a_224_byte_header_is_parsed_at_once() {
-    // The old parser doubled its time per level: 31 levels took hours.
+    // The old parser doubled its time per level of nested lists: 20 levels
+    // took 3.35 s, 31 about two hours (it now fails the child's deadline).
     let dir = temp();
-    // The dict and the shape's tuple are two levels: 30 more make 32.
     let levels = 30;
-    let shape = format!("{}3{},", "(".repeat(levels), ")".repeat(levels));
-    let text = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({shape})}}");
-    // Padded and ended with a newline, as numpy writes it.
+    let descr = format!("{}3{}", "[".repeat(levels), "]".repeat(levels));
+    let text = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': (3,)}}");
     let bytes = npy_with(1, &format!("{text:<213}\n"), 24);
     assert_eq!(bytes.len(), 224 + 24);
+    let err = open_in_limited_child(dir.path(), "nested-descr.npy", &bytes);
+    assert!(err.contains("structured dtype"), "{err}");
+
+    // Nesting that numpy accepts opens: `((((3))),)` is `(3,)`. The dict
+    // and the shape's tuple are two levels: 30 more make 32.
+    let shape = format!("{}3{},", "(".repeat(levels), ")".repeat(levels));
+    let text = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({shape})}}");
     let path = dir.path().join("nested.npy");
-    std::fs::write(&path, &bytes).unwrap();
-    // As numpy does: `((((3))),)` is `(3,)`.
+    std::fs::write(&path, npy_with(1, &format!("{text:<213}\n"), 24)).unwrap();
     let child = common::spawn(|| {
         // SAFETY: a private file used only here.
         let array = unsafe { SharedArray::<f64>::open_npy(&path) }.map_err(|e| e.to_string())?;
@@ -365,22 +370,18 @@ fn deep_nesting_in_a_224_byte_header_is_parsed_at_once() {
         Ok(())
     });
     child.join();
-
-    let descr = format!("{}3{}", "[".repeat(levels), "]".repeat(levels));
-    let text = format!("{{'descr': {descr}, 'fortran_order': False, 'shape': (3,)}}\n");
-    let err = open_in_limited_child(dir.path(), "nested-descr.npy", &npy_with(1, &text, 24));
-    assert!(err.contains("structured dtype"), "{err}");
 }
 
 #[test]
 fn thousands_of_nesting_levels_are_refused_without_overflowing_the_stack() {
-    // The old parser recursed per level: ~5 120 levels (15.5 KB) aborted the
-    // process with a stack overflow, 1 536 on a 2 MiB thread stack.
+    // The old parser recursed per level: `(1, (1, ...))` 5 120 levels deep
+    // (15.5 KB) aborted the process with a stack overflow, 1 536 levels on a
+    // 2 MiB thread stack (this child runs on a test thread's stack).
     let dir = temp();
-    let levels = 4_900;
+    let levels = 1_900;
     let text = format!(
-        "{{'descr': '<f8', 'fortran_order': False, 'shape': {}3{}}}\n",
-        "(".repeat(levels),
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': {}1{}}}\n",
+        "(1, ".repeat(levels),
         ")".repeat(levels)
     );
     assert!(text.len() <= 10_000);
@@ -580,4 +581,41 @@ proptest::proptest! {
             proptest::prop_assert_eq!(a.to_vec().len(), a.len());
         }
     }
+}
+
+#[test]
+fn save_npy_writes_a_copy_numpy_loads_and_never_replaces_unasked() {
+    let dir = temp();
+    let path = dir.path().join("saved.npy");
+    // More than the 1 MiB the copy is written in at a time.
+    let array = SharedArray::<i64>::new(&[3, 100_000]).unwrap();
+    for row in 0..3 {
+        let values: Vec<i64> = (0..100_000).map(|c| row as i64 * 1_000_000 + c).collect();
+        array.write_row(row, &values);
+    }
+    array.save_npy(&path).unwrap();
+    let out = python_numpy(
+        "import sys, numpy as np\n\
+         a = np.load(sys.argv[1])\n\
+         assert a.dtype == np.int64 and a.shape == (3, 100000), (a.dtype, a.shape)\n\
+         assert (a == np.arange(100000) + 1000000 * np.arange(3)[:, None]).all()\n\
+         print('ok')",
+        &[&path],
+    );
+    assert_eq!(out.trim(), "ok");
+    let before = std::fs::read(&path).unwrap();
+    array.fill(0);
+    let err = array.save_npy(&path).unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    forkpool_shm::FileOptions::new()
+        .overwrite(true)
+        .save_npy(&array, &path)
+        .unwrap();
+    // SAFETY: a private file nobody changes while it is mapped.
+    let saved = unsafe { SharedArray::<i64>::open_npy_readonly(&path) }.unwrap();
+    assert_eq!(saved.shape(), &[3, 100_000]);
+    assert!(saved.iter().all(|x| x == 0));
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file is left");
 }
