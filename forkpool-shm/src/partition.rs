@@ -435,7 +435,9 @@ impl<T: Element> PartitionedArray<T> {
             let overlaps = held_rows.start < rows.end && rows.start < held_rows.end;
             let conflicts = exclusive || slot.exclusive.load(Ordering::Relaxed) != 0;
             if overlaps && conflicts {
-                if process::is_alive(holder, slot.start_time.load(Ordering::Relaxed)) {
+                // Fails closed: a holder whose liveness cannot be read
+                // keeps its rows.
+                if process::may_be_alive(holder, slot.start_time.load(Ordering::Relaxed)) {
                     return Err(ShmError::RowsBusy {
                         requested: rows,
                         held: held_rows,
@@ -724,7 +726,20 @@ impl<T: Element> RowsMut<'_, T> {
     /// rows.fill(1.0);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
-    pub fn prefault(&self) -> Result<(), ShmError> {
+    ///
+    /// It takes `&mut self`: on kernels without `MADV_POPULATE_WRITE` it
+    /// touches each page with a write (an atomic that keeps the value), so no
+    /// shared borrow of the rows may be live:
+    ///
+    /// ```compile_fail
+    /// let array = forkpool_shm::PartitionedArray::<f64>::new(&[4, 512])?;
+    /// let mut rows = array.claim_rows(0..2)?;
+    /// let first: &[f64] = &rows;
+    /// rows.prefault()?; // error: `rows` is also borrowed by `first`
+    /// assert_eq!(first[0], 0.0);
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn prefault(&mut self) -> Result<(), ShmError> {
         self.claim.prefault(Access::Write)
     }
 }

@@ -93,12 +93,26 @@ fn stat_of(pid: i32) -> Option<Stat> {
     Some(stat.into())
 }
 
-/// Whether the process `pid`, started at `start_time`, is still running
-/// (zombies and reused pids count as dead).
-pub(crate) fn is_alive(pid: i32, start_time: u64) -> bool {
-    match stat_of(pid) {
-        None => false,
-        Some(stat) => !matches!(stat.state, 'Z' | 'X' | 'x') && stat.start_time == start_time,
+/// Whether the process `pid`, started at `start_time`, may still be
+/// running. `false` only when it is known to be gone: no `/proc/<pid>`, a
+/// zombie, or another process since (the pid was reused). When `/proc`
+/// cannot be read for another reason (no descriptor left, no permission,
+/// `/proc` not mounted) the answer is `true`: a row claim is cleared as stale
+/// only when its holder is known to be dead, never on a failed read
+/// (clearing a live claim would hand out a second `&mut` to its rows).
+pub(crate) fn may_be_alive(pid: i32, start_time: u64) -> bool {
+    let (me, my_start) = identity();
+    if pid == me {
+        // This process holds it, unless an earlier process with this pid did.
+        return my_start == 0 || start_time == my_start;
+    }
+    match procfs::process::Process::new(pid).and_then(|p| p.stat()) {
+        Err(procfs::ProcError::NotFound(_)) => false,
+        Err(_) => true,
+        Ok(stat) => {
+            let stat = Stat::from(stat);
+            !matches!(stat.state, 'Z' | 'X' | 'x') && stat.start_time == start_time
+        }
     }
 }
 
@@ -127,8 +141,12 @@ mod tests {
         let (pid, start) = identity();
         assert_eq!(pid, std::process::id() as i32);
         assert!(start > 0);
-        assert!(is_alive(pid, start));
-        assert!(!is_alive(pid, start + 1));
-        assert!(!is_alive(i32::MAX, start));
+        assert!(may_be_alive(pid, start));
+        assert!(!may_be_alive(pid, start + 1));
+        assert!(!may_be_alive(i32::MAX, start));
+        let parent = nix::unistd::getppid().as_raw();
+        let parent_start = stat_of(parent).unwrap().start_time;
+        assert!(may_be_alive(parent, parent_start));
+        assert!(!may_be_alive(parent, parent_start + 1));
     }
 }

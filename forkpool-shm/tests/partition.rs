@@ -114,3 +114,47 @@ fn a_claim_left_by_a_killed_process_is_cleared() {
         .expect("the dead process's claim is stale");
     assert_eq!(rows.as_slice(), [1; 8]);
 }
+
+/// Claims fail closed (issue 14): when a claim's holder cannot be checked
+/// (here no file descriptor is left to read `/proc/<pid>/stat`), the claim
+/// stands. The old code took the failed read for a dead holder, cleared the
+/// claim and handed the same rows out a second time, as two `&mut [T]`.
+#[test]
+fn a_claim_whose_holder_cannot_be_checked_is_not_taken_over() {
+    use nix::sys::resource::{Resource, setrlimit};
+    let array = PartitionedArray::<u32>::new(&[8, 16]).unwrap();
+    let held = array.claim_rows(0..4).unwrap();
+    let parent = std::process::id() as i32;
+    let child = spawn(|| {
+        setrlimit(Resource::RLIMIT_NOFILE, 8, 8).map_err(|e| e.to_string())?;
+        let mut files = Vec::new();
+        while let Ok(file) = std::fs::File::open("/dev/null") {
+            files.push(file);
+        }
+        ensure!(
+            std::fs::read_to_string("/proc/self/stat").is_err(),
+            "/proc is still readable"
+        );
+        // Another process's claim.
+        match array.claim_rows(2..3) {
+            Err(ShmError::RowsBusy { pid, .. }) if pid == parent => {}
+            other => return Err(format!("the parent's rows 2..3 were handed out: {other:?}")),
+        }
+        // This process's own claim.
+        let mine = array.claim_rows(4..6).map_err(|e| e.to_string())?;
+        match array.claim_rows(5..6) {
+            Err(ShmError::RowsBusy { .. }) => {}
+            other => return Err(format!("rows 5..6 were handed out twice: {other:?}")),
+        }
+        drop(mine);
+        drop(files);
+        Ok(())
+    });
+    child.join();
+    assert!(matches!(
+        array.claim_rows(3..4),
+        Err(ShmError::RowsBusy { .. })
+    ));
+    drop(held);
+    assert!(array.claim_rows(0..8).is_ok());
+}
