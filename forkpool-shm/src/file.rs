@@ -21,6 +21,8 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+
 use crate::element::Element;
 use crate::error::ShmError;
 use crate::memfd;
@@ -467,7 +469,26 @@ unsafe fn create_region(
     if layout.bytes > 0 {
         let (offset, len) = (prefix.len() as i64, layout.bytes as i64);
         // One call: a file system reserves all of it or fails.
-        memfd::reserve(file, offset, len, len, &target.path.display().to_string())?;
+        match memfd::reserve(file, offset, len, len, &target.path.display().to_string()) {
+            Ok(_) => {}
+            // Out of space: the error says so, with the size.
+            Err(
+                e @ ShmError::Reserve {
+                    cause: Errno::ENOSPC | Errno::EDQUOT,
+                    ..
+                },
+            ) => {
+                return Err(e);
+            }
+            // Anything else (a file size limit, an I/O error, an immutable
+            // directory) is named as it is, not as a lack of space.
+            Err(ShmError::Reserve { cause, .. }) => {
+                return Err(io(&target.path, "reserve the file's disk space")(
+                    std::io::Error::from_raw_os_error(cause as i32),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
     }
     let data_offset = prefix.len() as u64;
     // SAFETY: forwarded from the caller; the temporary file is ours alone

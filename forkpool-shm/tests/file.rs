@@ -427,3 +427,28 @@ fn following_a_symlink_replaces_its_target_and_keeps_the_link() {
     assert_eq!(std::fs::read(&target).unwrap(), [3; 4]);
     assert_eq!(array.path(), Some(target.as_path()));
 }
+
+/// A create that fails for another reason than space says so: the old
+/// message blamed "not enough free memory or disk space" for any error.
+#[test]
+fn a_create_over_the_file_size_limit_names_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.f64");
+    let child = spawn(|| {
+        use nix::sys::resource::{Resource, setrlimit};
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: ignoring a signal installs no handler code.
+        unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.map_err(|e| e.to_string())?;
+        setrlimit(Resource::RLIMIT_FSIZE, 1 << 20, 1 << 20).map_err(|e| e.to_string())?;
+        // SAFETY: the create fails; nothing is mapped.
+        let err = match unsafe { SharedArray::<f64>::create_file(&path, &[1 << 20]) } {
+            Ok(_) => return Err("a file over RLIMIT_FSIZE was created".into()),
+            Err(err) => err.to_string(),
+        };
+        ensure!(err.contains("File too large"), "{err}");
+        ensure!(!err.contains("not enough free memory"), "{err}");
+        Ok(())
+    });
+    child.join();
+    assert!(entries(dir.path()).is_empty(), "nothing is left behind");
+}
