@@ -25,7 +25,7 @@ use crate::region::{Backing, Region};
 /// `np.load(mmap_mode='r+')`.
 ///
 /// - **Anonymous** arrays ([`new`](Self::new)) live in a memfd mapped
-///   `MAP_SHARED`: zero-filled, their memory reserved up front, nothing in
+///   `MAP_SHARED`: zero-filled, their memory allocated up front, nothing in
 ///   `/dev/shm`, freed when the last process that maps them drops them or
 ///   dies.
 /// - **Handles are cheap**: `clone` is a reference-count increment, and a

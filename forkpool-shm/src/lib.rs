@@ -98,8 +98,8 @@
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
-    "forkpool-shm runs on Linux only: its arrays are memfd_create memory reserved with \
-     fallocate and pre-faulted with MADV_POPULATE_WRITE, and its memory reports read \
+    "forkpool-shm runs on Linux only: its arrays are memfd_create memory populated with \
+     MADV_POPULATE_WRITE (or reserved with fallocate), and its memory reports read \
      Linux's /proc, which macOS, the BSDs and Windows do not have"
 );
 
