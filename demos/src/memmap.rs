@@ -40,7 +40,8 @@ pub struct Args {
     processes: usize,
     /// Write the array to this file and keep it (default: a file in a
     /// temporary directory, removed at the end). An existing file is
-    /// overwritten; no other program may change it while the demo runs.
+    /// refused, never overwritten (remove it first); no other program may
+    /// change the file while the demo runs.
     #[arg(long)]
     file: Option<PathBuf>,
     /// A raw file of bare elements (for `np.memmap`) instead of `.npy`

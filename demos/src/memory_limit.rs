@@ -45,7 +45,8 @@ pub struct Args {
     /// Worker processes filling the file-backed array.
     #[arg(long, default_value_t = 2)]
     processes: usize,
-    /// Then make the array in this file (created or overwritten, and kept)
+    /// Then make the array in this file (created, never overwritten: an
+    /// existing file is refused; kept afterwards)
     /// and fill it: the way that works. The disk needs room for it.
     #[arg(long)]
     file: Option<PathBuf>,
