@@ -81,9 +81,12 @@ pub fn kill(pid: i32, sig: i32) {
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
-/// Waits until `cond` holds, failing after 10 s with `what`.
+/// Waits until `cond` holds, failing after 30 s with `what`. The deadline
+/// only turns a hang into a failure: it is generous because `cargo test`
+/// runs many pool-forking tests at once, and on a loaded 2-core machine two
+/// workers reaching their initializer once took longer than 10 s.
 pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
