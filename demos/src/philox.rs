@@ -22,7 +22,8 @@
 //! rng`: 2000 rows of 32 000 doubles into one reused row, one thread, on a
 //! 2-core machine loaded by other builds), in ns per double: this Philox
 //! with AVX-512 8.75-9.98, numpy's PCG64 `random(out=row)` 12.1-15.0,
-//! ChaCha8 (`rand_chacha`) 13.7-15.3. Philox's blocks are independent, so
+//! ChaCha8 (`rand_chacha`) 13.7-15.3; with the load lower, 3.52, 4.22 and
+//! 3.90 (`benches/RESULTS.md`). Philox's blocks are independent, so
 //! 16 of them vectorise with no shuffling between blocks.
 //!
 //! The kernel is written once over 16 lanes and compiled three times: for
