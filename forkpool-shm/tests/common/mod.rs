@@ -41,11 +41,25 @@ pub enum Outcome {
 /// the message if it returned `Err`, 2 with the message if it panicked.
 pub fn spawn<F: FnOnce() -> Result<(), String>>(work: F) -> Child {
     let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).expect("pipe2");
+    let parent = nix::unistd::getpid();
     // SAFETY: the child runs only `work` (test code that uses the crate and
     // async-signal-tolerant calls; glibc's malloc is fork-safe) and ends with
     // `_exit`, never returning into the harness.
     match unsafe { fork() }.expect("fork") {
         ForkResult::Child => {
+            // A child dies with the thread that forked it: a test that fails
+            // (panics) before killing the children it parked in a sleep loop
+            // must not leave them running, holding the harness's output pipe
+            // open (a grandchild dies with its child the same way).
+            // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid have no memory-safety
+            // preconditions.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent.as_raw() {
+                    // The parent died before the death signal was armed.
+                    libc::_exit(3);
+                }
+            }
             drop(read_end);
             let (code, message) = match catch_unwind(AssertUnwindSafe(work)) {
                 Ok(Ok(())) => (0, String::new()),
