@@ -61,8 +61,14 @@ use crate::task::{Cut, Items, cut_task};
 
 /// Estimated work (by the job's own task times) a worker may hold: about
 /// what covers a result's trip back and the refill's trip out, results
-/// being held up to 200 µs by the worker for company.
-pub(crate) const HOLD_NS: f64 = 1_000_000.0;
+/// being held up to 200 µs by the worker for company. It is also the most
+/// work a worker can be stuck with when a job's items turn costly at once:
+/// measured on 2 quiet cores (`compare --only sched`), 1 ms here left
+/// `imap_unordered(chunksize 1)` of 3000 x 20 µs then 40 x 25 ms at 0.77
+/// of ideal (about 50 cheap-looking tasks held per worker), 250 µs at 0.99,
+/// with the same tiny-task rate (100 000 tasks at chunksize 1: 67-77 ms
+/// against 62-71 ms, alternated).
+pub(crate) const HOLD_NS: f64 = 250_000.0;
 /// A task estimated at least this long goes to a worker only when it holds
 /// nothing (a round trip is then under 2 % of the task).
 pub(crate) const LONG_NS: f64 = 5_000_000.0;
