@@ -195,12 +195,12 @@ fn pid_log(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("forkpool-{name}-{}", std::process::id()))
 }
 
+/// The pids in the log: complete lines only (a line still being written is
+/// not a pid yet).
 fn logged_pids(path: &std::path::Path) -> Vec<i32> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().filter_map(|p| p.parse().ok()).collect()
 }
 
 #[test]
@@ -234,7 +234,11 @@ fn kills_before_ready_are_replaced_and_build_succeeds() {
                         .append(true)
                         .open(&path)
                         .unwrap();
-                    writeln!(f, "{}", std::process::id()).unwrap();
+                    // One write per line: `writeln!` on a bare File makes
+                    // two (the pid, then the newline), and two workers'
+                    // writes then interleave into a pid that is no one's.
+                    f.write_all(format!("{}\n", std::process::id()).as_bytes())
+                        .unwrap();
                     std::thread::sleep(Duration::from_millis(300));
                 })
                 .build()
