@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Procs, TestPool};
+use common::{Procs, TestPool, within};
 use forkpool::{Error, ExitCause, Pool};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -560,17 +560,6 @@ fn a_frame_cut_short_by_a_clean_exit_names_the_byte_counts() {
         other => panic!("expected Frame, got {other:?}"),
     }
     assert_eq!(pool.apply(double, 3).unwrap(), 6);
-}
-
-/// Runs `f` on a thread and waits for it up to `secs`: a hang is a test
-/// failure, not a stuck test run (the stuck thread is left behind).
-fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s (hung)"))
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Procs, TestPool};
+use common::{Procs, TestPool, within};
 use forkpool::{Error, Pool};
 
 fn double(x: u64) -> u64 {
@@ -38,17 +38,6 @@ fn tagged((item, us): (u64, u64)) -> (u64, i32) {
 fn nap(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
-}
-
-/// Runs `f` on a thread and waits for it up to `secs`: a hang fails the
-/// test (the stuck thread is left behind).
-fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s (hung)"))
 }
 
 #[test]

@@ -258,3 +258,18 @@ pub fn fill_fds_leaving(free: usize) -> Vec<std::os::fd::OwnedFd> {
     held.truncate(held.len() - free);
     held
 }
+
+/// Runs `f` on a thread and waits for it up to `secs`: a hang is a test
+/// failure, not a stuck test run (the stuck thread is left behind).
+pub fn within<T: Send + 'static>(
+    secs: u64,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s (hung)"))
+}
