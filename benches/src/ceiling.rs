@@ -87,7 +87,7 @@ pub fn faulted_buffer(len: usize) -> Vec<u8> {
 }
 
 /// Ends a forked helper at once.
-fn exit_child(code: i32) -> ! {
+pub(crate) fn exit_child(code: i32) -> ! {
     // SAFETY: `_exit` is async-signal-safe; it ends the process without
     // running the exit handlers of the program it is a fork of.
     unsafe { libc::_exit(code) }
@@ -352,13 +352,19 @@ pub fn fork_exit_wait(n: usize) -> Duration {
             ForkResult::Parent { child } => pids.push(child),
         }
     }
+    wait_exited_ok(pids);
+    start.elapsed()
+}
+
+/// Waits for each of `pids` (children of this process), asserting each
+/// exited with status 0.
+pub(crate) fn wait_exited_ok(pids: Vec<nix::unistd::Pid>) {
     for pid in pids {
         assert_eq!(
             waitpid(pid, None).expect("waitpid"),
             WaitStatus::Exited(pid, 0)
         );
     }
-    start.elapsed()
 }
 
 #[cfg(test)]

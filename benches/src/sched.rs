@@ -19,8 +19,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::ceiling::{exit_child, wait_exited_ok};
 use forkpool::Pool;
-use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
 
 /// Spins on the clock for `us` microseconds (CPU-bound, no allocation, no
@@ -275,19 +275,12 @@ pub fn time_raw_fork(w: &Workload, kind: Kind, processes: usize) -> Duration {
                         Kind::Sleep => sleep_us(us),
                     };
                 }
-                // SAFETY: `_exit` ends the child without running the exit
-                // handlers of the program it is a fork of.
-                unsafe { libc::_exit(0) }
+                exit_child(0)
             }
             ForkResult::Parent { child } => pids.push(child),
         }
     }
-    for pid in pids {
-        assert_eq!(
-            waitpid(pid, None).expect("waitpid"),
-            WaitStatus::Exited(pid, 0)
-        );
-    }
+    wait_exited_ok(pids);
     start.elapsed()
 }
 
