@@ -22,6 +22,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use comfy_table::{CellAlignment, Table, presets};
 use forkpool::Pool;
 use forkpool_shm::SharedArray;
 
@@ -188,9 +189,18 @@ pub fn run_timed(args: &Args) -> anyhow::Result<Duration> {
             took.as_secs_f64()
         ),
     );
-    println!("   {:>10}  {:>14}", "PID", "Count");
+    let mut table = Table::new();
+    table
+        .load_style(presets::NOTHING)
+        .set_header(["PID", "Count"]);
     for (value, count) in &counts {
-        println!("   {:>10}  {:>14}", f64::from_bits(*value), count);
+        table.add_row([f64::from_bits(*value).to_string(), count.to_string()]);
+    }
+    for column in table.column_iter_mut() {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+    for line in table.trim_fmt().lines() {
+        println!("   {line}");
     }
     let report = common::memory_table("memory while the workers hold the array", Some(&pool), &[])?;
     let total = report.total();

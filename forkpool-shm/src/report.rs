@@ -17,6 +17,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use comfy_table::{CellAlignment, Table, presets};
 use nix::unistd::Pid;
 
 use crate::error::ShmError;
@@ -300,34 +301,25 @@ impl fmt::Display for MemoryReport {
     /// A table: pid, role, RSS, PSS, shared, private, one line per process
     /// and a total line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = self
-            .entries
-            .iter()
-            .map(|e| e.role.len())
-            .chain([5])
-            .max()
-            .unwrap_or(5);
-        writeln!(
-            f,
-            "{:>8}  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}",
-            "pid", "role", "RSS", "PSS", "shared", "private"
-        )?;
-        let line = |f: &mut fmt::Formatter<'_>, pid: &str, e: &MemoryUsage| {
-            writeln!(
-                f,
-                "{:>8}  {:<width$}  {:>10}  {:>10}  {:>10}  {:>10}",
-                pid,
-                e.role,
-                ByteSize(e.rss),
-                ByteSize(e.pss),
-                ByteSize(e.shared()),
-                ByteSize(e.private())
-            )
+        let mut table = Table::new();
+        table
+            .load_style(presets::NOTHING)
+            .set_header(["pid", "role", "RSS", "PSS", "shared", "private"]);
+        let sizes = |e: &MemoryUsage| {
+            [e.rss, e.pss, e.shared(), e.private()].map(|n| ByteSize(n).to_string())
         };
         for e in &self.entries {
-            line(f, &e.pid.to_string(), e)?;
+            let [rss, pss, shared, private] = sizes(e);
+            table.add_row([e.pid.to_string(), e.role.clone(), rss, pss, shared, private]);
         }
-        line(f, "", &self.total())
+        let [rss, pss, shared, private] = sizes(&self.total());
+        table.add_row([String::new(), "total".into(), rss, pss, shared, private]);
+        for column in [0, 2, 3, 4, 5] {
+            if let Some(c) = table.column_mut(column) {
+                c.set_cell_alignment(CellAlignment::Right);
+            }
+        }
+        writeln!(f, "{}", table.trim_fmt())
     }
 }
 

@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+use comfy_table::{Table, presets};
+
 fn inc(x: u64) -> u64 {
     x + 1
 }
@@ -49,15 +51,23 @@ fn main() -> Result<(), forkpool::Error> {
         "map, 200 000 tiny items, default chunks",
         "apply x 2000",
     ];
-    println!("| workload | no limit | task_timeout(10 s) | ratio |");
-    println!("|---|---|---|---|");
+    let mut table = Table::new();
+    table.load_style(presets::ASCII_MARKDOWN).set_header([
+        "workload",
+        "no limit",
+        "task_timeout(10 s)",
+        "ratio",
+    ]);
     for (w, name) in names.iter().enumerate() {
         let a = median(times[0][w].clone());
         let b = median(times[1][w].clone());
-        println!(
-            "| {name} | {a:.1?} | {b:.1?} | {:.2} |",
-            b.as_secs_f64() / a.as_secs_f64()
-        );
+        table.add_row([
+            name.to_string(),
+            format!("{a:.1?}"),
+            format!("{b:.1?}"),
+            format!("{:.2}", b.as_secs_f64() / a.as_secs_f64()),
+        ]);
     }
+    println!("{}", table.trim_fmt());
     Ok(())
 }

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use comfy_table::{CellAlignment, Table, presets};
 
 use forkpool::Pool;
 use forkpool_benches::arrays::{Counter, Counters, PassArray, WarmFill, cold_fill};
@@ -971,41 +972,42 @@ impl Runner {
             }
         );
         let _ = writeln!(t);
-        let _ = writeln!(
-            t,
-            "| workload | before | mode | Python | forkpool | raw fork | forkpool / raw fork | forkpool wall vs fresh |"
-        );
-        let _ = writeln!(t, "|---|---|---|---:|---:|---:|---:|---:|");
-        for r in &self.sched {
+        let rows = self.sched.iter().map(|r| {
             let fresh = self
                 .sched
                 .iter()
                 .find(|f| f.workload == r.workload && f.mode == r.mode && f.before == Before::Fresh)
                 .map_or(f64::NAN, |f| f.forkpool_wall);
-            let _ = writeln!(
-                t,
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:+.0} % |",
-                r.workload,
-                r.before.what(),
-                r.mode.arg(),
+            vec![
+                r.workload.to_string(),
+                r.before.what().to_string(),
+                r.mode.arg().to_string(),
                 r.python.as_ref().map_or("-".into(), |p| format!("{p:.2}")),
-                r.forkpool,
-                r.raw_fork,
-                r.forkpool / r.raw_fork,
-                100.0 * (r.forkpool_wall / fresh - 1.0),
-            );
-        }
+                format!("{:.2}", r.forkpool),
+                format!("{:.2}", r.raw_fork),
+                format!("{:.2}", r.forkpool / r.raw_fork),
+                format!("{:+.0} %", 100.0 * (r.forkpool_wall / fresh - 1.0)),
+            ]
+        });
+        t.push_str(&markdown(
+            &[
+                "workload",
+                "before",
+                "mode",
+                "Python",
+                "forkpool",
+                "raw fork",
+                "forkpool / raw fork",
+                "forkpool wall vs fresh",
+            ],
+            3,
+            rows,
+        ));
         t
     }
 
     fn table(&self) -> String {
-        let mut t = String::new();
-        let _ = writeln!(
-            t,
-            "| workload | Python | forkpool | Python / forkpool | ceiling (what) | ceiling | forkpool at ceiling |"
-        );
-        let _ = writeln!(t, "|---|---:|---:|---:|---|---:|---:|");
-        for r in &self.rows {
+        let rows = self.rows.iter().map(|r| {
             let (py, ratio) = match r.python {
                 Ok(p) => (fmt_time(p), format!("{:.1}x", p / r.forkpool)),
                 Err(_) => ("-".into(), "-".into()),
@@ -1018,14 +1020,29 @@ impl Runner {
                 ),
                 None => ("-".into(), "-".into(), "-".into()),
             };
-            let _ = writeln!(
-                t,
-                "| {} | {py} | {} | {ratio} | {what} | {ceil} | {frac} |",
-                r.workload,
-                fmt_time(r.forkpool)
-            );
-        }
-        t
+            vec![
+                r.workload.to_string(),
+                py,
+                fmt_time(r.forkpool),
+                ratio,
+                what,
+                ceil,
+                frac,
+            ]
+        });
+        markdown(
+            &[
+                "workload",
+                "Python",
+                "forkpool",
+                "Python / forkpool",
+                "ceiling (what)",
+                "ceiling",
+                "forkpool at ceiling",
+            ],
+            1,
+            rows,
+        )
     }
 
     /// Ratios between rows: speed-ups from a second process, tasks per second.
@@ -1101,6 +1118,26 @@ impl Runner {
         }
         t
     }
+}
+
+/// A markdown table (for RESULTS.md) of `header` and `rows`, the columns
+/// from `first_number` on aligned right.
+fn markdown(
+    header: &[&str],
+    first_number: usize,
+    rows: impl Iterator<Item = Vec<String>>,
+) -> String {
+    let mut table = Table::new();
+    table
+        .load_style(presets::ASCII_MARKDOWN)
+        .set_header(header.to_vec());
+    for row in rows {
+        table.add_row(row);
+    }
+    for column in table.column_iter_mut().skip(first_number) {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+    format!("{}\n", table.trim_fmt())
 }
 
 /// A duration in seconds, with a unit that keeps 3 significant digits.
