@@ -287,7 +287,7 @@ pub enum Counter {
 pub fn count_locked((n, _slot): (u64, usize)) {
     let counter = LOCKED.get().expect("initializer");
     for _ in 0..n {
-        *counter.lock().expect("lock") += 1;
+        counter.with_lock(|count| *count += 1).expect("lock");
     }
 }
 
@@ -372,7 +372,7 @@ impl Counters {
 
     fn total(&self, counter: Counter) -> u64 {
         match counter {
-            Counter::Locked => *self.locked.lock().expect("lock"),
+            Counter::Locked => self.locked.with_lock(|count| *count).expect("lock"),
             Counter::Atomic => self.atomic.get(),
             Counter::OwnSlot => self.slots.iter().sum(),
         }

@@ -59,11 +59,14 @@ pub fn fill_block((first, end, seed): (usize, usize, u64)) {
     let array = ARRAY
         .get()
         .expect("the pool's initializer stores the array");
-    let mut rows = array.claim_rows(first..end).expect("claim");
-    rows.prefault().expect("prefault");
-    for row in first..end {
-        fill_row(seed, row as u64, rows.row_mut(row));
-    }
+    array
+        .with_rows_mut(first..end, |rows| {
+            rows.prefault().expect("prefault");
+            for row in first..end {
+                fill_row(seed, row as u64, rows.row_mut(row));
+            }
+        })
+        .expect("claim");
 }
 
 /// Serial random fill of `bytes` bytes: a private array (`vec!`, its pages

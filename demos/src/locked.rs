@@ -16,7 +16,7 @@
 //!    rounds): exact, for any update;
 //! 4. **a worker killed while holding the lock** (`SIGKILL`, as the OOM
 //!    killer does): its task fails with `WorkerDied` naming the signal, a
-//!    replacement worker appears, the next `lock()` takes the lock and
+//!    replacement worker appears, the next `with_lock` takes the lock and
 //!    reports that its previous holder died (`OwnerDied`, with the data
 //!    intact), and the work goes on. Python's lock would stay held by the
 //!    dead process, and every later `with arr.get_lock():` would wait
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use forkpool::{Error, Pool};
-use forkpool_shm::{LockError, LockedArray, LockedValue, SharedArray};
+use forkpool_shm::{LockError, LockedArray, LockedValue, Rows, SharedArray};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{self, fact};
@@ -164,12 +164,14 @@ fn add_with_lock(job: Job) -> Result<Duration, String> {
     start_together(job.line, job.parties);
     let t0 = Instant::now();
     for _ in 0..job.rounds {
-        let mut guard = locked.lock().map_err(|e| e.to_string())?;
-        for x in guard.iter_mut() {
-            *x += 1; // an ordinary `&mut [u64]`: nobody else holds the lock
-        }
-        drop(guard);
-        *rounds.lock().map_err(|e| e.to_string())? += 1;
+        locked
+            .with_lock(|counts| {
+                for x in counts.iter_mut() {
+                    *x += 1; // an ordinary `&mut [u64]`: nobody else holds the lock
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        rounds.with_lock(|r| *r += 1).map_err(|e| e.to_string())?;
     }
     Ok(t0.elapsed())
 }
@@ -179,11 +181,12 @@ fn add_with_lock(job: Job) -> Result<Duration, String> {
 /// Phase 4: takes the lock, completes one round, and is killed (SIGKILL)
 /// while still holding it.
 fn die_holding_the_lock((): ()) -> u64 {
-    let mut guard = counters().locked.lock().expect("the lock is free");
-    for x in guard.iter_mut() {
-        *x += 1;
-    }
-    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    let _ = counters().locked.with_lock(|counts| {
+        for x in counts.iter_mut() {
+            *x += 1;
+        }
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    });
     unreachable!("SIGKILL cannot be caught");
 }
 
@@ -192,7 +195,7 @@ fn die_holding_the_lock((): ()) -> u64 {
 struct Recovery {
     /// Pid of the worker that took the lock.
     pid: i32,
-    /// `Some(dead holder's pid)` if `lock()` reported that it died.
+    /// `Some(dead holder's pid)` if `with_lock` reported that it died.
     owner_died: Option<Option<i32>>,
     /// The smallest and largest counter it found.
     min: u64,
@@ -203,24 +206,26 @@ struct Recovery {
 /// data and clears the poison.
 fn lock_after_the_death((): ()) -> Result<Recovery, String> {
     let locked = &counters().locked;
-    let (guard, owner_died) = match locked.lock() {
-        Ok(guard) => (guard, None),
+    let check = |counts: &mut Rows<'_, u64>| {
+        let (min, max) = (
+            *counts.iter().min().unwrap_or(&0),
+            *counts.iter().max().unwrap_or(&0),
+        );
+        // The dead holder finished its round before it died: every counter
+        // moved together, so the data is consistent; say so.
+        if min == max {
+            locked.clear_poison();
+        }
+        (min, max)
+    };
+    let ((min, max), owner_died) = match locked.with_lock(check) {
+        Ok(found) => (found, None),
         Err(LockError::OwnerDied(died)) => {
             let pid = died.pid();
             (died.into_inner(), Some(pid))
         }
         Err(LockError::Failed(e)) => return Err(e.to_string()),
     };
-    let (min, max) = (
-        *guard.iter().min().unwrap_or(&0),
-        *guard.iter().max().unwrap_or(&0),
-    );
-    // The dead holder finished its round before it died: every counter
-    // moved together, so the data is consistent; say so.
-    if min == max {
-        locked.clear_poison();
-    }
-    drop(guard);
     Ok(Recovery {
         pid: std::process::id() as i32,
         owner_died,
@@ -398,9 +403,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         d.map_err(|e| anyhow::anyhow!("a worker could not take the lock: {e}"))?;
     }
     timed("with the lock", took, increments);
-    let locked_values: Vec<u64> = shared.locked.lock().map_err(lock_failed)?.to_vec();
+    let locked_values: Vec<u64> = shared
+        .locked
+        .with_lock(|counts| counts.to_vec())
+        .map_err(lock_failed)?;
     let locked_total: u64 = locked_values.iter().sum();
-    let rounds_done = *shared.rounds.lock().map_err(lock_failed)?;
+    let rounds_done = shared.rounds.with_lock(|r| *r).map_err(lock_failed)?;
     fact(
         "  counted",
         format!("{locked_total} of {increments}; rounds (LockedValue) {rounds_done} of {expected}"),
@@ -461,7 +469,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         d.map_err(|e| anyhow::anyhow!("a worker could not take the lock: {e}"))?;
     }
     timed("  the work goes on, locked", again, increments);
-    let final_values: Vec<u64> = shared.locked.lock().map_err(lock_failed)?.to_vec();
+    let final_values: Vec<u64> = shared
+        .locked
+        .with_lock(|counts| counts.to_vec())
+        .map_err(lock_failed)?;
     // ANCHOR_END: kill
 
     common::memory_table(
@@ -522,7 +533,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The error of a `lock()` in the parent (nothing died there).
+/// The error of a `with_lock` in the parent (nothing died there).
 fn lock_failed<G>(e: LockError<G>) -> anyhow::Error {
     anyhow::anyhow!("the parent could not take the lock: {e}")
 }

@@ -66,12 +66,15 @@ static ARRAY: OnceLock<PartitionedArray<f64>> = OnceLock::new();
 fn fill_block((start, end): (usize, usize)) -> Result<(i32, usize), String> {
     let array = ARRAY.get().expect("the initializer sets the array");
     let cols = array.row_len();
-    let mut rows = array.claim_rows(start..end).map_err(|e| e.to_string())?;
-    for (i, row) in rows.chunks_mut(cols).enumerate() {
-        for (c, x) in row.iter_mut().enumerate() {
-            *x = value(start + i, c, cols);
-        }
-    }
+    array
+        .with_rows_mut(start..end, |rows| {
+            for (i, row) in rows.chunks_mut(cols).enumerate() {
+                for (c, x) in row.iter_mut().enumerate() {
+                    *x = value(start + i, c, cols);
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
     Ok((std::process::id() as i32, end - start))
 }
 // ANCHOR_END: worker
@@ -346,12 +349,13 @@ fn fill_file(
     let (wrong, _) = phase("check every element", Some(size), || {
         let mut wrong = None;
         for (s, e) in &blocks {
-            let block = array.read_rows(*s..*e)?;
-            for (i, row) in block.chunks(cols).enumerate() {
-                if let Some(c) = (0..cols).find(|&c| row[c] != value(s + i, c, cols)) {
-                    wrong = wrong.or(Some((s + i, c, row[c])));
+            array.with_rows(*s..*e, |block| {
+                for (i, row) in block.chunks(cols).enumerate() {
+                    if let Some(c) = (0..cols).find(|&c| row[c] != value(s + i, c, cols)) {
+                        wrong = wrong.or(Some((s + i, c, row[c])));
+                    }
                 }
-            }
+            })?;
             bar.inc((e - s) as u64);
         }
         Ok::<_, ShmError>(wrong)

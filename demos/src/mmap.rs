@@ -50,13 +50,18 @@ static ARRAY: OnceLock<PartitionedArray<f64>> = OnceLock::new();
 fn fill_block((start, end): (usize, usize)) -> Result<(i32, usize), String> {
     let array = ARRAY.get().expect("the initializer stored the array");
     let cols = array.row_len();
-    let mut block = array.claim_rows(start..end).map_err(|e| e.to_string())?;
-    block.prefault().map_err(|e| e.to_string())?;
-    for (i, row) in block.chunks_mut(cols).enumerate() {
-        for (col, x) in row.iter_mut().enumerate() {
-            *x = value(start + i, col, cols);
-        }
-    }
+    array
+        .with_rows_mut(start..end, |block| {
+            block.prefault()?;
+            for (i, row) in block.chunks_mut(cols).enumerate() {
+                for (col, x) in row.iter_mut().enumerate() {
+                    *x = value(start + i, col, cols);
+                }
+            }
+            Ok(())
+        })
+        .and_then(|filled| filled)
+        .map_err(|e: forkpool_shm::ShmError| e.to_string())?;
     Ok((std::process::id() as i32, end - start))
 }
 // ANCHOR_END: worker
@@ -118,22 +123,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let (checked, _) = phase("verify every value", Some(size), || {
         let mut checked = 0u64;
         for &(start, end) in &blocks {
-            let block = array.read_rows(start..end)?;
-            for (i, row) in block.chunks(cols).enumerate() {
-                for (col, &x) in row.iter().enumerate() {
-                    let want = value(start + i, col, cols);
-                    ensure!(
-                        x == want,
-                        "element ({}, {col}) holds {x}, expected {want}{}",
-                        start + i,
-                        if x == 0.0 { " (never written)" } else { "" }
-                    );
+            array.with_rows(start..end, |block| {
+                for (i, row) in block.chunks(cols).enumerate() {
+                    for (col, &x) in row.iter().enumerate() {
+                        let want = value(start + i, col, cols);
+                        ensure!(
+                            x == want,
+                            "element ({}, {col}) holds {x}, expected {want}{}",
+                            start + i,
+                            if x == 0.0 { " (never written)" } else { "" }
+                        );
+                    }
+                    checked += row.len() as u64;
                 }
-                checked += row.len() as u64;
-            }
+                Ok(())
+            })??;
             bar.inc(1);
         }
-        Ok(checked)
+        Ok::<_, anyhow::Error>(checked)
     });
     bar.finish_and_clear();
     let checked = checked?;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use forkpool::Pool;
-use forkpool_shm::PartitionedArray;
+use forkpool_shm::{PartitionedArray, ShmError};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{self, bytes, fact, phase};
@@ -98,19 +98,21 @@ struct Block {
 /// call, then runs the row kernel over them.
 fn fill_block((start, end): (usize, usize)) -> Result<Block, String> {
     let (array, seed) = JOB.get().expect("the initializer sets the job");
-    let mut rows = array.claim_rows(start..end).map_err(|e| e.to_string())?;
-    let t0 = Instant::now();
-    rows.prefault().map_err(|e| e.to_string())?;
-    let t1 = Instant::now();
-    for (i, out) in rows.chunks_mut(array.row_len()).enumerate() {
-        fill_row(*seed, (start + i) as u64, out);
-    }
-    Ok(Block {
-        pid: std::process::id() as i32,
-        rows: end - start,
-        prefault: t1 - t0,
-        fill: t1.elapsed(),
-    })
+    let block = array.with_rows_mut(start..end, |rows| {
+        let t0 = Instant::now();
+        rows.prefault()?;
+        let t1 = Instant::now();
+        for (i, out) in rows.chunks_mut(array.row_len()).enumerate() {
+            fill_row(*seed, (start + i) as u64, out);
+        }
+        Ok(Block {
+            pid: std::process::id() as i32,
+            rows: end - start,
+            prefault: t1 - t0,
+            fill: t1.elapsed(),
+        })
+    });
+    block.and_then(|b| b).map_err(|e: ShmError| e.to_string())
 }
 // ANCHOR_END: worker
 
@@ -180,19 +182,23 @@ fn first_difference(
     a: &PartitionedArray<f64>,
     b: &PartitionedArray<f64>,
 ) -> anyhow::Result<Option<(usize, usize)>> {
-    let (a, b) = (a.read_rows(0..a.nrows())?, b.read_rows(0..b.nrows())?);
     let cols = a.shape()[1];
-    let (a, b): (&[f64], &[f64]) = (&a, &b);
-    let firsts =
-        crate::passes::on_row_blocks(a.len() / cols, crate::passes::default_threads(), |rows| {
-            let span = rows.start * cols..rows.end * cols;
-            a[span.clone()]
-                .iter()
-                .zip(&b[span])
-                .position(|(p, q)| p.to_bits() != q.to_bits())
-                .map(|i| (rows.start + i / cols, i % cols))
-        });
-    Ok(firsts.into_iter().flatten().next())
+    let first = a.with_rows(0..a.nrows(), |a| {
+        b.with_rows(0..b.nrows(), |b| {
+            let (a, b): (&[f64], &[f64]) = (a, b);
+            let threads = crate::passes::default_threads();
+            let firsts = crate::passes::on_row_blocks(a.len() / cols, threads, |rows| {
+                let span = rows.start * cols..rows.end * cols;
+                a[span.clone()]
+                    .iter()
+                    .zip(&b[span])
+                    .position(|(p, q)| p.to_bits() != q.to_bits())
+                    .map(|i| (rows.start + i / cols, i % cols))
+            });
+            firsts.into_iter().flatten().next()
+        })
+    })??;
+    Ok(first)
 }
 
 /// A 64-bit digest of the values' bits, in order: equal arrays give equal
@@ -341,16 +347,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // ANCHOR: serial
     // The parent created the array: its pages are mapped here already (the
     // creation populated them), so the serial fill takes no page fault.
-    let mut all = serial.claim_rows(0..rows)?;
     let bar = common::progress(rows as u64, "serial fill");
-    let (_, serial_fill) = phase("serial: generate", Some(size), || {
-        for (r, out) in all.chunks_mut(cols).enumerate() {
-            fill_row(seed, r as u64, out);
-            bar.inc(1);
-        }
-    });
+    let (_, serial_fill) = serial.with_rows_mut(0..rows, |all| {
+        phase("serial: generate", Some(size), || {
+            for (r, out) in all.chunks_mut(cols).enumerate() {
+                fill_row(seed, r as u64, out);
+                bar.inc(1);
+            }
+        })
+    })?;
     bar.finish_and_clear();
-    drop(all);
     let serial_took = serial_fill;
     fact(
         "serial fill",
@@ -406,7 +412,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     // The same numbers whatever the number of workers.
     for &n in &checks {
-        parallel.claim_rows(0..rows)?.fill(f64::NAN);
+        parallel.with_rows_mut(0..rows, |all| all.fill(f64::NAN))?;
         let pool = start_pool(n, &parallel, seed)?;
         let again = parallel_fill(&pool, &parallel, &format!("fill with {}", workers(n)))?;
         pool.close();
@@ -421,27 +427,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     // ANCHOR: verify
-    let values = serial.read_rows(0..rows)?;
-    ensure!(
-        values.iter().all(|x| (0.0..1.0).contains(x)),
-        "values outside [0, 1)"
-    );
-    let mean = values.iter().sum::<f64>() / values.len() as f64;
-    let tolerance = (6.0 * 0.2887 / (values.len() as f64).sqrt()).max(0.01);
+    let (in_range, mean, digest, distinct_starts, len) = serial.with_rows(0..rows, |values| {
+        let starts: HashSet<u64> = values.chunks(cols).map(|row| row[0].to_bits()).collect();
+        (
+            values.iter().all(|x| (0.0..1.0).contains(x)),
+            values.iter().sum::<f64>() / values.len() as f64,
+            digest(values),
+            starts.len(),
+            values.len(),
+        )
+    })?;
+    ensure!(in_range, "values outside [0, 1)");
+    let tolerance = (6.0 * 0.2887 / (len as f64).sqrt()).max(0.01);
     ensure!(
         (mean - 0.5).abs() < tolerance,
         "the mean of the values is {mean}, not about 0.5: not uniform in [0, 1)"
     );
-    let digest = digest(&values);
     fact(
         "array digest",
         format!("{digest:016x} (the same for any --processes)"),
     );
-    let starts: HashSet<u64> = values.chunks(cols).map(|row| row[0].to_bits()).collect();
     ensure!(
-        starts.len() == rows,
-        "only {} distinct first values over {rows} rows: rows share a stream",
-        starts.len()
+        distinct_starts == rows,
+        "only {distinct_starts} distinct first values over {rows} rows: rows share a stream"
     );
     ensure!(
         main.rows_by_pid.len() == processes,
@@ -460,7 +468,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "serial and parallel fills bit-identical with {processes} and with {} workers, \
          {} values in [0, 1), mean {mean:.4}, {rows} distinct row streams",
         counts.join(", "),
-        values.len()
+        len
     ));
     // ANCHOR_END: verify
     Ok(())

@@ -32,12 +32,12 @@ fn one_process(c: &mut Criterion) {
     g.bench_function("locked_array_lock_write_unlock", |b| {
         b.iter(|| {
             i = (i + 1) & 1023;
-            locked.lock().unwrap()[i] = black_box(1.0);
+            locked.with_lock(|data| data[i] = black_box(1.0)).unwrap();
         })
     });
     let counter = LockedValue::new(0u64).unwrap();
     g.bench_function("locked_value_lock_increment_unlock", |b| {
-        b.iter(|| *counter.lock().unwrap() += black_box(1))
+        b.iter(|| counter.with_lock(|v| *v += black_box(1)).unwrap())
     });
     let std_mutex = std::sync::Mutex::new(0u64);
     g.bench_function("std_mutex_increment (one process only, reference)", |b| {
@@ -69,7 +69,7 @@ fn two_processes(c: &mut Criterion) {
         b.iter_custom(|iters| {
             support::forked(&[0, 1], |_| {
                 for _ in 0..iters / 2 {
-                    *counter.lock().unwrap() += 1;
+                    counter.with_lock(|v| *v += 1).unwrap();
                 }
             })
         })

@@ -368,14 +368,26 @@ impl<T: Element> SharedArray<T> {
         !self.region.writable()
     }
 
+    /// [`ShmError::RowsOutOfBounds`] unless `rows` is a range of this
+    /// array's rows: the one bounds check of rows, for every mode.
+    pub(crate) fn check_rows(&self, rows: &Range<usize>) -> Result<(), ShmError> {
+        let nrows = self.nrows();
+        if rows.start <= rows.end && rows.end <= nrows {
+            return Ok(());
+        }
+        Err(ShmError::RowsOutOfBounds {
+            rows: rows.clone(),
+            nrows,
+        })
+    }
+
     /// Pointer to the first element of `rows` and the number of elements in
     /// them, after a bounds check.
+    #[track_caller]
     fn rows_span(&self, rows: &Range<usize>) -> (*mut T, usize) {
-        let nrows = self.nrows();
-        assert!(
-            rows.start <= rows.end && rows.end <= nrows,
-            "rows {rows:?} are out of bounds for an array of {nrows} rows"
-        );
+        if let Err(e) = self.check_rows(rows) {
+            panic!("{e}");
+        }
         let row_len = self.row_len();
         // SAFETY: `rows.start <= nrows`, so the offset is at most the length
         // of the data.
@@ -866,7 +878,7 @@ impl<T: Element> SharedArray<T> {
     ///
     /// For as long as the slice lives, no thread or process may write these
     /// rows (by any means: atomics, slices, views, a `.npy` file written by
-    /// numpy). Readers are fine.
+    /// numpy), processes forked while it lives included. Readers are fine.
     ///
     /// # Panics
     ///
@@ -905,7 +917,10 @@ impl<T: Element> SharedArray<T> {
     /// write these rows by any means, and this one only through the slice;
     /// typically: each worker is handed a disjoint range of rows, and nobody
     /// reads them until the workers are done. Calling this twice for
-    /// overlapping rows while both slices live is undefined behaviour.
+    /// overlapping rows while both slices live is undefined behaviour, and
+    /// so is forking while it lives into a process that uses it (a slice
+    /// moved into a pool's `initializer`, or left where a worker reaches it,
+    /// is in every worker at once).
     ///
     /// # Panics
     ///

@@ -1,5 +1,5 @@
 //! Errors: one enum for everything that can go wrong, and the lock's
-//! poisoning report that hands the guard back.
+//! poisoning report that hands the closure's result back.
 
 use std::fmt;
 use std::ops::Range;
@@ -155,7 +155,7 @@ pub enum ShmError {
     },
 
     /// A process died (or panicked) while holding a lock. Converted from a
-    /// [`LockError::OwnerDied`] by `?`, dropping the guard.
+    /// [`LockError::OwnerDied`] by `?`, dropping the closure's result.
     #[error(
         "a process ({}) died while holding the lock; the data it protects may be half-updated \
          (check it, then call `clear_poison`)",
@@ -174,20 +174,21 @@ pub enum ShmError {
     )]
     LockNotRecoverable,
 
-    /// `lock()` called by the thread that already holds the lock: it would
+    /// `with_lock` called by the thread that already holds the lock: it would
     /// wait for itself forever.
     #[error("this thread already holds the lock; locking it again would deadlock")]
     WouldDeadlock,
 
-    /// `try_lock()` found the lock held by someone else.
+    /// `try_with_lock` found the lock held by someone else.
     #[error("the lock is held by another thread or process")]
     WouldBlock,
 
-    /// `lock_timeout()` gave up.
+    /// `with_lock_timeout` gave up.
     #[error("timed out after {0:?} waiting for the lock")]
     LockTimeout(Duration),
 
-    /// Rows asked for with `claim_rows` overlap rows another claim holds.
+    /// Rows asked for with `with_rows_mut`/`with_rows` overlap rows another
+    /// claim holds.
     #[error(
         "rows {requested:?} overlap rows {held:?}, claimed by pid {pid}; hand each task a \
          disjoint range of rows"
@@ -240,21 +241,18 @@ pub enum ShmError {
     },
 }
 
-/// The result of locking a [`LockedArray`](crate::LockedArray) or a
-/// [`LockedValue`](crate::LockedValue), like [`std::sync::LockResult`].
-pub type LockResult<G> = Result<G, LockError<G>>;
+/// The result of [`LockedArray::with_lock`](crate::LockedArray::with_lock)
+/// and its kin: the closure's result, or why the lock did not simply run it.
+pub type LockResult<R> = Result<R, LockError<R>>;
 
-/// Why `lock()` did not simply return a guard.
+/// Why `with_lock` did not simply return the closure's result.
 ///
 /// Like [`std::sync::TryLockError`]: either the lock was taken but is
-/// poisoned (a holder died or panicked: the guard is inside), or it could not
-/// be taken.
+/// poisoned (a holder died or panicked; the closure ran and its result is
+/// inside), or it could not be taken (the closure did not run).
 ///
 /// `?` converts it into a [`ShmError`], a `Box<dyn Error>` or a
-/// `Box<dyn Error + Send + Sync>`, dropping the guard. (It does not implement
-/// `std::error::Error` itself: it borrows the lock, and the blanket
-/// conversion into `Box<dyn Error>` would demand `'static`, as it does for
-/// std's `PoisonError<MutexGuard<'_, T>>`.)
+/// `Box<dyn Error + Send + Sync>`, dropping the result.
 ///
 /// # Examples
 ///
@@ -262,39 +260,42 @@ pub type LockResult<G> = Result<G, LockError<G>>;
 /// use forkpool_shm::{LockError, LockedValue};
 ///
 /// let counter = LockedValue::new(0u64)?;
-/// let mut guard = match counter.lock() {
-///     Ok(guard) => guard,
+/// let count = match counter.with_lock(|count| {
+///     *count += 1;
+///     *count
+/// }) {
+///     Ok(count) => count,
 ///     // A process died holding the lock: the data may be half-updated.
 ///     Err(LockError::OwnerDied(died)) => died.into_inner(),
 ///     Err(LockError::Failed(err)) => return Err(err.into()),
 /// };
-/// *guard += 1;
+/// assert_eq!(count, 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub enum LockError<G> {
     /// The lock was acquired, but its previous holder died or panicked while
-    /// holding it. The guard is inside.
+    /// holding it. The closure ran; its result is inside.
     OwnerDied(OwnerDied<G>),
     /// The lock was not acquired.
     Failed(ShmError),
 }
 
 /// The report that a lock's holder died or panicked while holding it, with
-/// the guard of the lock, now held by the caller (like
+/// the result of the closure that ran after it (like
 /// [`std::sync::PoisonError`]).
 ///
-/// The lock stays poisoned, and every `lock()` reports this, until
+/// The lock stays poisoned, and every `with_lock` reports this, until
 /// `clear_poison` is called on the array or value.
 pub struct OwnerDied<G> {
-    guard: G,
+    result: G,
     pid: Option<i32>,
     panicked: bool,
 }
 
 impl<G> OwnerDied<G> {
-    pub(crate) fn new(guard: G, pid: Option<i32>, panicked: bool) -> Self {
+    pub(crate) fn new(result: G, pid: Option<i32>, panicked: bool) -> Self {
         OwnerDied {
-            guard,
+            result,
             pid,
             panicked,
         }
@@ -305,7 +306,7 @@ impl<G> OwnerDied<G> {
     ///
     /// # Examples
     ///
-    /// See [`LockedArray::lock`](crate::LockedArray::lock).
+    /// See [`LockedArray::with_lock`](crate::LockedArray::with_lock).
     pub fn pid(&self) -> Option<i32> {
         self.pid
     }
@@ -314,57 +315,18 @@ impl<G> OwnerDied<G> {
     ///
     /// # Examples
     ///
-    /// See [`LockedArray::lock`](crate::LockedArray::lock).
+    /// See [`LockedArray::with_lock`](crate::LockedArray::with_lock).
     pub fn panicked(&self) -> bool {
         self.panicked
     }
 
-    /// The guard: the lock is held.
+    /// The closure's result.
     ///
     /// # Examples
     ///
     /// See [`LockError`].
     pub fn into_inner(self) -> G {
-        self.guard
-    }
-
-    /// A reference to the guard.
-    ///
-    /// # Examples
-    ///
-    /// See [`LockError`].
-    pub fn get_ref(&self) -> &G {
-        &self.guard
-    }
-
-    /// A mutable reference to the guard.
-    ///
-    /// # Examples
-    ///
-    /// See [`LockError`].
-    pub fn get_mut(&mut self) -> &mut G {
-        &mut self.guard
-    }
-}
-
-impl<G> LockError<G> {
-    /// The guard, if the lock was acquired (poisoned or not).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use forkpool_shm::LockedValue;
-    ///
-    /// let flag = LockedValue::new(0u8)?;
-    /// let guard = flag.lock().or_else(|e| e.into_guard().ok_or("lock failed"))?;
-    /// assert_eq!(*guard, 0);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn into_guard(self) -> Option<G> {
-        match self {
-            LockError::OwnerDied(died) => Some(died.into_inner()),
-            LockError::Failed(_) => None,
-        }
+        self.result
     }
 }
 
@@ -413,16 +375,16 @@ impl<G> fmt::Display for LockError<G> {
 }
 
 impl<G> From<LockError<G>> for Box<dyn std::error::Error> {
-    /// Drops the guard (via [`ShmError`]), so `lock()?` works in functions
-    /// returning `Box<dyn Error>`.
+    /// Drops the result (via [`ShmError`]), so `with_lock(..)?` works in
+    /// functions returning `Box<dyn Error>`.
     fn from(err: LockError<G>) -> Self {
         Box::new(ShmError::from(err))
     }
 }
 
 impl<G> From<LockError<G>> for Box<dyn std::error::Error + Send + Sync> {
-    /// Drops the guard (via [`ShmError`]), so `lock()?` works in functions
-    /// returning `Box<dyn Error + Send + Sync>`.
+    /// Drops the result (via [`ShmError`]), so `with_lock(..)?` works in
+    /// functions returning `Box<dyn Error + Send + Sync>`.
     fn from(err: LockError<G>) -> Self {
         Box::new(ShmError::from(err))
     }

@@ -968,14 +968,14 @@ file_constructors!(
 file_constructors!(
     LockedArray,
     LockedArray::from_shared,
-    "array.lock()?.row_mut(0).fill(1.5);",
+    "array.with_lock(|data| data.row_mut(0).fill(1.5))?;",
     "Nor through another `create_*`/`open_*` of the same path: that gets \
      a lock of its own, which would not exclude this one's holders."
 );
 file_constructors!(
     PartitionedArray,
     PartitionedArray::from_shared,
-    "array.claim_rows(0..1)?.fill(1.5);",
+    "array.with_rows_mut(0..1, |row| row.fill(1.5))?;",
     "Nor through another `create_*`/`open_*` of the same path: that gets \
      a claim table of its own, so two processes could claim the same rows."
 );

@@ -13,7 +13,7 @@
 //!   recognised and checked;
 //! - the robust mutex of a [`LockedArray`](crate::LockedArray);
 //! - the row-claim table behind
-//!   [`SharedArray::claim_rows`](crate::SharedArray::claim_rows), with its
+//!   [`PartitionedArray::with_rows_mut`](crate::PartitionedArray::with_rows_mut), with its
 //!   own robust mutex.
 //!
 //! Everything in it that changes after creation is an atomic or a

@@ -6,8 +6,8 @@
 //! | Python | here |
 //! |---|---|
 //! | `multiprocessing.sharedctypes.RawArray`, `Array(lock=False)` + `np.frombuffer` | [`SharedArray`]: lock-free, atomic element access |
-//! | the same, each worker filling its own rows | [`PartitionedArray`]: rows claimed as `&mut [T]`/`ArrayViewMut`, checked across processes |
-//! | `multiprocessing.Array(lock=True)` | [`LockedArray`]: behind a robust process-shared lock |
+//! | the same, each worker filling its own rows | [`PartitionedArray`]: rows claimed as `&mut [T]`/`ArrayViewMut` inside a closure, checked across processes |
+//! | `multiprocessing.Array(lock=True)`, `with arr.get_lock():` | [`LockedArray`]: behind a robust process-shared lock, `with_lock(\|data\| ...)` |
 //! | `multiprocessing.Value(lock=False)` / `Value(lock=True)` | [`SharedValue`] / [`LockedValue`] |
 //! | `np.memmap`, `np.load(path, mmap_mode='r+')` | `create_file`/`open_file`, `create_npy`/`open_npy` on each array type; [`FileOptions`] to overwrite |
 //! | `np.load(path, mmap_mode='r')` | [`SharedArray::open_npy_readonly`], [`SharedArray::open_file_readonly`] |
@@ -40,11 +40,13 @@
 //! claim of rows of a [`PartitionedArray`], or an `unsafe` method whose
 //! contract the caller keeps ([`SharedArray::rows_mut_unchecked`]).
 //!
-//! `fork` copies every guard and borrow into the child. Guards (of a lock, of
-//! claimed rows) record the process that made them: a child using one it
-//! inherited panics instead of aliasing the parent's. Plain borrows obtained
-//! from a guard before `fork` cannot be tracked: do not fork while holding
-//! one (forking is `unsafe`, and this is part of its contract).
+//! Exclusive access is scoped: a lock or a claim of rows is held only while
+//! a closure runs ([`LockedArray::with_lock`],
+//! [`PartitionedArray::with_rows_mut`]), and the slices and views it gets
+//! cannot outlive the call. So no `&mut` into shared memory can be `'static`:
+//! none can be stored in a `static` or moved into a pool's `initializer` and
+//! copied into every worker by the pool's (safe) fork. A lock or claim held
+//! by a process is its own: a child forked meanwhile does not release it.
 //!
 //! # Page faults
 //!
@@ -54,7 +56,7 @@
 //! already-mapped memory runs at 21 GiB/s (and the safe atomic
 //! [`SharedArray::fill_rows`] just as fast); a freshly forked worker filling
 //! its rows reaches 2.5 GiB/s faulting page by page and 3.7 GiB/s when it
-//! calls [`SharedArray::prefault`] (or [`RowsMut::prefault`]) first; two
+//! calls [`SharedArray::prefault`] (or [`Rows::prefault`]) first; two
 //! workers reach 4.4 and 6.7 GiB/s together. Creating an array allocates,
 //! zeroes and maps its pages in bulk, on one thread per core, so the
 //! creating process's first fill takes no fault; processes forked later
@@ -119,6 +121,7 @@ mod prefault;
 mod process;
 mod region;
 mod report;
+mod rows;
 mod shape;
 mod units;
 mod value;
@@ -128,12 +131,13 @@ pub use array::SharedArray;
 pub use element::Element;
 pub use error::{LockError, LockResult, OwnerDied, ShmError};
 pub use file::{FileArray, FileOptions};
-pub use locked::{ArrayGuard, LockedArray};
+pub use locked::LockedArray;
 pub use memory::{Available, MemInfo, available_memory};
-pub use partition::{PartitionedArray, RowsMut, RowsRef, split_rows};
+pub use partition::{PartitionedArray, split_rows};
 pub use report::{MemoryReport, MemoryUsage};
+pub use rows::Rows;
 pub use units::ByteSize;
-pub use value::{LockedValue, SharedValue, ValueGuard};
+pub use value::{LockedValue, SharedValue};
 
 /// This crate's README (shipped in the package), its example compiled and
 /// run as a doctest so it cannot drift.

@@ -2,35 +2,30 @@
 //! counterpart of `multiprocessing.Array(lock=True)`.
 
 use std::fmt;
-use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut, Range};
 use std::path::Path;
 use std::time::Duration;
-
-use ndarray::{ArrayView, ArrayViewMut, IxDyn};
 
 use crate::SharedArray;
 use crate::element::Element;
 use crate::error::{LockError, LockResult, OwnerDied, ShmError};
 use crate::mutex::{Acquired, RobustMutex, Wait};
-use crate::process;
+use crate::rows::Rows;
 
 /// A shared array behind a lock that every process forked after its creation
-/// shares: `lock()` returns a guard with ordinary slice and `ndarray` view
-/// access, for writers whose rows overlap.
+/// shares: [`with_lock`](Self::with_lock) runs a closure with the lock
+/// held and ordinary slice and `ndarray` view access, for writers whose rows
+/// overlap.
 ///
 /// The lock is a `pthread_mutex_t` in the array's shared header page, robust
 /// and process-shared. When a process dies holding it (even by `SIGKILL`),
-/// the next `lock()` does not hang, as Python's does: it takes the lock and
-/// returns [`LockError::OwnerDied`] with the guard and the dead holder's pid,
-/// and every later `lock()` does the same until
-/// [`clear_poison`](Self::clear_poison) (like `std::sync::Mutex`'s poisoning,
-/// which also applies here when a holder panics).
+/// the next `with_lock` does not hang, as Python's does: it takes the lock,
+/// runs the closure and returns [`LockError::OwnerDied`] with the closure's
+/// result and the dead holder's pid, and every later `with_lock` does the
+/// same until [`clear_poison`](Self::clear_poison) (like `std::sync::Mutex`'s
+/// poisoning, which also applies here when a closure panics).
 ///
-/// A thread that calls `lock()` while holding the lock gets
-/// [`ShmError::WouldDeadlock`] instead of hanging. Guards cannot be sent to
-/// another thread (the lock belongs to the thread that took it), and a guard
-/// copied into a child by `fork` must not be used there: doing so panics.
+/// A thread that calls `with_lock` inside its own `with_lock` gets
+/// [`ShmError::WouldDeadlock`] instead of hanging.
 ///
 /// # Examples
 ///
@@ -48,10 +43,9 @@ use crate::process;
 ///     match unsafe { fork() }.expect("fork") {
 ///         ForkResult::Child => {
 ///             for _ in 0..10_000 {
-///                 match counter.lock() {
-///                     Ok(mut guard) => guard[0] += 1,
+///                 if counter.with_lock(|count| count[0] += 1).is_err() {
 ///                     // SAFETY: ends the child without running exit handlers.
-///                     Err(_) => unsafe { libc::_exit(1) },
+///                     unsafe { libc::_exit(1) };
 ///                 }
 ///             }
 ///             // SAFETY: as above.
@@ -63,7 +57,7 @@ use crate::process;
 /// for child in children {
 ///     assert_eq!(waitpid(child, None)?, WaitStatus::Exited(child, 0));
 /// }
-/// assert_eq!(counter.lock()?[0], 80_000);
+/// assert_eq!(counter.with_lock(|count| count[0])?, 80_000);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct LockedArray<T: Element> {
@@ -99,7 +93,7 @@ impl<T: Element> LockedArray<T> {
     ///
     /// ```
     /// let array = forkpool_shm::LockedArray::<f64>::new(&[2, 3])?;
-    /// assert_eq!(array.lock()?.len(), 6);
+    /// assert_eq!(array.with_lock(|data| data.len())?, 6);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn new(shape: &[usize]) -> Result<Self, ShmError> {
@@ -116,33 +110,41 @@ impl<T: Element> LockedArray<T> {
         &self.array.region().header().data_lock
     }
 
-    fn acquire(&self, wait: Wait) -> LockResult<ArrayGuard<'_, T>> {
-        let generation = process::generation();
-        let acquired = self.mutex().lock(wait)?;
-        let guard = ArrayGuard {
-            array: &self.array,
-            mutex: self.mutex(),
-            generation,
-            _not_send: PhantomData,
-        };
+    fn run<R>(&self, wait: Wait, f: impl FnOnce(&mut Rows<'_, T>) -> R) -> LockResult<R> {
+        let (held, acquired) = self.mutex().hold(wait)?;
+        // SAFETY: all rows are in bounds; this thread holds the lock until
+        // `held` is dropped, after `f` returns, and every access to a
+        // `LockedArray`'s data goes through the lock.
+        let mut all = unsafe { Rows::new(&self.array, 0..self.array.nrows()) };
+        let result = f(&mut all);
+        drop(held);
         match acquired {
-            Acquired::Clean => Ok(guard),
+            Acquired::Clean => Ok(result),
             Acquired::Poisoned { pid, panicked } => {
-                Err(LockError::OwnerDied(OwnerDied::new(guard, pid, panicked)))
+                Err(LockError::OwnerDied(OwnerDied::new(result, pid, panicked)))
             }
         }
     }
 
-    /// Takes the lock, waiting as long as another thread or process holds it.
+    /// Runs `f` with the lock held, waiting as long as another thread or
+    /// process holds it; `f` gets the whole array as an ordinary `&mut [T]`
+    /// and `ArrayViewMut` ([`Rows`]), and its result is returned. The lock
+    /// is released when `f` returns, and poisoned if `f` panics.
+    ///
+    /// The data is only reachable inside `f`, so no `&mut` into the shared
+    /// memory can outlive the lock, be stored in a `static` or be moved into
+    /// a pool's `initializer`: see [`Rows`].
     ///
     /// # Errors
     ///
     /// - [`LockError::OwnerDied`] if a holder died or panicked while holding
-    ///   the lock and the poison was not cleared since: the lock is held and
-    ///   the guard is inside, with the holder's pid;
-    /// - [`LockError::Failed`] with [`ShmError::WouldDeadlock`] if this thread
-    ///   already holds the lock, [`ShmError::LockNotRecoverable`] if the lock
-    ///   was left unusable, or [`ShmError::Os`].
+    ///   the lock and the poison was not cleared since: `f` ran (on data the
+    ///   dead holder may have left half-updated), and its result is inside,
+    ///   with the holder's pid;
+    /// - [`LockError::Failed`] (and `f` did not run) with
+    ///   [`ShmError::WouldDeadlock`] if this thread already holds the lock,
+    ///   [`ShmError::LockNotRecoverable`] if the lock was left unusable, or
+    ///   [`ShmError::Os`].
     ///
     /// # Examples
     ///
@@ -159,12 +161,14 @@ impl<T: Element> LockedArray<T> {
     /// // SAFETY: the child only touches the array and a pipe.
     /// let child = match unsafe { fork() }? {
     ///     ForkResult::Child => {
-    ///         let mut guard = array.lock().expect("lock");
-    ///         guard[0] = 7;
-    ///         write(&ready_w, b"x").expect("write");
-    ///         loop {
-    ///             std::thread::park(); // hold the lock until killed
-    ///         }
+    ///         let _ = array.with_lock(|data| {
+    ///             data[0] = 7;
+    ///             write(&ready_w, b"x").expect("write");
+    ///             loop {
+    ///                 std::thread::park(); // hold the lock until killed
+    ///             }
+    ///         });
+    ///         unreachable!()
     ///     }
     ///     ForkResult::Parent { child } => child,
     /// };
@@ -172,27 +176,28 @@ impl<T: Element> LockedArray<T> {
     /// kill(child, Signal::SIGKILL)?;
     /// waitpid(child, None)?;
     ///
-    /// match array.lock() {
+    /// match array.with_lock(|data| data[0]) {
     ///     Err(LockError::OwnerDied(died)) => {
     ///         assert_eq!(died.pid(), Some(child.as_raw()));
-    ///         assert_eq!(died.into_inner()[0], 7); // the data is intact
+    ///         assert_eq!(died.into_inner(), 7); // the data is intact
     ///     }
     ///     _ => panic!("expected the owner-died report"),
     /// }
     /// array.clear_poison();
-    /// assert!(array.lock().is_ok());
+    /// assert!(array.with_lock(|_| ()).is_ok());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        self.acquire(Wait::Forever)
+    pub fn with_lock<R>(&self, f: impl FnOnce(&mut Rows<'_, T>) -> R) -> LockResult<R> {
+        self.run(Wait::Forever, f)
     }
 
-    /// Takes the lock if it is free.
+    /// Runs `f` with the lock held if the lock is free now, as
+    /// [`with_lock`](Self::with_lock) does.
     ///
     /// # Errors
     ///
-    /// As for [`lock`](Self::lock), and [`ShmError::WouldBlock`] if another
-    /// thread or process holds it.
+    /// As for [`with_lock`](Self::with_lock), and [`ShmError::WouldBlock`]
+    /// if another thread or process holds the lock.
     ///
     /// # Examples
     ///
@@ -200,38 +205,43 @@ impl<T: Element> LockedArray<T> {
     /// use forkpool_shm::{LockError, LockedArray, ShmError};
     ///
     /// let array = LockedArray::<u8>::new(&[1])?;
-    /// let held = array.lock()?;
-    /// std::thread::scope(|s| {
-    ///     s.spawn(|| {
-    ///         assert!(matches!(array.try_lock(), Err(LockError::Failed(ShmError::WouldBlock))));
+    /// array.with_lock(|_| {
+    ///     std::thread::scope(|s| {
+    ///         s.spawn(|| {
+    ///             let busy = array.try_with_lock(|_| ());
+    ///             assert!(matches!(busy, Err(LockError::Failed(ShmError::WouldBlock))));
+    ///         });
     ///     });
-    /// });
-    /// drop(held);
-    /// assert!(array.try_lock().is_ok());
+    /// })?;
+    /// assert!(array.try_with_lock(|_| ()).is_ok());
     /// # Ok::<(), ShmError>(())
     /// ```
-    pub fn try_lock(&self) -> LockResult<ArrayGuard<'_, T>> {
-        self.acquire(Wait::No)
+    pub fn try_with_lock<R>(&self, f: impl FnOnce(&mut Rows<'_, T>) -> R) -> LockResult<R> {
+        self.run(Wait::No, f)
     }
 
-    /// Takes the lock, waiting at most `timeout`.
+    /// Runs `f` with the lock held, waiting at most `timeout` for it, as
+    /// [`with_lock`](Self::with_lock) does.
     ///
     /// # Errors
     ///
-    /// As for [`lock`](Self::lock), and [`ShmError::LockTimeout`] if the lock
-    /// was not free in time.
+    /// As for [`with_lock`](Self::with_lock), and [`ShmError::LockTimeout`]
+    /// if the lock was not free in time.
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
     /// let array = forkpool_shm::LockedArray::<u8>::new(&[1])?;
-    /// let guard = array.lock_timeout(Duration::from_secs(1))?;
-    /// assert_eq!(guard[0], 0);
+    /// assert_eq!(array.with_lock_timeout(Duration::from_secs(1), |data| data[0])?, 0);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
-    pub fn lock_timeout(&self, timeout: Duration) -> LockResult<ArrayGuard<'_, T>> {
-        self.acquire(Wait::For(timeout))
+    pub fn with_lock_timeout<R>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&mut Rows<'_, T>) -> R,
+    ) -> LockResult<R> {
+        self.run(Wait::For(timeout), f)
     }
 
     /// Whether the lock is poisoned: a holder died or panicked while holding
@@ -385,217 +395,5 @@ impl<T: Element> LockedArray<T> {
     /// ```
     pub fn expect_shape(self, expected: &[usize]) -> Result<Self, ShmError> {
         Ok(Self::from_shared(self.array.expect_shape(expected)?))
-    }
-}
-
-/// The lock of a [`LockedArray`], held: ordinary slice (`Deref<Target = [T]>`)
-/// and `ndarray` view access to the whole array. Unlocks on drop; poisons
-/// the lock if dropped while the thread panics.
-///
-/// # Examples
-///
-/// ```
-/// use ndarray::Ix2;
-/// let array = forkpool_shm::LockedArray::<f64>::new(&[2, 3])?;
-/// let mut guard = array.lock()?;
-/// guard.row_mut(1).fill(1.0);
-/// let view = guard.view().into_dimensionality::<Ix2>().unwrap();
-/// assert_eq!(view.row(1).sum(), 3.0);
-/// # Ok::<(), forkpool_shm::ShmError>(())
-/// ```
-pub struct ArrayGuard<'a, T: Element> {
-    array: &'a SharedArray<T>,
-    mutex: &'a RobustMutex,
-    generation: u64,
-    /// The lock belongs to the thread that took it: not `Send`.
-    _not_send: PhantomData<*const ()>,
-}
-
-// SAFETY: a shared reference to the guard only gives `&[T]`, `&T` and
-// `ArrayView`s, all of which are fine to share between threads (`T: Sync`);
-// unlocking needs the guard by value, which `!Send` keeps on its thread.
-unsafe impl<T: Element> Sync for ArrayGuard<'_, T> {}
-
-impl<T: Element> ArrayGuard<'_, T> {
-    fn check_owner(&self) {
-        assert!(
-            process::current_generation() == self.generation,
-            "this lock guard was inherited through fork; the child does not hold the lock"
-        );
-    }
-
-    fn rows_range(&self, rows: &Range<usize>) -> Range<usize> {
-        let nrows = self.array.nrows();
-        assert!(
-            rows.start <= rows.end && rows.end <= nrows,
-            "rows {rows:?} are out of bounds for an array of {nrows} rows"
-        );
-        let row_len = self.array.row_len();
-        rows.start * row_len..rows.end * row_len
-    }
-
-    /// The array's shape.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::LockedArray::<u8>::new(&[2, 3])?;
-    /// assert_eq!(array.lock()?.shape(), &[2, 3]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn shape(&self) -> &[usize] {
-        self.array.shape()
-    }
-
-    /// Rows `[rows.start, rows.end)` as a slice.
-    ///
-    /// # Panics
-    ///
-    /// If the rows are out of bounds, or in a child that inherited the guard
-    /// through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::LockedArray::<u8>::new(&[3, 2])?;
-    /// assert_eq!(array.lock()?.rows(1..3), [0; 4]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn rows(&self, rows: Range<usize>) -> &[T] {
-        let range = self.rows_range(&rows);
-        &self[range]
-    }
-
-    /// Rows `[rows.start, rows.end)` as a mutable slice.
-    ///
-    /// # Panics
-    ///
-    /// If the rows are out of bounds, or in a child that inherited the guard
-    /// through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::LockedArray::<u8>::new(&[3, 2])?;
-    /// array.lock()?.rows_mut(1..3).fill(5);
-    /// assert_eq!(*array.lock()?, [0, 0, 5, 5, 5, 5]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn rows_mut(&mut self, rows: Range<usize>) -> &mut [T] {
-        let range = self.rows_range(&rows);
-        &mut self[range]
-    }
-
-    /// Row `row` as a slice.
-    ///
-    /// # Panics
-    ///
-    /// If `row` is out of bounds, or in a child that inherited the guard
-    /// through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::LockedArray::<u8>::new(&[3, 2])?;
-    /// assert_eq!(array.lock()?.row(2), [0, 0]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn row(&self, row: usize) -> &[T] {
-        self.rows(row..row + 1)
-    }
-
-    /// Row `row` as a mutable slice.
-    ///
-    /// # Panics
-    ///
-    /// If `row` is out of bounds, or in a child that inherited the guard
-    /// through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// See [`ArrayGuard`].
-    pub fn row_mut(&mut self, row: usize) -> &mut [T] {
-        self.rows_mut(row..row + 1)
-    }
-
-    /// The whole array as an `ndarray` view.
-    ///
-    /// # Panics
-    ///
-    /// In a child that inherited the guard through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// See [`ArrayGuard`].
-    pub fn view(&self) -> ArrayView<'_, T, IxDyn> {
-        self.check_owner();
-        // SAFETY: the lock is held by this thread, and every access to a
-        // `LockedArray`'s data goes through the lock; the memory is a live,
-        // aligned block of the array's shape.
-        unsafe { crate::view::shared(self.array.as_ptr(), self.array.shape()) }
-    }
-
-    /// The whole array as a mutable `ndarray` view.
-    ///
-    /// # Panics
-    ///
-    /// In a child that inherited the guard through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::LockedArray::<i64>::new(&[2, 2])?;
-    /// let mut guard = array.lock()?;
-    /// guard.view_mut()[[1, 0]] = 3;
-    /// assert_eq!(guard[2], 3);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn view_mut(&mut self) -> ArrayViewMut<'_, T, IxDyn> {
-        self.check_owner();
-        // SAFETY: as in `view`, and `&mut self` makes the borrow unique in
-        // this process.
-        unsafe { crate::view::exclusive(self.array.as_mut_ptr(), self.array.shape()) }
-    }
-}
-
-impl<T: Element> Deref for ArrayGuard<'_, T> {
-    type Target = [T];
-
-    fn deref(&self) -> &[T] {
-        self.check_owner();
-        // SAFETY: as in `view`: the lock is held, so nobody else accesses the
-        // data while this borrow of the guard lives.
-        unsafe { std::slice::from_raw_parts(self.array.as_ptr(), self.array.len()) }
-    }
-}
-
-impl<T: Element> DerefMut for ArrayGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        self.check_owner();
-        // SAFETY: as in `deref`, and `&mut self` makes the borrow unique in
-        // this process.
-        unsafe { std::slice::from_raw_parts_mut(self.array.as_mut_ptr(), self.array.len()) }
-    }
-}
-
-impl<T: Element> fmt::Debug for ArrayGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ArrayGuard")
-            .field("shape", &self.array.shape())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<T: Element> Drop for ArrayGuard<'_, T> {
-    fn drop(&mut self) {
-        if process::current_generation() != self.generation {
-            return; // inherited through fork: the child does not hold the lock
-        }
-        if std::thread::panicking() {
-            self.mutex.poison(process::identity().0, true);
-        }
-        // SAFETY: the guard exists only while this thread holds the lock
-        // (made after a successful lock, not `Send`, dropped once).
-        unsafe { self.mutex.unlock() }
     }
 }

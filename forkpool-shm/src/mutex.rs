@@ -228,21 +228,26 @@ impl RobustMutex {
     }
 }
 
-/// The lock held for a scope by the current thread, for the crate's own
-/// short critical sections (the row-claim table).
+/// The lock held for a scope by the current thread: released on drop, and
+/// poisoned first if the thread is panicking. A copy inherited through
+/// `fork` (the child does not hold the lock) releases nothing.
 pub(crate) struct Held<'a> {
     mutex: &'a RobustMutex,
+    generation: u64,
     /// The lock belongs to the thread that took it: not `Send`.
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl RobustMutex {
-    /// Takes the lock until the returned value is dropped (on this thread).
-    pub(crate) fn hold(&self) -> Result<(Held<'_>, Acquired), ShmError> {
-        let acquired = self.lock(Wait::Forever)?;
+    /// Takes the lock, waiting as `wait` says, until the returned value is
+    /// dropped (on this thread).
+    pub(crate) fn hold(&self, wait: Wait) -> Result<(Held<'_>, Acquired), ShmError> {
+        let generation = crate::process::generation();
+        let acquired = self.lock(wait)?;
         Ok((
             Held {
                 mutex: self,
+                generation,
                 _not_send: std::marker::PhantomData,
             },
             acquired,
@@ -252,8 +257,15 @@ impl RobustMutex {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
+        if crate::process::current_generation() != self.generation {
+            return; // inherited through fork: the child does not hold the lock
+        }
+        if std::thread::panicking() {
+            self.mutex.poison(crate::process::identity().0, true);
+        }
         // SAFETY: `Held` is only made by `hold` after locking and is dropped
-        // once, on the thread that locked (it is not `Send`).
+        // once, on the thread that locked (it is not `Send`), in the process
+        // that locked (checked above).
         unsafe { self.mutex.unlock() }
     }
 }

@@ -7,8 +7,9 @@
 //! ranges (each with its claimer's pid and start time, exclusive or shared)
 //! behind its own robust mutex. A claim that overlaps a live conflicting claim,
 //! in this process or another, fails with [`ShmError::RowsBusy`]; a claim is
-//! released when its guard is dropped; a claim whose process died is stale
-//! and is cleared by the next claim that meets it.
+//! released when the closure that holds it returns (or panics); a claim
+//! whose process is known to have died is stale and is cleared by the next
+//! claim that meets it.
 //!
 //! Every access to a `PartitionedArray` goes through a claim, which is what
 //! makes the ordinary slices sound: nothing else (no atomic store, no other
@@ -17,19 +18,19 @@
 //! writes do not look at any table.
 
 use std::fmt;
-use std::ops::{Deref, DerefMut, Range};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use ndarray::{ArrayD, ArrayView, ArrayViewMut, IxDyn};
+use ndarray::ArrayD;
 
 use crate::SharedArray;
 use crate::element::Element;
 use crate::error::ShmError;
 use crate::header::MAX_CLAIMS;
-use crate::mutex::Acquired;
-use crate::prefault::Access;
+use crate::mutex::{Acquired, Wait};
 use crate::process;
+use crate::rows::Rows;
 
 /// Splits `nrows` rows into `parts` contiguous, disjoint ranges of nearly
 /// equal size, in order; the first `nrows % parts` ranges have one row more.
@@ -85,16 +86,13 @@ pub fn split_rows(nrows: usize, parts: usize) -> Vec<Range<usize>> {
 ///     // SAFETY: the child only touches the array and then `_exit`s.
 ///     match unsafe { fork() }.expect("fork") {
 ///         ForkResult::Child => {
-///             let code = match array.claim_rows(rows) {
-///                 Ok(mut mine) => {
-///                     let first = mine.rows().start * 100;
-///                     for (i, x) in mine.iter_mut().enumerate() {
-///                         *x = (first + i) as f64; // an ordinary &mut [f64]
-///                     }
-///                     0
+///             let filled = array.with_rows_mut(rows, |mine| {
+///                 let first = mine.range().start * 100;
+///                 for (i, x) in mine.iter_mut().enumerate() {
+///                     *x = (first + i) as f64; // an ordinary &mut [f64]
 ///                 }
-///                 Err(_) => 1,
-///             };
+///             });
+///             let code = if filled.is_ok() { 0 } else { 1 };
 ///             // SAFETY: ends the child without running the parent's exit handlers.
 ///             unsafe { libc::_exit(code) };
 ///         }
@@ -104,9 +102,10 @@ pub fn split_rows(nrows: usize, parts: usize) -> Vec<Range<usize>> {
 /// for child in children {
 ///     assert_eq!(waitpid(child, None)?, WaitStatus::Exited(child, 0));
 /// }
-/// let all = array.read_rows(0..8)?;
-/// assert_eq!(all.row(4)[99], 499.0);
-/// assert_eq!(all.view().sum(), (0..800).sum::<usize>() as f64);
+/// array.with_rows(0..8, |all| {
+///     assert_eq!(all.row(4)[99], 499.0);
+///     assert_eq!(all.view().sum(), (0..800).sum::<usize>() as f64);
+/// })?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct PartitionedArray<T: Element> {
@@ -268,21 +267,26 @@ impl<T: Element> PartitionedArray<T> {
         split_rows(self.nrows(), parts)
     }
 
-    /// Claims rows `[rows.start, rows.end)` exclusively: while the returned
-    /// [`RowsMut`] lives, no other claim (exclusive or shared, by any process
-    /// sharing the array) can overlap them.
+    /// Runs `f` on rows `[rows.start, rows.end)` claimed exclusively: while
+    /// `f` runs, no other claim (exclusive or shared, by any process sharing
+    /// the array) can overlap them, and `f` gets them as an ordinary
+    /// `&mut [T]` and `ArrayViewMut` ([`Rows`]). The claim is released when
+    /// `f` returns or panics.
+    ///
+    /// The rows are only reachable inside `f`, so no `&mut` into the shared
+    /// memory can outlive the call, be stored in a `static` or be moved into
+    /// a pool's `initializer` (and so be copied into every worker by the
+    /// pool's fork): see [`Rows`].
     ///
     /// # Errors
     ///
     /// - [`ShmError::RowsBusy`] if the rows overlap a live claim, naming the
-    ///   rows and the pid that holds them (claims of processes that died are
-    ///   cleared instead);
+    ///   rows and the pid that holds them (claims of processes known to be
+    ///   dead are cleared instead; a holder whose liveness cannot be read
+    ///   keeps its rows);
     /// - [`ShmError::TooManyClaims`] if 64 claims are held at once;
+    /// - [`ShmError::RowsOutOfBounds`] if the rows do not fit the array;
     /// - [`ShmError::Os`] if the claim table's lock fails.
-    ///
-    /// # Panics
-    ///
-    /// If the rows are out of bounds.
     ///
     /// # Examples
     ///
@@ -290,47 +294,64 @@ impl<T: Element> PartitionedArray<T> {
     /// use forkpool_shm::{PartitionedArray, ShmError};
     ///
     /// let array = PartitionedArray::<f64>::new(&[8, 100])?;
-    /// let mut mine = array.claim_rows(0..4)?;
-    /// mine.fill(1.0); // an ordinary `&mut [f64]` of rows 0..4
-    /// mine.view_mut()[[3, 99]] = 2.0; // or an `ArrayViewMut`
-    ///
-    /// // Nobody, in this process or another, can claim those rows meanwhile.
-    /// assert!(matches!(array.claim_rows(3..5), Err(ShmError::RowsBusy { .. })));
-    /// assert!(matches!(array.read_rows(0..1), Err(ShmError::RowsBusy { .. })));
-    /// drop(mine);
-    /// assert_eq!(array.read_rows(3..5)?.row(3)[99], 2.0);
+    /// array.with_rows_mut(0..4, |mine| {
+    ///     mine.fill(1.0); // an ordinary `&mut [f64]` of rows 0..4
+    ///     mine.view_mut()[[3, 99]] = 2.0; // or an `ArrayViewMut`
+    ///     // Nobody, in this process or another, can claim those rows meanwhile.
+    ///     assert!(matches!(array.with_rows_mut(3..5, |_| ()), Err(ShmError::RowsBusy { .. })));
+    ///     assert!(matches!(array.with_rows(0..1, |_| ()), Err(ShmError::RowsBusy { .. })));
+    /// })?;
+    /// assert_eq!(array.with_rows(3..5, |rows| rows.row(3)[99])?, 2.0);
     /// # Ok::<(), ShmError>(())
     /// ```
-    pub fn claim_rows(&self, rows: Range<usize>) -> Result<RowsMut<'_, T>, ShmError> {
+    pub fn with_rows_mut<R>(
+        &self,
+        rows: Range<usize>,
+        f: impl FnOnce(&mut Rows<'_, T>) -> R,
+    ) -> Result<R, ShmError> {
         let claim = self.claim(rows, true)?;
-        Ok(RowsMut { claim })
+        // SAFETY: the rows are in bounds (checked by `claim`), and the
+        // exclusive claim keeps every other claim, in any process, off them
+        // until `claim` is dropped, after `f` returns; every access to a
+        // `PartitionedArray`'s data goes through a claim.
+        let mut held = unsafe { Rows::new(&self.array, claim.rows.clone()) };
+        let result = f(&mut held);
+        drop(claim);
+        Ok(result)
     }
 
-    /// Claims rows `[rows.start, rows.end)` for reading: any number of shared
-    /// claims may overlap, but no exclusive one.
+    /// Runs `f` on rows `[rows.start, rows.end)` claimed for reading: any
+    /// number of shared claims may overlap, but no exclusive one. `f` gets
+    /// them as an ordinary `&[T]` and `ArrayView` (`&Rows`).
     ///
     /// # Errors
     ///
-    /// As for [`claim_rows`](Self::claim_rows).
-    ///
-    /// # Panics
-    ///
-    /// If the rows are out of bounds.
+    /// As for [`with_rows_mut`](Self::with_rows_mut).
     ///
     /// # Examples
     ///
     /// ```
     /// let array = forkpool_shm::PartitionedArray::<i32>::new(&[4, 2])?;
-    /// let a = array.read_rows(0..4)?;
-    /// let b = array.read_rows(1..2)?; // readers share
-    /// assert_eq!(a.len(), 8);
-    /// assert_eq!(b.as_slice(), [0, 0]);
-    /// assert!(array.claim_rows(3..4).is_err()); // but exclude writers
+    /// array.with_rows(0..4, |a| {
+    ///     let b = array.with_rows(1..2, |b| b.to_vec()).unwrap(); // readers share
+    ///     assert_eq!((a.len(), b), (8, vec![0, 0]));
+    ///     assert!(array.with_rows_mut(3..4, |_| ()).is_err()); // but exclude writers
+    /// })?;
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
-    pub fn read_rows(&self, rows: Range<usize>) -> Result<RowsRef<'_, T>, ShmError> {
+    pub fn with_rows<R>(
+        &self,
+        rows: Range<usize>,
+        f: impl FnOnce(&Rows<'_, T>) -> R,
+    ) -> Result<R, ShmError> {
         let claim = self.claim(rows, false)?;
-        Ok(RowsRef { claim })
+        // SAFETY: in bounds; the shared claim keeps every exclusive claim
+        // off these rows until `claim` is dropped, after `f` returns, and
+        // every write goes through an exclusive claim. `f` only gets `&Rows`.
+        let held = unsafe { Rows::new(&self.array, claim.rows.clone()) };
+        let result = f(&held);
+        drop(claim);
+        Ok(result)
     }
 
     /// Copies the whole array into a vector, row-major, under a shared claim
@@ -338,14 +359,14 @@ impl<T: Element> PartitionedArray<T> {
     ///
     /// # Errors
     ///
-    /// As for [`read_rows`](Self::read_rows): [`ShmError::RowsBusy`] while
+    /// As for [`with_rows`](Self::with_rows): [`ShmError::RowsBusy`] while
     /// some rows are claimed exclusively.
     ///
     /// # Examples
     ///
     /// See [`new`](Self::new).
     pub fn to_vec(&self) -> Result<Vec<T>, ShmError> {
-        Ok(self.read_rows(0..self.nrows())?.to_vec())
+        self.with_rows(0..self.nrows(), |rows| rows.to_vec())
     }
 
     /// Copies the whole array into an owned `ndarray` array, under a shared
@@ -363,7 +384,7 @@ impl<T: Element> PartitionedArray<T> {
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn to_ndarray(&self) -> Result<ArrayD<T>, ShmError> {
-        Ok(self.read_rows(0..self.nrows())?.view().to_owned())
+        self.with_rows(0..self.nrows(), |rows| rows.view().to_owned())
     }
 
     /// Writes modified pages to the file and waits. See [`SharedArray::flush`].
@@ -400,11 +421,7 @@ impl<T: Element> PartitionedArray<T> {
     }
 
     fn claim(&self, rows: Range<usize>, exclusive: bool) -> Result<Claim<'_, T>, ShmError> {
-        let nrows = self.nrows();
-        assert!(
-            rows.start <= rows.end && rows.end <= nrows,
-            "rows {rows:?} are out of bounds for an array of {nrows} rows"
-        );
+        self.array.check_rows(&rows)?;
         let generation = process::generation();
         if rows.is_empty() {
             return Ok(Claim {
@@ -416,7 +433,7 @@ impl<T: Element> PartitionedArray<T> {
         }
         let (pid, start_time) = process::identity();
         let header = self.array.region().header();
-        let (held, acquired) = header.claims_lock.hold()?;
+        let (held, acquired) = header.claims_lock.hold(Wait::Forever)?;
         if acquired != Acquired::Clean {
             // A claimer died inside this critical section. Every slot is still
             // consistent (a slot is published by its pid, written last, and
@@ -477,53 +494,6 @@ struct Claim<'a, T: Element> {
     generation: u64,
 }
 
-impl<T: Element> Claim<'_, T> {
-    fn check_owner(&self) {
-        assert!(
-            process::current_generation() == self.generation,
-            "rows {:?} were claimed by the parent before fork; a child must claim its own rows",
-            self.rows
-        );
-    }
-
-    fn shape(&self) -> Vec<usize> {
-        let mut shape = self.array.shape().to_vec();
-        if let Some(first) = shape.first_mut() {
-            *first = self.rows.len();
-        }
-        shape
-    }
-
-    fn start_ptr(&self) -> *mut T {
-        // SAFETY: the rows were checked to be in bounds when claimed, so the
-        // offset is at most the length of the data.
-        unsafe {
-            self.array
-                .as_mut_ptr()
-                .add(self.rows.start * self.array.row_len())
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.rows.len() * self.array.row_len()
-    }
-
-    fn row_range(&self, row: usize) -> Range<usize> {
-        assert!(
-            self.rows.contains(&row),
-            "row {row} is not among the claimed rows {:?}",
-            self.rows
-        );
-        let row_len = self.array.row_len();
-        let at = (row - self.rows.start) * row_len;
-        at..at + row_len
-    }
-
-    fn prefault(&self, access: Access) -> Result<(), ShmError> {
-        self.array.prefault_as(self.rows.clone(), access)
-    }
-}
-
 impl<T: Element> Drop for Claim<'_, T> {
     fn drop(&mut self) {
         let Some(i) = self.slot else { return };
@@ -534,371 +504,6 @@ impl<T: Element> Drop for Claim<'_, T> {
         // Release: our accesses through the slice happen-before the next
         // claimer's Acquire load of the freed slot.
         slot.pid.store(0, Ordering::Release);
-    }
-}
-
-/// Rows `[a, b)` of a [`PartitionedArray`], claimed exclusively by this
-/// process: an ordinary `&mut [T]` (through `Deref`) and `ArrayViewMut`,
-/// released on drop.
-///
-/// Made by [`PartitionedArray::claim_rows`]. A `RowsMut` copied into a child
-/// by `fork` belongs to the parent: using it in the child panics, and
-/// dropping it there leaves the parent's claim alone.
-///
-/// # Examples
-///
-/// ```
-/// let array = forkpool_shm::PartitionedArray::<u32>::new(&[6, 4])?;
-/// let mut rows = array.claim_rows(2..4)?;
-/// assert_eq!(rows.rows(), 2..4);
-/// rows.row_mut(3).copy_from_slice(&[1, 2, 3, 4]);
-/// assert_eq!(rows.len(), 8);
-/// drop(rows);
-/// assert_eq!(array.read_rows(3..4)?.as_slice(), [1, 2, 3, 4]);
-/// # Ok::<(), forkpool_shm::ShmError>(())
-/// ```
-pub struct RowsMut<'a, T: Element> {
-    claim: Claim<'a, T>,
-}
-
-impl<T: Element> RowsMut<'_, T> {
-    /// The rows claimed.
-    ///
-    /// # Examples
-    ///
-    /// See [`RowsMut`].
-    pub fn rows(&self) -> Range<usize> {
-        self.claim.rows.clone()
-    }
-
-    /// The shape of the claimed block: the array's shape with the first axis
-    /// cut to the claimed rows.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[6, 4, 2])?;
-    /// assert_eq!(array.claim_rows(1..4)?.shape(), [3, 4, 2]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn shape(&self) -> Vec<usize> {
-        self.claim.shape()
-    }
-
-    /// The claimed rows as a shared slice (row-major).
-    ///
-    /// # Panics
-    ///
-    /// In a child that inherited this `RowsMut` through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[3, 2])?;
-    /// assert_eq!(array.claim_rows(0..2)?.as_slice(), [0; 4]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn as_slice(&self) -> &[T] {
-        self.claim.check_owner();
-        // SAFETY: the exclusive claim guarantees that no other claim overlaps
-        // these rows while `self` lives, and every access to a
-        // `PartitionedArray` goes through a claim; the span is in bounds and
-        // aligned, and every bit pattern is a valid `T`.
-        unsafe { std::slice::from_raw_parts(self.claim.start_ptr(), self.claim.len()) }
-    }
-
-    /// The claimed rows as an exclusive slice (row-major).
-    ///
-    /// # Panics
-    ///
-    /// In a child that inherited this `RowsMut` through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[3, 2])?;
-    /// array.claim_rows(1..3)?.as_mut_slice().copy_from_slice(&[1, 2, 3, 4]);
-    /// assert_eq!(array.to_vec()?, [0, 0, 1, 2, 3, 4]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn as_mut_slice(&mut self) -> &mut [T] {
-        self.claim.check_owner();
-        // SAFETY: as in `as_slice`, and `&mut self` makes this borrow unique
-        // within the process.
-        unsafe { std::slice::from_raw_parts_mut(self.claim.start_ptr(), self.claim.len()) }
-    }
-
-    /// Row `row` (an index into the whole array) as a shared slice.
-    ///
-    /// # Panics
-    ///
-    /// If `row` is not among the claimed rows, or in a child that inherited
-    /// this `RowsMut` through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<i32>::new(&[4, 3])?;
-    /// let rows = array.claim_rows(2..4)?;
-    /// assert_eq!(rows.row(3), [0, 0, 0]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn row(&self, row: usize) -> &[T] {
-        let range = self.claim.row_range(row);
-        &self.as_slice()[range]
-    }
-
-    /// Row `row` (an index into the whole array) as an exclusive slice.
-    ///
-    /// # Panics
-    ///
-    /// If `row` is not among the claimed rows, or in a child that inherited
-    /// this `RowsMut` through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// See [`RowsMut`].
-    pub fn row_mut(&mut self, row: usize) -> &mut [T] {
-        let range = self.claim.row_range(row);
-        &mut self.as_mut_slice()[range]
-    }
-
-    /// The claimed rows as a shared `ndarray` view of shape
-    /// [`shape`](Self::shape).
-    ///
-    /// # Panics
-    ///
-    /// In a child that inherited this `RowsMut` through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<f64>::new(&[4, 3])?;
-    /// let mut rows = array.claim_rows(1..3)?;
-    /// rows.fill(1.0);
-    /// assert_eq!(rows.view().sum(), 6.0);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn view(&self) -> ArrayView<'_, T, IxDyn> {
-        self.claim.check_owner();
-        // SAFETY: as in `as_slice`; the shape covers exactly the claimed span.
-        unsafe { crate::view::shared(self.claim.start_ptr(), &self.claim.shape()) }
-    }
-
-    /// The claimed rows as an exclusive `ndarray` view of shape
-    /// [`shape`](Self::shape).
-    ///
-    /// # Panics
-    ///
-    /// In a child that inherited this `RowsMut` through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use ndarray::Ix2;
-    /// let array = forkpool_shm::PartitionedArray::<f64>::new(&[4, 3])?;
-    /// let mut rows = array.claim_rows(2..4)?;
-    /// let mut view = rows.view_mut().into_dimensionality::<Ix2>().unwrap();
-    /// view.column_mut(0).fill(9.0);
-    /// drop(rows);
-    /// assert_eq!(array.to_vec()?[6..], [9.0, 0.0, 0.0, 9.0, 0.0, 0.0]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn view_mut(&mut self) -> ArrayViewMut<'_, T, IxDyn> {
-        self.claim.check_owner();
-        // SAFETY: as in `as_mut_slice`; the shape covers exactly the claimed span.
-        unsafe { crate::view::exclusive(self.claim.start_ptr(), &self.claim.shape()) }
-    }
-
-    /// Maps the claimed rows' pages into this process, writable, in one call
-    /// (see [`SharedArray::prefault`]): do this before filling fresh rows.
-    ///
-    /// # Errors
-    ///
-    /// As for [`SharedArray::prefault`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<f64>::new(&[64, 512])?;
-    /// let mut rows = array.claim_rows(0..32)?;
-    /// rows.prefault()?;
-    /// rows.fill(1.0);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    ///
-    /// It takes `&mut self`: on kernels without `MADV_POPULATE_WRITE` it
-    /// touches each page with a write (an atomic that keeps the value), so no
-    /// shared borrow of the rows may be live:
-    ///
-    /// ```compile_fail
-    /// let array = forkpool_shm::PartitionedArray::<f64>::new(&[4, 512])?;
-    /// let mut rows = array.claim_rows(0..2)?;
-    /// let first: &[f64] = &rows;
-    /// rows.prefault()?; // error: `rows` is also borrowed by `first`
-    /// assert_eq!(first[0], 0.0);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn prefault(&mut self) -> Result<(), ShmError> {
-        self.claim.prefault(Access::Write)
-    }
-}
-
-impl<T: Element> Deref for RowsMut<'_, T> {
-    type Target = [T];
-
-    fn deref(&self) -> &[T] {
-        self.as_slice()
-    }
-}
-
-impl<T: Element> DerefMut for RowsMut<'_, T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        self.as_mut_slice()
-    }
-}
-
-impl<T: Element> fmt::Debug for RowsMut<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RowsMut")
-            .field("rows", &self.claim.rows)
-            .field("shape", &self.claim.shape())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Rows `[a, b)` of a [`PartitionedArray`], claimed for reading: an ordinary
-/// `&[T]` (through `Deref`) and `ArrayView`, released on drop.
-///
-/// Made by [`PartitionedArray::read_rows`]. Like [`RowsMut`], it belongs to
-/// the process that made it, not to a child forked meanwhile.
-///
-/// # Examples
-///
-/// ```
-/// let array = forkpool_shm::PartitionedArray::<f64>::new(&[3, 2])?;
-/// array.claim_rows(0..3)?.fill(0.5);
-/// let all = array.read_rows(0..3)?;
-/// assert_eq!(all.iter().sum::<f64>(), 3.0);
-/// assert_eq!(all.view().shape(), &[3, 2]);
-/// # Ok::<(), forkpool_shm::ShmError>(())
-/// ```
-pub struct RowsRef<'a, T: Element> {
-    claim: Claim<'a, T>,
-}
-
-impl<T: Element> RowsRef<'_, T> {
-    /// The rows claimed.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[3, 2])?;
-    /// assert_eq!(array.read_rows(1..3)?.rows(), 1..3);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn rows(&self) -> Range<usize> {
-        self.claim.rows.clone()
-    }
-
-    /// The shape of the claimed block.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[3, 2])?;
-    /// assert_eq!(array.read_rows(1..3)?.shape(), [2, 2]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn shape(&self) -> Vec<usize> {
-        self.claim.shape()
-    }
-
-    /// The claimed rows as a slice (row-major).
-    ///
-    /// # Panics
-    ///
-    /// In a child that inherited this `RowsRef` through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// See [`RowsRef`].
-    pub fn as_slice(&self) -> &[T] {
-        self.claim.check_owner();
-        // SAFETY: the shared claim guarantees that no exclusive claim overlaps
-        // these rows while `self` lives, and every write to a
-        // `PartitionedArray` goes through an exclusive claim; the span is in
-        // bounds and aligned.
-        unsafe { std::slice::from_raw_parts(self.claim.start_ptr(), self.claim.len()) }
-    }
-
-    /// Row `row` (an index into the whole array).
-    ///
-    /// # Panics
-    ///
-    /// If `row` is not among the claimed rows, or in a child that inherited
-    /// this `RowsRef` through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[3, 2])?;
-    /// assert_eq!(array.read_rows(1..3)?.row(2), [0, 0]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn row(&self, row: usize) -> &[T] {
-        let range = self.claim.row_range(row);
-        &self.as_slice()[range]
-    }
-
-    /// The claimed rows as an `ndarray` view.
-    ///
-    /// # Panics
-    ///
-    /// In a child that inherited this `RowsRef` through `fork`.
-    ///
-    /// # Examples
-    ///
-    /// See [`RowsRef`].
-    pub fn view(&self) -> ArrayView<'_, T, IxDyn> {
-        self.claim.check_owner();
-        // SAFETY: as in `as_slice`; the shape covers exactly the claimed span.
-        unsafe { crate::view::shared(self.claim.start_ptr(), &self.claim.shape()) }
-    }
-
-    /// Maps the claimed rows' pages into this process for reading, in one
-    /// call (see [`SharedArray::prefault_read`]).
-    ///
-    /// # Errors
-    ///
-    /// As for [`SharedArray::prefault`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[3, 2])?;
-    /// array.read_rows(0..3)?.prefault()?;
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn prefault(&self) -> Result<(), ShmError> {
-        self.claim.prefault(Access::Read)
-    }
-}
-
-impl<T: Element> Deref for RowsRef<'_, T> {
-    type Target = [T];
-
-    fn deref(&self) -> &[T] {
-        self.as_slice()
-    }
-}
-
-impl<T: Element> fmt::Debug for RowsRef<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RowsRef")
-            .field("rows", &self.claim.rows)
-            .field("shape", &self.claim.shape())
-            .finish_non_exhaustive()
     }
 }
 
@@ -923,47 +528,72 @@ mod tests {
         }
     }
 
+    fn busy<R>(result: Result<R, ShmError>) -> bool {
+        matches!(result, Err(ShmError::RowsBusy { .. }))
+    }
+
     #[test]
-    fn claims_conflict_within_a_process_and_free_on_drop() {
+    fn claims_conflict_within_a_process_and_free_when_the_closure_returns() {
         let array = PartitionedArray::<u8>::new(&[10, 3]).unwrap();
-        let a = array.claim_rows(0..5).unwrap();
-        let b = array.claim_rows(5..10).unwrap();
-        match array.claim_rows(4..6) {
-            Err(ShmError::RowsBusy { held, pid, .. }) => {
-                assert_eq!(held, 0..5);
-                assert_eq!(pid, std::process::id() as i32);
-            }
-            other => panic!("expected RowsBusy, got {other:?}"),
-        }
-        assert!(matches!(
-            array.read_rows(9..10),
-            Err(ShmError::RowsBusy { .. })
-        ));
-        // Empty claims never conflict.
-        assert!(array.claim_rows(4..4).is_ok());
-        drop(a);
-        let c = array.claim_rows(0..5).unwrap();
-        drop((b, c));
-        let r1 = array.read_rows(0..10).unwrap();
-        let r2 = array.read_rows(2..3).unwrap();
-        assert!(matches!(
-            array.claim_rows(2..3),
-            Err(ShmError::RowsBusy { .. })
-        ));
-        drop((r1, r2));
-        assert!(array.claim_rows(0..10).is_ok());
+        array
+            .with_rows_mut(0..5, |_| {
+                array
+                    .with_rows_mut(5..10, |_| {
+                        match array.with_rows_mut(4..6, |_| ()) {
+                            Err(ShmError::RowsBusy { held, pid, .. }) => {
+                                assert_eq!(held, 0..5);
+                                assert_eq!(pid, std::process::id() as i32);
+                            }
+                            other => panic!("expected RowsBusy, got {other:?}"),
+                        }
+                        assert!(busy(array.with_rows(9..10, |_| ())));
+                        // Empty claims never conflict.
+                        assert!(array.with_rows_mut(4..4, |_| ()).is_ok());
+                    })
+                    .unwrap();
+                // 5..10 is free again, 0..5 still held.
+                assert!(array.with_rows_mut(5..10, |_| ()).is_ok());
+                assert!(busy(array.with_rows(4..5, |_| ())));
+            })
+            .unwrap();
+        array
+            .with_rows(0..10, |_| {
+                array.with_rows(2..3, |_| ()).unwrap();
+                assert!(busy(array.with_rows_mut(2..3, |_| ())));
+            })
+            .unwrap();
+        assert!(array.with_rows_mut(0..10, |_| ()).is_ok());
+    }
+
+    #[test]
+    fn a_claim_is_released_when_its_closure_panics() {
+        let array = PartitionedArray::<u8>::new(&[4]).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            array.with_rows_mut(0..4, |_| panic!("boom")).unwrap()
+        }));
+        assert!(panicked.is_err());
+        assert!(array.with_rows_mut(0..4, |_| ()).is_ok());
     }
 
     #[test]
     fn the_claim_table_has_a_limit_and_says_so() {
+        fn nest(array: &PartitionedArray<u8>, i: usize) {
+            if i == MAX_CLAIMS {
+                let err = array.with_rows_mut(i..i + 1, |_| ()).unwrap_err();
+                assert!(matches!(err, ShmError::TooManyClaims { max: MAX_CLAIMS }));
+                return;
+            }
+            array
+                .with_rows_mut(i..i + 1, |_| nest(array, i + 1))
+                .unwrap();
+        }
         let array = PartitionedArray::<u8>::new(&[MAX_CLAIMS + 1]).unwrap();
-        let claims: Vec<_> = (0..MAX_CLAIMS)
-            .map(|i| array.claim_rows(i..i + 1).unwrap())
-            .collect();
-        let err = array.claim_rows(MAX_CLAIMS..MAX_CLAIMS + 1).unwrap_err();
-        assert!(matches!(err, ShmError::TooManyClaims { max: MAX_CLAIMS }));
-        drop(claims);
-        assert!(array.claim_rows(MAX_CLAIMS..MAX_CLAIMS + 1).is_ok());
+        nest(&array, 0);
+        assert!(
+            array
+                .with_rows_mut(MAX_CLAIMS..MAX_CLAIMS + 1, |_| ())
+                .is_ok()
+        );
     }
 
     #[test]
@@ -976,25 +606,33 @@ mod tests {
         slot.start_time.store(1, Ordering::Relaxed);
         slot.exclusive.store(1, Ordering::Relaxed);
         slot.pid.store(i32::MAX, Ordering::Release);
-        let rows = array.claim_rows(1..3).unwrap();
-        assert_eq!(rows.rows(), 1..3);
+        assert_eq!(
+            array.with_rows_mut(1..3, |rows| rows.range()).unwrap(),
+            1..3
+        );
     }
 
     #[test]
     fn zero_dimensional_arrays_are_one_row() {
         let array = PartitionedArray::<f64>::new(&[]).unwrap();
-        let mut only = array.claim_rows(0..1).unwrap();
-        assert_eq!(only.shape(), Vec::<usize>::new());
-        only[0] = 2.5;
-        assert_eq!(only.view().ndim(), 0);
-        drop(only);
+        array
+            .with_rows_mut(0..1, |only| {
+                assert_eq!(only.shape(), Vec::<usize>::new());
+                only[0] = 2.5;
+                assert_eq!(only.view().ndim(), 0);
+            })
+            .unwrap();
         assert_eq!(array.to_vec().unwrap(), [2.5]);
     }
 
     #[test]
-    #[should_panic(expected = "out of bounds")]
-    fn out_of_bounds_claims_panic() {
+    fn out_of_bounds_claims_are_an_error_naming_the_rows() {
         let array = PartitionedArray::<u8>::new(&[4]).unwrap();
-        let _ = array.claim_rows(2..5);
+        let err = array.with_rows_mut(2..5, |_| ()).unwrap_err();
+        assert!(matches!(err, ShmError::RowsOutOfBounds { nrows: 4, .. }));
+        assert_eq!(
+            err.to_string(),
+            "rows 2..5 are out of bounds for an array of 4 rows"
+        );
     }
 }

@@ -6,14 +6,13 @@
 //! (a header page and a data page, 8 KiB).
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::SharedArray;
 use crate::element::Element;
-use crate::error::{LockError, LockResult, OwnerDied, ShmError};
-use crate::locked::{ArrayGuard, LockedArray};
+use crate::error::{LockResult, ShmError};
+use crate::locked::LockedArray;
 
 /// One number shared by every process forked after its creation, read and
 /// written atomically: counters and flags without a lock.
@@ -226,12 +225,11 @@ impl<T: Element> SharedValue<T> {
 ///
 /// ```
 /// let total = forkpool_shm::LockedValue::new(0.0f64)?;
-/// {
-///     let mut guard = total.lock()?;
-///     *guard += 1.5;
-///     *guard *= 2.0;
-/// }
-/// assert_eq!(*total.lock()?, 3.0);
+/// total.with_lock(|total| {
+///     *total += 1.5;
+///     *total *= 2.0;
+/// })?;
+/// assert_eq!(total.with_lock(|total| *total)?, 3.0);
 /// # Ok::<(), forkpool_shm::ShmError>(())
 /// ```
 pub struct LockedValue<T: Element> {
@@ -254,20 +252,6 @@ impl<T: Element> fmt::Debug for LockedValue<T> {
     }
 }
 
-fn value_guard<T: Element>(result: LockResult<ArrayGuard<'_, T>>) -> LockResult<ValueGuard<'_, T>> {
-    match result {
-        Ok(guard) => Ok(ValueGuard { guard }),
-        Err(LockError::OwnerDied(died)) => {
-            let (pid, panicked) = (died.pid(), died.panicked());
-            let guard = ValueGuard {
-                guard: died.into_inner(),
-            };
-            Err(LockError::OwnerDied(OwnerDied::new(guard, pid, panicked)))
-        }
-        Err(LockError::Failed(err)) => Err(LockError::Failed(err)),
-    }
-}
-
 impl<T: Element> LockedValue<T> {
     /// Creates a locked value holding `initial`.
     ///
@@ -279,7 +263,7 @@ impl<T: Element> LockedValue<T> {
     ///
     /// ```
     /// let v = forkpool_shm::LockedValue::new(7u16)?;
-    /// assert_eq!(*v.lock()?, 7);
+    /// assert_eq!(v.with_lock(|v| *v)?, 7);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn new(initial: T) -> Result<Self, ShmError> {
@@ -290,54 +274,62 @@ impl<T: Element> LockedValue<T> {
         })
     }
 
-    /// Takes the lock. See [`LockedArray::lock`].
+    /// Runs `f` on the value with the lock held. See
+    /// [`LockedArray::with_lock`].
     ///
     /// # Errors
     ///
-    /// As for [`LockedArray::lock`]: [`LockError::OwnerDied`] (with the
-    /// guard) if a holder died or panicked, [`LockError::Failed`] otherwise.
+    /// As for [`LockedArray::with_lock`]: [`LockError::OwnerDied`] (with
+    /// `f`'s result) if a holder died or panicked, [`LockError::Failed`]
+    /// otherwise.
     ///
     /// # Examples
     ///
     /// See [`LockedValue`].
-    pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
-        value_guard(self.array.lock())
+    pub fn with_lock<R>(&self, f: impl FnOnce(&mut T) -> R) -> LockResult<R> {
+        self.array.with_lock(|data| f(&mut data[0]))
     }
 
-    /// Takes the lock if it is free. See [`LockedArray::try_lock`].
+    /// Runs `f` on the value if the lock is free now. See
+    /// [`LockedArray::try_with_lock`].
     ///
     /// # Errors
     ///
-    /// As for [`LockedArray::try_lock`].
+    /// As for [`LockedArray::try_with_lock`].
     ///
     /// # Examples
     ///
     /// ```
     /// let v = forkpool_shm::LockedValue::new(0u8)?;
-    /// assert!(v.try_lock().is_ok());
+    /// assert_eq!(v.try_with_lock(|v| *v)?, 0);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
-    pub fn try_lock(&self) -> LockResult<ValueGuard<'_, T>> {
-        value_guard(self.array.try_lock())
+    pub fn try_with_lock<R>(&self, f: impl FnOnce(&mut T) -> R) -> LockResult<R> {
+        self.array.try_with_lock(|data| f(&mut data[0]))
     }
 
-    /// Takes the lock, waiting at most `timeout`. See
-    /// [`LockedArray::lock_timeout`].
+    /// Runs `f` on the value, waiting at most `timeout` for the lock. See
+    /// [`LockedArray::with_lock_timeout`].
     ///
     /// # Errors
     ///
-    /// As for [`LockedArray::lock_timeout`].
+    /// As for [`LockedArray::with_lock_timeout`].
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
     /// let v = forkpool_shm::LockedValue::new(0u8)?;
-    /// assert!(v.lock_timeout(Duration::from_millis(10)).is_ok());
+    /// assert!(v.with_lock_timeout(Duration::from_millis(10), |v| *v += 1).is_ok());
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
-    pub fn lock_timeout(&self, timeout: Duration) -> LockResult<ValueGuard<'_, T>> {
-        value_guard(self.array.lock_timeout(timeout))
+    pub fn with_lock_timeout<R>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> LockResult<R> {
+        self.array
+            .with_lock_timeout(timeout, |data| f(&mut data[0]))
     }
 
     /// Whether the lock is poisoned. See [`LockedArray::is_poisoned`].
@@ -363,40 +355,5 @@ impl<T: Element> LockedValue<T> {
     /// ```
     pub fn clear_poison(&self) {
         self.array.clear_poison()
-    }
-}
-
-/// The lock of a [`LockedValue`], held: the value through `Deref`/`DerefMut`.
-///
-/// # Examples
-///
-/// ```
-/// let v = forkpool_shm::LockedValue::new(1i32)?;
-/// let mut guard = v.lock()?;
-/// *guard = -*guard;
-/// assert_eq!(*guard, -1);
-/// # Ok::<(), forkpool_shm::ShmError>(())
-/// ```
-pub struct ValueGuard<'a, T: Element> {
-    guard: ArrayGuard<'a, T>,
-}
-
-impl<T: Element> Deref for ValueGuard<'_, T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.guard[0]
-    }
-}
-
-impl<T: Element> DerefMut for ValueGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.guard[0]
-    }
-}
-
-impl<T: Element> fmt::Debug for ValueGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ValueGuard").field(&**self).finish()
     }
 }

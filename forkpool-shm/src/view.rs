@@ -8,7 +8,7 @@
 //! - `ArrayView`/`ArrayViewMut` (ordinary views, as numpy users expect):
 //!   only where something makes "nobody else writes this" true: the lock of a
 //!   [`LockedArray`](crate::LockedArray), a claim of rows
-//!   ([`RowsMut`](crate::RowsMut)), or an `unsafe` call whose contract the
+//!   ([`Rows`](crate::Rows)), or an `unsafe` call whose contract the
 //!   caller keeps.
 //!
 //! All views here are row-major (C order) over contiguous memory, with the

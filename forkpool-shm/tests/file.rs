@@ -60,9 +60,12 @@ fn a_locked_file_backed_counter_counts_every_increment() {
         .map(|_| {
             spawn(|| {
                 for _ in 0..2500 {
-                    let mut guard = counter.lock().map_err(|e| e.to_string())?;
-                    let seen = guard[0];
-                    guard[0] = seen + 1;
+                    counter
+                        .with_lock(|count| {
+                            let seen = count[0];
+                            count[0] = seen + 1;
+                        })
+                        .map_err(|e| e.to_string())?;
                 }
                 Ok(())
             })
@@ -121,11 +124,13 @@ fn numpy_memmap_reads_and_writes_a_raw_file_made_here() {
     {
         // SAFETY: a fresh file; numpy opens it only after this array is dropped.
         let array = unsafe { PartitionedArray::<f32>::create_file(&path, &[3, 4]) }.unwrap();
-        let mut rows = array.claim_rows(0..3).unwrap();
-        for (i, x) in rows.iter_mut().enumerate() {
-            *x = i as f32 * 0.25;
-        }
-        drop(rows);
+        array
+            .with_rows_mut(0..3, |rows| {
+                for (i, x) in rows.iter_mut().enumerate() {
+                    *x = i as f32 * 0.25;
+                }
+            })
+            .unwrap();
         array.flush().unwrap();
     }
     let out = python_numpy(

@@ -15,19 +15,22 @@ fn eight_processes_incrementing_a_locked_counter_give_exactly_80_000() {
         .map(|_| {
             spawn(|| {
                 for _ in 0..10_000 {
-                    let mut guard = counter.lock().map_err(|e| e.to_string())?;
-                    // A plain load and store: increments are lost unless the
-                    // lock really excludes the other processes.
-                    let seen = *guard;
-                    std::hint::black_box(());
-                    *guard = seen + 1;
+                    counter
+                        .with_lock(|count| {
+                            // A plain load and store: increments are lost unless
+                            // the lock really excludes the other processes.
+                            let seen = *count;
+                            std::hint::black_box(());
+                            *count = seen + 1;
+                        })
+                        .map_err(|e| e.to_string())?;
                 }
                 Ok(())
             })
         })
         .collect();
     children.into_iter().for_each(common::Child::join);
-    assert_eq!(*counter.lock().unwrap(), 80_000);
+    assert_eq!(counter.with_lock(|count| *count).unwrap(), 80_000);
 }
 
 #[test]
@@ -40,34 +43,41 @@ fn a_locked_array_keeps_multi_element_updates_whole() {
             let array = array.clone();
             spawn(move || {
                 for round in 0..200 {
-                    let mut guard = array.lock().map_err(|e| e.to_string())?;
-                    let first = guard[0];
-                    ensure!(
-                        guard.iter().all(|&x| x == first),
-                        "torn update seen in round {round}"
-                    );
-                    guard.fill(id);
+                    array
+                        .with_lock(|data| {
+                            let first = data[0];
+                            ensure!(
+                                data.iter().all(|&x| x == first),
+                                "torn update seen in round {round}"
+                            );
+                            data.fill(id);
+                            Ok(())
+                        })
+                        .map_err(|e| e.to_string())??;
                 }
                 Ok(())
             })
         })
         .collect();
     children.into_iter().for_each(common::Child::join);
-    let guard = array.lock().unwrap();
-    assert!((1..=4).contains(&guard[0]));
-    assert!(guard.iter().all(|&x| x == guard[0]));
+    let data = array.with_lock(|data| data.to_vec()).unwrap();
+    assert!((1..=4).contains(&data[0]));
+    assert!(data.iter().all(|&x| x == data[0]));
 }
 
 /// Starts a child that takes the lock, writes `7` into row 0, reports that it
 /// holds the lock, and waits to be killed.
 fn holder(array: &LockedArray<i64>, holding: &SharedValue<u8>) -> common::Child {
     spawn(|| {
-        let mut guard = array.lock().map_err(|e| e.to_string())?;
-        guard.row_mut(0).fill(7);
-        holding.set(1);
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-        }
+        array
+            .with_lock(|data| {
+                data.row_mut(0).fill(7);
+                holding.set(1);
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            })
+            .map_err(|e| e.to_string())
     })
 }
 
@@ -79,7 +89,7 @@ fn a_process_killed_holding_the_lock_is_reported_by_the_next_lock_with_the_data_
     let pid = child.pid().as_raw();
     wait_until("the child to hold the lock", || holding.get() == 1);
     assert!(matches!(
-        array.try_lock(),
+        array.try_with_lock(|_| ()),
         Err(LockError::Failed(ShmError::WouldBlock))
     ));
     child.kill();
@@ -89,16 +99,18 @@ fn a_process_killed_holding_the_lock_is_reported_by_the_next_lock_with_the_data_
     );
 
     let started = Instant::now();
-    match array.lock_timeout(Duration::from_secs(30)) {
+    match array.with_lock_timeout(Duration::from_secs(30), |data| {
+        (data.row(0).to_vec(), data.row(1).to_vec())
+    }) {
         Err(LockError::OwnerDied(died)) => {
             assert_eq!(died.pid(), Some(pid));
             assert!(!died.panicked());
-            let guard = died.into_inner();
+            let (row0, row1) = died.into_inner();
             assert!(
-                guard.row(0).iter().all(|&x| x == 7),
+                row0.iter().all(|&x| x == 7),
                 "the dead holder's writes stay"
             );
-            assert!(guard.row(1).iter().all(|&x| x == 0));
+            assert!(row1.iter().all(|&x| x == 0));
         }
         Err(LockError::Failed(e)) => panic!("lock failed: {e}"),
         Ok(_) => panic!("the owner's death was not reported"),
@@ -110,14 +122,16 @@ fn a_process_killed_holding_the_lock_is_reported_by_the_next_lock_with_the_data_
 
     // Poisoning is sticky, like std's, until cleared.
     assert!(array.is_poisoned());
-    let err = array.lock().map(drop).unwrap_err();
+    let err = array.with_lock(|_| ()).unwrap_err();
     assert!(err.to_string().contains(&format!("pid {pid}")), "{err}");
     let as_shm: ShmError = err.into();
     assert!(matches!(as_shm, ShmError::OwnerDied { pid: Some(p) } if p == pid));
     array.clear_poison();
     assert!(!array.is_poisoned());
-    let guard = array.lock().expect("clean after clear_poison");
-    assert_eq!(guard[0], 7);
+    let first = array
+        .with_lock(|data| data[0])
+        .expect("clean after clear_poison");
+    assert_eq!(first, 7);
 }
 
 #[test]
@@ -130,10 +144,10 @@ fn a_waiter_blocked_on_the_lock_is_woken_when_the_holder_is_killed() {
     // The second child blocks in lock(); it must learn of the death, not hang.
     let second = spawn(|| {
         waiting.set(1);
-        match array.lock() {
+        match array.with_lock(|data| data[0]) {
             Err(LockError::OwnerDied(died)) => {
-                let guard = died.into_inner();
-                ensure!(guard[0] == 7, "data lost: {}", guard[0]);
+                let first = died.into_inner();
+                ensure!(first == 7, "data lost: {first}");
                 Ok(())
             }
             Ok(_) => Err("the death of the holder was not reported".into()),
@@ -155,19 +169,20 @@ fn a_holder_that_panics_poisons_the_lock() {
     let value = LockedValue::new(1.5f64).unwrap();
     std::thread::scope(|s| {
         let handle = s.spawn(|| {
-            let mut guard = value.lock().unwrap();
-            *guard = 2.5;
-            panic!("worker failed half-way");
+            let _ = value.with_lock(|value| {
+                *value = 2.5;
+                panic!("worker failed half-way");
+            });
         });
         assert!(handle.join().is_err());
     });
-    match value.lock() {
+    match value.with_lock(|value| *value) {
         Err(LockError::OwnerDied(died)) => {
             assert!(died.panicked());
             assert_eq!(died.pid(), Some(std::process::id() as i32));
-            assert_eq!(*died.into_inner(), 2.5);
+            assert_eq!(died.into_inner(), 2.5);
         }
-        other => panic!("expected poisoning, got {:?}", other.map(|g| *g)),
+        other => panic!("expected poisoning, got {other:?}"),
     }
 }
 
@@ -177,28 +192,29 @@ fn try_lock_and_lock_timeout_see_a_lock_held_by_another_process() {
     let holding = SharedValue::new(0u8).unwrap();
     let release = SharedValue::new(0u8).unwrap();
     let child = spawn(|| {
-        let guard = array.lock().map_err(|e| e.to_string())?;
-        holding.set(1);
-        wait_until("the parent's go", || release.get() == 1);
-        drop(guard);
-        Ok(())
+        array
+            .with_lock(|_| {
+                holding.set(1);
+                wait_until("the parent's go", || release.get() == 1);
+            })
+            .map_err(|e| e.to_string())
     });
     wait_until("the child to hold the lock", || holding.get() == 1);
     assert!(matches!(
-        array.try_lock(),
+        array.try_with_lock(|_| ()),
         Err(LockError::Failed(ShmError::WouldBlock))
     ));
     let t = Duration::from_millis(50);
     let started = Instant::now();
-    match array.lock_timeout(t) {
+    match array.with_lock_timeout(t, |_| ()) {
         Err(LockError::Failed(ShmError::LockTimeout(d))) => assert_eq!(d, t),
-        other => panic!("expected a timeout, got {:?}", other.map(drop)),
+        other => panic!("expected a timeout, got {other:?}"),
     }
     assert!(started.elapsed() >= t);
     release.set(1);
     child.join();
     assert!(
-        array.try_lock().is_ok(),
+        array.try_with_lock(|_| ()).is_ok(),
         "free again after the child let go"
     );
 }
@@ -206,9 +222,9 @@ fn try_lock_and_lock_timeout_see_a_lock_held_by_another_process() {
 #[test]
 fn locking_twice_on_one_thread_is_an_error_not_a_deadlock() {
     let array = LockedArray::<u8>::new(&[1]).unwrap();
-    let _held = array.lock().unwrap();
+    let again = array.with_lock(|_| array.with_lock(|_| ())).unwrap();
     assert!(matches!(
-        array.lock().map(drop),
+        again,
         Err(LockError::Failed(ShmError::WouldDeadlock))
     ));
 }
@@ -218,17 +234,22 @@ fn views_under_the_lock_are_ordinary_ndarray_views() {
     use ndarray::Ix2;
     let array = LockedArray::<f64>::new(&[3, 4]).unwrap();
     let child = spawn(|| {
-        let mut guard = array.lock().map_err(|e| e.to_string())?;
-        let mut view = guard.view_mut().into_dimensionality::<Ix2>().unwrap();
-        for ((i, j), x) in view.indexed_iter_mut() {
-            *x = (i * 10 + j) as f64;
-        }
-        Ok(())
+        array
+            .with_lock(|data| {
+                let mut view = data.view_mut().into_dimensionality::<Ix2>().unwrap();
+                for ((i, j), x) in view.indexed_iter_mut() {
+                    *x = (i * 10 + j) as f64;
+                }
+            })
+            .map_err(|e| e.to_string())
     });
     child.join();
-    let guard = array.lock().unwrap();
-    let view = guard.view().into_dimensionality::<Ix2>().unwrap();
-    assert_eq!(view[[2, 3]], 23.0);
-    assert_eq!(view.column(0).to_vec(), [0.0, 10.0, 20.0]);
-    assert_eq!(guard.rows(1..2), [10.0, 11.0, 12.0, 13.0]);
+    array
+        .with_lock(|data| {
+            let view = data.view().into_dimensionality::<Ix2>().unwrap();
+            assert_eq!(view[[2, 3]], 23.0);
+            assert_eq!(view.column(0).to_vec(), [0.0, 10.0, 20.0]);
+            assert_eq!(data.row(1), [10.0, 11.0, 12.0, 13.0]);
+        })
+        .unwrap();
 }

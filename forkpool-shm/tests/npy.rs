@@ -26,9 +26,8 @@ fn numpy_opens_with_mmap_what_rust_wrote_and_rust_sees_numpys_writes() {
         a.flush().unwrap();
         // SAFETY: as above.
         let b = unsafe { LockedArray::<i16>::create_npy(&i16_path, &[2, 2, 2]) }.unwrap();
-        b.lock()
-            .unwrap()
-            .copy_from_slice(&[-1, 2, -3, 4, -5, 6, -7, 8]);
+        b.with_lock(|data| data.copy_from_slice(&[-1, 2, -3, 4, -5, 6, -7, 8]))
+            .unwrap();
         b.flush().unwrap();
     }
     let out = python_numpy(
@@ -56,7 +55,7 @@ fn numpy_opens_with_mmap_what_rust_wrote_and_rust_sees_numpys_writes() {
     assert_eq!(a.get_at(&[2, 3]), 5.5);
     // SAFETY: as above.
     let b = unsafe { LockedArray::<i16>::open_npy(&i16_path) }.unwrap();
-    assert_eq!(b.lock().unwrap()[7], 999);
+    assert_eq!(b.with_lock(|data| data[7]).unwrap(), 999);
 }
 
 /// Runs numpy to write files; returns their paths.

@@ -48,15 +48,16 @@ fn locked_values_serialise_read_modify_write() {
         .map(|_| {
             spawn(|| {
                 for _ in 0..5 {
-                    let mut guard = value.lock().map_err(|e| e.to_string())?;
-                    *guard = guard.wrapping_mul(3);
+                    value
+                        .with_lock(|value| *value = value.wrapping_mul(3))
+                        .map_err(|e| e.to_string())?;
                 }
                 Ok(())
             })
         })
         .collect();
     children.into_iter().for_each(common::Child::join);
-    assert_eq!(*value.lock().unwrap(), 3u32.pow(20));
+    assert_eq!(value.with_lock(|value| *value).unwrap(), 3u32.pow(20));
 }
 
 #[test]
