@@ -59,7 +59,7 @@ impl<R: DeserializeOwned + Send> Sink<Vec<R>> for MapSink<R> {
                 let mut values = Vec::with_capacity(meta.items);
                 let mut err = None;
                 decode_outcomes::<R>(
-                    body.payload(),
+                    body,
                     meta.items,
                     meta.first,
                     c.pid,
@@ -119,14 +119,9 @@ impl<R: DeserializeOwned + Send> Sink<R> for ApplySink<R> {
         self.value = Some(match c.outcome {
             Ok(body) => {
                 let mut value = None;
-                decode_outcomes::<R>(
-                    body.payload(),
-                    meta.items,
-                    meta.first,
-                    c.pid,
-                    self.arg_type,
-                    |r| value = Some(r),
-                );
+                decode_outcomes::<R>(body, meta.items, meta.first, c.pid, self.arg_type, |r| {
+                    value = Some(r)
+                });
                 value.expect("one outcome per item")
             }
             Err(e) => Err(e),

@@ -108,6 +108,17 @@ pub(crate) fn decode_from<'de, T: Deserialize<'de>>(input: &mut &'de [u8]) -> Re
     T::deserialize(&mut de)
 }
 
+/// Whether `S` is this format's serializer: a [`crate::Buffer`] travels
+/// out of band only through it (any other format gets its numbers).
+pub(crate) fn is_encoder<S: ?Sized>() -> bool {
+    typeid::of::<S>() == typeid::of::<&mut Encoder<'_>>()
+}
+
+/// Whether `D` is this format's deserializer (see [`is_encoder`]).
+pub(crate) fn is_decoder<D: ?Sized>() -> bool {
+    typeid::of::<D>() == typeid::of::<&mut Decoder<'_, '_>>()
+}
+
 // ---------------------------------------------------------------------------
 // Plain number types: the ones whose runs move in bulk.
 

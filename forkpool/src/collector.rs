@@ -103,6 +103,7 @@ enum Source {
     Wake,
     Result(i32),
     Task(i32),
+    Side(i32),
 }
 
 struct Collector {
@@ -174,6 +175,10 @@ impl Collector {
                             entries.push((Source::Result(w.pid), w.result_fd.clone()));
                             flags.push(PollFlags::POLLIN);
                         }
+                        if let Some(fd) = w.side.poll_fd() {
+                            entries.push((Source::Side(w.pid), fd));
+                            flags.push(PollFlags::POLLIN);
+                        }
                         if w.wants_write() {
                             let fd = w.task_fd.clone().expect("wants_write implies a pipe");
                             entries.push((Source::Task(w.pid), fd));
@@ -229,6 +234,11 @@ impl Collector {
                 Source::Result(pid) => {
                     if let Some(w) = st.workers.iter().position(|w| w.pid == pid) {
                         self.read_worker(&mut st, w, READS_PER_WAKE);
+                    }
+                }
+                Source::Side(pid) => {
+                    if let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) {
+                        w.side.drain();
                     }
                 }
                 Source::Task(pid) => {
@@ -304,7 +314,9 @@ impl Collector {
             Event::Spawned { slot, pid } => {
                 let arrived = fds.len();
                 let mut fds = fds.into_iter();
-                let (Some(task), Some(result), None) = (fds.next(), fds.next(), fds.next()) else {
+                let (Some(task), Some(result), Some(side), None) =
+                    (fds.next(), fds.next(), fds.next(), fds.next())
+                else {
                     // The kernel could not install both descriptors (the
                     // message came with MSG_CTRUNC): those that did arrive
                     // are dropped here, closed and out of the registry.
@@ -317,9 +329,9 @@ impl Collector {
                             call: "recvmsg",
                             errno: Errno::EMFILE as i32,
                             detail: format!(
-                                "receiving worker {pid}'s two pipe ends from the zygote \
-                                 (SCM_RIGHTS): {arrived} arrived, the message was cut short \
-                                 (MSG_CTRUNC)"
+                                "receiving worker {pid}'s two pipe ends and side channel \
+                                 from the zygote (SCM_RIGHTS): {arrived} of 3 arrived, the \
+                                 message was cut short (MSG_CTRUNC)"
                             ),
                             limit,
                             open,
@@ -327,7 +339,7 @@ impl Collector {
                         },
                     );
                 };
-                for fd in [&task, &result] {
+                for fd in [&task, &result, &side] {
                     if let Err(e) = set_nonblocking(fd) {
                         st.request_kill(pid);
                         return self.fail_start_or_break(
@@ -339,7 +351,7 @@ impl Collector {
                 if st.phase == Phase::Terminating {
                     return; // dropping the fds; the zygote is killing it
                 }
-                st.workers.push(Worker::new(slot, pid, task, result));
+                st.workers.push(Worker::new(slot, pid, task, result, side));
             }
             Event::SpawnFailed {
                 slot,
@@ -461,7 +473,10 @@ impl Collector {
                 self.fail_start_or_break(st, err);
                 Ok(())
             }
-            FromWorker::Result(result) if worker.ready => st.on_result(w, result),
+            FromWorker::Result(mut result) if worker.ready => {
+                result.fds = worker.side.take(result.id);
+                st.on_result(w, result)
+            }
             other => Err(format!(
                 "unexpected {} frame {}",
                 match other {

@@ -32,8 +32,10 @@ pub(crate) enum Request {
 /// Zygote to parent.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Event {
-    /// A worker was forked; its task pipe's write end and its result pipe's
-    /// read end come with this message, in that order.
+    /// A worker was forked; its task pipe's write end, its result pipe's
+    /// read end and the parent's end of its side channel (for the
+    /// descriptors of buffers, see [`crate::side`]) come with this
+    /// message, in that order.
     Spawned { slot: u32, pid: i32 },
     /// `fork` or `pipe` failed in the zygote: which call, its errno, and
     /// the zygote's descriptor limit and count (for `EMFILE`).
@@ -57,6 +59,7 @@ pub(crate) enum Event {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) enum SpawnCall {
     Pipe2,
+    Socketpair,
     Fork,
 }
 
@@ -64,6 +67,7 @@ impl SpawnCall {
     pub(crate) fn name(self) -> &'static str {
         match self {
             SpawnCall::Pipe2 => "pipe2",
+            SpawnCall::Socketpair => "socketpair",
             SpawnCall::Fork => "fork",
         }
     }
@@ -113,17 +117,29 @@ pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
     PoolFd::receiving(|adopter| recv_locked(fd, flags, adopter))
 }
 
-/// Room for the control data of one message: an `SCM_RIGHTS` header and
-/// up to four descriptors (two are ever sent), as `u64`s for alignment.
-type CmsgBuf = [u64; 8];
+/// One message received by [`recv_with_fds`].
+pub(crate) struct Got {
+    /// Bytes of the message (0: the peer closed its end).
+    pub(crate) bytes: usize,
+    /// The descriptors that arrived, adopted.
+    pub(crate) fds: Vec<PoolFd>,
+    /// The kernel cut the descriptors short (`MSG_CTRUNC`: no room in
+    /// `cmsg`, or this process is at its descriptor limit).
+    pub(crate) truncated: bool,
+}
 
-fn recv_locked<M: for<'de> Deserialize<'de>>(
+/// `recvmsg` of one message into `buf`, with room for `cmsg`'s worth of
+/// control data; every descriptor that arrived is adopted through
+/// `adopter`, even when the kernel could not install them all (`MSG_CTRUNC`,
+/// reported in [`Got::truncated`]): none is left open unowned. `Ok(None)`:
+/// `EAGAIN`. `ECONNRESET` reads as a closed peer (0 bytes).
+pub(crate) fn recv_with_fds(
     fd: BorrowedFd<'_>,
     flags: libc::c_int,
+    buf: &mut [u8],
+    cmsg: &mut [u64],
     adopter: &mut Adopter<'_>,
-) -> io::Result<Received<M>> {
-    let mut buf = [0u8; MAX_MSG];
-    let mut cmsg: CmsgBuf = [0; 8];
+) -> io::Result<Option<Got>> {
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -133,7 +149,7 @@ fn recv_locked<M: for<'de> Deserialize<'de>>(
     hdr.msg_iov = &mut iov;
     hdr.msg_iovlen = 1;
     hdr.msg_control = cmsg.as_mut_ptr().cast();
-    hdr.msg_controllen = std::mem::size_of::<CmsgBuf>();
+    hdr.msg_controllen = std::mem::size_of_val(cmsg);
     // nix's `recvmsg` refuses to show the control data of a message with
     // MSG_CTRUNC, which would leave the descriptors that did arrive open
     // and unowned: hence the raw call and the walk below.
@@ -146,14 +162,15 @@ fn recv_locked<M: for<'de> Deserialize<'de>>(
         }
         match Errno::last() {
             Errno::EINTR => continue,
-            Errno::EAGAIN => return Ok(Received::WouldBlock),
-            Errno::ECONNRESET => return Ok(Received::Eof),
+            Errno::EAGAIN => return Ok(None),
+            Errno::ECONNRESET => break 0,
             e => return Err(e.into()),
         }
     };
     let mut fds = Vec::new();
-    // SAFETY: `hdr` was filled by a successful `recvmsg`; its control
-    // fields describe the part of `cmsg` the kernel wrote.
+    // SAFETY: `hdr` was filled by a successful `recvmsg` (or left as set
+    // up, with no control data, on ECONNRESET); its control fields
+    // describe the part of `cmsg` the kernel wrote.
     let mut c = unsafe { libc::CMSG_FIRSTHDR(&hdr) };
     while !c.is_null() {
         // SAFETY: `c` points at a control header inside `cmsg` (so aligned
@@ -178,6 +195,28 @@ fn recv_locked<M: for<'de> Deserialize<'de>>(
         // SAFETY: `c` is a header inside the control data `hdr` describes.
         c = unsafe { libc::CMSG_NXTHDR(&hdr, c) };
     }
+    Ok(Some(Got {
+        bytes,
+        fds,
+        truncated: hdr.msg_flags & libc::MSG_CTRUNC != 0,
+    }))
+}
+
+/// Room for the control data of one message: an `SCM_RIGHTS` header and
+/// up to twelve descriptors (three are ever sent), as `u64`s for alignment.
+type CmsgBuf = [u64; 8];
+
+fn recv_locked<M: for<'de> Deserialize<'de>>(
+    fd: BorrowedFd<'_>,
+    flags: libc::c_int,
+    adopter: &mut Adopter<'_>,
+) -> io::Result<Received<M>> {
+    let mut buf = [0u8; MAX_MSG];
+    let mut cmsg: CmsgBuf = [0; 8];
+    let Some(got) = recv_with_fds(fd, flags, &mut buf, &mut cmsg, adopter)? else {
+        return Ok(Received::WouldBlock);
+    };
+    let (bytes, fds) = (got.bytes, got.fds);
     if bytes == 0 {
         return Ok(Received::Eof);
     }

@@ -168,7 +168,7 @@ pub enum Error {
         limit: u64,
         /// How many descriptors that process had open.
         open: usize,
-        /// `"parent"` (the program) or `"zygote"`.
+        /// `"parent"` (the program), `"zygote"` or `"worker"`.
         process: &'static str,
     },
 

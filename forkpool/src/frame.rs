@@ -25,6 +25,9 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use crate::error::Error;
+use crate::fds::PoolFd;
+
 /// Bytes of the length prefix.
 pub(crate) const LEN_PREFIX: usize = 8;
 /// Largest body accepted: a sanity bound against a corrupt length.
@@ -157,6 +160,9 @@ pub(crate) struct ResultFrame {
     /// Nanoseconds the worker spent on the task (decode, run, encode).
     pub(crate) busy_ns: u64,
     body: Vec<u8>,
+    /// The descriptors of the buffers in the outcomes, in order (from the
+    /// worker's side channel, [`crate::side`]), or why they are missing.
+    pub(crate) fds: Result<VecDeque<PoolFd>, Error>,
 }
 
 impl ResultFrame {
@@ -206,6 +212,7 @@ impl FromWorker {
                     id: field(&body, 0),
                     busy_ns: field(&body, 1),
                     body,
+                    fds: Ok(VecDeque::new()),
                 }))
             }
             Some(&RESULT) => Err(format!(

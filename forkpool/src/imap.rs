@@ -295,7 +295,7 @@ where
         let mut items = VecDeque::with_capacity(meta.items);
         match c.outcome {
             Ok(result) => decode_outcomes::<R>(
-                result.payload(),
+                result,
                 meta.items,
                 meta.first,
                 c.pid,

@@ -65,6 +65,7 @@ compile_error!(
 
 mod arg;
 mod async_result;
+mod buffer;
 mod builder;
 mod codec;
 mod collector;
@@ -79,6 +80,7 @@ mod pool;
 #[cfg(feature = "progress")]
 mod progress;
 mod scheduler;
+mod side;
 mod starmap;
 mod stats;
 mod task;
@@ -87,6 +89,7 @@ mod zygote;
 
 pub use arg::Arg;
 pub use async_result::AsyncResult;
+pub use buffer::{Buffer, BufferMut, Plain};
 pub use builder::PoolBuilder;
 pub use context::{Context, IMapWith, WithContext};
 pub use error::{Error, ExitCause, Result};

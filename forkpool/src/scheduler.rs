@@ -56,6 +56,7 @@ use crate::error::Error;
 use crate::fds::PoolFd;
 use crate::frame::{self, FrameReader, FromWorker, OutQueue, ResultFrame, TaskHeader};
 use crate::mailbox::Postman;
+use crate::side::ParentSide;
 use crate::stats::{Counters, Exited};
 use crate::task::{Cut, Items, cut_task};
 
@@ -278,6 +279,8 @@ pub(crate) struct Worker {
     pub(crate) task_fd: Option<Arc<PoolFd>>,
     /// Read end of its result pipe.
     pub(crate) result_fd: Arc<PoolFd>,
+    /// Its side channel, for the descriptors of buffers.
+    pub(crate) side: ParentSide,
     pub(crate) reader: FrameReader,
     /// Its result pipe reported EOF: it is exiting.
     pub(crate) eof: bool,
@@ -299,7 +302,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(slot: u32, pid: i32, task_fd: PoolFd, result_fd: PoolFd) -> Self {
+    pub(crate) fn new(
+        slot: u32,
+        pid: i32,
+        task_fd: PoolFd,
+        result_fd: PoolFd,
+        side: PoolFd,
+    ) -> Self {
         Worker {
             counters: Counters::default(),
             slot,
@@ -307,6 +316,7 @@ impl Worker {
             ready: false,
             task_fd: Some(Arc::new(task_fd)),
             result_fd: Arc::new(result_fd),
+            side: ParentSide::new(side),
             reader: FrameReader::default(),
             eof: false,
             task_pipe_big: false,
@@ -552,6 +562,7 @@ impl State {
             frame,
             first,
             bytes,
+            fds,
         } = cut_task(header, &mut job.queue, n);
         let meta = TaskMeta {
             chunk: job.next_chunk,
@@ -572,6 +583,9 @@ impl State {
         if worker.in_flight.is_empty() {
             worker.head_since = Some(Instant::now());
         }
+        // Its buffers' descriptors go first (see `side`); if they cannot
+        // go, the worker fails the items that need them, saying so.
+        let _ = worker.side.send(task_id, &fds);
         worker.out.push(frame);
         let est_ns = est.unwrap_or(HOLD_NS);
         worker.held_ns += est_ns;

@@ -24,9 +24,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::buffer::{self, Incoming, Outgoing};
 use crate::codec::{self, decode_from, encode_into};
 use crate::error::Error;
-use crate::frame::{self, TaskHeader};
+use crate::frame::{self, ResultFrame, TaskHeader};
 use crate::worker::panic_message;
 
 const OK: u8 = 0;
@@ -70,13 +71,19 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
     // a big argument is then held once (decoded), not twice.
     let (items, failure) = decode_items::<T>(&body[at..]);
     drop(body);
+    // The descriptors of the buffers in the results (see `buffer`).
+    let mut fds = Vec::new();
     for item in items {
         let mark = out.len();
+        let fd_mark = fds.len();
         out.push(OK);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let r = f(item);
-            encode_into(&r, out)
+            buffer::encode_into(&r, out, &mut fds)
         }));
+        if !matches!(outcome, Ok(Ok(()))) {
+            fds.truncate(fd_mark);
+        }
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -95,6 +102,7 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
     if let Some((e, bytes)) = failure {
         decode_failed(out, e, bytes);
     }
+    crate::side::worker_outgoing(&mut fds);
 }
 
 /// Decodes a task's items: those that decode, and why the next one did not
@@ -167,6 +175,12 @@ pub(crate) struct Items {
     ends: Vec<usize>,
     /// Items already cut into tasks.
     taken: usize,
+    /// The descriptors of the buffers in the items, in order (see
+    /// `buffer`), and `fd_ends[i]`, the end of item `i`'s in `fds`: empty
+    /// while no item holds a buffer (so plain items pay nothing for it),
+    /// as long as `ends` from the first one on.
+    fds: Vec<Outgoing>,
+    fd_ends: Vec<usize>,
 }
 
 impl Items {
@@ -177,6 +191,8 @@ impl Items {
             bytes: vec![0; TASK_HEAD],
             ends: Vec::new(),
             taken: 0,
+            fds: Vec::new(),
+            fd_ends: Vec::new(),
         }
     }
 
@@ -197,6 +213,9 @@ impl Items {
             self.ends.truncate(n);
             self.bytes
                 .truncate(self.ends.last().copied().unwrap_or(TASK_HEAD));
+            self.fd_ends.truncate(n);
+            self.fds
+                .truncate(n.checked_sub(1).map_or(0, |i| self.fd_end(i)));
         }
     }
 
@@ -216,24 +235,39 @@ impl Items {
             .map_or(TASK_HEAD, |i| self.ends[i])
     }
 
+    /// Where the descriptors of item `i` end in `fds`.
+    fn fd_end(&self, i: usize) -> usize {
+        self.fd_ends.get(i).copied().unwrap_or(0)
+    }
+
     /// Appends `item`; `index` (its place in the job) names it in the error.
     pub(crate) fn push<T: Serialize>(&mut self, item: &T, index: usize) -> Result<(), Error> {
-        encode_into(item, &mut self.bytes).map_err(|e| Error::Encode {
+        buffer::encode_into(item, &mut self.bytes, &mut self.fds).map_err(|e| Error::Encode {
             item: index,
             what: "argument",
             type_name: type_name::<T>(),
             reason: e.to_string(),
         })?;
         self.ends.push(self.bytes.len());
+        if !self.fds.is_empty() {
+            // From the first item with a buffer on, every item has its end.
+            self.fd_ends.resize(self.ends.len() - 1, 0);
+            self.fd_ends.push(self.fds.len());
+        }
         Ok(())
     }
 
     /// Appends the next `n` items (at most [`len`](Self::len)) to a task
-    /// payload; returns their encoded size.
-    fn take_into(&mut self, n: usize, out: &mut Vec<u8>) -> usize {
+    /// payload, and their descriptors to `fds`; returns their encoded size.
+    fn take_into(&mut self, n: usize, out: &mut Vec<u8>, fds: &mut Vec<Outgoing>) -> usize {
         let from = self.start();
         let to = self.ends[self.taken + n - 1];
         out.extend_from_slice(&self.bytes[from..to]);
+        if !self.fds.is_empty() {
+            let fd_from = self.taken.checked_sub(1).map_or(0, |i| self.fd_end(i));
+            let fd_to = self.fd_end(self.taken + n - 1);
+            fds.extend(self.fds[fd_from..fd_to].iter().cloned());
+        }
         self.taken += n;
         to - from
     }
@@ -250,6 +284,8 @@ pub(crate) struct Cut {
     pub(crate) first: usize,
     /// Encoded size of its items.
     pub(crate) bytes: usize,
+    /// The descriptors of the buffers in its items, to send before it.
+    pub(crate) fds: Vec<Outgoing>,
 }
 
 /// Builds a task frame out of the next `n` items of `queue` (which holds at
@@ -269,6 +305,7 @@ pub(crate) fn cut_task(
         // for it, and the block's bytes are the frame.
         let block = queue.pop_front().expect("the front block");
         let bytes = block.bytes.len() - TASK_HEAD;
+        let fds = block.fds;
         let mut frame = block.bytes;
         let mut head = Vec::with_capacity(TASK_HEAD);
         let started = header.begin(&mut head);
@@ -280,6 +317,7 @@ pub(crate) fn cut_task(
             frame,
             first,
             bytes,
+            fds,
         };
     }
     let hint: usize = queue.front().map_or(0, |b| {
@@ -290,10 +328,11 @@ pub(crate) fn cut_task(
     let started = header.begin(&mut out);
     encode_into(&(n as u64), &mut out).expect("a u64 always encodes");
     let (mut left, mut bytes) = (n, 0);
+    let mut fds = Vec::new();
     while left > 0 {
         let block = queue.front_mut().expect("the queue holds the items cut");
         let k = left.min(block.len());
-        bytes += block.take_into(k, &mut out);
+        bytes += block.take_into(k, &mut out, &mut fds);
         left -= k;
         if block.len() == 0 {
             queue.pop_front();
@@ -304,6 +343,7 @@ pub(crate) fn cut_task(
         frame: out,
         first,
         bytes,
+        fds,
     }
 }
 
@@ -312,12 +352,37 @@ pub(crate) fn cut_task(
 /// `arg_type` names the argument type for decode errors reported by the
 /// worker.
 pub(crate) fn decode_outcomes<R: DeserializeOwned>(
-    mut payload: &[u8],
+    mut result: ResultFrame,
     count: usize,
     first: usize,
     pid: i32,
     arg_type: &'static str,
     mut each: impl FnMut(Result<R, Error>),
+) {
+    let end = first + count;
+    let fds = std::mem::replace(&mut result.fds, Ok(Default::default()));
+    let mut incoming = match fds {
+        Ok(fds) => Incoming::Ready(fds),
+        Err(e) => {
+            // The buffers' descriptors did not all arrive: the whole task
+            // fails with why.
+            (first..end).for_each(|i| each(Err(e.for_item(i))));
+            return;
+        }
+    };
+    let payload = result.payload();
+    buffer::decoding(&mut incoming, || {
+        decode_payload(payload, count, first, pid, arg_type, &mut each)
+    });
+}
+
+fn decode_payload<R: DeserializeOwned>(
+    mut payload: &[u8],
+    count: usize,
+    first: usize,
+    pid: i32,
+    arg_type: &'static str,
+    each: &mut impl FnMut(Result<R, Error>),
 ) {
     let end = first + count;
     for item in first..end {

@@ -133,7 +133,8 @@ pub(crate) fn exit(code: i32) -> ! {
 }
 
 /// The worker's life. Never returns.
-pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, init: &mut Initializer) -> ! {
+pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut Initializer) -> ! {
+    crate::side::worker_init(side);
     // The hook was installed in the parent before the fork; turning the
     // capture on is a thread-local store.
     CAPTURE.set(true);
@@ -214,7 +215,13 @@ fn run_task(body: Vec<u8>, out: &mut Vec<u8>, t0: Instant) -> Instant {
     // pipe is private to the parent and this worker.
     let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(tramp) };
     let started = ResultFrame::begin(out, header.id);
-    tramp(func, body, TaskHeader::PAYLOAD_AT, out);
+    // Buffers' descriptors: received while the arguments decode, and those
+    // of the results sent before the result frame.
+    let ran =
+        crate::side::worker_task(header.id, || tramp(func, body, TaskHeader::PAYLOAD_AT, out));
+    if ran.is_err() {
+        exit(0); // the parent is gone
+    }
     let end = Instant::now();
     let busy = end.duration_since(t0).as_nanos().min(u64::MAX as u128) as u64;
     started.finish(out, busy);

@@ -220,6 +220,11 @@ fn spawn(
         Ok(p) => p,
         Err(e) => return failed(SpawnCall::Pipe2, e),
     };
+    // The side channel for the descriptors of `Buffer`s (see `side`).
+    let (side_parent, side_worker) = match crate::side::pair() {
+        Ok(p) => p,
+        Err(e) => return failed(SpawnCall::Socketpair, e),
+    };
     let zygote = nix::unistd::getpid();
     // SAFETY: the zygote is single-threaded, so the child is a consistent
     // copy of it; the child branch ends in `worker::run`, which never
@@ -241,15 +246,17 @@ fn spawn(
             }
             drop(task_w);
             drop(result_r);
+            drop(side_parent);
             let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&inherited.mask), None);
             // SAFETY: restores the disposition the user's program had.
             let _ = unsafe { signal::sigaction(Signal::SIGCHLD, &inherited.chld) };
             let _ = nix::sys::prctl::set_name(c"forkpool-worker");
-            worker::run(task_r, result_w, init)
+            worker::run(task_r, result_w, side_worker, init)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(task_r);
             drop(result_w);
+            drop(side_worker);
             workers.insert(child);
             let sent = control::send(
                 ctrl.as_fd(),
@@ -257,7 +264,11 @@ fn spawn(
                     slot,
                     pid: child.as_raw(),
                 },
-                &[task_w.as_raw_fd(), result_r.as_raw_fd()],
+                &[
+                    task_w.as_raw_fd(),
+                    result_r.as_raw_fd(),
+                    side_parent.as_raw_fd(),
+                ],
             );
             if sent.is_err() {
                 // The parent is gone; the main loop will see EOF and clean up.

@@ -158,13 +158,21 @@ fn workers_hold_only_their_own_pipes() {
             .filter(|(fd, t)| before.get(fd) != Some(t))
             .map(|(fd, t)| (*fd, t.clone()))
             .collect();
-        // Exactly two pipes of its own (task read end, result write end)...
-        assert_eq!(own.len(), 2, "unexpected descriptors in a worker: {own:?}");
-        assert!(own.values().all(|t| t.starts_with("pipe:")), "{own:?}");
-        // ...whose other ends the parent holds; and none of the parent's
-        // pool descriptors (the control sockets, the other pool's pipes).
+        // Exactly two pipes of its own (task read end, result write end)
+        // and its end of the side channel for buffers...
+        assert_eq!(own.len(), 3, "unexpected descriptors in a worker: {own:?}");
+        let pipes = own.values().filter(|t| t.starts_with("pipe:")).count();
+        let sockets = own.values().filter(|t| t.starts_with("socket:")).count();
+        assert_eq!((pipes, sockets), (2, 1), "{own:?}");
+        // ...whose pipes' other ends the parent holds; and none of the
+        // parent's pool descriptors (the control sockets, the other pool's
+        // pipes and side channel: a socket's two ends differ).
         let parent_targets: Vec<&String> = parent_pool_fds.values().collect();
         for t in own.values() {
+            if t.starts_with("socket:") {
+                assert!(!parent_targets.contains(&t), "{t} is the parent's");
+                continue;
+            }
             assert!(
                 parent_targets.contains(&t),
                 "{t} is not one of the pool's pipes"
