@@ -270,6 +270,102 @@ impl PassArray {
     }
 }
 
+/// The machine's limits under the pid-fill demo at `rows x cols` `f64`
+/// (issue 13), each measured on a new array in this process, in the same
+/// run as the demo: what creating, filling, mapping and reading that many
+/// bytes costs here, with no pool, no pipes and no checks.
+#[derive(Clone, Copy, Debug)]
+pub struct BigArrayCeilings {
+    /// Populating new shared pages: [`SharedArray::new`] (allocate, zero
+    /// and map every page, on one thread per core).
+    pub populate: Duration,
+    /// The same, with every element written as it is populated:
+    /// [`SharedArray::full`].
+    pub populate_filled: Duration,
+    /// `memset` of the same bytes, already populated, on `threads` threads:
+    /// the memory's write bandwidth.
+    pub memset: Duration,
+    /// Reading them (a vectorised sum), already mapped, on `threads`
+    /// threads: the read bandwidth.
+    pub read: Duration,
+    /// `threads` forked children each mapping its share of the populated
+    /// array (`MADV_POPULATE_READ`) and exiting: what the pool's workers
+    /// pay for the pages of their rows before touching any.
+    pub map_in_children: Duration,
+}
+
+impl BigArrayCeilings {
+    /// Measures each limit once, on `threads` threads or processes.
+    ///
+    /// # Panics
+    ///
+    /// If an array cannot be created or a child cannot be forked.
+    pub fn measure(rows: usize, cols: usize, threads: usize) -> BigArrayCeilings {
+        let start = Instant::now();
+        let array = SharedArray::<f64>::new(&[rows, cols]).expect("array");
+        let populate = start.elapsed();
+        drop(array);
+        let start = Instant::now();
+        let array = SharedArray::<f64>::full(&[rows, cols], 42.0).expect("array");
+        let populate_filled = start.elapsed();
+        assert_eq!(array.get(array.len() - 1), 42.0);
+        let memset = {
+            // SAFETY: no other thread or process uses the array while the
+            // slice lives (nothing has forked since it was made).
+            let data = unsafe { array.rows_mut_unchecked(0..rows) };
+            // SAFETY: the same bytes, seen as bytes: any pattern is an f64.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), data.len() * 8)
+            };
+            crate::ceiling::memset(bytes, 0x40, threads)
+        };
+        let read = {
+            let blocks = array.row_blocks(threads);
+            let start = Instant::now();
+            let total: f64 = std::thread::scope(|s| {
+                let handles: Vec<_> = blocks
+                    .into_iter()
+                    .map(|r| {
+                        let array = &array;
+                        // SAFETY: nobody writes the array while the sum runs.
+                        s.spawn(move || sum_f64(unsafe { array.rows_unchecked(r) }))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("sum")).sum()
+            });
+            let took = start.elapsed();
+            assert!(total > 0.0);
+            took
+        };
+        let map_in_children = {
+            let start = Instant::now();
+            let mut pids = Vec::new();
+            for rows in array.row_blocks(threads) {
+                // SAFETY: the child only calls `madvise` (through
+                // `prefault_read`, which allocates nothing on success) and
+                // `_exit`: async-signal-safe, so forking from this
+                // multithreaded process is sound.
+                match unsafe { nix::unistd::fork() }.expect("fork") {
+                    nix::unistd::ForkResult::Child => {
+                        let code = i32::from(array.prefault_read(rows).is_err());
+                        crate::ceiling::exit_child(code)
+                    }
+                    nix::unistd::ForkResult::Parent { child } => pids.push(child),
+                }
+            }
+            crate::ceiling::wait_exited_ok(pids);
+            start.elapsed()
+        };
+        BigArrayCeilings {
+            populate,
+            populate_filled,
+            memset,
+            read,
+            map_in_children,
+        }
+    }
+}
+
 /// Which counter the workers increment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -396,6 +492,20 @@ mod tests {
         pass.run_by_value();
         pass.run_shared();
         pass.time_threads_sum(3);
+    }
+
+    #[test]
+    fn big_array_ceilings_measure_every_limit() {
+        let c = BigArrayCeilings::measure(64, ROW, 2);
+        for d in [
+            c.populate,
+            c.populate_filled,
+            c.memset,
+            c.read,
+            c.map_in_children,
+        ] {
+            assert!(d > Duration::ZERO, "{c:?}");
+        }
     }
 
     #[test]

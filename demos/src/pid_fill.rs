@@ -10,11 +10,14 @@
 //! one copy summed over all processes.
 //!
 //! The phases say where the time goes. Creating the array allocates,
-//! zeroes and maps every page on all cores at once (forkpool-shm populates
-//! new arrays in bulk), so the parent's fill with 42 takes no page fault;
-//! the fill and the verification are whole-array passes, split over the
-//! parent's threads ([`crate::passes`], `--threads`); each worker maps a
-//! row's pages in one call before touching it.
+//! zeroes and maps every page on all cores at once, and writes the 42s as
+//! it goes ([`SharedArray::full`]: each thread fills 256 KiB of new pages
+//! while they are still in its cache, so the array is written once, not
+//! zeroed in one pass and filled in another); the verification is a
+//! whole-array pass split over the parent's threads ([`crate::passes`],
+//! `--threads`); each worker maps a row's pages in one call before
+//! touching it. A file-backed array (`--file`) is created, then filled in
+//! a separate pass.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,8 +63,8 @@ impl Args {
     ///
     /// ```no_run
     /// let args = demos::pid_fill::Args::new(2000, 32_000, 2);
-    /// let took = demos::pid_fill::run_timed(&args)?;
-    /// println!("create -> verified in {took:?}");
+    /// let timings = demos::pid_fill::run_timed(&args)?;
+    /// println!("create -> verified in {:?}", timings.total);
     /// # Ok::<(), anyhow::Error>(())
     /// ```
     pub fn new(rows: usize, cols: usize, processes: usize) -> Args {
@@ -88,13 +91,23 @@ fn worker_fn(idx: usize) -> (i32, bool) {
     let array = guard
         .as_ref()
         .expect("the array is set before the pool forks");
-    let pid = std::process::id();
+    let pid = f64::from(std::process::id());
     // Map the row's pages in one call rather than one fault per 4 KiB page
     // (a forked worker has none of them mapped). Only a speed-up: if it
-    // fails, the loops below fault the pages in as usual.
+    // fails, the loop below faults the pages in as usual.
     let _ = array.prefault(idx..idx + 1);
-    let untouched = array.iter_rows(idx..idx + 1).all(|v| v == DEFAULT_VALUE);
-    array.fill_row(idx, f64::from(pid));
+    // SAFETY: the pool hands each row index to exactly one task, and runs a
+    // task in one process at a time; the parent reads no row until every
+    // task has returned. So while `row` lives, no other thread or process
+    // reads or writes row `idx`: an exclusive slice, which the compiler
+    // may check and overwrite with vector instructions, as numpy does.
+    let row = unsafe { array.rows_mut_unchecked(idx..idx + 1) };
+    // Check and overwrite each value in one pass over the row.
+    let mut untouched = true;
+    for v in row.iter_mut() {
+        untouched &= *v == DEFAULT_VALUE;
+        *v = pid;
+    }
     (pid as i32, untouched)
 }
 // ANCHOR_END: worker
@@ -104,10 +117,41 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     run_timed(args).map(drop)
 }
 
-/// Runs the demo and returns its time from creating the array to the
-/// verified result (the notes' program, end to end; closing the pool is
-/// not counted).
-pub fn run_timed(args: &Args) -> anyhow::Result<Duration> {
+/// The time of each phase of one run of the demo, and from creating the
+/// array to the verified result (the notes' program end to end; closing
+/// the pool is not counted).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    /// Creating the array (for an anonymous array, filled with 42 too).
+    pub create: Duration,
+    /// Filling it with 42 in a separate pass (a file-backed array only).
+    pub fill: Duration,
+    /// Starting the pool.
+    pub start_pool: Duration,
+    /// The workers checking their rows and writing their pids.
+    pub workers: Duration,
+    /// Counting every value.
+    pub verify: Duration,
+    /// Create -> verified.
+    pub total: Duration,
+}
+
+impl Timings {
+    /// The phases by the names the notes' Python program
+    /// (`benches/python/pid_fill.py`) gives them, in order.
+    pub fn phases(&self) -> [(&'static str, Duration); 5] {
+        [
+            ("create", self.create),
+            ("fill with 42", self.fill),
+            ("start the pool", self.start_pool),
+            ("workers write their pids", self.workers),
+            ("verify", self.verify),
+        ]
+    }
+}
+
+/// Runs the demo and returns how long each phase took.
+pub fn run_timed(args: &Args) -> anyhow::Result<Timings> {
     let (rows, cols, processes) = (args.rows, args.cols, args.processes);
     let threads = args.threads.unwrap_or_else(passes::default_threads);
     ensure!(threads > 0, "--threads takes at least 1");
@@ -122,25 +166,37 @@ pub fn run_timed(args: &Args) -> anyhow::Result<Duration> {
 
     // ANCHOR: create
     let started = Instant::now();
-    let label = match args.file {
-        Some(_) => "create (a file)",
-        None => "create + populate",
-    };
-    let (array, _) = common::try_phase(label, Some(size), || {
-        match &args.file {
-            // SAFETY: the file is created here, and only this program and the
-            // processes it forks map it while the demo runs.
-            Some(path) => unsafe { SharedArray::<f64>::create_file(path, &[rows, cols]) },
-            None => SharedArray::<f64>::new(&[rows, cols]),
+    let mut timings = Timings::default();
+    let array = match &args.file {
+        None => {
+            // numpy's `np.full((rows, cols), 42.0)`: populated and filled
+            // in one pass on every core.
+            let (array, took) = common::try_phase("create filled with 42", Some(size), || {
+                SharedArray::<f64>::full(&[rows, cols], DEFAULT_VALUE)
+            })
+            .context("creating the shared array")?;
+            timings.create = took;
+            array
         }
-    })
-    .context("creating the shared array")?;
-    phase(&format!("fill with 42, {threads} thr."), Some(size), || {
-        passes::on_row_blocks(rows, threads, |r| array.fill_rows(r, DEFAULT_VALUE))
-    });
+        Some(path) => {
+            let (array, took) = common::try_phase("create (a file)", Some(size), || {
+                // SAFETY: the file is created here, and only this program and
+                // the processes it forks map it while the demo runs.
+                unsafe { SharedArray::<f64>::create_file(path, &[rows, cols]) }
+            })
+            .context("creating the shared array")?;
+            timings.create = took;
+            let (_, took) = phase(&format!("fill with 42, {threads} thr."), Some(size), || {
+                passes::on_row_blocks(rows, threads, |r| array.fill_rows(r, DEFAULT_VALUE))
+            });
+            timings.fill = took;
+            array
+        }
+    };
     *ARRAY.write().unwrap_or_else(|e| e.into_inner()) = Some(array.clone());
     let _release = Release; // the parent lets go of it when the demo ends
-    let (pool, _) = common::try_phase("start the pool", None, || Pool::new(processes))?;
+    let (pool, took) = common::try_phase("start the pool", None, || Pool::new(processes))?;
+    timings.start_pool = took;
     // ANCHOR_END: create
 
     // ANCHOR: map
@@ -152,6 +208,7 @@ pub fn run_timed(args: &Args) -> anyhow::Result<Duration> {
             .imap_unordered(worker_fn, 0..rows, chunksize);
         it.collect::<Vec<_>>()
     });
+    timings.workers = took;
     // ANCHOR_END: map
     let mut rows_by_pid: BTreeMap<i32, usize> = BTreeMap::new();
     for outcome in outcomes {
@@ -168,7 +225,7 @@ pub fn run_timed(args: &Args) -> anyhow::Result<Duration> {
     );
 
     // ANCHOR: verify
-    let (counts, _) = phase(
+    let (counts, took) = phase(
         &format!("verify (count), {threads} thr."),
         Some(size),
         || {
@@ -181,12 +238,13 @@ pub fn run_timed(args: &Args) -> anyhow::Result<Duration> {
             counts
         },
     );
-    let took = started.elapsed();
+    timings.verify = took;
+    timings.total = started.elapsed();
     fact(
         "create -> verified",
         format!(
             "{:.3} s (the notes' program end to end)",
-            took.as_secs_f64()
+            timings.total.as_secs_f64()
         ),
     );
     let mut table = Table::new();
@@ -249,29 +307,31 @@ pub fn run_timed(args: &Args) -> anyhow::Result<Duration> {
     // ANCHOR_END: verify
     pool.close();
     pool.join()?;
-    Ok(took)
+    Ok(timings)
 }
 
-/// How many times each value (by its bits) occurs in rows `rows`: runs of
-/// equal values are counted as runs, so a row of one pid costs one map
-/// update.
+/// How many times each value (by its bits) occurs in rows `rows`. A row
+/// that holds one value throughout (each worker writes whole rows) costs
+/// one vectorised comparison pass and one map update; any other row is
+/// counted value by value.
 fn count_values(array: &SharedArray<f64>, rows: std::ops::Range<usize>) -> BTreeMap<u64, u64> {
     let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut last = f64::NAN.to_bits();
-    let mut run = 0u64;
-    for v in array.iter_rows(rows) {
-        if v.to_bits() == last {
-            run += 1;
+    for r in rows {
+        // SAFETY: the verification runs after every worker's task has
+        // returned, and nothing writes the array until it ends: no thread or
+        // process writes row `r` while this slice lives.
+        let row = unsafe { array.rows_unchecked(r..r + 1) };
+        let Some(first) = row.first().map(|v| v.to_bits()) else {
+            continue;
+        };
+        let same = row.iter().filter(|v| v.to_bits() == first).count();
+        if same == row.len() {
+            *counts.entry(first).or_default() += same as u64;
         } else {
-            if run > 0 {
-                *counts.entry(last).or_default() += run;
+            for v in row {
+                *counts.entry(v.to_bits()).or_default() += 1;
             }
-            last = v.to_bits();
-            run = 1;
         }
-    }
-    if run > 0 {
-        *counts.entry(last).or_default() += run;
     }
     counts
 }
@@ -282,5 +342,29 @@ struct Release;
 impl Drop for Release {
     fn drop(&mut self) {
         ARRAY.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_values_counts_uniform_rows_whole_and_mixed_rows_value_by_value() {
+        let array = SharedArray::<f64>::full(&[4, 5], DEFAULT_VALUE).unwrap();
+        array.fill_row(0, 7.0);
+        array.set_at(&[2, 3], 7.0); // a row of 42s with one 7 in it
+        array.set_at(&[3, 0], -0.0); // differs from 0.0 only by its bits
+        array.set_at(&[3, 1], 0.0);
+        let counts = count_values(&array, 0..4);
+        let expected: BTreeMap<u64, u64> = [
+            (7f64.to_bits(), 6),
+            (DEFAULT_VALUE.to_bits(), 12),
+            ((-0f64).to_bits(), 1),
+            (0f64.to_bits(), 1),
+        ]
+        .into();
+        assert_eq!(counts, expected);
+        assert!(count_values(&array, 1..1).is_empty());
     }
 }

@@ -77,6 +77,21 @@ impl Region {
         elem_size: usize,
         shape: &[usize],
     ) -> Result<Region, ShmError> {
+        Region::anonymous_with(descr, type_name, elem_size, shape, None)
+    }
+
+    /// [`anonymous`](Self::anonymous), with its data written by `fill` as
+    /// the pages are populated: `fill(p, len)` must write data bytes
+    /// `[p, p + len)` (`p` aligned to the element size, `len` a multiple of
+    /// it), and is called once for each piece of the data, on the
+    /// populating threads, before the region exists for anyone else.
+    pub(crate) fn anonymous_with(
+        descr: &str,
+        type_name: &str,
+        elem_size: usize,
+        shape: &[usize],
+        fill: Option<&(dyn Fn(NonNull<u8>, usize) + Sync)>,
+    ) -> Result<Region, ShmError> {
         let layout = Layout::new(shape, elem_size)?;
         let data_offset = page_size().max(HEADER_SIZE);
         let total = layout.bytes + data_offset as u64;
@@ -92,7 +107,7 @@ impl Region {
             cause: source,
         })?;
         let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
-        populate_new(&file, base, total, elem_size)?;
+        populate_new(&file, base, total, elem_size, data_offset, fill)?;
         drop(file); // the mapping keeps the memory alive; no descriptor to leak
         let header = base.cast::<Header>();
         // SAFETY: the mapping is at least `data_offset >= HEADER_SIZE` bytes,
@@ -290,24 +305,54 @@ impl Region {
 /// memory, allocated, zeroed and mapped into this process: populated in
 /// bulk on several threads (`MADV_POPULATE_WRITE`); on kernels without it,
 /// reserved with `fallocate`, then touched page by page on several threads.
-/// A fill that follows touches no new page: it takes no fault.
+/// A fill that follows touches no new page: it takes no fault. With `fill`,
+/// the data (from `data_offset` on) is written as it is populated (see
+/// [`Region::anonymous_with`]). Huge pages are asked for first
+/// ([`prefault::advise_huge_pages`]).
 fn populate_new(
     file: &File,
     base: NonNull<u8>,
     len: u64,
     elem_size: usize,
+    data_offset: usize,
+    fill: Option<&(dyn Fn(NonNull<u8>, usize) + Sync)>,
 ) -> Result<(), ShmError> {
     let bytes = usize::try_from(len).expect("a mapping of `len` bytes exists");
     let threads = prefault::populate_threads(bytes);
-    match prefault::populate(base, bytes, threads) {
+    prefault::advise_huge_pages(base, bytes);
+    // Mapping bytes `[start, start + n)` to the part of them that is data.
+    let base_addr = base.as_ptr() as usize; // a `NonNull` is not `Sync`
+    let fill_bytes = fill.map(|fill| {
+        move |start: usize, n: usize| {
+            let (from, to) = (start.max(data_offset), start + n);
+            if from < to {
+                let at = NonNull::new((base_addr + from) as *mut u8).expect("inside the mapping");
+                fill(at, to - from);
+            }
+        }
+    });
+    let fill_bytes = fill_bytes
+        .as_ref()
+        .map(|f| f as &(dyn Fn(usize, usize) + Sync));
+    match prefault::populate(base, bytes, threads, fill_bytes) {
         Ok(()) => Ok(()),
         Err(Errno::EINVAL) => {
             memfd::reserve_all(file, len)?;
-            // SAFETY: `[base, base + len)` is the whole new mapping (page-
-            // aligned, a multiple of the element size: the data follows a
-            // whole page of header), which no other thread or process can
-            // reach yet.
-            unsafe { prefault::touch_in_parallel(base, bytes, elem_size, threads) };
+            match fill_bytes {
+                // Filling touches every data page; the header page was
+                // touched by nothing, but it is written right after.
+                Some(fill) => {
+                    let _ = prefault::on_threads(bytes, threads, |start, n| {
+                        fill(start, n);
+                        Ok::<(), ()>(())
+                    });
+                }
+                // SAFETY: `[base, base + len)` is the whole new mapping
+                // (page-aligned, a multiple of the element size: the data
+                // follows a whole page of header), which no other thread or
+                // process can reach yet.
+                None => unsafe { prefault::touch_in_parallel(base, bytes, elem_size, threads) },
+            }
             Ok(())
         }
         Err(cause) => Err(ShmError::Reserve {

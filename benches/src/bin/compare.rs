@@ -27,7 +27,9 @@ use clap::Parser;
 use comfy_table::{CellAlignment, Table, presets};
 
 use forkpool::Pool;
-use forkpool_benches::arrays::{Counter, Counters, PassArray, WarmFill, cold_fill};
+use forkpool_benches::arrays::{
+    BigArrayCeilings, Counter, Counters, PassArray, WarmFill, cold_fill,
+};
 use forkpool_benches::ceiling::{
     PingPong, PipeSink, faulted_buffer, fork_exit_wait, memcpy, memset,
 };
@@ -168,6 +170,14 @@ impl Python {
 
     /// Runs `script` with `args`; the median seconds it reports.
     fn run(&self, script: &str, args: &[String]) -> Result<f64, String> {
+        let v = self.run_json(script, args)?;
+        v["seconds"]
+            .as_f64()
+            .ok_or_else(|| format!("{script}: no \"seconds\" in {v}"))
+    }
+
+    /// Runs `script` with `args`; the JSON line it prints.
+    fn run_json(&self, script: &str, args: &[String]) -> Result<serde_json::Value, String> {
         let out = self
             .python
             .command()
@@ -187,11 +197,7 @@ impl Python {
         }
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().last().unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| format!("{script}: bad output {line:?}: {e}"))?;
-        v["seconds"]
-            .as_f64()
-            .ok_or_else(|| format!("{script}: no \"seconds\" in {line}"))
+        serde_json::from_str(line).map_err(|e| format!("{script}: bad output {line:?}: {e}"))
     }
 }
 
@@ -272,6 +278,14 @@ impl Runner {
         match &self.python {
             None => Err("no python".into()),
             Some(p) => p.run(script, args),
+        }
+    }
+
+    /// [`python`](Self::python), the whole JSON line.
+    fn python_json(&self, script: &str, args: &[String]) -> Result<serde_json::Value, String> {
+        match &self.python {
+            None => Err("no python".into()),
+            Some(p) => p.run_json(script, args),
         }
     }
 
@@ -750,7 +764,10 @@ impl Runner {
     }
 
     /// The notes' pid-fill program end to end (create -> verified): the
-    /// `pid-fill` demo, its output silenced, against `python/pid_fill.py`.
+    /// `pid-fill` demo, its output silenced, against `python/pid_fill.py`;
+    /// then each phase of both sides beside the machine's limits for the
+    /// same bytes, measured between the demo's runs
+    /// ([`BigArrayCeilings`]).
     fn pid_fill_rows(&mut self) {
         let id = "pid-fill";
         if !self.wants(id) {
@@ -759,11 +776,23 @@ impl Runner {
         let z = self.sizes;
         let (rows, cols) = z.pid_fill;
         let args = demos::pid_fill::Args::new(rows, cols, PROCESSES);
-        let ours = sample(z.slow_reps, || {
-            silenced(|| demos::pid_fill::run_timed(&args)).expect("the pid-fill demo")
-        })
-        .median();
-        let python = self.python(
+        let mut runs = Vec::new();
+        let mut ceilings = Vec::new();
+        // One untimed warm-up, then the runs, each followed by the limits.
+        for rep in 0..=z.slow_reps {
+            let timings =
+                silenced(|| demos::pid_fill::run_timed(&args)).expect("the pid-fill demo");
+            if rep > 0 {
+                runs.push(timings);
+                ceilings.push(BigArrayCeilings::measure(rows, cols, PROCESSES));
+            }
+        }
+        let median = |mut xs: Vec<f64>| {
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        };
+        let ours = median(runs.iter().map(|t| secs(t.total)).collect());
+        let python = self.python_json(
             "pid_fill.py",
             &[
                 s("--rows"),
@@ -776,13 +805,82 @@ impl Runner {
                 s(z.slow_reps),
             ],
         );
+        let py_phase = |name: &str| {
+            python
+                .as_ref()
+                .ok()
+                .and_then(|v| v["phases"][name].as_f64())
+                .map_or("-".into(), fmt_time)
+        };
+        let bytes = rows * cols * 8;
+        let limit = |f: fn(&BigArrayCeilings) -> Duration| {
+            median(ceilings.iter().map(|c| secs(f(c))).collect())
+        };
+        let rate = |t: f64| {
+            format!(
+                "{} ({:.1} GiB/s)",
+                fmt_time(t),
+                bytes as f64 / t / (1u64 << 30) as f64
+            )
+        };
+        let mut t = format!(
+            "pid-fill {rows} x {cols} ({}), {PROCESSES} processes, phases (medians of {} runs \
+             each; limits measured between forkpool's runs):\n\n\
+             | phase | Python | forkpool | the machine's limit |\n|---|---:|---:|---|\n",
+            fmt_bytes(bytes),
+            runs.len(),
+        );
+        let limits = [
+            format!(
+                "populate new pages {}; populate and fill (`SharedArray::full`) {}",
+                rate(limit(|c| c.populate)),
+                rate(limit(|c| c.populate_filled))
+            ),
+            format!(
+                "memset, populated, {PROCESSES} threads {}",
+                rate(limit(|c| c.memset))
+            ),
+            String::new(),
+            format!(
+                "{PROCESSES} forked children mapping the pages {}; memset {}",
+                fmt_time(limit(|c| c.map_in_children)),
+                fmt_time(limit(|c| c.memset))
+            ),
+            format!("read, {PROCESSES} threads {}", rate(limit(|c| c.read))),
+        ];
+        let phases: Vec<_> = runs.iter().map(|r| r.phases()).collect();
+        for (i, limit) in limits.iter().enumerate() {
+            let name = phases[0][i].0;
+            let ours = median(phases.iter().map(|p| secs(p[i].1)).collect());
+            let ours = if ours == 0.0 {
+                "in create".to_string()
+            } else {
+                fmt_time(ours)
+            };
+            let _ = writeln!(t, "| {name} | {} | {ours} | {limit} |", py_phase(name));
+        }
+        let _ = write!(
+            t,
+            "| create -> verified | {} | {} | |",
+            python
+                .as_ref()
+                .ok()
+                .and_then(|v| v["seconds"].as_f64())
+                .map_or("-".into(), fmt_time),
+            fmt_time(ours)
+        );
+        self.notes.push(t);
         self.push(Row {
             id,
             workload: format!(
                 "pid-fill {rows} x {cols}, {PROCESSES} processes, create -> verified"
             ),
-            python,
-            forkpool: secs(ours),
+            python: python.and_then(|v| {
+                v["seconds"]
+                    .as_f64()
+                    .ok_or_else(|| "pid_fill.py: no \"seconds\"".to_string())
+            }),
+            forkpool: ours,
             ceiling: None,
         });
     }
