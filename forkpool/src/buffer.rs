@@ -593,13 +593,25 @@ fn with_slot<S: 'static, R>(
 /// Encodes `value` in the pool's format, appending the descriptors of the
 /// buffers in it to `fds` (in the order the decoder will want them). On
 /// error, `out` and `fds` are left as they were.
+#[cfg(test)]
 pub(crate) fn encode_into<V: Serialize + ?Sized>(
     value: &V,
     out: &mut Vec<u8>,
     fds: &mut Vec<Outgoing>,
 ) -> std::result::Result<(), codec::Error> {
+    encode_noting_run(value, out, fds, &mut None)
+}
+
+/// [`encode_into`], also noting the largest run of plain numbers in `out`
+/// ([`codec::encode_noting_run`]).
+pub(crate) fn encode_noting_run<V: Serialize + ?Sized>(
+    value: &V,
+    out: &mut Vec<u8>,
+    fds: &mut Vec<Outgoing>,
+    run: &mut Option<codec::RunAt>,
+) -> std::result::Result<(), codec::Error> {
     let mark = fds.len();
-    let r = with_slot(&OUTGOING, fds, || codec::encode_into(value, out));
+    let r = with_slot(&OUTGOING, fds, || codec::encode_noting_run(value, out, run));
     if r.is_err() {
         fds.truncate(mark);
     }

@@ -40,9 +40,11 @@ use std::fmt;
 use std::mem::{ManuallyDrop, size_of};
 use std::sync::OnceLock;
 
-use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize};
 use serde::{Deserialize, Deserializer, Serializer};
+
+use crate::frame::RunBuf;
 
 #[cfg(test)]
 thread_local! {
@@ -55,6 +57,25 @@ thread_local! {
 fn note_bulk() {
     #[cfg(test)]
     BULK.set(BULK.get() + 1);
+}
+
+/// The element types whose slices and vectors move as raw bytes: every bit
+/// pattern of their size is a valid value, and their wire form is their
+/// little-endian memory.
+#[cfg(target_pointer_width = "64")]
+macro_rules! plain_types {
+    ($m:ident) => {
+        $m!(
+            u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64, usize, isize
+        )
+    };
+}
+/// (`usize` is written as a `u64`, so it is plain only where it has 8 bytes.)
+#[cfg(not(target_pointer_width = "64"))]
+macro_rules! plain_types {
+    ($m:ident) => {
+        $m!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64)
+    };
 }
 
 /// Why a value did not encode or decode.
@@ -93,18 +114,66 @@ pub(crate) fn encode_into<V: Serialize + ?Sized>(
     value: &V,
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
+    encode_noting_run(value, out, &mut None)
+}
+
+/// [`encode_into`], also noting in `run` the largest run of plain numbers
+/// in `out` (this value's or the one `run` held before) that is big enough
+/// to travel apart from its frame ([`RUN_MIN`] bytes or more; see
+/// [`crate::frame`]). On error `out` and `run` are left as they were.
+pub(crate) fn encode_noting_run<V: Serialize + ?Sized>(
+    value: &V,
+    out: &mut Vec<u8>,
+    run: &mut Option<RunAt>,
+) -> Result<(), Error> {
     let mark = out.len();
-    let r = value.serialize(&mut Encoder { out });
-    if r.is_err() {
-        out.truncate(mark);
+    let mut enc = Encoder { out, run: *run };
+    let r = value.serialize(&mut enc);
+    match r {
+        Ok(()) => *run = enc.run,
+        Err(_) => out.truncate(mark),
     }
     r
 }
 
+/// Where a run of plain numbers lies in an encoding: `len` bytes at `at`,
+/// made of `elem`-byte numbers, preceded by their count. A frame may carry
+/// one such run apart from the rest ([`crate::frame`]), so that the reader
+/// receives it straight into the memory of the `Vec` it decodes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunAt {
+    pub(crate) at: usize,
+    pub(crate) len: usize,
+    pub(crate) elem: usize,
+}
+
+/// Smallest run worth an allocation of its own at the reader: the size of
+/// a default pipe (below it, one copy out of the read buffer costs nothing
+/// that matters).
+pub(crate) const RUN_MIN: usize = 64 * 1024;
+
+/// The plain number types: every bit pattern of their size is a valid
+/// value, and their wire form is their little-endian memory.
+///
+/// # Safety
+///
+/// Implemented only by `plain_types!`, for which both are true.
+pub(crate) unsafe trait Plain: Copy + 'static {}
+
+macro_rules! impl_plain {
+    ($($t:ty),*) => { $(
+        // SAFETY: a number type of `plain_types!` (see `Plain`).
+        unsafe impl Plain for $t {}
+    )* };
+}
+const _: () = {
+    plain_types!(impl_plain);
+};
+
 /// Decodes one value from the front of `input`, advancing it past the
 /// value's bytes.
 pub(crate) fn decode_from<'de, T: Deserialize<'de>>(input: &mut &'de [u8]) -> Result<T, Error> {
-    let mut de = Decoder { input };
+    let mut de = Decoder { input, apart: None };
     T::deserialize(&mut de)
 }
 
@@ -121,25 +190,6 @@ pub(crate) fn is_decoder<D: ?Sized>() -> bool {
 
 // ---------------------------------------------------------------------------
 // Plain number types: the ones whose runs move in bulk.
-
-/// The element types whose slices and vectors move as raw bytes: every bit
-/// pattern of their size is a valid value, and their wire form is their
-/// little-endian memory.
-#[cfg(target_pointer_width = "64")]
-macro_rules! plain_types {
-    ($m:ident) => {
-        $m!(
-            u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64, usize, isize
-        )
-    };
-}
-/// (`usize` is written as a `u64`, so it is plain only where it has 8 bytes.)
-#[cfg(not(target_pointer_width = "64"))]
-macro_rules! plain_types {
-    ($m:ident) => {
-        $m!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64)
-    };
-}
 
 /// Whether `T` is one of the plain number types.
 #[inline]
@@ -219,9 +269,20 @@ impl<'de> Deserializer<'de> for Probe<'_> {
 
 struct Encoder<'a> {
     out: &'a mut Vec<u8>,
+    /// The largest run of plain numbers written so far (see [`RunAt`]).
+    run: Option<RunAt>,
 }
 
 impl Encoder<'_> {
+    /// Notes the `len` bytes of `elem`-byte numbers just written at `at`
+    /// as a run, if it is the largest so far and big enough.
+    #[inline]
+    fn note_run(&mut self, at: usize, len: usize, elem: usize) {
+        if len >= RUN_MIN && self.run.is_none_or(|r| len > r.len) {
+            self.run = Some(RunAt { at, len, elem });
+        }
+    }
+
     #[inline]
     fn put(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
@@ -355,7 +416,9 @@ impl<'s, 'a> Serializer for &'s mut Encoder<'a> {
             note_bulk();
             let size = plain_slice_iter::<I::IntoIter>().expect("checked");
             self.put_len(bytes.len() / size);
+            let at = self.out.len();
             self.put(bytes);
+            self.note_run(at, bytes.len(), size);
             return Ok(());
         }
         let mut seq = self.serialize_seq(iter_len(&iter))?;
@@ -452,6 +515,11 @@ pub(crate) struct Counted<'a, 'b> {
     count: usize,
     /// Elements announced (for the first element's reservation).
     announced: usize,
+    /// Where the elements start, and their size while every one so far was
+    /// a plain number of that size (0 otherwise): such a sequence written
+    /// element by element (an `ndarray` array) is a run too.
+    first_at: usize,
+    plain: usize,
 }
 
 impl<'a, 'b> Counted<'a, 'b> {
@@ -467,27 +535,44 @@ impl<'a, 'b> Counted<'a, 'b> {
                 Some(at)
             }
         };
+        let first_at = enc.out.len();
         Ok(Counted {
             enc,
             patch,
             count: 0,
             announced: len.unwrap_or(0),
+            first_at,
+            plain: 0,
         })
     }
 
     #[inline]
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        if self.count == 0 && self.announced > 1 && is_plain::<T>() {
-            // A plain element's encoding is its size: reserve the whole run
-            // once instead of doubling through a big array.
-            let guess = self.announced.saturating_mul(size_of_val(value));
-            self.enc.out.reserve(guess.min(1 << 30));
+        let plain = if is_plain::<T>() {
+            size_of_val(value)
+        } else {
+            0
+        };
+        if self.count == 0 {
+            self.plain = plain;
+            if self.announced > 1 && plain > 0 {
+                // A plain element's encoding is its size: reserve the whole
+                // run once instead of doubling through a big array.
+                let guess = self.announced.saturating_mul(plain);
+                self.enc.out.reserve(guess.min(1 << 30));
+            }
+        } else if plain != self.plain {
+            self.plain = 0;
         }
         self.count += 1;
         value.serialize(&mut *self.enc)
     }
 
     fn finish(self) -> Result<(), Error> {
+        if self.plain > 0 {
+            let len = self.enc.out.len() - self.first_at;
+            self.enc.note_run(self.first_at, len, self.plain);
+        }
         match self.patch {
             Some(at) => {
                 self.enc.out[at..at + 8].copy_from_slice(&(self.count as u64).to_le_bytes());
@@ -567,6 +652,21 @@ fields!(
 
 struct Decoder<'a, 'de> {
     input: &'a mut &'de [u8],
+    /// A run held apart from `input`, which then ends where the run
+    /// belongs (see [`Input`]).
+    apart: Option<&'a mut Apart<'de>>,
+}
+
+/// A run of plain numbers held apart from the bytes being decoded, and
+/// what follows it.
+struct Apart<'de> {
+    /// The run, until a `Vec` adopts it.
+    run: Option<RunBuf>,
+    /// The bytes after the run.
+    tail: &'de [u8],
+    /// The value read into the run's place other than as one `Vec` of its
+    /// numbers: it must be decoded again from the bytes joined.
+    missed: bool,
 }
 
 macro_rules! get_number {
@@ -582,9 +682,25 @@ macro_rules! get_number {
 }
 
 impl<'de> Decoder<'_, 'de> {
+    /// Notes that the value reads past the bytes before a run held apart
+    /// (so it must be decoded again with the run in place); the error says
+    /// so if it escapes.
+    #[cold]
+    fn past_run(&mut self) -> Option<Error> {
+        let apart = self.apart.as_mut()?;
+        apart.run.as_ref()?;
+        apart.missed = true;
+        Some(Error::new(
+            "internal: the value reads a run of numbers held apart piecewise (decoded again joined)",
+        ))
+    }
+
     #[inline]
     fn take(&mut self, n: usize, what: &str) -> Result<&'de [u8], Error> {
         if self.input.len() < n {
+            if let Some(e) = self.past_run() {
+                return Err(e);
+            }
             return Err(Error::new(format!(
                 "the value is cut short: {what} needs {n} bytes, {} are left",
                 self.input.len()
@@ -610,13 +726,22 @@ impl<'de> Decoder<'_, 'de> {
     /// bytes left (a corrupt length must not reserve a terabyte).
     fn checked_len(&mut self, what: &str, min: usize) -> Result<usize, Error> {
         let n = self.len(what)?;
+        self.check_fits(what, n, min)?;
+        Ok(n)
+    }
+
+    /// Checks that `n` items of at least `min` bytes fit in the bytes left.
+    fn check_fits(&mut self, what: &str, n: usize, min: usize) -> Result<(), Error> {
         if n.saturating_mul(min) > self.input.len() {
+            if let Some(e) = self.past_run() {
+                return Err(e);
+            }
             return Err(Error::new(format!(
                 "{what} of {n} items of {min} bytes cannot fit in the {} bytes left: the data is corrupt or cut short",
                 self.input.len()
             )));
         }
-        Ok(n)
+        Ok(())
     }
 
     /// The length of a sequence or map whose elements' sizes are not known
@@ -626,6 +751,9 @@ impl<'de> Decoder<'_, 'de> {
     fn seq_len(&mut self, what: &str) -> Result<usize, Error> {
         let n = self.len(what)?;
         if n > self.input.len() && n > MAX_EMPTY_ELEMENTS {
+            if let Some(e) = self.past_run() {
+                return Err(e);
+            }
             return Err(Error::new(format!(
                 "{what} of {n} elements cannot fit in the {} bytes left (only elements of no \
                  bytes could, and at most {MAX_EMPTY_ELEMENTS} of those are accepted): the data \
@@ -657,7 +785,11 @@ fn decode_plain_vec<'de, V: Visitor<'de>>(
     de: &mut Decoder<'_, 'de>,
     size: usize,
 ) -> Result<V::Value, Error> {
-    let n = de.checked_len("a sequence", size)?;
+    let n = de.len("a sequence")?;
+    if let Some(v) = adopt_run::<V>(de, n, size) {
+        return Ok(v);
+    }
+    de.check_fits("a sequence", n, size)?;
     let bytes = de.take(n * size, "a sequence")?;
     note_bulk();
     macro_rules! build {
@@ -682,6 +814,152 @@ fn decode_plain_vec<'de, V: Visitor<'de>>(
     }
     plain_types!(build);
     unreachable!("decode_plain_vec called for a value that is not a Vec of a plain type")
+}
+
+/// Takes the run held apart as the `Vec` being decoded, if the decoder
+/// stands where the run belongs and the run is exactly `n` numbers of
+/// `size` bytes: the `Vec` then owns the memory the run was read into, with
+/// no copy. The bytes after the run become the input.
+fn adopt_run<'de, V: Visitor<'de>>(
+    de: &mut Decoder<'_, 'de>,
+    n: usize,
+    size: usize,
+) -> Option<V::Value> {
+    if !de.input.is_empty() {
+        return None;
+    }
+    let apart = de.apart.as_mut()?;
+    let run = apart.run.as_ref()?;
+    if apart.missed || run.elem() != size || Some(run.len()) != n.checked_mul(size) {
+        return None;
+    }
+    macro_rules! adopt {
+        ($($t:ty),*) => {
+            $(
+                if typeid::of::<V::Value>() == typeid::of::<Vec<$t>>() {
+                    let run = apart.run.take().expect("checked above");
+                    let v = match run.into_vec::<$t>() {
+                        Ok(v) => v,
+                        Err(run) => {
+                            apart.run = Some(run);
+                            return None;
+                        }
+                    };
+                    *de.input = apart.tail;
+                    note_bulk();
+                    let v = ManuallyDrop::new(v);
+                    // SAFETY: `V::Value` is `Vec<$t>` (type ids equal; a
+                    // `Vec` of a plain type has no lifetimes to differ in).
+                    return Some(unsafe { std::ptr::read((&*v as *const Vec<$t>).cast::<V::Value>()) });
+                }
+            )*
+        };
+    }
+    plain_types!(adopt);
+    None
+}
+
+/// Encoded values to decode one after another, with one run of plain
+/// numbers perhaps held apart (a frame's run, see [`crate::frame`]): the
+/// `Vec` the run encodes takes its memory as it is; a value that reads the
+/// run's place any other way is decoded again from the bytes joined, so
+/// every type decodes as it would from one buffer.
+pub(crate) struct Input {
+    /// The bytes, the run cut out.
+    bytes: Vec<u8>,
+    /// What is decoded so far.
+    pos: usize,
+    /// The run, and where in `bytes` it belongs.
+    run: Option<(usize, RunBuf)>,
+}
+
+impl Input {
+    /// Values encoded in `bytes[from..]`, with `run` (if any) belonging at
+    /// its offset in `bytes` (at `from` or after).
+    pub(crate) fn new(bytes: Vec<u8>, from: usize, run: Option<(usize, RunBuf)>) -> Self {
+        let mut input = Input { bytes, pos: 0, run };
+        match &input.run {
+            // Not where a writer puts one (a corrupt frame): in place, so
+            // that decoding reads the bytes as they were sent.
+            Some((at, r)) if *at < from => {
+                let shift = r.len();
+                input.join();
+                input.pos = from + shift;
+            }
+            _ => input.pos = from,
+        }
+        input
+    }
+
+    /// Bytes left to decode, the run's included.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len() - self.pos + self.run.as_ref().map_or(0, |(_, r)| r.len())
+    }
+
+    /// Puts the run back in its place in the bytes.
+    #[cold]
+    fn join(&mut self) {
+        if let Some((at, run)) = self.run.take() {
+            let mut joined = Vec::with_capacity(self.bytes.len() - self.pos + run.len());
+            joined.extend_from_slice(&self.bytes[self.pos..at]);
+            joined.extend_from_slice(run.bytes());
+            joined.extend_from_slice(&self.bytes[at..]);
+            self.bytes = joined;
+            self.pos = 0;
+        }
+    }
+
+    /// The next byte (an outcome's tag).
+    pub(crate) fn byte(&mut self) -> Option<u8> {
+        if self.run.as_ref().is_some_and(|(at, _)| *at == self.pos) {
+            self.join();
+        }
+        let b = *self.bytes.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    /// Decodes the next value.
+    pub(crate) fn decode<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
+        let Some((at, run)) = self.run.take() else {
+            let mut rest = &self.bytes[self.pos..];
+            let r = decode_from::<T>(&mut rest);
+            self.pos = self.bytes.len() - rest.len();
+            return r;
+        };
+        let (head, tail) = self.bytes[self.pos..].split_at(at - self.pos);
+        let mut apart = Apart {
+            run: Some(run),
+            tail,
+            missed: false,
+        };
+        let mut input = head;
+        let r = T::deserialize(&mut Decoder {
+            input: &mut input,
+            apart: Some(&mut apart),
+        });
+        let left = input.len();
+        match apart.run {
+            Some(run) if apart.missed => {
+                // Read piecewise (or past its end, when corrupt): again,
+                // from the bytes with the run in place.
+                self.run = Some((at, run));
+                self.join();
+                self.decode()
+            }
+            Some(run) => {
+                // The value ended before the run.
+                self.pos = at - left;
+                self.run = Some((at, run));
+                r
+            }
+            None => {
+                // Adopted: what is left is in the tail.
+                self.pos = self.bytes.len() - left;
+                r
+            }
+        }
+    }
 }
 
 impl<'de> Deserializer<'de> for &mut Decoder<'_, 'de> {
@@ -1191,6 +1469,181 @@ mod tests {
         let e = encode_into(&(7u64, Fails), &mut out).unwrap_err();
         assert!(e.to_string().contains("no, thanks"), "{e}");
         assert_eq!(out, [1, 2, 3]);
+    }
+}
+
+#[cfg(test)]
+mod runs {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// `values` encoded one after another, the largest run cut out and held
+    /// apart as a frame's reader holds it.
+    fn apart<V: Serialize>(values: &[V]) -> (Input, Option<RunAt>) {
+        let mut out = Vec::new();
+        let mut run = None;
+        for v in values {
+            encode_noting_run(v, &mut out, &mut run).unwrap();
+        }
+        let input = match run {
+            Some(r) => {
+                let held = RunBuf::copy_of(&out[r.at..r.at + r.len], r.elem).unwrap();
+                out.drain(r.at..r.at + r.len);
+                Input::new(out, 0, Some((r.at, held)))
+            }
+            None => Input::new(out, 0, None),
+        };
+        (input, run)
+    }
+
+    #[test]
+    fn the_largest_run_is_noted_with_its_place_and_element_size() {
+        let small = vec![1u8; RUN_MIN - 1];
+        let big = vec![2.5f64; RUN_MIN / 8 + 1];
+        let bigger = vec![7u16; RUN_MIN];
+        let mut out = vec![0; 5];
+        let mut run = None;
+        encode_noting_run(&small, &mut out, &mut run).unwrap();
+        assert_eq!(run, None, "below RUN_MIN");
+        encode_noting_run(&(1u8, &big), &mut out, &mut run).unwrap();
+        let at = 5 + 8 + small.len() + 1 + 8;
+        assert_eq!(
+            run,
+            Some(RunAt {
+                at,
+                len: big.len() * 8,
+                elem: 8
+            })
+        );
+        encode_noting_run(&bigger, &mut out, &mut run).unwrap();
+        assert_eq!(run.unwrap().elem, 2);
+        assert_eq!(run.unwrap().len, bigger.len() * 2);
+        // Written element by element (an ndarray array): a run too.
+        let mut out = Vec::new();
+        let mut run = None;
+        let a = ndarray::Array1::<i32>::from_elem(RUN_MIN, 3);
+        encode_noting_run(&a, &mut out, &mut run).unwrap();
+        let r = run.expect("the array's elements are a run");
+        assert_eq!((r.len, r.elem), (RUN_MIN * 4, 4));
+        assert_eq!(&out[r.at..r.at + 8], &[3, 0, 0, 0, 3, 0, 0, 0]);
+        // A failed encode leaves the run as it was.
+        struct Fails;
+        impl Serialize for Fails {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(ser::Error::custom("no"))
+            }
+        }
+        let mut run2 = run;
+        assert!(encode_noting_run(&(vec![1u64; RUN_MIN], Fails), &mut out, &mut run2).is_err());
+        assert_eq!(run2, run);
+    }
+
+    #[test]
+    fn a_vec_held_apart_is_decoded_in_the_memory_it_was_read_into() {
+        macro_rules! each {
+            ($($t:ty),*) => { $(
+                let v: Vec<$t> = (0..RUN_MIN + 3).map(|i| i as $t).collect();
+                let (mut input, run) = apart(&[&v]);
+                assert!(run.is_some(), "{}", stringify!($t));
+                let held = input.run.as_ref().unwrap().1.bytes().as_ptr();
+                let back: Vec<$t> = input.decode().unwrap();
+                assert_eq!(back, v);
+                assert_eq!(back.as_ptr().cast::<u8>(), held, "{} was copied", stringify!($t));
+                assert_eq!(input.len(), 0);
+            )* };
+        }
+        each!(
+            u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64
+        );
+    }
+
+    #[test]
+    fn values_around_a_run_held_apart_decode_in_order() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Around {
+            name: String,
+            data: Vec<f64>,
+            after: Vec<u32>,
+            grid: ndarray::Array2<u16>,
+        }
+        let a = Around {
+            name: "x".repeat(100),
+            data: (0..20_000).map(|i| i as f64 * 0.5).collect(),
+            after: vec![9; 100],
+            grid: ndarray::Array2::from_shape_fn((10, 10), |(i, j)| (i * j) as u16),
+        };
+        // A tuple is its fields one after another: three values in a row.
+        let (mut input, run) = apart(&[(7u64, &a, "tail".to_string())]);
+        assert!(run.is_some());
+        assert_eq!(input.decode::<u64>().unwrap(), 7);
+        let ptr = input.run.as_ref().unwrap().1.bytes().as_ptr();
+        let back: Around = input.decode().unwrap();
+        assert_eq!(back, a);
+        assert_eq!(back.data.as_ptr().cast::<u8>(), ptr);
+        assert_eq!(input.decode::<String>().unwrap(), "tail");
+        assert_eq!(input.len(), 0);
+    }
+
+    #[test]
+    fn a_run_read_other_than_as_one_vec_is_decoded_joined() {
+        // A VecDeque reads its elements one by one: the run is put back in
+        // place and the value decodes as from one buffer.
+        let v: Vec<u16> = (0..RUN_MIN as u16).collect();
+        let (mut input, _) = apart(&[&v]);
+        let d: VecDeque<u16> = input.decode().unwrap();
+        assert!(d.iter().eq(v.iter()));
+        assert_eq!(input.len(), 0);
+        // A Vec of another element size than the run's (u8 read as u16 pairs
+        // is a type mismatch; read as bytes instead): joined, same answer as
+        // from one buffer.
+        let v = vec![5u8; RUN_MIN * 2];
+        let (mut input, _) = apart(&[&v]);
+        let b: serde_bytes_like::Bytes = input.decode().unwrap();
+        assert_eq!(b.0, v);
+        // The tag byte of the next value never sits on a run; if a corrupt
+        // frame puts one there, the run is joined rather than skipped.
+        let (mut input, run) = apart(&[&vec![1u8; RUN_MIN]]);
+        let at = run.unwrap().at;
+        assert_eq!(input.decode::<u64>().unwrap(), RUN_MIN as u64);
+        assert_eq!(at, 8);
+        assert_eq!(input.byte(), Some(1));
+        assert_eq!(input.len(), RUN_MIN - 1);
+    }
+
+    #[test]
+    fn a_run_placed_before_the_payload_is_put_back_in_place() {
+        let mut bytes = vec![1, 2, 3];
+        bytes.extend_from_slice(&2u64.to_le_bytes());
+        bytes.extend_from_slice(&[4, 5]);
+        let run = RunBuf::copy_of(&[9, 9], 1).unwrap();
+        // The run belongs at byte 1, before the payload (byte 3 on).
+        let mut input = Input::new(bytes, 3, Some((1, run)));
+        assert_eq!(input.len(), 8 + 2);
+        assert_eq!(input.decode::<u64>().unwrap(), 2);
+        assert_eq!(
+            (input.byte(), input.byte(), input.byte()),
+            (Some(4), Some(5), None)
+        );
+    }
+
+    /// A byte string type, as `serde_bytes::ByteBuf` (not a dependency).
+    mod serde_bytes_like {
+        pub(super) struct Bytes(pub(super) Vec<u8>);
+        impl<'de> serde::Deserialize<'de> for Bytes {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = Bytes;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
+                        Ok(Bytes(v.to_vec()))
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
     }
 }
 

@@ -447,7 +447,7 @@ impl Collector {
         }
     }
 
-    fn on_frame(&mut self, st: &mut State, w: usize, body: Vec<u8>) -> Result<(), String> {
+    fn on_frame(&mut self, st: &mut State, w: usize, body: frame::Body) -> Result<(), String> {
         let worker = &mut st.workers[w];
         match FromWorker::parse(body)? {
             FromWorker::Ready if !worker.ready => {

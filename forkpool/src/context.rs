@@ -383,7 +383,12 @@ where
     }
 }
 
-fn run_with<C, T, R>(func: usize, body: Vec<u8>, at: usize, out: &mut Vec<u8>)
+fn run_with<C, T, R>(
+    func: usize,
+    body: crate::frame::Body,
+    at: usize,
+    out: &mut Vec<u8>,
+) -> Option<crate::codec::RunAt>
 where
     C: ?Sized + ToOwned,
     C::Owned: DeserializeOwned + 'static,
@@ -397,7 +402,7 @@ where
     let f = unsafe { std::mem::transmute::<usize, fn(&C, T) -> R>(func) };
     crate::task::run_items(body, at, out, |(ctx, t): (Context<C::Owned>, T)| {
         f(std::borrow::Borrow::borrow(&*ctx), t)
-    });
+    })
 }
 
 #[cfg(test)]

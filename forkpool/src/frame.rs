@@ -20,10 +20,35 @@
 //! assembles a frame from as many reads as it takes, growing its buffer as
 //! bytes arrive (a corrupt length cannot make it allocate a terabyte up
 //! front), and reports a frame cut short with the byte counts.
+//!
+//! # Runs: big arrays read straight into their `Vec`
+//!
+//! A frame whose payload holds a big run of plain numbers (a `Vec<f64>`'s
+//! elements, [`RunAt`]) says so up front: its kind byte has the [`RUN`]
+//! bit, followed by the run's place in the body, its length and its
+//! element size (three u64s), then the body as usual with the run in it:
+//!
+//! ```text
+//! [len][kind | RUN][at][run len][elem] [kind's header, payload ... run ... payload]
+//! ```
+//!
+//! The reader reads the bytes before the run into the body, the run itself
+//! into an allocation of its own ([`RunBuf`], aligned for its numbers and
+//! pre-faulted in bulk), and the rest into the body again; the decoder
+//! then hands that allocation over as the `Vec` ([`codec::Input`]). So a
+//! big value is copied once on its way in: by `read`, from the pipe into
+//! its final memory. The writer sends such a frame as the head above plus
+//! its encoded bytes, with one vectored write (no assembled copy).
 
+use std::alloc::Layout;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+
+use nix::sys::mman::MmapAdvise;
+
+use crate::codec::{self, Plain, RunAt};
 
 use crate::error::Error;
 use crate::fds::PoolFd;
@@ -38,6 +63,12 @@ pub(crate) const TASK: u8 = 1;
 pub(crate) const READY: u8 = 2;
 pub(crate) const INIT_FAILED: u8 = 3;
 pub(crate) const RESULT: u8 = 4;
+/// The bit of a kind byte that says the frame carries a run apart (see
+/// the module docs).
+pub(crate) const RUN: u8 = 0x80;
+/// Bytes of a run's description after the kind byte: place, length,
+/// element size.
+const RUN_DESC: usize = 3 * 8;
 
 /// The kernel's default pipe capacity.
 pub(crate) const PIPE_DEFAULT: usize = 64 * 1024;
@@ -59,6 +90,298 @@ pub(crate) fn enlarge_pipe(fd: BorrowedFd<'_>) {
 const READ_BUF: usize = 64 * 1024;
 /// Largest step by which a big frame's buffer grows ahead of the data.
 const GROW_STEP: usize = 16 << 20;
+
+/// Memory for a frame's run of plain numbers ([`RUN`]): `want` bytes,
+/// allocated the way a `Vec` of `elem`-byte numbers allocates them (so a
+/// `Vec` can take it over, [`into_vec`](Self::into_vec)), grown as bytes
+/// arrive (a corrupt length cannot make it allocate a terabyte up front),
+/// each new part faulted in with one call rather than a fault per page.
+pub(crate) struct RunBuf {
+    ptr: NonNull<u8>,
+    /// Bytes allocated (0: nothing yet, `ptr` dangling).
+    cap: usize,
+    /// Bytes filled.
+    got: usize,
+    want: usize,
+    elem: usize,
+}
+
+// SAFETY: a `RunBuf` owns its allocation alone, as a `Vec<u8>` does, and
+// has no shared state: moving it to another thread moves the ownership.
+unsafe impl Send for RunBuf {}
+
+impl std::fmt::Debug for RunBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RunBuf({} of {} bytes, {}-byte numbers)",
+            self.got, self.want, self.elem
+        )
+    }
+}
+
+impl RunBuf {
+    /// An empty buffer for a run of `want` bytes of `elem`-byte numbers;
+    /// `None` unless `elem` is a number size (1, 2, 4, 8 or 16) dividing a
+    /// non-zero `want`.
+    fn new(want: usize, elem: usize) -> Option<RunBuf> {
+        let ok = matches!(elem, 1 | 2 | 4 | 8 | 16) && want > 0 && want.is_multiple_of(elem);
+        ok.then(|| RunBuf {
+            ptr: NonNull::dangling(),
+            cap: 0,
+            got: 0,
+            want,
+            elem,
+        })
+    }
+
+    /// A filled buffer holding a copy of `bytes` (`None` as [`new`](Self::new)).
+    #[cfg(test)]
+    pub(crate) fn copy_of(bytes: &[u8], elem: usize) -> Option<RunBuf> {
+        let mut run = RunBuf::new(bytes.len(), elem)?;
+        let n = run.feed(bytes).ok()?;
+        debug_assert_eq!(n, bytes.len());
+        Some(run)
+    }
+
+    /// Bytes of the run (all of them once the frame is complete).
+    pub(crate) fn len(&self) -> usize {
+        self.want
+    }
+
+    /// Size of its numbers.
+    pub(crate) fn elem(&self) -> usize {
+        self.elem
+    }
+
+    /// The bytes filled so far.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the first `got` bytes of the allocation (or none, with a
+        // dangling pointer, when nothing is allocated) were written.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.got) }
+    }
+
+    fn full(&self) -> bool {
+        self.got == self.want
+    }
+
+    /// Allocates more room (at least one byte, never past `want`).
+    fn grow(&mut self) -> Result<(), FrameError> {
+        debug_assert!(self.cap < self.want);
+        let new_cap = self.want.min(self.cap.saturating_mul(2).max(GROW_STEP));
+        let oom = FrameError::OutOfMemory {
+            len: self.want as u64,
+        };
+        let layout = Layout::from_size_align(new_cap, self.elem).map_err(|_| oom.clone())?;
+        let ptr = if self.cap == 0 {
+            // SAFETY: `layout` has a non-zero size (`want` > 0).
+            unsafe { std::alloc::alloc(layout) }
+        } else {
+            let old = Layout::from_size_align(self.cap, self.elem).expect("allocated with it");
+            // SAFETY: `ptr` was allocated by the global allocator with
+            // `old`; the new size is non-zero and fits `isize` (checked by
+            // `Layout::from_size_align` above).
+            unsafe { std::alloc::realloc(self.ptr.as_ptr(), old, new_cap) }
+        };
+        self.ptr = NonNull::new(ptr).ok_or(oom)?;
+        prefault(&self.ptr, self.cap, new_cap);
+        self.cap = new_cap;
+        Ok(())
+    }
+
+    /// Copies as much of `bytes` as the run still wants; returns how much.
+    fn feed(&mut self, bytes: &[u8]) -> Result<usize, FrameError> {
+        let n = bytes.len().min(self.want - self.got);
+        while self.cap < self.got + n {
+            self.grow()?;
+        }
+        // SAFETY: the allocation has room for `got + n` bytes (above), and
+        // `bytes` is another object.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(self.got), n)
+        };
+        self.got += n;
+        Ok(n)
+    }
+
+    /// Reads once from `fd` as much as there is room for; returns what
+    /// read(2) returned (`None` for `EAGAIN`) and the room it had.
+    fn read_from(&mut self, fd: BorrowedFd<'_>) -> Result<(Option<usize>, usize), FillError> {
+        if self.got == self.cap {
+            self.grow().map_err(FillError::Frame)?;
+        }
+        let room = self.cap - self.got;
+        // SAFETY: `[got, cap)` is allocated memory owned by this buffer,
+        // `room` bytes; read(2) writes at most `room` bytes into it.
+        let ptr = unsafe { self.ptr.as_ptr().add(self.got) };
+        let n = read_raw(fd, ptr, room).map_err(FillError::Io)?;
+        if let Some(n) = n {
+            self.got += n;
+        }
+        Ok((n, room))
+    }
+
+    /// The run as a `Vec<P>`, taking over its memory; the buffer back if
+    /// it is not complete or not allocated as a `Vec<P>` allocates.
+    pub(crate) fn into_vec<P: Plain>(self) -> Result<Vec<P>, RunBuf> {
+        let size = std::mem::size_of::<P>();
+        if !self.full()
+            || self.cap != self.want
+            || size != self.elem
+            || align_of::<P>() != self.elem
+        {
+            return Err(self);
+        }
+        let n = self.want / size;
+        let run = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the memory was allocated by the global allocator with
+        // `Layout::from_size_align(n * size_of::<P>(), align_of::<P>())`
+        // (checked above: `cap == want == n * elem`, `elem` is both the size
+        // and the alignment of `P`), which is the layout of a `Vec<P>` of
+        // capacity `n`; all `n` elements were written (`got == want`), and
+        // any bytes are a valid `P` (`Plain`). The `RunBuf` is not dropped,
+        // so the `Vec` is the memory's only owner.
+        Ok(unsafe { Vec::from_raw_parts(run.ptr.as_ptr().cast::<P>(), n, n) })
+    }
+}
+
+impl Drop for RunBuf {
+    fn drop(&mut self) {
+        if self.cap > 0 {
+            let layout = Layout::from_size_align(self.cap, self.elem).expect("allocated with it");
+            // SAFETY: allocated by the global allocator with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+/// Faults in, in one call, the whole pages of `[from, to)` bytes of the
+/// allocation at `ptr` (`MADV_POPULATE_WRITE`, Linux 5.14+; elsewhere the
+/// pages fault one by one as `read` fills them). A fault per 4 KiB page
+/// inside `read` is what made new memory the slowest part of a big value's
+/// trip (measured: 64 MiB filled by faults 120-170 ms, populated first
+/// 65-130 ms, on the loaded 2-core VM).
+fn prefault(ptr: &NonNull<u8>, from: usize, to: usize) {
+    let base = ptr.as_ptr() as usize;
+    // SAFETY: `[base + from, base + to)` lies inside the allocation, which
+    // this process owns; populating pages changes no byte of them (pages
+    // not yet present read as zero before and after). A failure (an old
+    // kernel) only leaves the faults to `read`.
+    unsafe { advise(base + from, base + to, MmapAdvise::MADV_POPULATE_WRITE) };
+}
+
+/// `madvise(advice)` on the whole pages of `[from, to)`, best effort.
+///
+/// # Safety
+///
+/// The range must be memory this process owns, and `advice` must change
+/// nothing that any live reference into it relies on.
+unsafe fn advise(from: usize, to: usize, advice: MmapAdvise) {
+    const PAGE: usize = 4096;
+    let start = from.next_multiple_of(PAGE);
+    let end = to & !(PAGE - 1);
+    if end > start {
+        // SAFETY: the caller's promise; `start` is not null (page-aligned
+        // inward from a live allocation).
+        let _ = unsafe {
+            nix::sys::mman::madvise(
+                NonNull::new(start as *mut libc::c_void).expect("non-null"),
+                end - start,
+                advice,
+            )
+        };
+    }
+}
+
+/// Largest output buffer kept for the next big frame rather than freed.
+pub(crate) const KEEP_MAX: usize = 256 << 20;
+
+/// Empties `buf` and lets the kernel take back its pages if it runs short
+/// of memory (`MADV_FREE`): until then they stay mapped, so the next big
+/// value encoded into `buf` is copied into memory already faulted in
+/// instead of brand-new pages (new memory costs 3-5 times a copy into warm
+/// memory on this VM, see the module docs). A buffer above [`KEEP_MAX`] is
+/// freed instead.
+pub(crate) fn lend_back(buf: &mut Vec<u8>) {
+    buf.clear();
+    if buf.capacity() > KEEP_MAX {
+        *buf = Vec::new();
+        return;
+    }
+    let base = buf.as_ptr() as usize;
+    // SAFETY: the range is `buf`'s allocation, all of it spare capacity
+    // now (`buf` is empty), which nothing reads before writing it;
+    // MADV_FREE keeps the range mapped and only lets the kernel replace
+    // pages not written since with zero pages.
+    unsafe { advise(base, base + buf.capacity(), MmapAdvise::MADV_FREE) };
+}
+
+/// The parent's spare output buffer: the bytes of the last big task frame
+/// written, kept (lent back, [`lend_back`]) for the next job's items. Only
+/// the parent uses it (workers have their own output buffer): a lock here
+/// taken by a thread at the zygote's fork is never taken after it.
+static SPARE: parking_lot::Mutex<Option<Vec<u8>>> = parking_lot::Mutex::new(None);
+
+/// Keeps `buf` as the parent's spare output buffer if it is big (and no
+/// other is kept).
+fn keep_spare(mut buf: Vec<u8>) {
+    if buf.capacity() < codec::RUN_MIN || buf.capacity() > KEEP_MAX {
+        return;
+    }
+    if let Some(mut spare) = SPARE.try_lock()
+        && spare.as_ref().is_none_or(|s| s.capacity() < buf.capacity())
+    {
+        lend_back(&mut buf);
+        *spare = Some(buf);
+    }
+}
+
+/// The parent's spare output buffer, empty, if one is kept.
+pub(crate) fn take_spare() -> Option<Vec<u8>> {
+    SPARE.try_lock()?.take()
+}
+
+/// The head to write in place of the first `head.len()` bytes of a frame
+/// (its length prefix, kind byte and whatever follows them in `head`) so
+/// that the frame carries `run` apart: `run.at` is the run's offset in the
+/// frame's body (after the length prefix).
+pub(crate) fn run_head(head: &[u8], run: RunAt) -> Vec<u8> {
+    let body = u64::from_le_bytes(head[..LEN_PREFIX].try_into().expect("8 bytes"));
+    debug_assert!(run.at >= head.len() - LEN_PREFIX);
+    debug_assert!((run.at + run.len) as u64 <= body);
+    let mut out = Vec::with_capacity(head.len() + RUN_DESC);
+    out.extend_from_slice(&(body + RUN_DESC as u64).to_le_bytes());
+    out.push(head[LEN_PREFIX] | RUN);
+    for f in [run.at, run.len, run.elem] {
+        out.extend_from_slice(&(f as u64).to_le_bytes());
+    }
+    out.extend_from_slice(&head[LEN_PREFIX + 1..]);
+    out
+}
+
+/// A frame's body as read: the kind byte, the kind's header, the payload;
+/// with a run carried apart, the run cut out of the bytes and held in its
+/// own memory, with where it belongs.
+#[derive(Debug)]
+pub(crate) struct Body {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) run: Option<(usize, RunBuf)>,
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Self {
+        Body { bytes, run: None }
+    }
+}
+
+impl Body {
+    /// The payload from `at` on (in the body's layout, run included), to
+    /// decode.
+    pub(crate) fn into_input(self, at: usize) -> codec::Input {
+        let at = at.min(self.bytes.len());
+        codec::Input::new(self.bytes, at, self.run)
+    }
+}
 
 /// Starts a frame in `out`: a length prefix to patch, the kind and the
 /// header fields. Returns where the frame starts, for [`patch_len`].
@@ -149,6 +472,29 @@ impl StartedResult {
         out[at..at + 8].copy_from_slice(&busy_ns.to_le_bytes());
         patch_len(out, self.0);
     }
+
+    /// [`finish`](Self::finish) for a frame that carries `run` (its offset
+    /// in `out`) apart: the frame is then `out[start..]` with its head
+    /// replaced. Returns `start`, the head to write in its place, and where
+    /// in `out` the bytes after the head begin.
+    pub(crate) fn finish_with_run(
+        self,
+        out: &mut [u8],
+        busy_ns: u64,
+        run: RunAt,
+    ) -> (usize, Vec<u8>, usize) {
+        let start = self.0;
+        self.finish(out, busy_ns);
+        let from = start + LEN_PREFIX + ResultFrame::BODY_LEN;
+        let head = run_head(
+            &out[start..from],
+            RunAt {
+                at: run.at - start - LEN_PREFIX,
+                ..run
+            },
+        );
+        (start, head, from)
+    }
 }
 
 /// A worker's answer to one task: its id, how long the worker was busy
@@ -159,7 +505,7 @@ pub(crate) struct ResultFrame {
     pub(crate) id: u64,
     /// Nanoseconds the worker spent on the task (decode, run, encode).
     pub(crate) busy_ns: u64,
-    body: Vec<u8>,
+    body: Body,
     /// The descriptors of the buffers in the outcomes, in order (from the
     /// worker's side channel, [`crate::side`]), or why they are missing.
     pub(crate) fds: Result<VecDeque<PoolFd>, Error>,
@@ -175,9 +521,9 @@ impl ResultFrame {
         StartedResult(begin(out, RESULT, &[id, 0]))
     }
 
-    /// The outcomes, one per item.
-    pub(crate) fn payload(&self) -> &[u8] {
-        &self.body[Self::BODY_LEN..]
+    /// The outcomes, one per item, to decode.
+    pub(crate) fn payload(self) -> codec::Input {
+        self.body.into_input(Self::BODY_LEN)
     }
 
     /// The task id of a result frame still arriving, once its header bytes
@@ -201,28 +547,36 @@ pub(crate) enum FromWorker {
 impl FromWorker {
     /// Parses a body read from a result pipe; the error says what is wrong
     /// with it.
-    pub(crate) fn parse(body: Vec<u8>) -> Result<FromWorker, String> {
-        match body.first() {
-            Some(&READY) if body.len() == 1 => Ok(FromWorker::Ready),
-            Some(&INIT_FAILED) => Ok(FromWorker::InitFailed(
-                String::from_utf8_lossy(&body[1..]).into_owned(),
+    pub(crate) fn parse(body: Body) -> Result<FromWorker, String> {
+        let run = body.run.is_some();
+        let body_len = body.bytes.len() + body.run.as_ref().map_or(0, |(_, r)| r.len());
+        let kind = body.bytes.first().copied();
+        if run && kind != Some(RESULT) {
+            return Err(format!(
+                "unexpected frame of kind {} ({body_len} bytes) carrying a run of numbers",
+                kind.unwrap_or(0)
+            ));
+        }
+        let bytes = &body.bytes;
+        match kind {
+            Some(READY) if bytes.len() == 1 => Ok(FromWorker::Ready),
+            Some(INIT_FAILED) => Ok(FromWorker::InitFailed(
+                String::from_utf8_lossy(&bytes[1..]).into_owned(),
             )),
-            Some(&RESULT) if body.len() >= ResultFrame::BODY_LEN => {
+            Some(RESULT) if bytes.len() >= ResultFrame::BODY_LEN => {
                 Ok(FromWorker::Result(ResultFrame {
-                    id: field(&body, 0),
-                    busy_ns: field(&body, 1),
+                    id: field(bytes, 0),
+                    busy_ns: field(bytes, 1),
                     body,
                     fds: Ok(VecDeque::new()),
                 }))
             }
-            Some(&RESULT) => Err(format!(
-                "a {}-byte result frame is shorter than its {}-byte header",
-                body.len(),
+            Some(RESULT) => Err(format!(
+                "a {body_len}-byte result frame is shorter than its {}-byte header",
                 ResultFrame::BODY_LEN
             )),
-            Some(&kind) => Err(format!(
-                "unexpected frame of kind {kind} ({} bytes)",
-                body.len()
+            Some(kind) => Err(format!(
+                "unexpected frame of kind {kind} ({body_len} bytes)"
             )),
             None => Err("an empty frame".to_string()),
         }
@@ -248,7 +602,8 @@ impl FromWorker {
     /// (`ready`: it already sent READY).
     pub(crate) fn pending_kind_ok(body: &[u8], ready: bool) -> Result<(), String> {
         match body.first() {
-            None | Some(&RESULT) => Ok(()),
+            None => Ok(()),
+            Some(&kind) if kind & !RUN == RESULT => Ok(()),
             Some(&(READY | INIT_FAILED)) if !ready => Ok(()),
             Some(&kind) => Err(format!("unexpected frame of kind {kind} (incomplete)")),
         }
@@ -260,6 +615,16 @@ impl FromWorker {
 pub(crate) enum FrameError {
     #[error("frame length {len} is out of range (1 to {max} bytes): the stream is corrupt")]
     BadLength { len: u64, max: u64 },
+    #[error(
+        "a frame of {body} bytes says it carries {len} bytes of {elem}-byte numbers at byte {at}, \
+         which do not fit in it: the stream is corrupt"
+    )]
+    BadRun {
+        body: u64,
+        at: u64,
+        len: u64,
+        elem: u64,
+    },
     #[error("frame cut short: the pipe closed after {got} of {expected} bytes")]
     Truncated { expected: u64, got: u64 },
     #[error("could not allocate {len} bytes for a frame: out of memory")]
@@ -284,13 +649,69 @@ pub(crate) struct FrameReader {
     /// Bytes read but not yet parsed are `buf[pos..]`.
     buf: Vec<u8>,
     pos: usize,
-    /// A frame too big for `buf`, being filled directly.
+    /// A frame too big for `buf` (or carrying a run), being filled
+    /// directly.
     big: Option<Big>,
 }
 
+/// A frame being read past the reader's buffer.
 struct Big {
+    /// The body so far, the run cut out.
     body: Vec<u8>,
+    /// The body's length, the run cut out.
     want: usize,
+    /// The run, and where it belongs in `body`.
+    run: Option<(usize, RunBuf)>,
+    /// Bytes the frame has on the wire (length prefix included).
+    wire: usize,
+}
+
+impl Big {
+    /// Whether the next bytes of the stream go into the run.
+    fn run_next(&self) -> bool {
+        self.run
+            .as_ref()
+            .is_some_and(|(at, r)| self.body.len() == *at && !r.full())
+    }
+
+    /// How many more bytes the body takes before the run or the end.
+    fn body_room(&self) -> usize {
+        match &self.run {
+            Some((at, r)) if !r.full() => at - self.body.len(),
+            _ => self.want - self.body.len(),
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.body.len() == self.want && self.run.as_ref().is_none_or(|(_, r)| r.full())
+    }
+
+    /// Bytes of the frame received so far.
+    fn got(&self) -> usize {
+        let desc = if self.run.is_some() { RUN_DESC } else { 0 };
+        LEN_PREFIX + desc + self.body.len() + self.run.as_ref().map_or(0, |(_, r)| r.got)
+    }
+
+    /// Takes what it can of `bytes` (already read); returns how much.
+    fn feed(&mut self, mut bytes: &[u8]) -> Result<usize, FrameError> {
+        let whole = bytes.len();
+        while !bytes.is_empty() && !self.done() {
+            let n = if self.run_next() {
+                self.run.as_mut().expect("run_next").1.feed(bytes)?
+            } else {
+                let n = bytes.len().min(self.body_room());
+                self.body
+                    .try_reserve(n)
+                    .map_err(|_| FrameError::OutOfMemory {
+                        len: self.want as u64,
+                    })?;
+                self.body.extend_from_slice(&bytes[..n]);
+                n
+            };
+            bytes = &bytes[n..];
+        }
+        Ok(whole - bytes.len())
+    }
 }
 
 impl Default for FrameReader {
@@ -306,23 +727,23 @@ impl Default for FrameReader {
 impl FrameReader {
     /// Reads once from `fd` (retrying on `EINTR`).
     pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> Result<Fill, FillError> {
-        let limit = match &self.big {
-            Some(big) => big.want - big.body.len(),
-            None => usize::MAX,
-        };
-        let target: &mut Vec<u8> = match &mut self.big {
+        let (n, room) = match &mut self.big {
+            Some(big) if big.run_next() => big.run.as_mut().expect("run_next").1.read_from(fd)?,
             Some(big) => {
-                let missing = big.want - big.body.len();
-                if big.body.capacity() == big.body.len() {
-                    // Grow geometrically (at least GROW_STEP), never past the frame.
-                    let step = big.body.len().max(GROW_STEP).min(missing);
-                    big.body.try_reserve_exact(step).map_err(|_| {
+                let limit = big.body_room();
+                let body = &mut big.body;
+                if body.capacity() == body.len() {
+                    // Grow geometrically (at least GROW_STEP), never past
+                    // what the body still takes.
+                    let step = body.len().max(GROW_STEP).min(limit);
+                    body.try_reserve_exact(step).map_err(|_| {
                         FillError::Frame(FrameError::OutOfMemory {
                             len: big.want as u64,
                         })
                     })?;
                 }
-                &mut big.body
+                let room = body.spare_capacity_mut().len().min(limit);
+                (read_spare(fd, body, limit).map_err(FillError::Io)?, room)
             }
             None => {
                 if self.pos == self.buf.len() {
@@ -332,11 +753,13 @@ impl FrameReader {
                     self.buf.drain(..self.pos);
                     self.pos = 0;
                 }
-                &mut self.buf
+                let room = self.buf.spare_capacity_mut().len();
+                (
+                    read_spare(fd, &mut self.buf, usize::MAX).map_err(FillError::Io)?,
+                    room,
+                )
             }
         };
-        let room = target.spare_capacity_mut().len().min(limit);
-        let n = read_spare(fd, target, limit).map_err(FillError::Io)?;
         Ok(match n {
             Some(0) => Fill::Eof,
             Some(n) if n == room => Fill::More,
@@ -346,10 +769,14 @@ impl FrameReader {
     }
 
     /// Parses the next complete frame's body, if one is buffered.
-    pub(crate) fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Body>, FrameError> {
         if let Some(big) = &self.big {
-            if big.body.len() == big.want {
-                return Ok(self.big.take().map(|b| b.body));
+            if big.done() {
+                let big = self.big.take().expect("checked");
+                return Ok(Some(Body {
+                    bytes: big.body,
+                    run: big.run,
+                }));
             }
             return Ok(None);
         }
@@ -363,10 +790,22 @@ impl FrameReader {
         }
         let len = len as usize;
         let have = avail.len() - LEN_PREFIX;
+        if avail[LEN_PREFIX] & RUN != 0 {
+            // A run travels apart: once its description is in, read the
+            // rest into place.
+            if have < 1 + RUN_DESC {
+                return Ok(None);
+            }
+            let mut big = Self::split(&avail[LEN_PREFIX..LEN_PREFIX + 1 + RUN_DESC], len)?;
+            let fed = big.feed(&avail[LEN_PREFIX + 1 + RUN_DESC..])?;
+            self.pos += LEN_PREFIX + 1 + RUN_DESC + fed;
+            self.big = Some(big);
+            return self.next_frame();
+        }
         if have >= len {
             let body = avail[LEN_PREFIX..LEN_PREFIX + len].to_vec();
             self.pos += LEN_PREFIX + len;
-            return Ok(Some(body));
+            return Ok(Some(body.into()));
         }
         if LEN_PREFIX + len > READ_BUF {
             // Too big for the buffer: move what we have into its own vector
@@ -376,9 +815,45 @@ impl FrameReader {
                 .map_err(|_| FrameError::OutOfMemory { len: len as u64 })?;
             body.extend_from_slice(&avail[LEN_PREFIX..]);
             self.pos = self.buf.len();
-            self.big = Some(Big { body, want: len });
+            self.big = Some(Big {
+                body,
+                want: len,
+                run: None,
+                wire: LEN_PREFIX + len,
+            });
         }
         Ok(None)
+    }
+
+    /// The frame being read, from the start of a body carrying a run (the
+    /// kind byte and the run's description) and the body's length.
+    fn split(head: &[u8], len: usize) -> Result<Big, FrameError> {
+        let desc =
+            |i: usize| u64::from_le_bytes(head[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
+        let (at, run_len, elem) = (desc(0), desc(1), desc(2));
+        // The body without the description: the kind byte, the header and
+        // payload with the run in them.
+        let plain_len = (len as u64).saturating_sub(RUN_DESC as u64);
+        let bad = FrameError::BadRun {
+            body: plain_len,
+            at,
+            len: run_len,
+            elem,
+        };
+        if at < 1 || at.checked_add(run_len).is_none_or(|end| end > plain_len) {
+            return Err(bad);
+        }
+        let run = RunBuf::new(run_len as usize, elem as usize).ok_or(bad)?;
+        let mut body = Vec::new();
+        body.try_reserve_exact((at as usize).min(GROW_STEP))
+            .map_err(|_| FrameError::OutOfMemory { len: len as u64 })?;
+        body.push(head[0] & !RUN);
+        Ok(Big {
+            body,
+            want: (plain_len - run_len) as usize,
+            run: Some((at as usize, run)),
+            wire: LEN_PREFIX + len,
+        })
     }
 
     /// The first bytes of the body of the frame being assembled, if it is
@@ -390,10 +865,11 @@ impl FrameReader {
             return &big.body;
         }
         let avail = &self.buf[self.pos..];
-        if avail.len() > LEN_PREFIX {
-            &avail[LEN_PREFIX..]
-        } else {
-            &[]
+        match avail.get(LEN_PREFIX) {
+            // Its header comes after the run's description.
+            Some(kind) if kind & RUN != 0 => &avail[LEN_PREFIX..LEN_PREFIX + 1],
+            Some(_) => &avail[LEN_PREFIX..],
+            None => &[],
         }
     }
 
@@ -401,7 +877,7 @@ impl FrameReader {
     /// its length prefix has arrived but not all of it.
     pub(crate) fn pending_len(&self) -> Option<usize> {
         if let Some(big) = &self.big {
-            return Some(LEN_PREFIX + big.want);
+            return Some(big.wire);
         }
         let avail = &self.buf[self.pos..];
         (avail.len() >= LEN_PREFIX).then(|| {
@@ -414,8 +890,8 @@ impl FrameReader {
     pub(crate) fn partial(&self) -> Option<FrameError> {
         if let Some(big) = &self.big {
             return Some(FrameError::Truncated {
-                expected: (LEN_PREFIX + big.want) as u64,
-                got: (LEN_PREFIX + big.body.len()) as u64,
+                expected: big.wire as u64,
+                got: big.got() as u64,
             });
         }
         let avail = &self.buf[self.pos..];
@@ -447,17 +923,26 @@ pub(crate) enum FillError {
 fn read_spare(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, limit: usize) -> io::Result<Option<usize>> {
     let spare = buf.spare_capacity_mut();
     let want = spare.len().min(limit);
+    let n = read_raw(fd, spare.as_mut_ptr().cast(), want)?;
+    if let Some(n) = n {
+        // SAFETY: read(2) initialized the first `n` bytes of the spare
+        // capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+    }
+    Ok(n)
+}
+
+/// One read(2) of at most `want` (> 0) bytes into `ptr`, retrying on
+/// `EINTR`; `None` for `EAGAIN`. The caller owns `want` writable bytes at
+/// `ptr`.
+fn read_raw(fd: BorrowedFd<'_>, ptr: *mut u8, want: usize) -> io::Result<Option<usize>> {
     debug_assert!(want > 0);
     loop {
-        // SAFETY: `spare` is writable memory of at least `want` bytes owned by
-        // `buf`; read(2) writes at most `want` bytes into it and returns how
-        // many it wrote, which we then mark initialized.
-        let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+        // SAFETY: the caller owns `want` writable bytes at `ptr`; read(2)
+        // writes at most `want` bytes there.
+        let n = unsafe { libc::read(fd.as_raw_fd(), ptr.cast(), want) };
         if n >= 0 {
-            let n = n as usize;
-            // SAFETY: read(2) initialized the first `n` bytes of the spare capacity.
-            unsafe { buf.set_len(buf.len() + n) };
-            return Ok(Some(n));
+            return Ok(Some(n as usize));
         }
         let err = io::Error::last_os_error();
         match err.kind() {
@@ -468,17 +953,84 @@ fn read_spare(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, limit: usize) -> io::Result
     }
 }
 
+/// A frame to write: its bytes from `from` on, after `head` (a frame
+/// carrying a run has a longer head than the room left for it, see
+/// [`run_head`]); written with one vectored write, never assembled.
+#[derive(Debug)]
+pub(crate) struct OutFrame {
+    head: Vec<u8>,
+    bytes: Vec<u8>,
+    from: usize,
+}
+
+impl From<Vec<u8>> for OutFrame {
+    fn from(bytes: Vec<u8>) -> Self {
+        OutFrame {
+            head: Vec::new(),
+            bytes,
+            from: 0,
+        }
+    }
+}
+
+impl OutFrame {
+    /// The frame in `bytes` (its first `head_len` bytes its head: length
+    /// prefix, kind, header fields), sent with `run` apart: `run.at` is the
+    /// run's offset in `bytes`.
+    pub(crate) fn with_run(bytes: Vec<u8>, head_len: usize, run: RunAt) -> Self {
+        let head = run_head(
+            &bytes[..head_len],
+            RunAt {
+                at: run.at - LEN_PREFIX,
+                ..run
+            },
+        );
+        OutFrame {
+            head,
+            bytes,
+            from: head_len,
+        }
+    }
+
+    /// The frame as it goes on the wire, in one buffer (for tests).
+    #[cfg(test)]
+    pub(crate) fn to_vec(&self) -> Vec<u8> {
+        self.slices(0).flat_map(|s| s.to_vec()).collect()
+    }
+
+    /// The buffer holding the frame's bytes after its head (for tests).
+    #[cfg(test)]
+    pub(crate) fn bytes_ptr(&self) -> *const u8 {
+        self.bytes.as_ptr()
+    }
+
+    /// Bytes on the wire.
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.bytes.len() - self.from
+    }
+
+    /// The frame's bytes from `sent` on, as up to two slices.
+    fn slices(&self, sent: usize) -> impl Iterator<Item = IoSlice<'_>> {
+        let h = sent.min(self.head.len());
+        let b = self.from + (sent - h);
+        [&self.head[h..], &self.bytes[b..]]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(IoSlice::new)
+    }
+}
+
 /// Frames waiting to be written to a non-blocking pipe.
 #[derive(Default)]
 pub(crate) struct OutQueue {
-    frames: VecDeque<Vec<u8>>,
+    frames: VecDeque<OutFrame>,
     /// Bytes of the front frame already written.
     sent: usize,
 }
 
 impl OutQueue {
-    pub(crate) fn push(&mut self, frame: Vec<u8>) {
-        self.frames.push_back(frame);
+    pub(crate) fn push(&mut self, frame: impl Into<OutFrame>) {
+        self.frames.push_back(frame.into());
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -492,7 +1044,7 @@ impl OutQueue {
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(self.frames.len().min(64));
             for (i, f) in self.frames.iter().take(64).enumerate() {
                 let from = if i == 0 { self.sent } else { 0 };
-                slices.push(IoSlice::new(&f[from..]));
+                slices.extend(f.slices(from));
             }
             let mut n = match nix::sys::uio::writev(fd, &slices) {
                 Ok(n) => n,
@@ -504,7 +1056,8 @@ impl OutQueue {
                 let left = self.frames[0].len() - self.sent;
                 if n >= left {
                     n -= left;
-                    self.frames.pop_front();
+                    let done = self.frames.pop_front().expect("a frame was written");
+                    keep_spare(done.bytes);
                     self.sent = 0;
                 } else {
                     self.sent += n;
@@ -517,15 +1070,69 @@ impl OutQueue {
 }
 
 /// Writes all of `buf` to a blocking descriptor (retrying on `EINTR`).
-pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match nix::unistd::write(fd, buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(nix::errno::Errno::EINTR) => {}
+pub(crate) fn write_all(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<()> {
+    write_all_vectored(fd, &[buf])
+}
+
+/// Writes all of `parts`, in order, to a blocking descriptor with vectored
+/// writes (retrying on `EINTR`).
+pub(crate) fn write_all_vectored(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<()> {
+    let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut first = 0;
+    while first < parts.len() {
+        let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+        let mut n = match nix::sys::uio::writev(fd, &slices) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
+        };
+        while n > 0 {
+            let p = parts[first];
+            if n >= p.len() {
+                n -= p.len();
+                first += 1;
+            } else {
+                parts[first] = &p[n..];
+                n = 0;
+            }
         }
     }
     Ok(())
+}
+
+/// Every frame body in `stream`, read through a real pipe by a
+/// [`FrameReader`] (for tests).
+#[cfg(test)]
+pub(crate) fn read_frames(stream: Vec<u8>) -> Result<Vec<Body>, FrameError> {
+    use std::os::fd::AsFd;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut q = OutQueue::default();
+        q.push(stream);
+        while !q.flush(w.as_fd()).unwrap() {
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    });
+    let mut reader = FrameReader::default();
+    let mut out = Vec::new();
+    loop {
+        while let Some(body) = reader.next_frame()? {
+            out.push(body);
+        }
+        match reader.fill(r.as_fd()) {
+            Ok(Fill::Eof) => break,
+            Ok(Fill::WouldBlock) => std::thread::sleep(std::time::Duration::from_micros(20)),
+            Ok(_) => {}
+            Err(FillError::Frame(e)) => return Err(e),
+            Err(FillError::Io(e)) => panic!("{e}"),
+        }
+    }
+    writer.join().unwrap();
+    match reader.partial() {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +1144,15 @@ mod tests {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK).unwrap()
     }
 
+    /// A body with its run put back in place.
+    fn joined(body: Body) -> Vec<u8> {
+        let mut bytes = body.bytes;
+        if let Some((at, run)) = body.run {
+            bytes.splice(at..at, run.bytes().iter().copied());
+        }
+        bytes
+    }
+
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let start = begin(&mut out, kind, &[7, 8]);
@@ -545,13 +1161,14 @@ mod tests {
         out
     }
 
-    /// Reads every frame `fd` delivers until EOF.
+    /// Reads every frame `fd` delivers until EOF (bodies with their run, if
+    /// any, put back in place).
     fn read_all(r: &OwnedFd) -> (Vec<Vec<u8>>, Option<FrameError>) {
         let mut reader = FrameReader::default();
         let mut out = Vec::new();
         loop {
             while let Some(body) = reader.next_frame().unwrap() {
-                out.push(body);
+                out.push(joined(body));
             }
             match reader.fill(r.as_fd()) {
                 Ok(Fill::More | Fill::Drained) => {}
@@ -591,10 +1208,12 @@ mod tests {
         let body = out[LEN_PREFIX..].to_vec();
         assert_eq!(ResultFrame::peek_id(&body[..9]), Some(41));
         assert_eq!(ResultFrame::peek_id(&body[..8]), None);
-        match FromWorker::parse(body).unwrap() {
+        match FromWorker::parse(body.into()).unwrap() {
             FromWorker::Result(r) => {
                 assert_eq!((r.id, r.busy_ns), (41, 1234));
-                assert_eq!(r.payload(), b"outcomes");
+                let mut p = r.payload();
+                assert_eq!(p.len(), 8);
+                assert_eq!(p.byte(), Some(b'o'));
             }
             other => panic!("{other:?}"),
         }
@@ -603,19 +1222,23 @@ mod tests {
     #[test]
     fn worker_frames_that_are_wrong_say_how() {
         assert!(matches!(
-            FromWorker::parse(FromWorker::hello(None)[LEN_PREFIX..].to_vec()),
+            FromWorker::parse(FromWorker::hello(None)[LEN_PREFIX..].to_vec().into()),
             Ok(FromWorker::Ready)
         ));
-        match FromWorker::parse(FromWorker::hello(Some("no db"))[LEN_PREFIX..].to_vec()) {
+        match FromWorker::parse(
+            FromWorker::hello(Some("no db"))[LEN_PREFIX..]
+                .to_vec()
+                .into(),
+        ) {
             Ok(FromWorker::InitFailed(m)) => assert_eq!(m, "no db"),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            FromWorker::parse(vec![RESULT, 1, 2]).unwrap_err(),
+            FromWorker::parse(vec![RESULT, 1, 2].into()).unwrap_err(),
             "a 3-byte result frame is shorter than its 17-byte header"
         );
         assert_eq!(
-            FromWorker::parse(vec![99, 0, 0]).unwrap_err(),
+            FromWorker::parse(vec![99, 0, 0].into()).unwrap_err(),
             "unexpected frame of kind 99 (3 bytes)"
         );
         assert!(FromWorker::pending_kind_ok(&[READY], true).is_err());
@@ -658,7 +1281,7 @@ mod tests {
         let mut reader = FrameReader::default();
         let body = loop {
             if let Some(b) = reader.next_frame().unwrap() {
-                break b;
+                break joined(b);
             }
             match reader.fill(r.as_fd()).unwrap() {
                 Fill::Eof => panic!("early eof"),
@@ -700,7 +1323,7 @@ mod tests {
         });
         let mut reader = FrameReader::default();
         loop {
-            assert_eq!(reader.next_frame().unwrap(), None);
+            assert!(reader.next_frame().unwrap().is_none());
             match reader.fill(r.as_fd()).unwrap() {
                 Fill::Eof => break,
                 _ => std::thread::sleep(std::time::Duration::from_micros(10)),
@@ -716,6 +1339,149 @@ mod tests {
         );
     }
 
+    /// A RESULT frame of `payload` (after the id and busy fields), sent with
+    /// `payload[run_at..run_at + run_len]` apart as `elem`-byte numbers.
+    fn run_frame(payload: &[u8], run_at: usize, run_len: usize, elem: usize) -> OutFrame {
+        let mut out = Vec::new();
+        let started = ResultFrame::begin(&mut out, 5);
+        let base = out.len();
+        out.extend_from_slice(payload);
+        let (start, head, from) = started.finish_with_run(
+            &mut out,
+            77,
+            RunAt {
+                at: base + run_at,
+                len: run_len,
+                elem,
+            },
+        );
+        assert_eq!(start, 0);
+        OutFrame {
+            head,
+            bytes: out,
+            from,
+        }
+    }
+
+    #[test]
+    fn a_run_travels_apart_into_its_own_aligned_memory() {
+        let payload: Vec<u8> = (0..3_000_017u32).map(|i| (i % 253) as u8).collect();
+        let (at, len) = (1001, 2_400_000);
+        let f = run_frame(&payload, at, len, 8);
+        assert_eq!(f.len(), f.to_vec().len());
+        assert_eq!(f.to_vec()[LEN_PREFIX], RESULT | RUN);
+        // Two frames in a row, the second after the first's run: both whole.
+        let mut stream = f.to_vec();
+        stream.extend(f.to_vec());
+        let bodies = read_frames(stream).unwrap();
+        assert_eq!(bodies.len(), 2);
+        for body in bodies {
+            let (run_at, run) = body.run.as_ref().unwrap();
+            assert_eq!(*run_at, ResultFrame::BODY_LEN + at);
+            assert_eq!(run.bytes(), &payload[at..at + len]);
+            assert_eq!(
+                run.bytes().as_ptr() as usize % 8,
+                0,
+                "aligned for its numbers"
+            );
+            assert_eq!(body.bytes[0], RESULT);
+            assert_eq!(
+                &body.bytes[ResultFrame::BODY_LEN..ResultFrame::BODY_LEN + at],
+                &payload[..at]
+            );
+            assert_eq!(
+                &body.bytes[ResultFrame::BODY_LEN + at..],
+                &payload[at + len..]
+            );
+            match FromWorker::parse(body).unwrap() {
+                FromWorker::Result(r) => assert_eq!((r.id, r.busy_ns), (5, 77)),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A small run, all of it in the reader's buffer at once.
+        let small = run_frame(&payload[..300], 10, 256, 16);
+        let bodies = read_frames(small.to_vec()).unwrap();
+        assert_eq!(bodies[0].run.as_ref().unwrap().1.bytes(), &payload[10..266]);
+    }
+
+    #[test]
+    fn a_run_frame_cut_short_is_reported_with_byte_counts() {
+        let payload = vec![3u8; 400_000];
+        let f = run_frame(&payload, 100, 300_000, 4).to_vec();
+        // Cut in the head, in the run, and in the bytes after it.
+        for cut in [20, LEN_PREFIX + 1 + RUN_DESC + 50, 200_000, f.len() - 1] {
+            let e = read_frames(f[..cut].to_vec()).unwrap_err();
+            assert_eq!(
+                e,
+                FrameError::Truncated {
+                    expected: f.len() as u64,
+                    got: cut as u64
+                },
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_run_that_does_not_fit_its_frame_is_an_error() {
+        let good = run_frame(&[1u8; 1000], 8, 512, 8).to_vec();
+        let desc_at = LEN_PREFIX + 1;
+        for (field, value) in [
+            (0, 0u64),     // run at the kind byte
+            (0, 1000),     // run past the body
+            (1, u64::MAX), // length overflows
+            (1, 5000),     // longer than the body
+            (2, 3),        // not a number size
+            (2, 1024),     // not a number size
+        ] {
+            let mut f = good.clone();
+            let at = desc_at + 8 * field;
+            f[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            match read_frames(f) {
+                Err(FrameError::BadRun { .. }) => {}
+                other => panic!("field {field} = {value}: {other:?}"),
+            }
+        }
+        // An odd length for 8-byte numbers.
+        let mut f = good.clone();
+        f[desc_at + 8..desc_at + 16].copy_from_slice(&511u64.to_le_bytes());
+        assert!(matches!(read_frames(f), Err(FrameError::BadRun { .. })));
+        // A run on a frame that cannot have one.
+        let body = Body {
+            bytes: vec![READY],
+            run: Some((1, RunBuf::copy_of(&[1; 8], 8).unwrap())),
+        };
+        assert!(
+            FromWorker::parse(body)
+                .unwrap_err()
+                .contains("carrying a run")
+        );
+    }
+
+    #[test]
+    fn a_run_frame_still_arriving_shows_its_kind_and_header() {
+        let f = run_frame(&[1u8; 200_000], 16, 150_000, 1).to_vec();
+        let (r, w) = pipe();
+        let mut reader = FrameReader::default();
+        // Only the kind byte with the run bit: a result, no header yet.
+        write_all(w.as_fd(), &f[..LEN_PREFIX + 4]).unwrap();
+        reader.fill(r.as_fd()).unwrap();
+        assert!(reader.next_frame().unwrap().is_none());
+        assert_eq!(reader.pending_body(), &[RESULT | RUN]);
+        assert!(FromWorker::pending_kind_ok(reader.pending_body(), true).is_ok());
+        assert_eq!(ResultFrame::peek_id(reader.pending_body()), None);
+        // The description and header in: the header is readable.
+        write_all(
+            w.as_fd(),
+            &f[LEN_PREFIX + 4..LEN_PREFIX + 1 + RUN_DESC + 20],
+        )
+        .unwrap();
+        reader.fill(r.as_fd()).unwrap();
+        assert!(reader.next_frame().unwrap().is_none());
+        assert_eq!(ResultFrame::peek_id(reader.pending_body()), Some(5));
+        assert_eq!(reader.pending_len(), Some(f.len()));
+    }
+
     #[test]
     fn corrupt_lengths_are_errors_not_allocations() {
         for len in [0u64, MAX_BODY + 1, u64::MAX] {
@@ -724,8 +1490,8 @@ mod tests {
             let mut reader = FrameReader::default();
             reader.fill(r.as_fd()).unwrap();
             assert_eq!(
-                reader.next_frame(),
-                Err(FrameError::BadLength { len, max: MAX_BODY })
+                reader.next_frame().err(),
+                Some(FrameError::BadLength { len, max: MAX_BODY })
             );
         }
     }

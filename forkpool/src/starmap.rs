@@ -108,7 +108,12 @@ where
 }
 
 /// The trampoline of [`star_call`].
-fn run_star<F, Args>(_func: usize, body: Vec<u8>, at: usize, out: &mut Vec<u8>)
+fn run_star<F, Args>(
+    _func: usize,
+    body: crate::frame::Body,
+    at: usize,
+    out: &mut Vec<u8>,
+) -> Option<crate::codec::RunAt>
 where
     F: StarFn<Args>,
     Args: DeserializeOwned,
@@ -122,5 +127,5 @@ where
     // is a fork of that same program, where `F` (a `fn` item or a closure
     // without captures) has no state to be wrong about.
     let f: F = unsafe { NonNull::<F>::dangling().read() };
-    run_items(body, at, out, move |args: Args| f.call_with(args));
+    run_items(body, at, out, move |args: Args| f.call_with(args))
 }

@@ -25,9 +25,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::buffer::{self, Incoming, Outgoing};
-use crate::codec::{self, decode_from, encode_into};
+use crate::codec::{self, Input, RunAt, encode_into};
 use crate::error::Error;
-use crate::frame::{self, ResultFrame, TaskHeader};
+use crate::frame::{self, Body, OutFrame, ResultFrame, TaskHeader};
 use crate::worker::panic_message;
 
 const OK: u8 = 0;
@@ -36,8 +36,10 @@ const ENCODE: u8 = 2;
 const DECODE: u8 = 3;
 
 /// The monomorphised entry point a worker calls for a task:
-/// `(function address, frame body, where its payload starts, output)`.
-pub(crate) type Trampoline = fn(usize, Vec<u8>, usize, &mut Vec<u8>);
+/// `(function address, frame body, where its payload starts, output)`;
+/// returns the largest run of plain numbers it wrote to the output (to
+/// travel apart, see [`crate::frame`]).
+pub(crate) type Trampoline = fn(usize, Body, usize, &mut Vec<u8>) -> Option<RunAt>;
 
 /// The trampoline for `fn(T) -> R`.
 pub(crate) fn trampoline<T: DeserializeOwned, R: Serialize>() -> Trampoline {
@@ -47,42 +49,46 @@ pub(crate) fn trampoline<T: DeserializeOwned, R: Serialize>() -> Trampoline {
 /// Decodes the items of a task, runs `f` on each, encodes the outcomes.
 fn run_task<T: DeserializeOwned, R: Serialize>(
     func: usize,
-    body: Vec<u8>,
+    body: Body,
     at: usize,
     out: &mut Vec<u8>,
-) {
+) -> Option<RunAt> {
     // SAFETY: `func` was made by `Call::of` from a `fn(T) -> R`, in the
     // program image this worker is a fork of, and travelled with this very
     // trampoline (monomorphised for the same `T` and `R`); a function pointer
     // stays valid at the same address in a forked child.
     let f = unsafe { std::mem::transmute::<usize, fn(T) -> R>(func) };
-    run_items(body, at, out, f);
+    run_items(body, at, out, f)
 }
 
 /// The body of every trampoline: decodes the items of a task, runs `f` on
-/// each under `catch_unwind`, encodes the outcomes.
+/// each under `catch_unwind`, encodes the outcomes; returns the largest run
+/// of plain numbers among them.
 pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
-    body: Vec<u8>,
+    body: Body,
     at: usize,
     out: &mut Vec<u8>,
     mut f: impl FnMut(T) -> R,
-) {
+) -> Option<RunAt> {
     // Decode every item first and free the encoded bytes before running any:
     // a big argument is then held once (decoded), not twice.
-    let (items, failure) = decode_items::<T>(&body[at..]);
-    drop(body);
-    // The descriptors of the buffers in the results (see `buffer`).
+    let (items, failure) = decode_items::<T>(body.into_input(at));
+    // The descriptors of the buffers in the results (see `buffer`), and
+    // the largest run of plain numbers among them (see `frame`).
     let mut fds = Vec::new();
+    let mut run = None;
     for item in items {
         let mark = out.len();
         let fd_mark = fds.len();
+        let run_before = run;
         out.push(OK);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let r = f(item);
-            buffer::encode_into(&r, out, &mut fds)
+            buffer::encode_noting_run(&r, out, &mut fds, &mut run)
         }));
         if !matches!(outcome, Ok(Ok(()))) {
             fds.truncate(fd_mark);
+            run = run_before;
         }
         match outcome {
             Ok(Ok(())) => {}
@@ -103,21 +109,22 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
         decode_failed(out, e, bytes);
     }
     crate::side::worker_outgoing(&mut fds);
+    run
 }
 
 /// Decodes a task's items: those that decode, and why the next one did not
 /// (with the bytes left), if one did not.
-fn decode_items<T: DeserializeOwned>(mut rest: &[u8]) -> (Vec<T>, Option<(codec::Error, usize)>) {
-    let whole = rest.len();
-    let count = match decode_from::<u64>(&mut rest) {
+fn decode_items<T: DeserializeOwned>(mut input: Input) -> (Vec<T>, Option<(codec::Error, usize)>) {
+    let whole = input.len();
+    let count = match input.decode::<u64>() {
         Ok(v) => v,
         Err(e) => return (Vec::new(), Some((e, whole))),
     };
     // The count comes off the wire: do not trust it for the reservation.
     let mut items = Vec::with_capacity(count.min(1 << 16) as usize);
     for _ in 0..count {
-        let left = rest.len();
-        match decode_from::<T>(&mut rest) {
+        let left = input.len();
+        match input.decode::<T>() {
             Ok(item) => items.push(item),
             Err(e) => return (items, Some((e, left))),
         }
@@ -181,18 +188,25 @@ pub(crate) struct Items {
     /// as long as `ends` from the first one on.
     fds: Vec<Outgoing>,
     fd_ends: Vec<usize>,
+    /// The largest run of plain numbers in `bytes` (see [`RunAt`]).
+    run: Option<RunAt>,
 }
 
 impl Items {
     /// An empty block whose first item will have index `first` in its job.
     pub(crate) fn starting_at(first: usize) -> Self {
+        // A big buffer a frame was written from, if one is kept: a big value
+        // is then encoded into memory already faulted in.
+        let mut bytes = frame::take_spare().unwrap_or_default();
+        bytes.resize(TASK_HEAD, 0);
         Items {
             first,
-            bytes: vec![0; TASK_HEAD],
+            bytes,
             ends: Vec::new(),
             taken: 0,
             fds: Vec::new(),
             fd_ends: Vec::new(),
+            run: None,
         }
     }
 
@@ -216,6 +230,8 @@ impl Items {
             self.fd_ends.truncate(n);
             self.fds
                 .truncate(n.checked_sub(1).map_or(0, |i| self.fd_end(i)));
+            let end = self.bytes.len();
+            self.run = self.run.filter(|r| r.at + r.len <= end);
         }
     }
 
@@ -242,12 +258,14 @@ impl Items {
 
     /// Appends `item`; `index` (its place in the job) names it in the error.
     pub(crate) fn push<T: Serialize>(&mut self, item: &T, index: usize) -> Result<(), Error> {
-        buffer::encode_into(item, &mut self.bytes, &mut self.fds).map_err(|e| Error::Encode {
-            item: index,
-            what: "argument",
-            type_name: type_name::<T>(),
-            reason: e.to_string(),
-        })?;
+        buffer::encode_noting_run(item, &mut self.bytes, &mut self.fds, &mut self.run).map_err(
+            |e| Error::Encode {
+                item: index,
+                what: "argument",
+                type_name: type_name::<T>(),
+                reason: e.to_string(),
+            },
+        )?;
         self.ends.push(self.bytes.len());
         if !self.fds.is_empty() {
             // From the first item with a buffer on, every item has its end.
@@ -258,10 +276,23 @@ impl Items {
     }
 
     /// Appends the next `n` items (at most [`len`](Self::len)) to a task
-    /// payload, and their descriptors to `fds`; returns their encoded size.
-    fn take_into(&mut self, n: usize, out: &mut Vec<u8>, fds: &mut Vec<Outgoing>) -> usize {
+    /// payload, and their descriptors to `fds`; returns their encoded size,
+    /// and the block's run if it is among them (at its place in `out`).
+    fn take_into(
+        &mut self,
+        n: usize,
+        out: &mut Vec<u8>,
+        fds: &mut Vec<Outgoing>,
+    ) -> (usize, Option<RunAt>) {
         let from = self.start();
         let to = self.ends[self.taken + n - 1];
+        let run = self
+            .run
+            .filter(|r| r.at >= from && r.at + r.len <= to)
+            .map(|r| RunAt {
+                at: out.len() + (r.at - from),
+                ..r
+            });
         out.extend_from_slice(&self.bytes[from..to]);
         if !self.fds.is_empty() {
             let fd_from = self.taken.checked_sub(1).map_or(0, |i| self.fd_end(i));
@@ -269,7 +300,7 @@ impl Items {
             fds.extend(self.fds[fd_from..fd_to].iter().cloned());
         }
         self.taken += n;
-        to - from
+        (to - from, run)
     }
 }
 
@@ -279,7 +310,7 @@ const TASK_HEAD: usize = frame::LEN_PREFIX + TaskHeader::PAYLOAD_AT + 8;
 
 /// A task frame cut out of a job's items.
 pub(crate) struct Cut {
-    pub(crate) frame: Vec<u8>,
+    pub(crate) frame: OutFrame,
     /// The job's index of its first item.
     pub(crate) first: usize,
     /// Encoded size of its items.
@@ -313,6 +344,10 @@ pub(crate) fn cut_task(
         assert_eq!(head.len(), TASK_HEAD, "the task head has a fixed size");
         frame[..TASK_HEAD].copy_from_slice(&head);
         started.finish(&mut frame);
+        let frame = match block.run {
+            Some(run) => OutFrame::with_run(frame, TASK_HEAD, run),
+            None => frame.into(),
+        };
         return Cut {
             frame,
             first,
@@ -329,18 +364,29 @@ pub(crate) fn cut_task(
     encode_into(&(n as u64), &mut out).expect("a u64 always encodes");
     let (mut left, mut bytes) = (n, 0);
     let mut fds = Vec::new();
+    let mut run: Option<RunAt> = None;
     while left > 0 {
         let block = queue.front_mut().expect("the queue holds the items cut");
         let k = left.min(block.len());
-        bytes += block.take_into(k, &mut out, &mut fds);
+        let (b, r) = block.take_into(k, &mut out, &mut fds);
+        bytes += b;
+        if let Some(r) = r
+            && run.is_none_or(|old| r.len > old.len)
+        {
+            run = Some(r);
+        }
         left -= k;
         if block.len() == 0 {
             queue.pop_front();
         }
     }
     started.finish(&mut out);
+    let frame = match run {
+        Some(run) => OutFrame::with_run(out, TASK_HEAD, run),
+        None => out.into(),
+    };
     Cut {
-        frame: out,
+        frame,
         first,
         bytes,
         fds,
@@ -377,7 +423,7 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
 }
 
 fn decode_payload<R: DeserializeOwned>(
-    mut payload: &[u8],
+    mut payload: Input,
     count: usize,
     first: usize,
     pid: i32,
@@ -386,7 +432,7 @@ fn decode_payload<R: DeserializeOwned>(
 ) {
     let end = first + count;
     for item in first..end {
-        let outcome = match payload.split_first() {
+        let outcome = match payload.byte() {
             None => Err(Error::Frame {
                 pid,
                 detail: format!(
@@ -394,10 +440,7 @@ fn decode_payload<R: DeserializeOwned>(
                     item - first
                 ),
             }),
-            Some((&tag, rest)) => {
-                payload = rest;
-                decode_one::<R>(&mut payload, tag, item, pid, arg_type)
-            }
+            Some(tag) => decode_one::<R>(&mut payload, tag, item, pid, arg_type),
         };
         // After an argument that did not decode, or a result or outcome
         // that did not, the rest of the payload cannot be found: the same
@@ -416,7 +459,7 @@ fn decode_payload<R: DeserializeOwned>(
 
 /// Decodes one outcome whose tag was `tag`, advancing `payload`.
 fn decode_one<R: DeserializeOwned>(
-    payload: &mut &[u8],
+    payload: &mut Input,
     tag: u8,
     item: usize,
     pid: i32,
@@ -430,7 +473,7 @@ fn decode_one<R: DeserializeOwned>(
         ),
     };
     match tag {
-        OK => decode_from::<R>(payload).map_err(|e| Error::Decode {
+        OK => payload.decode::<R>().map_err(|e| Error::Decode {
             item,
             what: "result",
             type_name: type_name::<R>(),
@@ -438,11 +481,11 @@ fn decode_one<R: DeserializeOwned>(
             reason: e.to_string(),
         }),
         PANICKED => {
-            let message = decode_from::<String>(payload).map_err(bad)?;
+            let message = payload.decode::<String>().map_err(bad)?;
             Err(Error::Panicked { item, pid, message })
         }
         ENCODE => {
-            let reason = decode_from::<String>(payload).map_err(bad)?;
+            let reason = payload.decode::<String>().map_err(bad)?;
             Err(Error::Encode {
                 item,
                 what: "result",
@@ -451,7 +494,7 @@ fn decode_one<R: DeserializeOwned>(
             })
         }
         DECODE => {
-            let (reason, bytes) = decode_from::<(String, u64)>(payload).map_err(bad)?;
+            let (reason, bytes) = payload.decode::<(String, u64)>().map_err(bad)?;
             Err(Error::Decode {
                 item,
                 what: "argument",
@@ -480,15 +523,20 @@ mod cut_tests {
         b
     }
 
-    /// The items of a task frame, decoded as a worker does.
-    fn items_of(frame: &[u8], id: u64) -> Vec<Vec<f64>> {
-        let len = u64::from_le_bytes(frame[..frame::LEN_PREFIX].try_into().unwrap()) as usize;
-        assert_eq!(len, frame.len() - frame::LEN_PREFIX);
-        let (h, payload) = TaskHeader::parse(&frame[frame::LEN_PREFIX..]).unwrap();
+    /// The items of a task frame, read from a pipe and decoded as a worker
+    /// does; and whether a run travelled apart.
+    fn items_of(frame: &OutFrame, id: u64) -> (Vec<Vec<f64>>, bool) {
+        let wire = frame.to_vec();
+        assert_eq!(wire.len(), frame.len());
+        let mut bodies = frame::read_frames(wire).unwrap();
+        assert_eq!(bodies.len(), 1);
+        let body = bodies.pop().unwrap();
+        let (h, _) = TaskHeader::parse(&body.bytes).unwrap();
         assert_eq!(h.id, id);
-        let (items, failure) = decode_items::<Vec<f64>>(payload);
+        let apart = body.run.is_some();
+        let (items, failure) = decode_items::<Vec<f64>>(body.into_input(TaskHeader::PAYLOAD_AT));
         assert!(failure.is_none());
-        items
+        (items, apart)
     }
 
     #[test]
@@ -504,8 +552,8 @@ mod cut_tests {
         let buffer = q[0].bytes.as_ptr();
         let cut = cut_task(header, &mut q, 5);
         assert!(q.is_empty());
-        assert_eq!(cut.frame.as_ptr(), buffer, "the whole block was copied");
-        assert_eq!((cut.first, items_of(&cut.frame, 0)), (10, items.clone()));
+        assert_eq!(cut.frame.bytes_ptr(), buffer, "the whole block was copied");
+        assert_eq!((cut.first, items_of(&cut.frame, 0).0), (10, items.clone()));
         assert_eq!(cut.bytes, cut.frame.len() - TASK_HEAD);
         // Parts of blocks, across two blocks: copied, same layout.
         let mut q = VecDeque::from([block(0, &items[..3]), block(3, &items[3..])]);
@@ -513,15 +561,48 @@ mod cut_tests {
         let b = cut_task(header, &mut q, 2);
         let c = cut_task(header, &mut q, 1);
         assert!(q.is_empty());
-        assert_eq!((a.first, items_of(&a.frame, 0)), (0, items[..2].to_vec()));
-        assert_eq!((b.first, items_of(&b.frame, 0)), (2, items[2..4].to_vec()));
-        assert_eq!((c.first, items_of(&c.frame, 0)), (4, items[4..].to_vec()));
+        assert_eq!((a.first, items_of(&a.frame, 0).0), (0, items[..2].to_vec()));
+        assert_eq!(
+            (b.first, items_of(&b.frame, 0).0),
+            (2, items[2..4].to_vec())
+        );
+        assert_eq!((c.first, items_of(&c.frame, 0).0), (4, items[4..].to_vec()));
         // A block truncated before any cut keeps its room for the head.
         let mut t = block(0, &items);
         t.truncate(2);
         assert_eq!(t.len(), 2);
         let mut q = VecDeque::from([t]);
         let d = cut_task(header, &mut q, 2);
-        assert_eq!(items_of(&d.frame, 0), items[..2].to_vec());
+        assert_eq!(items_of(&d.frame, 0).0, items[..2].to_vec());
+    }
+
+    #[test]
+    fn the_biggest_array_of_a_task_travels_apart_whole_block_or_cut() {
+        let header = TaskHeader {
+            id: 3,
+            tramp: 1,
+            func: 2,
+        };
+        // Item 1 is the biggest run (over RUN_MIN bytes); the others small
+        // or smaller.
+        let items: Vec<Vec<f64>> = vec![
+            vec![0.5; 10],
+            (0..20_000).map(|i| i as f64).collect(),
+            vec![2.5; 9_000],
+        ];
+        let mut q = VecDeque::from([block(0, &items)]);
+        let cut = cut_task(header, &mut q, 3);
+        assert_eq!(items_of(&cut.frame, 3), (items.clone(), true));
+        // Cut in two: the run goes with the task that holds it, at its place
+        // in that frame.
+        let mut q = VecDeque::from([block(0, &items)]);
+        let a = cut_task(header, &mut q, 1);
+        let b = cut_task(header, &mut q, 2);
+        assert_eq!(items_of(&a.frame, 3), (items[..1].to_vec(), false));
+        assert_eq!(items_of(&b.frame, 3), (items[1..].to_vec(), true));
+        // Small arrays stay in the frame.
+        let mut q = VecDeque::from([block(0, &items[..1])]);
+        let c = cut_task(header, &mut q, 1);
+        assert_eq!(items_of(&c.frame, 3), (items[..1].to_vec(), false));
     }
 }

@@ -32,7 +32,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::frame::{self, Fill, FrameReader, FromWorker, ResultFrame, TaskHeader};
+use crate::frame::{self, Body, Fill, FrameReader, FromWorker, ResultFrame, TaskHeader};
 use crate::task::Trampoline;
 
 /// The initializer as the zygote keeps it.
@@ -154,6 +154,8 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
     let mut reader = FrameReader::default();
     let mut out: Vec<u8> = Vec::with_capacity(FLUSH_AT);
     let mut oldest: Option<Instant> = None;
+    // A big result went out of `out` since its pages were last lent back.
+    let mut lend = false;
     // When the last task ended (see the MAX_HOLD check below).
     let mut last_end = Instant::now();
     let flush = |out: &mut Vec<u8>, oldest: &mut Option<Instant>| {
@@ -164,9 +166,6 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
             exit(0); // the parent is gone: nobody wants these results
         }
         out.clear();
-        if out.capacity() > 4 * FLUSH_AT {
-            *out = Vec::with_capacity(FLUSH_AT);
-        }
         *oldest = None;
     };
     loop {
@@ -182,9 +181,24 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
                     flush(&mut out, &mut oldest);
                 }
                 let started = Instant::now();
-                last_end = run_task(body, &mut out, started);
+                let (end, run) = run_task(body, &mut out, started);
+                last_end = end;
+                if let Some((start, head, from)) = run {
+                    // A result carrying a run goes at once, with the results
+                    // before it, in one vectored write: its head, then its
+                    // bytes as encoded.
+                    let parts = [&out[..start], &head[..], &out[from..]];
+                    if frame::write_all_vectored(result_w.as_fd(), &parts).is_err() {
+                        exit(0); // the parent is gone
+                    }
+                    out.clear();
+                    oldest = None;
+                    lend = true;
+                    continue;
+                }
                 oldest.get_or_insert(started);
                 if out.len() >= FLUSH_AT {
+                    lend |= out.len() > 4 * FLUSH_AT;
                     flush(&mut out, &mut oldest);
                 }
                 continue;
@@ -193,7 +207,13 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
             Err(_) => exit(EXIT_BAD_FRAME),
         }
         // No complete task is buffered: hand the results over before waiting.
+        lend |= out.len() > 4 * FLUSH_AT;
         flush(&mut out, &mut oldest);
+        if std::mem::take(&mut lend) {
+            // A big result went out: keep its buffer for the next one, its
+            // pages lent back to the kernel while we wait.
+            frame::lend_back(&mut out);
+        }
         match reader.fill(task_r.as_fd()) {
             Ok(Fill::More | Fill::Drained) => {}
             Ok(Fill::Eof) if reader.partial().is_some() => exit(EXIT_BAD_FRAME),
@@ -203,10 +223,16 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
     }
 }
 
+/// A result frame in the output buffer that carries a run apart: where it
+/// starts, the head to write in place of its own, and where the bytes after
+/// its own head begin (see [`frame::StartedResult::finish_with_run`]).
+type RunFrame = (usize, Vec<u8>, usize);
+
 /// Runs one task frame that arrived by `t0`, appending its result frame to
-/// `out`; returns when it ended.
-fn run_task(body: Vec<u8>, out: &mut Vec<u8>, t0: Instant) -> Instant {
-    let Some((header, _)) = TaskHeader::parse(&body) else {
+/// `out`; returns when it ended, and how to write the frame if it carries a
+/// run.
+fn run_task(body: Body, out: &mut Vec<u8>, t0: Instant) -> (Instant, Option<RunFrame>) {
+    let Some((header, _)) = TaskHeader::parse(&body.bytes) else {
         exit(EXIT_BAD_FRAME);
     };
     let (tramp, func) = (header.tramp as usize, header.func as usize);
@@ -219,11 +245,16 @@ fn run_task(body: Vec<u8>, out: &mut Vec<u8>, t0: Instant) -> Instant {
     // of the results sent before the result frame.
     let ran =
         crate::side::worker_task(header.id, || tramp(func, body, TaskHeader::PAYLOAD_AT, out));
-    if ran.is_err() {
+    let Ok(run) = ran else {
         exit(0); // the parent is gone
-    }
+    };
     let end = Instant::now();
     let busy = end.duration_since(t0).as_nanos().min(u64::MAX as u128) as u64;
-    started.finish(out, busy);
-    end
+    match run {
+        Some(run) => (end, Some(started.finish_with_run(out, busy, run))),
+        None => {
+            started.finish(out, busy);
+            (end, None)
+        }
+    }
 }

@@ -563,6 +563,54 @@ fn a_frame_cut_short_by_a_clean_exit_names_the_byte_counts() {
 }
 
 #[test]
+fn a_result_frame_with_a_run_that_is_cut_short_or_does_not_fit_is_a_frame_error() {
+    /// A result frame for task `id` carrying a run (the kind byte's top bit,
+    /// then the run's place, length and element size), its body 1000 bytes.
+    fn run_head(id: u64, at: u64, len: u64, elem: u64) -> Vec<u8> {
+        let mut f = (1000u64 + 24).to_le_bytes().to_vec();
+        f.push(4 | 0x80);
+        for v in [at, len, elem, id, 0] {
+            f.extend_from_slice(&v.to_le_bytes());
+        }
+        f
+    }
+    fn cut_in_the_run(parents: Vec<String>) {
+        // The pool numbers tasks from 0; this pool ran exactly one before.
+        let mut f = run_head(1, 17 + 9, 512, 8);
+        f.extend_from_slice(&[7; 100]); // 9 bytes of payload, 91 of the run
+        write_to_result_pipe(&f, &parents);
+        // SAFETY: ends this worker process at once.
+        unsafe { libc::_exit(0) };
+    }
+    fn does_not_fit(parents: Vec<String>) {
+        write_to_result_pipe(&run_head(u64::MAX, 17, 5000, 8), &parents);
+    }
+    let pool = TestPool::new(1);
+    assert_eq!(pool.apply(double, 3).unwrap(), 6);
+    let err = pool.apply(cut_in_the_run, parent_pipes()).unwrap_err();
+    match &err {
+        Error::Frame { detail, .. } => {
+            assert!(detail.contains("after 149 of 1032 bytes"), "{detail}");
+            assert!(detail.contains("exited with status 0"), "{detail}");
+        }
+        other => panic!("expected Frame, got {other:?}"),
+    }
+    assert_eq!(pool.apply(double, 4).unwrap(), 8);
+    let err = pool.apply(does_not_fit, parent_pipes()).unwrap_err();
+    match &err {
+        Error::Frame { detail, .. } => {
+            assert!(
+                detail.contains("5000 bytes of 8-byte numbers at byte 17"),
+                "{detail}"
+            );
+            assert!(detail.contains("do not fit"), "{detail}");
+        }
+        other => panic!("expected Frame, got {other:?}"),
+    }
+    assert_eq!(pool.apply(double, 5).unwrap(), 10);
+}
+
+#[test]
 fn build_hung_while_another_thread_ran_a_panic_hook() {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     static IN_HOOK: AtomicBool = AtomicBool::new(false);
