@@ -1245,3 +1245,110 @@ impl<T: Element> SharedArray<T> {
         })
     }
 }
+
+/// Element access, slices and views over one array, in one process: these
+/// run under Miri too (`cargo +nightly miri test -p forkpool-shm --lib`),
+/// which checks the pointer arithmetic and the atomics for undefined
+/// behaviour (an anonymous array is heap memory there; see `region.rs`).
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+
+    use super::*;
+
+    fn exercise<T: Element + From<u8> + std::ops::Add<Output = T>>() {
+        let array = SharedArray::<T>::new(&[3, 5]).unwrap();
+        let (one, two) = (T::from(1), T::from(2));
+        array.set(0, one);
+        array.set_at(&[2, 4], two);
+        assert_eq!(
+            (array.get(0), array.get(14), array.get_at(&[2, 4])),
+            (one, two, two)
+        );
+        assert_eq!(array.fetch_add(1, two, AcqRel), T::default());
+        assert_eq!(array.fetch_sub(1, one, AcqRel), two);
+        assert_eq!(array.swap(1, two, AcqRel), one);
+        assert_eq!(
+            array.compare_exchange(1, two, one, AcqRel, Acquire),
+            Ok(two)
+        );
+        assert_eq!(
+            array.compare_exchange(1, two, one, AcqRel, Acquire),
+            Err(one)
+        );
+        array.store(2, two, Relaxed);
+        assert_eq!(array.load(2, Relaxed), two);
+        array.fill_rows(1..2, one);
+        array.write_row(2, &[two; 5]);
+        let mut row = [T::default(); 5];
+        array.read_row(1, &mut row);
+        assert_eq!(row, [one; 5]);
+        assert_eq!(array.row_to_vec(2), [two; 5]);
+        assert_eq!(array.iter_rows(1..3).count(), 10);
+        let all = array.to_vec();
+        assert_eq!(all.len(), 15);
+        assert_eq!(all[..3], [one, one, two]);
+        assert_eq!(array.to_ndarray()[[2, 0]], two);
+    }
+
+    #[test]
+    fn element_access_reads_back_what_it_wrote_for_every_width() {
+        exercise::<u8>();
+        exercise::<i16>();
+        exercise::<u32>();
+        exercise::<i64>();
+        exercise::<f32>();
+        exercise::<f64>();
+    }
+
+    #[test]
+    fn slices_and_views_cover_exactly_the_rows_asked_for() {
+        let array = SharedArray::<f64>::new(&[4, 3]).unwrap();
+        // SAFETY: one thread, no other process; each borrow ends before the
+        // next access.
+        unsafe {
+            array.rows_mut_unchecked(1..3).fill(1.0);
+            assert_eq!(array.rows_unchecked(0..2), [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
+            array.view_mut_unchecked()[[3, 2]] = 5.0;
+            assert_eq!(array.view_unchecked().sum(), 11.0);
+            assert_eq!(array.raw_view().shape(), &[4, 3]);
+            *array
+                .raw_view_mut()
+                .deref_into_view_mut()
+                .get_mut([0, 0])
+                .unwrap() = 2.0;
+        }
+        assert_eq!(array.get(0), 2.0);
+        assert_eq!(array.get_at(&[3, 2]), 5.0);
+        // SAFETY: as above.
+        unsafe { assert!(array.rows_unchecked(4..4).is_empty()) };
+    }
+
+    #[test]
+    fn empty_and_zero_dimensional_arrays_have_no_out_of_bounds_element() {
+        let empty = SharedArray::<u16>::new(&[0, 4]).unwrap();
+        assert!(empty.is_empty() && empty.to_vec().is_empty());
+        // SAFETY: nobody writes it.
+        assert_eq!(unsafe { empty.view_unchecked() }.shape(), &[0, 4]);
+        let scalar = SharedArray::<i32>::new(&[]).unwrap();
+        scalar.set(0, -3);
+        assert_eq!(
+            (scalar.len(), scalar.nrows(), scalar.to_vec()),
+            (1, 1, vec![-3])
+        );
+        // SAFETY: nobody writes it.
+        assert_eq!(unsafe { scalar.view_unchecked() }.ndim(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "rows 2..5 are out of bounds for an array of 4 rows")]
+    fn rows_out_of_bounds_panic_with_the_error_message() {
+        SharedArray::<u8>::new(&[4, 2]).unwrap().fill_rows(2..5, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "index 8 is out of bounds for 8 elements")]
+    fn an_index_out_of_bounds_panics() {
+        SharedArray::<u8>::new(&[4, 2]).unwrap().get(8);
+    }
+}

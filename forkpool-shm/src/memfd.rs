@@ -143,6 +143,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd_create and fallocate")]
     fn memory_is_reserved_up_front() {
         let len = 8 << 20;
         let file = create_reserved("forkpool-shm-test", len).unwrap();
@@ -157,6 +158,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd_create and fallocate")]
     fn a_created_memfd_has_its_size_and_no_memory_until_reserved() {
         let len = 8 << 20;
         let file = create("forkpool-shm-test", len).unwrap();
@@ -168,6 +170,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd_create and fallocate")]
     fn an_empty_memfd_is_fine() {
         let file = create_reserved("forkpool-shm-test", 0).unwrap();
         assert_eq!(file.metadata().unwrap().len(), 0);

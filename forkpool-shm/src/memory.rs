@@ -245,6 +245,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "reads /proc")]
     fn checks_against_the_real_machine() {
         let room = available_memory().unwrap();
         assert!(room.bytes.0 > 0);

@@ -993,6 +993,8 @@ mod fuzz {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
         #[test]
+
+        #[cfg_attr(miri, ignore = "proptest: thousands of cases, too slow under Miri")]
         fn any_bytes_after_the_magic_parse_or_fail_cleanly(
             version in 0u8..5,
             rest in proptest::collection::vec(any::<u8>(), 0..300),
@@ -1004,6 +1006,8 @@ mod fuzz {
         }
 
         #[test]
+
+        #[cfg_attr(miri, ignore = "proptest: thousands of cases, too slow under Miri")]
         fn mutants_of_numpy_headers_parse_or_fail_cleanly(
             seed in 0usize..30,
             edits in proptest::collection::vec((0usize..200, any::<u8>(), any::<u8>()), 1..8),
@@ -1023,6 +1027,8 @@ mod fuzz {
         }
 
         #[test]
+
+        #[cfg_attr(miri, ignore = "proptest: thousands of cases, too slow under Miri")]
         fn written_headers_read_back(
             dims in proptest::collection::vec(0usize..1 << 20, 0..6),
         ) {

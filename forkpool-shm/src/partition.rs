@@ -533,6 +533,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn claims_conflict_within_a_process_and_free_when_the_closure_returns() {
         let array = PartitionedArray::<u8>::new(&[10, 3]).unwrap();
         array
@@ -566,6 +567,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn a_claim_is_released_when_its_closure_panics() {
         let array = PartitionedArray::<u8>::new(&[4]).unwrap();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -576,6 +578,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn the_claim_table_has_a_limit_and_says_so() {
         fn nest(array: &PartitionedArray<u8>, i: usize) {
             if i == MAX_CLAIMS {
@@ -597,6 +600,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn a_stale_claim_of_a_dead_process_is_cleared() {
         let array = PartitionedArray::<u8>::new(&[4]).unwrap();
         // Forge an exclusive claim by a process that does not exist.
@@ -613,6 +617,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn zero_dimensional_arrays_are_one_row() {
         let array = PartitionedArray::<f64>::new(&[]).unwrap();
         array
@@ -626,6 +631,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn out_of_bounds_claims_are_an_error_naming_the_rows() {
         let array = PartitionedArray::<u8>::new(&[4]).unwrap();
         let err = array.with_rows_mut(2..5, |_| ()).unwrap_err();

@@ -327,6 +327,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "madvise, /proc/self/pagemap")]
     fn madvise_and_the_fallback_both_fault_pages_in_without_changing_data() {
         let page = page_size();
         for use_fallback in [false, true] {
@@ -382,6 +383,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "madvise, /proc/self/pagemap")]
     fn populating_on_several_threads_maps_every_page_of_a_new_memfd() {
         for threads in [1, 3] {
             let len = 64 * page_size();
@@ -408,6 +410,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "75 MB, getrusage")]
     fn full_fills_every_element_on_every_thread_and_chunk_and_keeps_the_header() {
         // 75.5 MB of u32: two populating threads on two cores (at least 32
         // MiB each), hundreds of chunks, a last chunk that ends mid-page.
@@ -440,6 +443,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "madvise, /proc/self/pagemap")]
     fn a_fill_after_creation_takes_no_page_faults() {
         // 16 MiB: 4096 pages, each a fault if creation left them unmapped.
         let array = crate::SharedArray::<f64>::new(&[256, 8192]).unwrap();

@@ -137,6 +137,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "reads /proc")]
     fn this_process_is_alive_and_a_changed_start_time_is_not() {
         let (pid, start) = identity();
         assert_eq!(pid, std::process::id() as i32);

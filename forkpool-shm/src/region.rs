@@ -35,6 +35,12 @@ enum Map {
     ReadWrite(MmapMut),
     /// `PROT_READ`: nothing may write through it (a write would be `SIGSEGV`).
     ReadOnly(Mmap),
+    /// Under Miri, which cannot map a memfd: zeroed, page-aligned heap
+    /// memory standing in for an anonymous array's mapping, so that the
+    /// element access, views and slices over it are checked for undefined
+    /// behaviour (`cargo +nightly miri test -p forkpool-shm --lib`).
+    #[cfg(miri)]
+    Heap(miri::Heap),
 }
 
 pub(crate) struct Region {
@@ -64,6 +70,8 @@ impl Map {
         match self {
             Map::ReadWrite(m) => m.is_empty(),
             Map::ReadOnly(m) => m.is_empty(),
+            #[cfg(miri)]
+            Map::Heap(_) => false,
         }
     }
 }
@@ -95,20 +103,20 @@ impl Region {
         let layout = Layout::new(shape, elem_size)?;
         let data_offset = page_size().max(HEADER_SIZE);
         let total = layout.bytes + data_offset as u64;
-        crate::memory::check_available(total)?;
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let name = format!("forkpool-shm:{type_name}[{}]", dims.join("x"));
-        let file = memfd::create(&name, total)?;
-        // SAFETY: the memfd is ours alone: nobody else has it, so nothing can
-        // truncate it or change it behind the mapping's back.
-        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
-            path: PathBuf::from(format!("/memfd:{name}")),
-            op: "map the anonymous shared memory",
-            cause: source,
-        })?;
-        let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
-        populate_new(&file, base, total, elem_size, data_offset, fill)?;
-        drop(file); // the mapping keeps the memory alive; no descriptor to leak
+        #[cfg(not(miri))]
+        let (map, base) = anonymous_map(type_name, shape, total, elem_size, data_offset, fill)?;
+        #[cfg(miri)]
+        let (map, base) = {
+            let _ = (type_name, elem_size);
+            let (map, base) = miri::Heap::zeroed(total);
+            if let Some(fill) = fill
+                && layout.bytes > 0
+            {
+                // SAFETY: `data_offset < total`: inside the allocation.
+                fill(unsafe { base.add(data_offset) }, layout.bytes as usize);
+            }
+            (map, base)
+        };
         let header = base.cast::<Header>();
         // SAFETY: the mapping is at least `data_offset >= HEADER_SIZE` bytes,
         // page-aligned, zero-filled (fresh memfd), and not shared with any
@@ -118,7 +126,7 @@ impl Region {
         // (one past the end at most, for an empty array).
         let data = unsafe { base.add(data_offset) };
         let region = Region {
-            map: Map::ReadWrite(map),
+            map,
             _header_map: None,
             header,
             data,
@@ -184,6 +192,8 @@ impl Region {
         let base = match &map {
             Map::ReadWrite(m) => m.as_ptr(),
             Map::ReadOnly(m) => m.as_ptr(),
+            #[cfg(miri)]
+            Map::Heap(_) => unreachable!("file regions are never on the heap"),
         };
         let data = if map.is_empty() {
             NonNull::<u64>::dangling().cast::<u8>()
@@ -236,7 +246,12 @@ impl Region {
     /// Whether the data may be written (false for a `PROT_READ` mapping).
     #[inline]
     pub(crate) fn writable(&self) -> bool {
-        matches!(self.map, Map::ReadWrite(_))
+        match self.map {
+            Map::ReadWrite(_) => true,
+            Map::ReadOnly(_) => false,
+            #[cfg(miri)]
+            Map::Heap(_) => true,
+        }
     }
 
     /// The error for a write to a read-only region.
@@ -298,6 +313,64 @@ impl Region {
             op: "flush (msync) the mapping",
             cause: source,
         })
+    }
+}
+
+/// A new memfd of `total` bytes for an array of `shape`, mapped
+/// `MAP_SHARED` and populated (its data written by `fill`, as for
+/// [`Region::anonymous_with`]), after checking the machine can give it.
+#[cfg(not(miri))]
+fn anonymous_map(
+    type_name: &str,
+    shape: &[usize],
+    total: u64,
+    elem_size: usize,
+    data_offset: usize,
+    fill: Option<&(dyn Fn(NonNull<u8>, usize) + Sync)>,
+) -> Result<(Map, NonNull<u8>), ShmError> {
+    crate::memory::check_available(total)?;
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let name = format!("forkpool-shm:{type_name}[{}]", dims.join("x"));
+    let file = memfd::create(&name, total)?;
+    // SAFETY: the memfd is ours alone: nobody else has it, so nothing can
+    // truncate it or change it behind the mapping's back.
+    let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
+        path: PathBuf::from(format!("/memfd:{name}")),
+        op: "map the anonymous shared memory",
+        cause: source,
+    })?;
+    let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
+    populate_new(&file, base, total, elem_size, data_offset, fill)?;
+    drop(file); // the mapping keeps the memory alive; no descriptor to leak
+    Ok((Map::ReadWrite(map), base))
+}
+
+#[cfg(miri)]
+mod miri {
+    use std::alloc::{Layout, alloc_zeroed, dealloc};
+    use std::ptr::NonNull;
+
+    /// Zeroed heap memory, aligned to a page, freed on drop.
+    pub(super) struct Heap {
+        ptr: NonNull<u8>,
+        layout: Layout,
+    }
+
+    impl Heap {
+        pub(super) fn zeroed(total: u64) -> (super::Map, NonNull<u8>) {
+            let size = usize::try_from(total).expect("a test array fits in memory");
+            let layout = Layout::from_size_align(size, 4096).expect("a valid layout");
+            // SAFETY: `size` is at least a header page, never zero.
+            let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).expect("allocation");
+            (super::Map::Heap(Heap { ptr, layout }), ptr)
+        }
+    }
+
+    impl Drop for Heap {
+        fn drop(&mut self) {
+            // SAFETY: allocated by `zeroed` with this layout, freed once.
+            unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+        }
     }
 }
 

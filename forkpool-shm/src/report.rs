@@ -386,6 +386,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "reads /proc")]
     fn a_missing_process_is_a_clear_error() {
         let err = MemoryUsage::of(Pid::from_raw(i32::MAX)).unwrap_err();
         assert!(

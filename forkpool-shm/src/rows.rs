@@ -220,3 +220,40 @@ impl<T: Element> fmt::Debug for Rows<'_, T> {
             .finish_non_exhaustive()
     }
 }
+
+/// `Rows` over an array, built directly (as a lock or a claim does): runs
+/// under Miri too, which checks its slices and views for undefined
+/// behaviour.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_slices_and_views_of_exactly_the_rows_held() {
+        let array = SharedArray::<u32>::new(&[5, 2, 3]).unwrap();
+        // SAFETY: in bounds; nothing else touches the array while `rows` lives.
+        let mut rows = unsafe { Rows::new(&array, 1..4) };
+        assert_eq!((rows.range(), rows.shape()), (1..4, vec![3, 2, 3]));
+        rows.fill(1);
+        rows.row_mut(3).copy_from_slice(&[1, 2, 3, 4, 5, 6]);
+        rows.view_mut()[[0, 1, 2]] = 9;
+        assert_eq!(rows.row(1), [1, 1, 1, 1, 1, 9]);
+        assert_eq!(rows.view().sum(), 14 + 6 + 21);
+        assert_eq!(rows.len(), 18);
+        assert_eq!(array.to_vec()[..6], [0; 6]);
+        assert_eq!(array.to_vec()[6..12], [1, 1, 1, 1, 1, 9]);
+        assert_eq!(array.to_vec()[24..], [0; 6]);
+        // SAFETY: as above.
+        let empty = unsafe { Rows::new(&array, 5..5) };
+        assert!(empty.is_empty() && empty.view().is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "row 0 is not among the rows held, 1..4")]
+    fn a_row_outside_those_held_panics() {
+        let array = SharedArray::<u8>::new(&[5, 2]).unwrap();
+        // SAFETY: in bounds; nothing else touches the array.
+        let rows = unsafe { Rows::new(&array, 1..4) };
+        let _ = rows.row(0);
+    }
+}
