@@ -34,7 +34,7 @@ use crate::control::{self, Event, Received};
 use crate::error::{Error, ExitCause};
 use crate::fds::PoolFd;
 use crate::frame::{self, Fill, FillError, FromWorker};
-use crate::scheduler::{Phase, State, Worker};
+use crate::scheduler::{Phase, State, Worker, Writer};
 
 /// How long `terminate` waits for the zygote to kill its workers and exit
 /// before killing it (its workers then die of `PR_SET_PDEATHSIG`).
@@ -249,7 +249,7 @@ impl Collector {
             }
         }
         if matches!(st.phase, Phase::Running | Phase::Closed) {
-            st.dispatch();
+            st.dispatch(Writer::Collector);
         }
         self.advance(&mut st);
     }

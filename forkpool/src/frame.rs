@@ -1037,6 +1037,11 @@ impl OutQueue {
         self.frames.is_empty()
     }
 
+    /// Frames not yet wholly written.
+    pub(crate) fn len(&self) -> usize {
+        self.frames.len()
+    }
+
     /// Writes as much as the pipe takes without blocking. `Ok(true)` when
     /// everything was written.
     pub(crate) fn flush(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {

@@ -336,7 +336,7 @@ where
     /// iterator, polling for the stream.
     fn advance(
         &mut self,
-        mut recv: impl FnMut(&Mailbox) -> Poll<std::result::Result<Completion, Empty>>,
+        mut recv: impl FnMut(&mut Mailbox) -> Poll<std::result::Result<Completion, Empty>>,
     ) -> Poll<Option<Result<R>>> {
         loop {
             if let Some(item) = self.current.pop_front() {
@@ -357,7 +357,7 @@ where
                 // Everything before the input's panic was yielded.
                 return Poll::Ready(self.failure.take().map(Err));
             }
-            match std::task::ready!(recv(&self.rx)) {
+            match std::task::ready!(recv(&mut self.rx)) {
                 Ok(c) => self.accept(c),
                 // Every sender is gone with items outstanding: only a pool
                 // shut down under us does that. End rather than wait.

@@ -8,6 +8,12 @@
 //! slower. A waiting receiver here sleeps at once and is woken by one futex
 //! call.
 //!
+//! Completions travel in batches: the collector posts every completion of
+//! one job that one wake-up produced under one lock and one notify, and the
+//! receiver takes everything waiting in one go into a queue of its own. At
+//! chunksize 1 the per-completion lock, notify and wake-up were a large
+//! part of the parent's cost per task (see `benches/RESULTS.md`, scheduling).
+//!
 //! The receiver learns when every sender is gone without sending what it
 //! waits for (a pool shut down under it), so no wait here is endless.
 //!
@@ -40,7 +46,11 @@ struct State {
 pub(crate) struct Postman(Arc<Inner>);
 
 /// The receiving side, kept by the job's handle.
-pub(crate) struct Mailbox(Arc<Inner>);
+pub(crate) struct Mailbox {
+    inner: Arc<Inner>,
+    /// Completions taken from the shared queue, not yet handed out.
+    taken: VecDeque<Completion>,
+}
 
 /// Why a receive returned without a completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,14 +71,20 @@ pub(crate) fn mailbox() -> (Postman, Mailbox) {
         }),
         ready: Condvar::new(),
     });
-    (Postman(inner.clone()), Mailbox(inner))
+    (
+        Postman(inner.clone()),
+        Mailbox {
+            inner,
+            taken: VecDeque::new(),
+        },
+    )
 }
 
 impl Postman {
-    /// Delivers a completion (never blocks).
-    pub(crate) fn send(&self, c: Completion) {
+    /// Delivers completions, in order, with one wake-up (never blocks).
+    pub(crate) fn send_all(&self, batch: Vec<Completion>) {
         let mut st = self.0.state.lock();
-        st.queue.push_back(c);
+        st.queue.extend(batch);
         let waker = st.waker.take();
         drop(st);
         self.0.ready.notify_one();
@@ -108,22 +124,26 @@ impl std::fmt::Debug for Postman {
 
 impl Mailbox {
     /// Waits for the next completion, until `deadline` if given.
-    pub(crate) fn recv(&self, deadline: Option<Instant>) -> Result<Completion, Empty> {
-        let mut st = self.0.state.lock();
+    pub(crate) fn recv(&mut self, deadline: Option<Instant>) -> Result<Completion, Empty> {
+        if let Some(c) = self.taken.pop_front() {
+            return Ok(c);
+        }
+        let mut st = self.inner.state.lock();
         loop {
-            if let Some(c) = st.queue.pop_front() {
-                return Ok(c);
+            if !st.queue.is_empty() {
+                std::mem::swap(&mut st.queue, &mut self.taken);
+                return Ok(self.taken.pop_front().expect("just swapped in"));
             }
             if st.senders == 0 {
                 return Err(Empty::Disconnected);
             }
             match deadline {
                 Some(d) => {
-                    if self.0.ready.wait_until(&mut st, d).timed_out() && st.queue.is_empty() {
+                    if self.inner.ready.wait_until(&mut st, d).timed_out() && st.queue.is_empty() {
                         return Err(Empty::Timeout);
                     }
                 }
-                None => self.0.ready.wait(&mut st),
+                None => self.inner.ready.wait(&mut st),
             }
         }
     }
@@ -131,10 +151,14 @@ impl Mailbox {
     /// Takes the next completion without blocking; when there is none,
     /// leaves `cx`'s waker to be woken by the next delivery (or by the last
     /// sender going away).
-    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Completion, Empty>> {
-        let mut st = self.0.state.lock();
-        if let Some(c) = st.queue.pop_front() {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Completion, Empty>> {
+        if let Some(c) = self.taken.pop_front() {
             return Poll::Ready(Ok(c));
+        }
+        let mut st = self.inner.state.lock();
+        if !st.queue.is_empty() {
+            std::mem::swap(&mut st.queue, &mut self.taken);
+            return Poll::Ready(Ok(self.taken.pop_front().expect("just swapped in")));
         }
         if st.senders == 0 {
             return Poll::Ready(Err(Empty::Disconnected));
@@ -148,6 +172,14 @@ impl Mailbox {
 
     /// How many items the waiting completions cover.
     pub(crate) fn items(&self) -> usize {
-        self.0.state.lock().queue.iter().map(|c| c.meta.items).sum()
+        let shared: usize = self
+            .inner
+            .state
+            .lock()
+            .queue
+            .iter()
+            .map(|c| c.meta.items)
+            .sum();
+        shared + self.taken.iter().map(|c| c.meta.items).sum::<usize>()
     }
 }

@@ -342,22 +342,48 @@ impl Pool {
         }
     }
 
-    /// Opens a job for `spec` and appends `items` to it in blocks.
+    /// Opens a job for `spec` and appends `items` to it in blocks. The job
+    /// opens with its first block, under the same lock: an `apply` takes
+    /// the state lock once (taking it twice made the submitting thread and
+    /// the collector contend for it in a loop of `apply_async`).
     fn submit_items<T: Serialize>(&self, spec: JobSpec, items: Vec<T>) -> Result<()> {
-        let job = self.open_job(spec)?;
         let total = items.len();
+        let mut spec = Some(spec);
+        let mut job = None;
         let mut block = Items::starting_at(0);
         for (i, item) in items.into_iter().enumerate() {
             block.push(&item, i)?;
             if block.len() >= BLOCK_ITEMS || block.bytes() >= BLOCK_BYTES {
                 let full = std::mem::replace(&mut block, Items::starting_at(i + 1));
-                self.append(job, full, i + 1 == total)?;
+                job = Some(self.open_and_append(job, &mut spec, full, i + 1 == total)?);
             }
         }
         if total == 0 || block.len() > 0 {
-            self.append(job, block, true)?;
+            self.open_and_append(job, &mut spec, block, true)?;
         }
         Ok(())
+    }
+
+    /// Appends `items` to `job`, or to a job opened now for `spec` if
+    /// `job` is `None`; returns the job.
+    fn open_and_append(
+        &self,
+        job: Option<JobId>,
+        spec: &mut Option<JobSpec>,
+        items: Items,
+        done: bool,
+    ) -> Result<JobId> {
+        let mut st = self.shared.lock();
+        let id = match job {
+            Some(id) => id,
+            None => st.open_job(spec.take().expect("a job opens once"))?,
+        };
+        let full = st.append(id, items, done)?;
+        drop(st);
+        if full {
+            self.shared.wake();
+        }
+        Ok(id)
     }
 
     /// A lazy, ordered map: yields each item's `Result` in input order,

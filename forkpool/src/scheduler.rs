@@ -19,13 +19,22 @@
 //!   are not long ([`LONG_NS`]): the second one keeps the worker busy while
 //!   the first one's result travels. So tiny tasks travel hundreds per
 //!   `write`, and long ones go one at a time, like Python's shared queue.
-//! - **Nothing carries from one job to the next.** A new job knows nothing:
-//!   its tasks count as unknown, so each worker gets one, and the job's
-//!   allowance per worker grows by one with each of its completed tasks
-//!   (so it doubles per round trip, TCP's slow start) while the
-//!   estimate from its own completions says how much fits in [`HOLD_NS`].
-//!   A job that follows a job of tiny tasks therefore starts as cautiously
-//!   as on a fresh pool, and reaches every worker.
+//! - **No window carries from one job to the next.** A new job may have
+//!   one task per worker out, and its allowance grows by one per worker
+//!   with each of its completed tasks (so it doubles per round trip, TCP's
+//!   slow start), while the estimate from its own completions says how
+//!   much fits in [`HOLD_NS`] and how big a guided chunk is. A job that
+//!   follows a job of tiny tasks therefore starts as cautiously as on a
+//!   fresh pool, and reaches every worker. The one thing that does carry
+//!   over is what the same *function's* items cost lately ([`Recent`]),
+//!   and only as the estimate of a task whose job has no completion of its
+//!   own yet: a loop of `apply_async` is a stream of one-task jobs, and
+//!   without it each task would wait for the previous one's round trip. A
+//!   task with nothing known at all goes only to a worker that holds none.
+//! - **The collector writes to busy workers.** A submitting thread writes a
+//!   task at once only to a worker that has nothing written yet; a worker
+//!   still busy with written tasks gets the new ones from the collector when
+//!   its results come in, many in one `write` (see [`State::dispatch`]).
 //! - **Guided self-scheduling for `map`'s default chunks** (OpenMP's
 //!   `guided`; Polychronopoulos and Kuck, 1987): a task gets about
 //!   [`TASK_NS`] of items by the job's per-item estimate, never more than
@@ -37,7 +46,9 @@
 //! What this cannot do: undo a commitment. When a job's items change cost
 //! abruptly (thousands of 20 µs items, then 25 ms ones), each worker may
 //! already hold up to [`HOLD_NS`] of what it *thought* was cheap work, and
-//! those tasks run where they are.
+//! those tasks run where they are. The same holds for one-task jobs of a
+//! function whose cost depends on its argument: estimated by its cheap
+//! calls, up to [`HOLD_NS`] of them may wait behind a costly one.
 //!
 //! Tasks are written from whichever thread holds the state lock: the
 //! submitting thread (so `apply` costs no thread hop on the way out) or the
@@ -45,7 +56,8 @@
 //! pipe does not take waits in the worker's [`OutQueue`] for the collector
 //! to flush when the pipe drains.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,6 +98,30 @@ const FIRST_WINDOW: usize = 1;
 /// Names a job in the pool's state.
 pub(crate) type JobId = u64;
 
+/// Hashes job ids, which the pool numbers itself (no adversary chooses
+/// them), with one multiplication (Fibonacci hashing) instead of SipHash:
+/// a job is looked up once per completion, and at chunksize 1 SipHash was
+/// about 3 % of the collector's time. (A `BTreeMap` instead allocated and
+/// freed a node of eleven jobs as a loop of `apply_async` went by.)
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The finished (or failed) task, sent to whoever submitted it.
 #[derive(Debug)]
 pub(crate) struct Completion {
@@ -110,32 +146,42 @@ pub(crate) struct TaskMeta {
     pub(crate) bytes: usize,
 }
 
-/// A completion to post once the state lock is released (posting wakes the
-/// submitter, which would then wait for the lock we hold).
+/// Completions of one job to post once the state lock is released
+/// (posting wakes the submitter, which would then wait for the lock we
+/// hold): all that one pass under the lock produced for the job, in order,
+/// so they cost one mailbox lock and one wake-up.
 pub(crate) struct Delivery {
+    job: JobId,
     sink: Postman,
-    meta: TaskMeta,
-    pid: i32,
-    outcome: Result<ResultFrame, Error>,
+    batch: Vec<Completion>,
 }
 
 impl Delivery {
-    /// The task failed as a whole: `err`, for the task's first item.
-    fn failed(sink: Postman, meta: TaskMeta, pid: i32, err: &Error) -> Self {
-        Delivery {
-            sink,
-            meta,
-            pid,
-            outcome: Err(err.for_item(meta.first)),
-        }
-    }
-
     pub(crate) fn post(self) {
-        self.sink.send(Completion {
-            meta: self.meta,
-            pid: self.pid,
-            outcome: self.outcome,
-        });
+        self.sink.send_all(self.batch);
+    }
+}
+
+/// Queues completion `c` of job `job` (whose mailbox is `sink`) in `done`:
+/// with the completions before it when they are the same job's.
+fn deliver(done: &mut Vec<Delivery>, job: JobId, sink: &Postman, c: Completion) {
+    match done.last_mut() {
+        Some(d) if d.job == job => d.batch.push(c),
+        _ => done.push(Delivery {
+            job,
+            sink: sink.clone(),
+            batch: vec![c],
+        }),
+    }
+}
+
+/// The completion of a task that failed as a whole: `err`, for the task's
+/// first item.
+fn failed(meta: TaskMeta, pid: i32, err: &Error) -> Completion {
+    Completion {
+        meta,
+        pid,
+        outcome: Err(err.for_item(meta.first)),
     }
 }
 
@@ -174,8 +220,8 @@ struct Job {
     in_flight: usize,
     /// Estimated nanoseconds per item, from this job's own completions.
     item_ns: Option<f64>,
-    /// Tasks a worker may hold when it takes one of this job's (grows by
-    /// one per completed task: slow start).
+    /// Tasks of this job workers may hold, per worker (grows by one per
+    /// completed task: slow start).
     window: usize,
 }
 
@@ -212,9 +258,24 @@ impl Job {
         }
     }
 
-    /// Estimated nanoseconds of a task of `n` items (`None`: not known).
-    fn estimate(&self, n: usize) -> Option<f64> {
-        self.item_ns.map(|ns| ns * n as f64)
+    /// Estimated nanoseconds of a task of `n` items: by this job's own
+    /// completions, or before it has any, by `recent` (what its function's
+    /// items cost lately, in any job); `None`: not known.
+    fn estimate(&self, n: usize, recent: &Recent) -> Option<f64> {
+        self.item_ns
+            .or_else(|| recent.get(&self.function()).copied())
+            .map(|ns| ns * n as f64)
+    }
+
+    /// Which function its tasks run.
+    fn function(&self) -> Function {
+        (self.spec.header.tramp, self.spec.header.func)
+    }
+
+    /// Whether it may give workers another task (slow start: `window` per
+    /// worker, over all `processes`).
+    fn window_open(&self, processes: usize) -> bool {
+        self.in_flight < self.window.saturating_mul(processes)
     }
 
     /// How much estimated work a worker may hold when it takes this job's
@@ -232,14 +293,32 @@ impl Job {
     }
 
     /// Learns from a completed task: its busy time over its items.
-    fn learn(&mut self, busy_ns: u64, items: usize) {
-        let sample = busy_ns as f64 / items.max(1) as f64;
-        self.item_ns = Some(match self.item_ns {
-            // Costlier items: believe it at once (smaller tasks follow).
-            Some(old) if sample < old => 0.5 * (old + sample),
-            _ => sample,
-        });
+    fn learn(&mut self, sample: f64) {
+        self.item_ns = Some(follow(self.item_ns, sample));
         self.window = (self.window + 1).min(MAX_WINDOW);
+    }
+}
+
+/// A task's function: its trampoline and function addresses.
+type Function = (u64, u64);
+
+/// The per-item time of each function's latest tasks, whatever their job.
+///
+/// It only estimates the tasks of a job that has no completion of its own
+/// yet, and so never sizes a chunk (a guided job cuts single items until
+/// its own tasks report) nor lifts a job's slow start. What it does: a
+/// stream of one-task jobs (`apply_async` in a loop) each start with no
+/// history, and with nothing known, a worker takes a task only when it
+/// holds none, one round trip per task; known tiny, a worker holds up to
+/// [`HOLD_NS`] of them, as it would within one job.
+type Recent = BTreeMap<Function, f64>;
+
+/// The next per-item estimate after `sample`: costlier items are believed
+/// at once (smaller tasks follow), cheaper ones come in by halves.
+fn follow(old: Option<f64>, sample: f64) -> f64 {
+    match old {
+        Some(old) if sample < old => 0.5 * (old + sample),
+        _ => sample,
     }
 }
 
@@ -251,6 +330,15 @@ struct InFlight {
     /// What it was estimated to cost when sent (unknown counts as
     /// [`HOLD_NS`]).
     est_ns: f64,
+}
+
+/// Which thread dispatches (see [`State::dispatch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writer {
+    /// A thread submitting work.
+    Submitter,
+    /// The collector, which reads the results.
+    Collector,
 }
 
 /// Where the pool is in its life.
@@ -297,7 +385,7 @@ pub(crate) struct Worker {
     pub(crate) failure: Option<Error>,
     /// When the task at the head of `in_flight` started (as the parent
     /// knows it: when it was written to an idle worker, or when the result
-    /// before it arrived), for `task_timeout`.
+    /// before it arrived), for `task_timeout`; kept only when there is one.
     head_since: Option<Instant>,
 }
 
@@ -355,15 +443,15 @@ impl Worker {
         }
     }
 
-    /// Whether it may take a task estimated at `est` (`None`: unknown) of
-    /// a job whose window is `window`, holding at most `cap` of estimated
-    /// work (beyond the two-task pipeline).
-    fn has_room(&self, est: Option<f64>, window: usize, cap: f64) -> bool {
+    /// Whether it may take a task estimated at `est` (`None`: unknown),
+    /// holding at most `cap` of estimated work (beyond the two-task
+    /// pipeline).
+    fn has_room(&self, est: Option<f64>, cap: f64) -> bool {
         let held = self.in_flight.len();
         if held == 0 {
             return true;
         }
-        if held >= window.min(MAX_WINDOW) {
+        if held >= MAX_WINDOW {
             return false;
         }
         match est {
@@ -391,7 +479,9 @@ pub(crate) struct State {
     /// Set once the pool cannot run work; every later call returns it.
     pub(crate) broken: Option<Error>,
     /// Every job that has items to cut or tasks out.
-    jobs: HashMap<JobId, Job>,
+    jobs: HashMap<JobId, Job, BuildHasherDefault<IdHasher>>,
+    /// What each function's items cost lately (see [`Recent`]).
+    recent: Recent,
     /// Jobs that may still have items to cut, in submission order.
     order: VecDeque<JobId>,
     pub(crate) workers: Vec<Worker>,
@@ -419,7 +509,8 @@ impl State {
             exited: Exited::default(),
             phase: Phase::Starting,
             broken: None,
-            jobs: HashMap::new(),
+            jobs: HashMap::default(),
+            recent: BTreeMap::new(),
             order: VecDeque::new(),
             workers: Vec::with_capacity(processes),
             ctrl: Arc::new(ctrl),
@@ -493,7 +584,7 @@ impl State {
         }
         // With a task timeout the collector must also learn of the clocks
         // started here, to wake when the first one runs out.
-        Ok(self.dispatch() || self.task_timeout.is_some())
+        Ok(self.dispatch(Writer::Submitter) || self.task_timeout.is_some())
     }
 
     /// The submitter gave up on job `id` (an `IMap` dropped): its uncut
@@ -515,7 +606,16 @@ impl State {
     /// writing after releasing it made `apply` slower, 14.2 against 11.9
     /// µs). Returns whether output is left for the collector to flush when
     /// the pipe has room.
-    pub(crate) fn dispatch(&mut self) -> bool {
+    ///
+    /// A submitting thread writes only to workers that hold nothing written
+    /// yet (idle ones, which need the task now). A worker that still has
+    /// written tasks to run will send their results, and the collector that
+    /// reads them writes what waits for it, many tasks in one `write`.
+    /// Writing each task of a loop of `apply_async` at once woke the worker
+    /// for every task, which ran it, slept again and preempted the
+    /// submitter: measured, 3 to 4 times the context switches and 2.5 times
+    /// the CPU of writing them in batches.
+    pub(crate) fn dispatch(&mut self, writer: Writer) -> bool {
         let mut at = 0;
         while at < self.order.len() {
             let id = self.order[at];
@@ -528,21 +628,26 @@ impl State {
                 self.drop_uncut(id);
                 continue;
             }
-            let Some(n) = job.next_len(self.processes) else {
-                // Waiting for its submitter: later jobs may go first.
+            let next = job
+                .next_len(self.processes)
+                .filter(|_| job.window_open(self.processes));
+            let Some(n) = next else {
+                // Waiting for its submitter, or for its first results:
+                // later jobs may go first.
                 at += 1;
                 continue;
             };
-            let est = job.estimate(n);
+            let est = job.estimate(n, &self.recent);
             let cap = job.hold_cap(self.processes);
-            let Some(w) = self.pick_worker(est, job.window, cap) else {
+            let Some(w) = self.pick_worker(est, cap) else {
                 break;
             };
             self.send(id, w, n, est);
         }
         let mut pending = false;
         for w in &mut self.workers {
-            if !w.out.is_empty() {
+            let idle = w.out.len() == w.in_flight.len();
+            if !w.out.is_empty() && (writer == Writer::Collector || idle) {
                 pending |= !w.flush();
             }
         }
@@ -580,7 +685,9 @@ impl State {
                 frame::enlarge_pipe(fd.as_fd());
             }
         }
-        if worker.in_flight.is_empty() {
+        // The clock is read only for a task timeout (a clock read per
+        // task is a measurable part of a tiny task's cost here).
+        if worker.in_flight.is_empty() && self.task_timeout.is_some() {
             worker.head_since = Some(Instant::now());
         }
         // Its buffers' descriptors go first (see `side`); if they cannot
@@ -614,7 +721,7 @@ impl State {
     }
 
     /// The worker with room that holds the least estimated work.
-    fn pick_worker(&self, est: Option<f64>, window: usize, cap: f64) -> Option<usize> {
+    fn pick_worker(&self, est: Option<f64>, cap: f64) -> Option<usize> {
         let mut best: Option<(usize, f64)> = None;
         for (i, w) in self.workers.iter().enumerate() {
             let usable = w.ready
@@ -626,26 +733,31 @@ impl State {
                 // one that is killed.
                 && (self.task_timeout.is_none() || w.in_flight.is_empty())
                 && self.max_tasks_per_child.is_none_or(|m| w.sent < m);
-            if usable && w.has_room(est, window, cap) && best.is_none_or(|(_, b)| w.held_ns < b) {
+            if usable && w.has_room(est, cap) && best.is_none_or(|(_, b)| w.held_ns < b) {
                 best = Some((i, w.held_ns));
             }
         }
         best.map(|(i, _)| i)
     }
 
-    /// A task of job `id` ended (`busy`: the worker's time, if it ran):
-    /// the job learns from it, and is forgotten if that was its last.
-    fn task_ended(&mut self, id: JobId, meta: &TaskMeta, busy: Option<u64>) -> Option<Postman> {
-        let job = self.jobs.get_mut(&id)?;
+    /// A task of job `id` ended with completion `c` (`busy`: the worker's
+    /// time, if it ran): the job learns from it, the completion is queued
+    /// for its submitter, and the job is forgotten if that was its last.
+    fn task_ended(&mut self, id: JobId, c: Completion, busy: Option<u64>) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         job.in_flight -= 1;
         if let Some(busy) = busy {
-            job.learn(busy, meta.items);
+            let sample = busy as f64 / c.meta.items.max(1) as f64;
+            job.learn(sample);
+            let last = self.recent.entry(job.function()).or_insert(sample);
+            *last = follow(Some(*last), sample);
         }
-        let sink = job.spec.sink.clone();
+        deliver(&mut self.done, id, &job.spec.sink, c);
         if job.finished() {
             self.jobs.remove(&id);
         }
-        Some(sink)
     }
 
     /// A result frame from worker `w`: completes the task it answers.
@@ -668,16 +780,16 @@ impl State {
         }
         let front = worker.pop_front().expect("checked above");
         worker.counters.record(front.meta.items, result.busy_ns);
-        worker.head_since = (!worker.in_flight.is_empty()).then(Instant::now);
-        let pid = worker.pid;
-        if let Some(sink) = self.task_ended(front.job, &front.meta, Some(result.busy_ns)) {
-            self.done.push(Delivery {
-                sink,
-                meta: front.meta,
-                pid,
-                outcome: Ok(result),
-            });
+        if self.task_timeout.is_some() {
+            worker.head_since = (!worker.in_flight.is_empty()).then(Instant::now);
         }
+        let busy = result.busy_ns;
+        let c = Completion {
+            meta: front.meta,
+            pid: worker.pid,
+            outcome: Ok(result),
+        };
+        self.task_ended(front.job, c, Some(busy));
         self.retire_if_spent(w);
         Ok(())
     }
@@ -721,9 +833,7 @@ impl State {
     /// Fails what worker `w`'s in-flight list holds with `err`.
     fn fail_held(&mut self, held: VecDeque<InFlight>, pid: i32, err: &Error) {
         for f in held {
-            if let Some(sink) = self.task_ended(f.job, &f.meta, None) {
-                self.done.push(Delivery::failed(sink, f.meta, pid, err));
-            }
+            self.task_ended(f.job, failed(f.meta, pid, err), None);
         }
     }
 
@@ -755,8 +865,7 @@ impl State {
                         bytes: block.bytes(),
                     };
                     job.next_chunk += 1;
-                    self.done
-                        .push(Delivery::failed(job.spec.sink.clone(), meta, 0, err));
+                    deliver(&mut self.done, id, &job.spec.sink, failed(meta, 0, err));
                 }
             }
             job.queue.clear();
@@ -866,5 +975,115 @@ impl State {
     /// Pids of the workers alive now.
     pub(crate) fn pids(&self) -> Vec<i32> {
         self.workers.iter().map(|w| w.pid).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::mailbox;
+    use nix::fcntl::OFlag;
+    use std::os::fd::OwnedFd;
+
+    /// A state with `n` ready workers behind real, non-blocking pipes;
+    /// returns it and, per worker, the read end of its task pipe (what the
+    /// worker would read).
+    fn state_with_workers(n: usize) -> (State, Vec<OwnedFd>) {
+        let flags = OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+        let [ctrl, _] = PoolFd::create(|| nix::unistd::pipe2(flags).map(|(r, w)| [r, w])).unwrap();
+        let mut st = State::new(ctrl, n, None);
+        st.phase = Phase::Running;
+        let mut task_ends = Vec::new();
+        for slot in 0..n {
+            let (task_r, task_w) = nix::unistd::pipe2(flags).unwrap();
+            let [task_w, result_r, side] = PoolFd::create(|| {
+                let (result_r, _) = nix::unistd::pipe2(flags)?;
+                let (side, _) = nix::unistd::pipe2(flags)?;
+                Ok::<_, nix::Error>([task_w, result_r, side])
+            })
+            .unwrap();
+            let mut w = Worker::new(slot as u32, 1000 + slot as i32, task_w, result_r, side);
+            w.ready = true;
+            st.workers.push(w);
+            task_ends.push(task_r);
+        }
+        (st, task_ends)
+    }
+
+    const HEADER: TaskHeader = TaskHeader {
+        id: 0,
+        tramp: 1,
+        func: 2,
+    };
+
+    /// Submits a job of one item, as `apply_async` does.
+    fn one_task_job(st: &mut State) {
+        let spec = JobSpec {
+            header: HEADER,
+            chunking: Chunking::Fixed(1),
+            sink: mailbox().0,
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        let id = st.open_job(spec).unwrap();
+        let mut items = Items::starting_at(0);
+        items.push(&7u64, 0).unwrap();
+        st.append(id, items, true).unwrap();
+    }
+
+    /// Bytes waiting in a pipe.
+    fn unread(fd: &OwnedFd) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer, which
+        // points to a live c_int; `fd` is an open pipe.
+        let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::FIONREAD, &mut n) };
+        assert_eq!(r, 0);
+        n as usize
+    }
+
+    #[test]
+    fn one_task_jobs_of_a_function_known_to_be_tiny_are_pipelined() {
+        // What broke: a loop of `apply_async` of tiny tasks. Each call is a
+        // job of its own that knows nothing yet, and a task of unknown cost
+        // went only to a worker that held none: one round trip per task,
+        // 5 to 10 times slower than before the scheduler rework.
+        let (mut st, _ends) = state_with_workers(2);
+        // Unknown function: one task per worker, the rest waits.
+        for _ in 0..4 {
+            one_task_job(&mut st);
+        }
+        let held: Vec<usize> = st.workers.iter().map(|w| w.in_flight.len()).collect();
+        assert_eq!(held, [1, 1]);
+        assert_eq!(st.queued_items(), 2);
+        // Once its items are known to take 1 µs, a worker holds up to
+        // HOLD_NS of them, whatever job they belong to.
+        let (mut st, _ends) = state_with_workers(2);
+        st.recent.insert((HEADER.tramp, HEADER.func), 1_000.0);
+        for _ in 0..100 {
+            one_task_job(&mut st);
+        }
+        let held: Vec<usize> = st.workers.iter().map(|w| w.in_flight.len()).collect();
+        assert_eq!(st.queued_items(), 0, "held {held:?}");
+        assert_eq!(held, [50, 50]);
+    }
+
+    #[test]
+    fn a_submitter_writes_only_to_workers_that_have_nothing_written() {
+        // What broke: each `apply_async` wrote its task at once, to a worker
+        // busy with earlier ones: the write woke it for a single task.
+        let (mut st, ends) = state_with_workers(1);
+        st.recent.insert((HEADER.tramp, HEADER.func), 1_000.0);
+        one_task_job(&mut st);
+        let first = unread(&ends[0]);
+        assert!(first > 0, "an idle worker gets its task at once");
+        for _ in 0..10 {
+            one_task_job(&mut st);
+        }
+        assert_eq!(st.workers[0].in_flight.len(), 11);
+        assert_eq!(unread(&ends[0]), first, "written to a worker that had work");
+        assert_eq!(st.workers[0].out.len(), 10);
+        // The collector, reading the busy worker's results, writes them.
+        st.dispatch(Writer::Collector);
+        assert_eq!(unread(&ends[0]), 11 * first);
+        assert!(st.workers[0].out.is_empty());
     }
 }

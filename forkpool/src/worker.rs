@@ -158,6 +158,9 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
     let mut lend = false;
     // When the last task ended (see the MAX_HOLD check below).
     let mut last_end = Instant::now();
+    // Whether the worker read its pipe since the last task ended: if not,
+    // the next task starts when the last one ended, without a clock read.
+    let mut waited = true;
     let flush = |out: &mut Vec<u8>, oldest: &mut Option<Instant>| {
         if out.is_empty() {
             return;
@@ -180,7 +183,8 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
                 if oldest.is_some_and(|t| last_end.duration_since(t) >= MAX_HOLD) {
                     flush(&mut out, &mut oldest);
                 }
-                let started = Instant::now();
+                let started = if waited { Instant::now() } else { last_end };
+                waited = false;
                 let (end, run) = run_task(body, &mut out, started);
                 last_end = end;
                 if let Some((start, head, from)) = run {
@@ -194,6 +198,7 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
                     out.clear();
                     oldest = None;
                     lend = true;
+                    waited = true; // the write is no part of the next task
                     continue;
                 }
                 oldest.get_or_insert(started);
@@ -214,6 +219,7 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
             // pages lent back to the kernel while we wait.
             frame::lend_back(&mut out);
         }
+        waited = true;
         match reader.fill(task_r.as_fd()) {
             Ok(Fill::More | Fill::Drained) => {}
             Ok(Fill::Eof) if reader.partial().is_some() => exit(EXIT_BAD_FRAME),
