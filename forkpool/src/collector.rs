@@ -474,7 +474,9 @@ impl Collector {
                 Ok(())
             }
             FromWorker::Result(mut result) if worker.ready => {
-                result.fds = worker.side.take(result.id);
+                if result.has_fds {
+                    result.fds = worker.side.take(result.id);
+                }
                 st.on_result(w, result)
             }
             other => Err(format!(

@@ -66,6 +66,11 @@ pub(crate) const RESULT: u8 = 4;
 /// The bit of a kind byte that says the frame carries a run apart (see
 /// the module docs).
 pub(crate) const RUN: u8 = 0x80;
+/// The bit of a `RESULT` kind byte that says descriptors of the result's
+/// buffers went ahead on the side channel ([`crate::side`]): the parent
+/// looks there only for such results (looking for every result cost a
+/// `recvmsg` per tiny task).
+pub(crate) const FDS: u8 = 0x40;
 /// Bytes of a run's description after the kind byte: place, length,
 /// element size.
 const RUN_DESC: usize = 3 * 8;
@@ -466,6 +471,11 @@ impl Started {
 pub(crate) struct StartedResult(usize);
 
 impl StartedResult {
+    /// Marks the frame as one whose descriptors went ahead ([`FDS`]).
+    pub(crate) fn mark_fds(&self, out: &mut [u8]) {
+        out[self.0 + LEN_PREFIX] |= FDS;
+    }
+
     /// Writes the busy time and the length of the frame.
     pub(crate) fn finish(self, out: &mut [u8], busy_ns: u64) {
         let at = self.0 + LEN_PREFIX + 1 + 8;
@@ -509,6 +519,8 @@ pub(crate) struct ResultFrame {
     /// The descriptors of the buffers in the outcomes, in order (from the
     /// worker's side channel, [`crate::side`]), or why they are missing.
     pub(crate) fds: Result<VecDeque<PoolFd>, Error>,
+    /// The worker sent descriptors for it ([`FDS`]).
+    pub(crate) has_fds: bool,
 }
 
 impl ResultFrame {
@@ -529,7 +541,7 @@ impl ResultFrame {
     /// The task id of a result frame still arriving, once its header bytes
     /// are in (`body` is what has arrived of the body).
     pub(crate) fn peek_id(body: &[u8]) -> Option<u64> {
-        (body.first() == Some(&RESULT) && body.len() > 8).then(|| field(body, 0))
+        (body.first().map(|k| k & !FDS) == Some(RESULT) && body.len() > 8).then(|| field(body, 0))
     }
 }
 
@@ -558,7 +570,8 @@ impl FromWorker {
             ));
         }
         let bytes = &body.bytes;
-        match kind {
+        let has_fds = kind.is_some_and(|k| k & !FDS == RESULT && k & FDS != 0);
+        match kind.map(|k| if has_fds { RESULT } else { k }) {
             Some(READY) if bytes.len() == 1 => Ok(FromWorker::Ready),
             Some(INIT_FAILED) => Ok(FromWorker::InitFailed(
                 String::from_utf8_lossy(&bytes[1..]).into_owned(),
@@ -569,6 +582,7 @@ impl FromWorker {
                     busy_ns: field(bytes, 1),
                     body,
                     fds: Ok(VecDeque::new()),
+                    has_fds,
                 }))
             }
             Some(RESULT) => Err(format!(
@@ -603,7 +617,7 @@ impl FromWorker {
     pub(crate) fn pending_kind_ok(body: &[u8], ready: bool) -> Result<(), String> {
         match body.first() {
             None => Ok(()),
-            Some(&kind) if kind & !RUN == RESULT => Ok(()),
+            Some(&kind) if kind & !(RUN | FDS) == RESULT => Ok(()),
             Some(&(READY | INIT_FAILED)) if !ready => Ok(()),
             Some(&kind) => Err(format!("unexpected frame of kind {kind} (incomplete)")),
         }
@@ -1249,6 +1263,28 @@ mod tests {
         assert!(FromWorker::pending_kind_ok(&[READY], true).is_err());
         assert!(FromWorker::pending_kind_ok(&[READY], false).is_ok());
         assert!(FromWorker::pending_kind_ok(&[RESULT, 1], true).is_ok());
+    }
+
+    #[test]
+    fn only_results_marked_fds_send_the_parent_to_the_side_channel() {
+        // What broke: the parent looked on the side channel for every
+        // result (a failing `recvmsg` per tiny task); a worker now marks the
+        // results whose descriptors it sent.
+        let mut out = Vec::new();
+        let plain = ResultFrame::begin(&mut out, 5);
+        plain.finish(&mut out, 9);
+        let at = out.len();
+        let marked = ResultFrame::begin(&mut out, 6);
+        marked.mark_fds(&mut out);
+        marked.finish(&mut out, 9);
+        let parse = |bytes: &[u8]| match FromWorker::parse(bytes[LEN_PREFIX..].to_vec().into()) {
+            Ok(FromWorker::Result(r)) => (r.id, r.has_fds),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(parse(&out[..at]), (5, false));
+        assert_eq!(parse(&out[at..]), (6, true));
+        assert_eq!(ResultFrame::peek_id(&out[at + LEN_PREFIX..]), Some(6));
+        assert!(FromWorker::pending_kind_ok(&out[at + LEN_PREFIX..], true).is_ok());
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //! - Worker to parent: the worker sends a task's result descriptors
 //!   (blocking) right after the task, before the frame is written; the
 //!   collector drains the socket whenever it is readable, and a result
-//!   frame takes the descriptors of its task.
+//!   frame marked [`FDS`](crate::frame::FDS) takes the descriptors of its
+//!   task (the parent looks nowhere for the others).
 //!
 //! Every descriptor received is adopted into the descriptor registry
 //! ([`crate::fds`]) at once, so a zygote forked meanwhile does not inherit
@@ -281,10 +282,12 @@ pub(crate) fn worker_init(sock: OwnedFd) {
 }
 
 /// Runs task `task` (`run`), with its buffers' descriptors received on
-/// demand, then sends those of its results. `Err` when the parent is gone.
-pub(crate) fn worker_task<R>(task: u64, run: impl FnOnce() -> R) -> io::Result<R> {
+/// demand, then sends those of its results; says whether it sent any (the
+/// result frame is then marked [`FDS`](crate::frame::FDS)). `Err` when the
+/// parent is gone.
+pub(crate) fn worker_task<R>(task: u64, run: impl FnOnce() -> R) -> io::Result<(R, bool)> {
     let Some(side) = WORKER.get() else {
-        return Ok(run());
+        return Ok((run(), false));
     };
     {
         let mut s = side.borrow_mut();
@@ -317,7 +320,7 @@ pub(crate) fn worker_task<R>(task: u64, run: impl FnOnce() -> R) -> io::Result<R
     if !out.is_empty() {
         send(s.sock.as_fd(), task, &out, MsgFlags::empty())?;
     }
-    Ok(r)
+    Ok((r, !out.is_empty()))
 }
 
 /// Adds the descriptors of a task's result buffers, to be sent after it.

@@ -251,9 +251,12 @@ fn run_task(body: Body, out: &mut Vec<u8>, t0: Instant) -> (Instant, Option<RunF
     // of the results sent before the result frame.
     let ran =
         crate::side::worker_task(header.id, || tramp(func, body, TaskHeader::PAYLOAD_AT, out));
-    let Ok(run) = ran else {
+    let Ok((run, sent_fds)) = ran else {
         exit(0); // the parent is gone
     };
+    if sent_fds {
+        started.mark_fds(out);
+    }
     let end = Instant::now();
     let busy = end.duration_since(t0).as_nanos().min(u64::MAX as u128) as u64;
     match run {
