@@ -82,7 +82,7 @@ pub(crate) fn mailbox() -> (Postman, Mailbox) {
 
 impl Postman {
     /// Delivers completions, in order, with one wake-up (never blocks).
-    pub(crate) fn send_all(&self, batch: Vec<Completion>) {
+    pub(crate) fn send_all(&self, batch: impl IntoIterator<Item = Completion>) {
         let mut st = self.0.state.lock();
         st.queue.extend(batch);
         let waker = st.waker.take();

@@ -153,12 +153,15 @@ pub(crate) struct TaskMeta {
 pub(crate) struct Delivery {
     job: JobId,
     sink: Postman,
-    batch: Vec<Completion>,
+    first: Completion,
+    /// The completions after `first` (none for an `apply`: no allocation).
+    more: Vec<Completion>,
 }
 
 impl Delivery {
     pub(crate) fn post(self) {
-        self.sink.send_all(self.batch);
+        self.sink
+            .send_all(std::iter::once(self.first).chain(self.more));
     }
 }
 
@@ -166,11 +169,12 @@ impl Delivery {
 /// with the completions before it when they are the same job's.
 fn deliver(done: &mut Vec<Delivery>, job: JobId, sink: &Postman, c: Completion) {
     match done.last_mut() {
-        Some(d) if d.job == job => d.batch.push(c),
+        Some(d) if d.job == job => d.more.push(c),
         _ => done.push(Delivery {
             job,
             sink: sink.clone(),
-            batch: vec![c],
+            first: c,
+            more: Vec::new(),
         }),
     }
 }
@@ -549,7 +553,8 @@ impl State {
             id,
             Job {
                 spec,
-                queue: VecDeque::new(),
+                // Most jobs hold one block at a time (`apply`: one item).
+                queue: VecDeque::with_capacity(1),
                 appended: 0,
                 next_item: 0,
                 next_chunk: 0,
@@ -678,6 +683,12 @@ impl State {
         job.next_chunk += 1;
         job.next_item += n;
         job.in_flight += 1;
+        if job.input_done && job.queue.is_empty() {
+            // Nothing more will be queued: its memory goes now, not when
+            // the last result comes back (20 000 `apply_async` in flight
+            // kept 20 000 empty queues).
+            job.queue = VecDeque::new();
+        }
         let worker = &mut self.workers[w];
         if frame.len() > frame::PIPE_DEFAULT && !worker.task_pipe_big {
             worker.task_pipe_big = true;

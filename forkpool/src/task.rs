@@ -197,7 +197,10 @@ impl Items {
     pub(crate) fn starting_at(first: usize) -> Self {
         // A big buffer a frame was written from, if one is kept: a big value
         // is then encoded into memory already faulted in.
-        let mut bytes = frame::take_spare().unwrap_or_default();
+        // Otherwise room for a few small items (one allocation, not two, for
+        // an `apply` of a small argument).
+        let mut bytes =
+            frame::take_spare().unwrap_or_else(|| Vec::with_capacity(TASK_HEAD + SMALL_ITEMS));
         bytes.resize(TASK_HEAD, 0);
         Items {
             first,
@@ -303,6 +306,9 @@ impl Items {
         (to - from, run)
     }
 }
+
+/// Bytes a new block of items has room for before it grows.
+const SMALL_ITEMS: usize = 64;
 
 /// Bytes of a task frame before its first item: the length prefix, the
 /// header, the item count.
