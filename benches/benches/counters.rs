@@ -1,6 +1,6 @@
 //! Counters incremented by 2 worker processes at once: behind the robust
-//! process-shared lock (`LockedValue`, Python's `Value(lock=True)`), with
-//! one atomic `fetch_add` on the shared element (`SharedValue`), and, as the
+//! process-shared lock (a 0-d `Locked` array, Python's `Value(lock=True)`), with
+//! one atomic `fetch_add` on the shared element (a 0-d atomic array), and, as the
 //! ceiling, each worker on its own cache line (no sharing at all).
 //!
 //! Time per increment (the two workers' increments together over the wall

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use forkpool::Pool;
-use forkpool_shm::{LockedValue, SharedArray, SharedValue};
+use forkpool_shm::{Locked, SharedArray};
 
 /// Elements per row of the benchmark arrays: 512 KiB rows of `f64`.
 pub const ROW: usize = 1 << 16;
@@ -23,8 +23,8 @@ pub fn rows_for(bytes: usize) -> usize {
 }
 
 static ARRAY: OnceLock<SharedArray<f64>> = OnceLock::new();
-static COUNTER: OnceLock<SharedValue<u64>> = OnceLock::new();
-static LOCKED: OnceLock<LockedValue<u64>> = OnceLock::new();
+static COUNTER: OnceLock<SharedArray<u64>> = OnceLock::new();
+static LOCKED: OnceLock<SharedArray<u64, Locked>> = OnceLock::new();
 static SLOTS: OnceLock<SharedArray<u64>> = OnceLock::new();
 
 /// The array the worker's initializer stored.
@@ -369,9 +369,9 @@ impl BigArrayCeilings {
 /// Which counter the workers increment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// A [`LockedValue`]: lock, increment, unlock (`Value(lock=True)`).
+    /// A 0-d [`Locked`] array: lock, increment, unlock (`Value(lock=True)`).
     Locked,
-    /// A [`SharedValue`]: one atomic `fetch_add` on the shared element.
+    /// A 0-d atomic array: one atomic `fetch_add` on the shared element.
     Atomic,
     /// Each worker its own element of a [`SharedArray`] (its own cache
     /// line): no sharing at all, the ceiling.
@@ -383,7 +383,7 @@ pub enum Counter {
 pub fn count_locked((n, _slot): (u64, usize)) {
     let counter = LOCKED.get().expect("initializer");
     for _ in 0..n {
-        counter.with_lock(|count| *count += 1).expect("lock");
+        counter.with_lock(|count| count[0] += 1).expect("lock");
     }
 }
 
@@ -391,7 +391,7 @@ pub fn count_locked((n, _slot): (u64, usize)) {
 pub fn count_atomic((n, _slot): (u64, usize)) {
     let counter = COUNTER.get().expect("initializer");
     for _ in 0..n {
-        counter.fetch_add(1, Ordering::AcqRel);
+        counter.fetch_add(0, 1, Ordering::AcqRel);
     }
 }
 
@@ -407,8 +407,8 @@ pub fn count_own_slot((n, slot): (u64, usize)) {
 #[derive(Debug)]
 pub struct Counters {
     pool: Pool,
-    locked: LockedValue<u64>,
-    atomic: SharedValue<u64>,
+    locked: SharedArray<u64, Locked>,
+    atomic: SharedArray<u64>,
     slots: SharedArray<u64>,
     processes: usize,
 }
@@ -420,8 +420,8 @@ impl Counters {
     ///
     /// If a counter or the pool cannot be created.
     pub fn new(processes: usize) -> Counters {
-        let locked = LockedValue::new(0u64).expect("locked value");
-        let atomic = SharedValue::new(0u64).expect("shared value");
+        let locked = SharedArray::<_, Locked>::full(&[], 0u64).expect("locked value");
+        let atomic = SharedArray::<_>::full(&[], 0u64).expect("shared value");
         let slots = SharedArray::<u64>::new(&[processes * 8]).expect("slots");
         let (l, a, s) = (locked.clone(), atomic.clone(), slots.clone());
         let pool = Pool::builder()
@@ -468,8 +468,8 @@ impl Counters {
 
     fn total(&self, counter: Counter) -> u64 {
         match counter {
-            Counter::Locked => self.locked.with_lock(|count| *count).expect("lock"),
-            Counter::Atomic => self.atomic.get(),
+            Counter::Locked => self.locked.with_lock(|count| count[0]).expect("lock"),
+            Counter::Atomic => self.atomic.get(0),
             Counter::OwnSlot => self.slots.iter().sum(),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use forkpool::Pool;
-use forkpool_shm::PartitionedArray;
+use forkpool_shm::{Partitioned, SharedArray};
 
 use crate::arrays::{ROW, rows_for};
 
@@ -51,7 +51,7 @@ pub fn generation_per_core(
     start.elapsed()
 }
 
-static ARRAY: OnceLock<PartitionedArray<f64>> = OnceLock::new();
+static ARRAY: OnceLock<SharedArray<f64, Partitioned>> = OnceLock::new();
 
 /// Task: claim rows `[first, end)` of the worker's array, map them in one
 /// call, and fill each row from its own stream.
@@ -90,9 +90,13 @@ pub fn serial(bytes: usize, seed: u64) -> (Duration, Vec<f64>) {
 /// # Panics
 ///
 /// If the array or the pool cannot be created.
-pub fn parallel(bytes: usize, processes: usize, seed: u64) -> (Duration, PartitionedArray<f64>) {
+pub fn parallel(
+    bytes: usize,
+    processes: usize,
+    seed: u64,
+) -> (Duration, SharedArray<f64, Partitioned>) {
     let start = Instant::now();
-    let array = PartitionedArray::<f64>::new(&[rows_for(bytes), ROW]).expect("array");
+    let array = SharedArray::<f64, Partitioned>::new(&[rows_for(bytes), ROW]).expect("array");
     let created = start.elapsed();
     let filled = fill_existing(&array, processes, seed);
     (created + filled, array)
@@ -106,7 +110,11 @@ pub fn parallel(bytes: usize, processes: usize, seed: u64) -> (Duration, Partiti
 /// # Panics
 ///
 /// If the pool cannot be created or a task fails.
-pub fn fill_existing(array: &PartitionedArray<f64>, processes: usize, seed: u64) -> Duration {
+pub fn fill_existing(
+    array: &SharedArray<f64, Partitioned>,
+    processes: usize,
+    seed: u64,
+) -> Duration {
     let for_workers = array.clone();
     let pool = Pool::builder()
         .processes(processes)
@@ -136,7 +144,7 @@ pub fn fill_existing(array: &PartitionedArray<f64>, processes: usize, seed: u64)
 ///
 /// As [`fill_existing`], or if the array cannot be created.
 pub fn existing(bytes: usize, processes: usize, seed: u64) -> Duration {
-    let array = PartitionedArray::<f64>::new(&[rows_for(bytes), ROW]).expect("array");
+    let array = SharedArray::<f64, Partitioned>::new(&[rows_for(bytes), ROW]).expect("array");
     fill_existing(&array, processes, seed)
 }
 

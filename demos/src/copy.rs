@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use forkpool::{AsyncResult, Pool};
-use forkpool_shm::SharedValue;
+use forkpool_shm::SharedArray;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::common::{self, bytes, fact, phase};
@@ -75,8 +75,8 @@ impl<'de> Deserialize<'de> for Payload {
 /// whether the parent has taken the memory table (so they may let go).
 #[derive(Clone)]
 struct Flags {
-    held: SharedValue<u32>,
-    release: SharedValue<u32>,
+    held: SharedArray<u32>,
+    release: SharedArray<u32>,
 }
 
 /// The flags, stored in every worker by the pool's initializer.
@@ -89,7 +89,7 @@ static FLAGS: OnceLock<Flags> = OnceLock::new();
 /// worker's pid, its row sums, and how long the sums took.
 fn sum_my_rows((array, cols, start, end): (Payload, usize, usize, usize)) -> (i32, Vec<f64>, f64) {
     let flags = FLAGS.get().expect("the initializer stored the flags");
-    flags.held.fetch_add(1, Ordering::AcqRel);
+    flags.held.fetch_add(0, 1, Ordering::AcqRel);
     let t0 = Instant::now();
     let sums = sum_rows(&array.0[start * cols..end * cols], cols);
     let took = t0.elapsed().as_secs_f64();
@@ -104,7 +104,7 @@ fn sum_my_rows((array, cols, start, end): (Payload, usize, usize, usize)) -> (i3
 fn hold_until_released(flags: &Flags) {
     let zygote = nix::unistd::getppid();
     let t0 = Instant::now();
-    while flags.release.load(Ordering::Acquire) == 0
+    while flags.release.load(0, Ordering::Acquire) == 0
         && nix::unistd::getppid() == zygote
         && t0.elapsed() < HOLD_LIMIT
     {
@@ -134,8 +134,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     )?;
 
     let flags = Flags {
-        held: SharedValue::new(0).context("creating the shared counter")?,
-        release: SharedValue::new(0).context("creating the shared flag")?,
+        held: SharedArray::<_>::full(&[], 0).context("creating the shared counter")?,
+        release: SharedArray::<_>::full(&[], 0).context("creating the shared flag")?,
     };
     let (pool, _) = phase("start the pool", None, || {
         let for_workers = flags.clone();
@@ -165,7 +165,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let result = with_pool(args, &pool, &array, &flags, size);
     // Whatever happened, let the workers go, then end the pool.
-    flags.release.set(1);
+    flags.release.set(0, 1);
     pool.close();
     pool.join()?;
     result
@@ -226,7 +226,7 @@ fn with_pool(
 
     // ANCHOR: verify
     let report = common::memory_table("memory while every worker holds its copy", Some(pool), &[])?;
-    flags.release.set(1);
+    flags.release.set(0, 1);
     let mut sums = Vec::with_capacity(rows);
     let mut slowest: f64 = 0.0;
     for task in tasks {
@@ -300,7 +300,7 @@ fn wait_until_held(
     let limit = HOLD_LIMIT / 2 + Duration::from_secs(size * processes as u64 / (64 << 20));
     let t0 = Instant::now();
     loop {
-        let held = flags.held.load(Ordering::Acquire) as usize;
+        let held = flags.held.load(0, Ordering::Acquire) as usize;
         bar.set_position(held as u64);
         if held == processes {
             return Ok(());

@@ -12,7 +12,7 @@
 //!    the same moment even on a busy machine);
 //! 2. **with an atomic add** (`fetch_add`), no lock: exact, for one number
 //!    at a time;
-//! 3. **with the lock** ([`LockedArray`], and a [`LockedValue`] counting the
+//! 3. **with the lock** (a [`Locked`] array, and a 0-d one counting the
 //!    rounds): exact, for any update;
 //! 4. **a worker killed while holding the lock** (`SIGKILL`, as the OOM
 //!    killer does): its task fails with `WorkerDied` naming the signal, a
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use forkpool::{Error, Pool};
-use forkpool_shm::{LockError, LockedArray, LockedValue, Rows, SharedArray};
+use forkpool_shm::{LockError, Locked, Rows, SharedArray};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{self, fact};
@@ -59,9 +59,9 @@ struct Counters {
     /// Phase 2: atomic adds.
     atomic: SharedArray<u64>,
     /// Phases 3 and 4: behind the lock.
-    locked: LockedArray<u64>,
+    locked: SharedArray<u64, Locked>,
     /// Phase 3: rounds done, behind a lock of its own.
-    rounds: LockedValue<u64>,
+    rounds: SharedArray<u64, Locked>,
     /// One start line per phase, so that the workers run at the same time.
     start: SharedArray<u32>,
 }
@@ -171,7 +171,7 @@ fn add_with_lock(job: Job) -> Result<Duration, String> {
                 }
             })
             .map_err(|e| e.to_string())?;
-        rounds.with_lock(|r| *r += 1).map_err(|e| e.to_string())?;
+        rounds.with_lock(|r| r[0] += 1).map_err(|e| e.to_string())?;
     }
     Ok(t0.elapsed())
 }
@@ -313,8 +313,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let shared = Counters {
         racy: SharedArray::new(&[rows, cols])?,
         atomic: SharedArray::new(&[rows, cols])?,
-        locked: LockedArray::new(&[rows, cols])?,
-        rounds: LockedValue::new(0)?,
+        locked: SharedArray::new(&[rows, cols])?,
+        rounds: SharedArray::<_, Locked>::full(&[], 0)?,
         start: SharedArray::new(&[ATTEMPTS + 3])?,
     };
     let for_workers = shared.clone();
@@ -408,10 +408,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .with_lock(|counts| counts.to_vec())
         .map_err(lock_failed)?;
     let locked_total: u64 = locked_values.iter().sum();
-    let rounds_done = shared.rounds.with_lock(|r| *r).map_err(lock_failed)?;
+    let rounds_done = shared.rounds.with_lock(|r| r[0]).map_err(lock_failed)?;
     fact(
         "  counted",
-        format!("{locked_total} of {increments}; rounds (LockedValue) {rounds_done} of {expected}"),
+        format!(
+            "{locked_total} of {increments}; rounds (0-d locked array) {rounds_done} of {expected}"
+        ),
     );
 
     // ANCHOR: kill
@@ -496,7 +498,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     ensure!(
         rounds_done == expected,
-        "the LockedValue counted {rounds_done} rounds, not {expected}"
+        "the 0-d locked array counted {rounds_done} rounds, not {expected}"
     );
     ensure!(
         cause.signal_name() == Some("SIGKILL") && before.contains(&dead),

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, ensure};
 use forkpool::Pool;
-use forkpool_shm::{SharedArray, ShmError};
+use forkpool_shm::{ArrayOptions, Atomic, SharedArray, ShmError};
 
 use crate::common::{self, bytes, fact, phase};
 
@@ -73,9 +73,11 @@ fn open_in_worker(path: &Path, shape: [usize; 2], raw: bool) -> Result<(), ShmEr
     // second open of the same path does not share); nobody truncates it.
     let array = unsafe {
         if raw {
-            SharedArray::<f64>::open_file(path, &shape)?
+            ArrayOptions::new().open_file::<f64, Atomic>(path, &shape)?
         } else {
-            SharedArray::<f64>::open_npy(path)?.expect_shape(&shape)?
+            ArrayOptions::new()
+                .open_npy::<f64, Atomic>(path)?
+                .expect_shape(&shape)?
         }
     };
     ARRAY
@@ -165,9 +167,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         // while the demo runs only this program and its workers map it.
         unsafe {
             if args.raw {
-                SharedArray::<f64>::create_file(&path, &[rows, cols])
+                ArrayOptions::new().create_file::<f64, Atomic>(&path, &[rows, cols])
             } else {
-                SharedArray::<f64>::create_npy(&path, &[rows, cols])
+                ArrayOptions::new().create_npy::<f64, Atomic>(&path, &[rows, cols])
             }
         }
     });

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use forkpool::Pool;
-use forkpool_shm::{MemInfo, MemoryUsage, PartitionedArray, SharedArray, ShmError};
+use forkpool_shm::{ArrayOptions, MemInfo, MemoryUsage, Partitioned, SharedArray, ShmError};
 
 use crate::common::{self, bytes, fact, phase};
 
@@ -60,7 +60,7 @@ fn value(row: usize, col: usize, cols: usize) -> f64 {
 
 // ANCHOR: worker
 /// The file-backed array, handed to each worker by the initializer.
-static ARRAY: OnceLock<PartitionedArray<f64>> = OnceLock::new();
+static ARRAY: OnceLock<SharedArray<f64, Partitioned>> = OnceLock::new();
 
 /// Fills rows `[start, end)` of the file-backed array.
 fn fill_block((start, end): (usize, usize)) -> Result<(i32, usize), String> {
@@ -296,7 +296,7 @@ fn fill_file(
     let (array, _) = phase("create the file (reserve)", Some(size), || {
         // SAFETY: the file is created here (nothing may exist there), and while the demo
         // runs only this program and the workers it forks map or change it.
-        unsafe { PartitionedArray::<f64>::create_file(path, &[rows, cols]) }
+        unsafe { ArrayOptions::new().create_file::<f64, Partitioned>(path, &[rows, cols]) }
     });
     let array = array.with_context(|| format!("creating the array in {}", path.display()))?;
     let for_workers = array.clone();

@@ -4,7 +4,7 @@
 //! The array is a memfd mapped `MAP_SHARED` (never a private anonymous
 //! map, whose pages would be copied at the workers' first write). The pool's
 //! initializer hands each worker the array's handle; each task claims a block
-//! of rows (a [`PartitionedArray`] checks across processes that no one else
+//! of rows (a [`Partitioned`](forkpool_shm::Partitioned) array checks across processes that no one else
 //! holds them), maps its pages in one call, and fills them through an
 //! ordinary `&mut [f64]` with a known formula: element `(r, c)` holds its
 //! 1-based position `r * cols + c + 1`. The parent then checks every value,
@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, ensure};
 use forkpool::Pool;
-use forkpool_shm::PartitionedArray;
+use forkpool_shm::{Partitioned, SharedArray};
 
 use crate::common::{self, bytes, fact, phase};
 
@@ -42,7 +42,7 @@ fn value(row: usize, col: usize, cols: usize) -> f64 {
 
 // ANCHOR: worker
 /// The shared array, stored in every worker by the pool's initializer.
-static ARRAY: OnceLock<PartitionedArray<f64>> = OnceLock::new();
+static ARRAY: OnceLock<SharedArray<f64, Partitioned>> = OnceLock::new();
 
 /// Fills rows `[start, end)`: claims them (no other process may hold
 /// them meanwhile), maps their pages in one call, then writes them as an
@@ -85,7 +85,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     // ANCHOR: create
     let (array, _) = phase("create (reserve the pages)", Some(size), || {
-        PartitionedArray::<f64>::new(&[rows, cols])
+        SharedArray::<f64, Partitioned>::new(&[rows, cols])
     });
     let array = array.context("creating the shared array")?;
     let (pool, _) = phase("start the pool", None, || {

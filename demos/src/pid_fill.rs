@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use comfy_table::{CellAlignment, Table, presets};
 use forkpool::Pool;
-use forkpool_shm::SharedArray;
+use forkpool_shm::{ArrayOptions, Atomic, SharedArray};
 
 use crate::common::{self, DEFAULT_VALUE, bytes, fact, phase};
 use crate::passes;
@@ -182,7 +182,7 @@ pub fn run_timed(args: &Args) -> anyhow::Result<Timings> {
             let (array, took) = common::try_phase("create (a file)", Some(size), || {
                 // SAFETY: the file is created here, and only this program and
                 // the processes it forks map it while the demo runs.
-                unsafe { SharedArray::<f64>::create_file(path, &[rows, cols]) }
+                unsafe { ArrayOptions::new().create_file::<f64, Atomic>(path, &[rows, cols]) }
             })
             .context("creating the shared array")?;
             timings.create = took;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use forkpool::Pool;
-use forkpool_shm::{PartitionedArray, ShmError};
+use forkpool_shm::{Partitioned, SharedArray, ShmError};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{self, bytes, fact, phase};
@@ -83,7 +83,7 @@ pub fn fill_row(seed: u64, row: u64, out: &mut [f64]) {
 // ANCHOR: worker
 /// What a worker needs: the array to fill and the master seed. Set by the
 /// pool's initializer in each worker (the parent never sets it).
-static JOB: OnceLock<(PartitionedArray<f64>, u64)> = OnceLock::new();
+static JOB: OnceLock<(SharedArray<f64, Partitioned>, u64)> = OnceLock::new();
 
 /// What a worker reports for one block of rows.
 #[derive(Debug, Serialize, Deserialize)]
@@ -129,7 +129,11 @@ struct Parallel {
 
 /// Starts a pool of `processes` workers whose initializer hands them
 /// `array` and `seed`.
-fn start_pool(processes: usize, array: &PartitionedArray<f64>, seed: u64) -> anyhow::Result<Pool> {
+fn start_pool(
+    processes: usize,
+    array: &SharedArray<f64, Partitioned>,
+    seed: u64,
+) -> anyhow::Result<Pool> {
     let for_workers = array.clone();
     Pool::builder()
         .processes(processes)
@@ -146,7 +150,7 @@ fn start_pool(processes: usize, array: &PartitionedArray<f64>, seed: u64) -> any
 /// worker, handed out as they finish.
 fn parallel_fill(
     pool: &Pool,
-    array: &PartitionedArray<f64>,
+    array: &SharedArray<f64, Partitioned>,
     what: &str,
 ) -> anyhow::Result<Parallel> {
     let blocks: Vec<(usize, usize)> = array
@@ -179,8 +183,8 @@ fn parallel_fill(
 /// The first element where `a` and `b` differ bit for bit, as (row, col):
 /// a whole-array pass, split over the parent's threads.
 fn first_difference(
-    a: &PartitionedArray<f64>,
-    b: &PartitionedArray<f64>,
+    a: &SharedArray<f64, Partitioned>,
+    b: &SharedArray<f64, Partitioned>,
 ) -> anyhow::Result<Option<(usize, usize)>> {
     let cols = a.shape()[1];
     let first = a.with_rows(0..a.nrows(), |a| {
@@ -331,8 +335,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // ANCHOR: create
     let (arrays, _) = phase("create 2 arrays + populate", Some(2 * size), || {
         Ok::<_, forkpool_shm::ShmError>((
-            PartitionedArray::<f64>::new(&[rows, cols])?,
-            PartitionedArray::<f64>::new(&[rows, cols])?,
+            SharedArray::<f64, Partitioned>::new(&[rows, cols])?,
+            SharedArray::<f64, Partitioned>::new(&[rows, cols])?,
         ))
     });
     let (serial, parallel) = arrays

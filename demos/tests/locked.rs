@@ -44,7 +44,8 @@ fn locked_counts_exactly_loses_updates_without_and_survives_a_dead_holder() {
         "{verified}"
     );
     assert!(
-        run.stdout.contains("rounds (LockedValue) 40000 of 40000"),
+        run.stdout
+            .contains("rounds (0-d locked array) 40000 of 40000"),
         "{}",
         run.stdout
     );

@@ -39,7 +39,7 @@ fn memory_limit_refuses_at_once_naming_the_sizes_and_the_file_backed_way() {
     assert!(error.contains("of shared memory but only"), "{error}");
     assert!(error.contains("is available"), "{error}");
     assert!(
-        error.contains("SharedArray::create_file(path, shape)"),
+        error.contains("ArrayOptions::new().create_file(path, shape)"),
         "{error}"
     );
     assert!(run.fact("why Linux says no").contains("RAM"));

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use forkpool_shm::{LockedArray, LockedValue, SharedArray, SharedValue};
+use forkpool_shm::{Locked, SharedArray};
 
 fn one_process(c: &mut Criterion) {
     let mut g = c.benchmark_group("per_op_1proc");
@@ -24,20 +24,20 @@ fn one_process(c: &mut Criterion) {
             array.set(i, black_box(1.0));
         })
     });
-    let value = SharedValue::new(0u64).unwrap();
+    let value = SharedArray::<_>::full(&[], 0u64).unwrap();
     g.bench_function("shared_value_fetch_add (lock-free)", |b| {
-        b.iter(|| value.fetch_add(black_box(1), Ordering::AcqRel))
+        b.iter(|| value.fetch_add(0, black_box(1), Ordering::AcqRel))
     });
-    let locked = LockedArray::<f64>::new(&[1024]).unwrap();
+    let locked = SharedArray::<f64, Locked>::new(&[1024]).unwrap();
     g.bench_function("locked_array_lock_write_unlock", |b| {
         b.iter(|| {
             i = (i + 1) & 1023;
             locked.with_lock(|data| data[i] = black_box(1.0)).unwrap();
         })
     });
-    let counter = LockedValue::new(0u64).unwrap();
+    let counter = SharedArray::<_, Locked>::full(&[], 0u64).unwrap();
     g.bench_function("locked_value_lock_increment_unlock", |b| {
-        b.iter(|| counter.with_lock(|v| *v += black_box(1)).unwrap())
+        b.iter(|| counter.with_lock(|v| v[0] += black_box(1)).unwrap())
     });
     let std_mutex = std::sync::Mutex::new(0u64);
     g.bench_function("std_mutex_increment (one process only, reference)", |b| {
@@ -54,22 +54,22 @@ fn two_processes(c: &mut Criterion) {
 
     // Each iteration is one operation; the two processes do half each, at
     // the same time, on the same element.
-    let value = SharedValue::new(0u64).unwrap();
+    let value = SharedArray::<_>::full(&[], 0u64).unwrap();
     g.bench_function("shared_value_fetch_add (lock-free)", |b| {
         b.iter_custom(|iters| {
             support::forked(&[0, 1], |_| {
                 for _ in 0..iters / 2 {
-                    value.fetch_add(1, Ordering::AcqRel);
+                    value.fetch_add(0, 1, Ordering::AcqRel);
                 }
             })
         })
     });
-    let counter = LockedValue::new(0u64).unwrap();
+    let counter = SharedArray::<_, Locked>::full(&[], 0u64).unwrap();
     g.bench_function("locked_value_lock_increment_unlock", |b| {
         b.iter_custom(|iters| {
             support::forked(&[0, 1], |_| {
                 for _ in 0..iters / 2 {
-                    counter.with_lock(|v| *v += 1).unwrap();
+                    counter.with_lock(|v| v[0] += 1).unwrap();
                 }
             })
         })

@@ -13,17 +13,21 @@ use ndarray::{ArrayD, ArrayView, ArrayViewMut, IxDyn, RawArrayView, RawArrayView
 
 use crate::element::Element;
 use crate::error::ShmError;
+use crate::mode::{Atomic, Mode};
 use crate::prefault::Access;
 use crate::region::{Backing, Region};
 
-/// An n-dimensional, row-major array in memory shared by every process forked
-/// after it was made, read and written without a lock.
+/// An n-dimensional, row-major array of `T` in memory shared by every
+/// process forked after it was made, reached as its [`Mode`] `M` allows:
+/// [`Atomic`] (the default: without a lock), [`Locked`](crate::Locked) or
+/// [`Partitioned`](crate::Partitioned). What all modes share (shape, files,
+/// copies out) is written once; each mode's access is in its own `impl`.
 ///
 /// The counterpart of Python's `multiprocessing.sharedctypes.RawArray` (and
 /// `Array(lock=False)`) viewed through `np.frombuffer(...).reshape(...)`, and,
-/// when made with [`create_file`](Self::create_file) or
-/// [`create_npy`](Self::create_npy), of `np.memmap` and
-/// `np.load(mmap_mode='r+')`.
+/// when made by [`ArrayOptions`](crate::ArrayOptions), of `np.memmap` and
+/// `np.load(mmap_mode='r+')`. A value (`multiprocessing.Value`) is a
+/// zero-dimensional array: `SharedArray::<u64>::full(&[], 0)`.
 ///
 /// - **Anonymous** arrays ([`new`](Self::new)) live in a memfd mapped
 ///   `MAP_SHARED`: zero-filled, their memory allocated up front, nothing in
@@ -39,14 +43,13 @@ use crate::region::{Backing, Region};
 ///   memory bandwidth for bulk fills and scans. Ordinary slices and ndarray
 ///   views come from the `unsafe` [`rows_mut_unchecked`] family, whose
 ///   contract the caller keeps. For safe slices and views, use a
-///   [`PartitionedArray`](crate::PartitionedArray) (rows claimed by one
+///   [`Partitioned`](crate::Partitioned) array (rows claimed by one
 ///   process at a time, checked across processes) or a
-///   [`LockedArray`](crate::LockedArray) (the whole array behind a lock).
+///   [`Locked`](crate::Locked) array (the whole array behind a lock).
 ///
 /// Writes made by one process are visible to the others; to know *when*, use
 /// a synchronising event: the worker's exit or reply (`waitpid`, a pipe), or
-/// `Release`/`Acquire` orderings on an element or a
-/// [`SharedValue`](crate::SharedValue).
+/// `Release`/`Acquire` orderings on an element.
 ///
 /// [`rows_mut_unchecked`]: Self::rows_mut_unchecked
 ///
@@ -104,12 +107,12 @@ use crate::region::{Backing, Region};
 /// assert_eq!(ARRAY.get().unwrap().get_at(&[29, 0]), 29.0);
 /// # Ok::<(), forkpool_shm::ShmError>(())
 /// ```
-pub struct SharedArray<T: Element> {
+pub struct SharedArray<T: Element, M = Atomic> {
     region: Arc<Region>,
-    _elem: PhantomData<T>,
+    _elem: PhantomData<(T, fn() -> M)>,
 }
 
-impl<T: Element> Clone for SharedArray<T> {
+impl<T: Element, M: Mode> Clone for SharedArray<T, M> {
     fn clone(&self) -> Self {
         SharedArray {
             region: Arc::clone(&self.region),
@@ -118,10 +121,12 @@ impl<T: Element> Clone for SharedArray<T> {
     }
 }
 
-impl<T: Element> fmt::Debug for SharedArray<T> {
+impl<T: Element, M: Mode> fmt::Debug for SharedArray<T, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("SharedArray");
-        s.field("elem", &T::NAME).field("shape", &self.shape());
+        s.field("elem", &T::NAME)
+            .field("mode", &M::NAME)
+            .field("shape", &self.shape());
         match self.region.backing() {
             Backing::Anonymous => s.field("backing", &"anonymous"),
             Backing::File { path, .. } => s.field("backing", path),
@@ -130,7 +135,7 @@ impl<T: Element> fmt::Debug for SharedArray<T> {
     }
 }
 
-impl<T: Element> SharedArray<T> {
+impl<T: Element, M: Mode> SharedArray<T, M> {
     /// Creates a zero-filled anonymous shared array of the given shape.
     ///
     /// The memory is a memfd mapped `MAP_SHARED`, allocated in full before
@@ -167,7 +172,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     /// let array = forkpool_shm::SharedArray::<i32>::new(&[3, 4])?;
     /// assert_eq!(array.shape(), &[3, 4]);
-    /// assert!(array.to_vec().iter().all(|&x| x == 0));
+    /// assert!(array.to_vec()?.iter().all(|&x| x == 0));
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn new(shape: &[usize]) -> Result<Self, ShmError> {
@@ -215,8 +220,14 @@ impl<T: Element> SharedArray<T> {
             };
             data.fill(value);
         };
-        let region =
-            Region::anonymous_with(T::NPY_DESCR, T::NAME, size_of::<T>(), shape, Some(&fill))?;
+        let region = Region::anonymous_with(
+            T::NPY_DESCR,
+            T::NAME,
+            size_of::<T>(),
+            shape,
+            Some(&fill),
+            true,
+        )?;
         Ok(Self::from_region(region))
     }
 
@@ -365,6 +376,249 @@ impl<T: Element> SharedArray<T> {
         self.region.data().cast::<T>().as_ptr()
     }
 
+    /// Whether the array is mapped read-only
+    /// ([`ArrayOptions::read_only`](crate::ArrayOptions::read_only)): then
+    /// every method
+    /// that writes panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(!forkpool_shm::SharedArray::<u8>::new(&[1])?.is_read_only());
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn is_read_only(&self) -> bool {
+        !self.region.writable()
+    }
+
+    /// [`ShmError::RowsOutOfBounds`] unless `rows` is a range of this
+    /// array's rows: the one bounds check of rows, for every mode.
+    pub(crate) fn check_rows(&self, rows: &Range<usize>) -> Result<(), ShmError> {
+        let nrows = self.nrows();
+        if rows.start <= rows.end && rows.end <= nrows {
+            return Ok(());
+        }
+        Err(ShmError::RowsOutOfBounds {
+            rows: rows.clone(),
+            nrows,
+        })
+    }
+
+    /// Copies the whole array into a new vector, row-major, as the mode
+    /// allows: atomic `Relaxed` loads, under the lock, or under a shared
+    /// claim of all rows (`ndarray.tolist()`, flat).
+    ///
+    /// # Errors
+    ///
+    /// Never for [`Atomic`] arrays; for the others, as for
+    /// [`with_lock`](SharedArray::with_lock) or
+    /// [`with_rows`](SharedArray::with_rows) (e.g. [`ShmError::RowsBusy`]
+    /// while rows are claimed exclusively).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::{Partitioned, SharedArray, ShmError};
+    /// let array = SharedArray::<u8, Partitioned>::new(&[2, 2])?;
+    /// array.with_rows_mut(1..2, |row| {
+    ///     row.fill(7);
+    ///     assert!(matches!(array.to_vec(), Err(ShmError::RowsBusy { .. })));
+    /// })?;
+    /// assert_eq!(array.to_vec()?, [0, 0, 7, 7]);
+    /// # Ok::<(), ShmError>(())
+    /// ```
+    pub fn to_vec(&self) -> Result<Vec<T>, ShmError> {
+        let mut out = vec![T::default(); self.len()];
+        M::copy_rows(self, 0..self.nrows(), &mut out)?;
+        Ok(out)
+    }
+
+    /// Copies the whole array into an owned `ndarray` array of the same
+    /// shape, as [`to_vec`](Self::to_vec) does.
+    ///
+    /// # Errors
+    ///
+    /// As for [`to_vec`](Self::to_vec).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let array = forkpool_shm::SharedArray::<f64>::new(&[2, 3])?;
+    /// array.set_at(&[1, 1], 5.0);
+    /// let owned = array.to_ndarray()?;
+    /// assert_eq!(owned.shape(), &[2, 3]);
+    /// assert_eq!(owned[[1, 1]], 5.0);
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn to_ndarray(&self) -> Result<ArrayD<T>, ShmError> {
+        let all = ArrayD::from_shape_vec(IxDyn(self.shape()), self.to_vec()?);
+        Ok(all.expect("the shape matches the number of elements"))
+    }
+
+    /// Splits the rows into `parts` contiguous, disjoint ranges of nearly equal
+    /// size (the first ones one row longer when the division is not exact);
+    /// what each worker gets in a parallel fill. See [`split_rows`].
+    ///
+    /// [`split_rows`]: crate::split_rows
+    ///
+    /// # Panics
+    ///
+    /// If `parts == 0`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let array = forkpool_shm::SharedArray::<u8>::new(&[10, 4])?;
+    /// assert_eq!(array.row_blocks(3), [0..4, 4..7, 7..10]);
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn row_blocks(&self, parts: usize) -> Vec<Range<usize>> {
+        crate::partition::split_rows(self.nrows(), parts)
+    }
+
+    /// A raw pointer to the first element (row-major data follows). Reading or
+    /// writing through it is up to the caller, who must keep the rules of
+    /// [`rows_mut_unchecked`](Self::rows_mut_unchecked) or use atomics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let array = forkpool_shm::SharedArray::<u64>::new(&[2])?;
+    /// assert_eq!(array.as_ptr() as usize % 4096, 0); // anonymous data is page-aligned
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn as_ptr(&self) -> *const T {
+        self.ptr()
+    }
+
+    /// A raw mutable pointer to the first element. See [`as_ptr`](Self::as_ptr).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let array = forkpool_shm::SharedArray::<u64>::new(&[2])?;
+    /// // SAFETY: no other thread or process uses the array.
+    /// unsafe { array.as_mut_ptr().add(1).write(9) };
+    /// assert_eq!(array.get(1), 9);
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn as_mut_ptr(&self) -> *mut T {
+        self.ptr()
+    }
+
+    /// A raw `ndarray` view of the whole array: shape and strides without a
+    /// promise of exclusive or stable contents, so creating it is safe and
+    /// dereferencing it is `unsafe` (see `ndarray`'s `RawArrayView`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let array = forkpool_shm::SharedArray::<f64>::new(&[2, 3])?;
+    /// let raw = array.raw_view();
+    /// assert_eq!(raw.shape(), &[2, 3]);
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn raw_view(&self) -> RawArrayView<T, IxDyn> {
+        // SAFETY: see `view::raw`.
+        unsafe { crate::view::raw(self.ptr(), self.shape()) }
+    }
+
+    /// A raw mutable `ndarray` view of the whole array (see
+    /// [`raw_view`](Self::raw_view)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let array = forkpool_shm::SharedArray::<f64>::new(&[2, 3])?;
+    /// let raw = array.raw_view_mut();
+    /// // SAFETY: no other thread or process uses the array while `view` lives.
+    /// let mut view = unsafe { raw.deref_into_view_mut() };
+    /// view[[1, 2]] = 4.0;
+    /// assert_eq!(array.get(5), 4.0);
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn raw_view_mut(&self) -> RawArrayViewMut<T, IxDyn> {
+        // SAFETY: see `view::raw_mut`.
+        unsafe { crate::view::raw_mut(self.ptr(), self.shape()) }
+    }
+
+    /// Writes the array's modified pages to its file and waits until they are
+    /// on disk (`msync(MS_SYNC)`). Does nothing for an anonymous array.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::Io`] if `msync` fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("data.f64");
+    /// // SAFETY: the file is new and only used through this array.
+    /// let array: forkpool_shm::SharedArray<f64> =
+    ///     unsafe { forkpool_shm::ArrayOptions::new().create_file(&path, &[8])? };
+    /// array.set(0, 1.0);
+    /// array.flush()?;
+    /// assert_eq!(std::fs::read(&path)?[..8], 1.0f64.to_ne_bytes());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn flush(&self) -> Result<(), ShmError> {
+        self.region.flush(true)
+    }
+
+    /// Starts writing the array's modified pages to its file, without waiting
+    /// (`msync(MS_ASYNC)`). Does nothing for an anonymous array.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::Io`] if `msync` fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let array = forkpool_shm::SharedArray::<f64>::new(&[8])?;
+    /// array.flush_async()?; // anonymous: nothing to do
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn flush_async(&self) -> Result<(), ShmError> {
+        self.region.flush(false)
+    }
+
+    /// Checks that the array has the shape `expected`, returning it if so;
+    /// handy after [`ArrayOptions::open_npy`](crate::ArrayOptions::open_npy),
+    /// whose shape comes from the
+    /// file.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::ShapeMismatch`] naming both shapes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let array = forkpool_shm::SharedArray::<u8>::new(&[2, 3])?;
+    /// let array = array.expect_shape(&[2, 3])?;
+    /// let err = array.expect_shape(&[3, 2]).unwrap_err();
+    /// assert!(err.to_string().contains("expected [3, 2], found [2, 3]"));
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn expect_shape(self, expected: &[usize]) -> Result<Self, ShmError> {
+        if self.shape() == expected {
+            return Ok(self);
+        }
+        Err(ShmError::ShapeMismatch {
+            what: match self.path() {
+                Some(path) => path.display().to_string(),
+                None => "anonymous array".to_owned(),
+            },
+            expected: expected.to_vec(),
+            found: self.shape().to_vec(),
+        })
+    }
+}
+
+/// Atomic access: the methods of [`Atomic`] arrays (the default mode).
+impl<T: Element> SharedArray<T> {
     /// Pointer to element `index`, after a bounds check.
     fn elem(&self, index: usize) -> *mut T {
         let len = self.len();
@@ -397,34 +651,6 @@ impl<T: Element> SharedArray<T> {
     fn rows_span_mut(&self, rows: &Range<usize>) -> (*mut T, usize) {
         self.assert_writable();
         self.rows_span(rows)
-    }
-
-    /// Whether the array is mapped read-only
-    /// ([`open_npy_readonly`](Self::open_npy_readonly),
-    /// [`open_file_readonly`](Self::open_file_readonly)): then every method
-    /// that writes panics.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert!(!forkpool_shm::SharedArray::<u8>::new(&[1])?.is_read_only());
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn is_read_only(&self) -> bool {
-        !self.region.writable()
-    }
-
-    /// [`ShmError::RowsOutOfBounds`] unless `rows` is a range of this
-    /// array's rows: the one bounds check of rows, for every mode.
-    pub(crate) fn check_rows(&self, rows: &Range<usize>) -> Result<(), ShmError> {
-        let nrows = self.nrows();
-        if rows.start <= rows.end && rows.end <= nrows {
-            return Ok(());
-        }
-        Err(ShmError::RowsOutOfBounds {
-            rows: rows.clone(),
-            nrows,
-        })
     }
 
     /// Pointer to the first element of `rows` and the number of elements in
@@ -472,7 +698,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     /// let array = forkpool_shm::SharedArray::<u16>::new(&[4])?;
     /// array.set(0, 7);
-    /// assert_eq!(array.to_vec(), [7, 0, 0, 0]);
+    /// assert_eq!(array.to_vec()?, [7, 0, 0, 0]);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn set(&self, index: usize, value: T) {
@@ -647,7 +873,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     /// let array = forkpool_shm::SharedArray::<f64>::new(&[3, 3])?;
     /// array.fill(42.0);
-    /// assert!(array.to_vec().iter().all(|&x| x == 42.0));
+    /// assert!(array.to_vec()?.iter().all(|&x| x == 42.0));
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn fill(&self, value: T) {
@@ -667,7 +893,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     /// let array = forkpool_shm::SharedArray::<u32>::new(&[4, 2])?;
     /// array.fill_rows(1..3, 7);
-    /// assert_eq!(array.to_vec(), [0, 0, 7, 7, 7, 7, 0, 0]);
+    /// assert_eq!(array.to_vec()?, [0, 0, 7, 7, 7, 7, 0, 0]);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn fill_rows(&self, rows: Range<usize>, value: T) {
@@ -690,7 +916,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     /// let array = forkpool_shm::SharedArray::<i8>::new(&[2, 3])?;
     /// array.fill_row(1, -1);
-    /// assert_eq!(array.to_vec(), [0, 0, 0, -1, -1, -1]);
+    /// assert_eq!(array.to_vec()?, [0, 0, 0, -1, -1, -1]);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn fill_row(&self, row: usize, value: T) {
@@ -735,7 +961,7 @@ impl<T: Element> SharedArray<T> {
     /// ```
     /// let array = forkpool_shm::SharedArray::<u8>::new(&[3, 2])?;
     /// array.write_rows(1, &[1, 2, 3, 4]);
-    /// assert_eq!(array.to_vec(), [0, 0, 1, 2, 3, 4]);
+    /// assert_eq!(array.to_vec()?, [0, 0, 1, 2, 3, 4]);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn write_rows(&self, first_row: usize, src: &[T]) {
@@ -867,56 +1093,6 @@ impl<T: Element> SharedArray<T> {
         out
     }
 
-    /// Copies the whole array into a new vector, row-major (atomic `Relaxed`
-    /// loads).
-    ///
-    /// # Examples
-    ///
-    /// See [`set`](Self::set).
-    pub fn to_vec(&self) -> Vec<T> {
-        let mut out = vec![T::default(); self.len()];
-        self.read_rows(0, &mut out);
-        out
-    }
-
-    /// Copies the whole array into an owned `ndarray` array of the same shape.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::SharedArray::<f64>::new(&[2, 3])?;
-    /// array.set_at(&[1, 1], 5.0);
-    /// let owned = array.to_ndarray();
-    /// assert_eq!(owned.shape(), &[2, 3]);
-    /// assert_eq!(owned[[1, 1]], 5.0);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn to_ndarray(&self) -> ArrayD<T> {
-        ArrayD::from_shape_vec(IxDyn(self.shape()), self.to_vec())
-            .expect("the shape matches the number of elements")
-    }
-
-    /// Splits the rows into `parts` contiguous, disjoint ranges of nearly equal
-    /// size (the first ones one row longer when the division is not exact);
-    /// what each worker gets in a parallel fill. See [`split_rows`].
-    ///
-    /// [`split_rows`]: crate::split_rows
-    ///
-    /// # Panics
-    ///
-    /// If `parts == 0`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::SharedArray::<u8>::new(&[10, 4])?;
-    /// assert_eq!(array.row_blocks(3), [0..4, 4..7, 7..10]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn row_blocks(&self, parts: usize) -> Vec<Range<usize>> {
-        crate::partition::split_rows(self.nrows(), parts)
-    }
-
     /// A shared slice of rows `[rows.start, rows.end)`, without any check that
     /// nobody writes them.
     ///
@@ -954,7 +1130,7 @@ impl<T: Element> SharedArray<T> {
     ///
     /// The safe alternatives: [`fill_rows`](Self::fill_rows) and
     /// [`write_rows`](Self::write_rows) use atomics and are as fast for plain
-    /// fills and copies; a [`PartitionedArray`](crate::PartitionedArray)
+    /// fills and copies; a [`Partitioned`](crate::Partitioned) array
     /// checks the exclusivity of claimed rows at run time.
     ///
     /// # Safety
@@ -991,72 +1167,6 @@ impl<T: Element> SharedArray<T> {
         // SAFETY: the span is inside the data and aligned; every bit pattern is
         // a valid `T`; the caller promises exclusive access while the slice lives.
         unsafe { std::slice::from_raw_parts_mut(start, len) }
-    }
-
-    /// A raw pointer to the first element (row-major data follows). Reading or
-    /// writing through it is up to the caller, who must keep the rules of
-    /// [`rows_mut_unchecked`](Self::rows_mut_unchecked) or use atomics.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::SharedArray::<u64>::new(&[2])?;
-    /// assert_eq!(array.as_ptr() as usize % 4096, 0); // anonymous data is page-aligned
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn as_ptr(&self) -> *const T {
-        self.ptr()
-    }
-
-    /// A raw mutable pointer to the first element. See [`as_ptr`](Self::as_ptr).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::SharedArray::<u64>::new(&[2])?;
-    /// // SAFETY: no other thread or process uses the array.
-    /// unsafe { array.as_mut_ptr().add(1).write(9) };
-    /// assert_eq!(array.get(1), 9);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn as_mut_ptr(&self) -> *mut T {
-        self.ptr()
-    }
-
-    /// A raw `ndarray` view of the whole array: shape and strides without a
-    /// promise of exclusive or stable contents, so creating it is safe and
-    /// dereferencing it is `unsafe` (see `ndarray`'s `RawArrayView`).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::SharedArray::<f64>::new(&[2, 3])?;
-    /// let raw = array.raw_view();
-    /// assert_eq!(raw.shape(), &[2, 3]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn raw_view(&self) -> RawArrayView<T, IxDyn> {
-        // SAFETY: see `view::raw`.
-        unsafe { crate::view::raw(self.ptr(), self.shape()) }
-    }
-
-    /// A raw mutable `ndarray` view of the whole array (see
-    /// [`raw_view`](Self::raw_view)).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::SharedArray::<f64>::new(&[2, 3])?;
-    /// let raw = array.raw_view_mut();
-    /// // SAFETY: no other thread or process uses the array while `view` lives.
-    /// let mut view = unsafe { raw.deref_into_view_mut() };
-    /// view[[1, 2]] = 4.0;
-    /// assert_eq!(array.get(5), 4.0);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn raw_view_mut(&self) -> RawArrayViewMut<T, IxDyn> {
-        // SAFETY: see `view::raw_mut`.
-        unsafe { crate::view::raw_mut(self.ptr(), self.shape()) }
     }
 
     /// A shared `ndarray` view of the whole array.
@@ -1172,78 +1282,6 @@ impl<T: Element> SharedArray<T> {
         self.region
             .prefault(start, start + len * size_of::<T>(), access)
     }
-
-    /// Writes the array's modified pages to its file and waits until they are
-    /// on disk (`msync(MS_SYNC)`). Does nothing for an anonymous array.
-    ///
-    /// # Errors
-    ///
-    /// [`ShmError::Io`] if `msync` fails.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let dir = tempfile::tempdir()?;
-    /// let path = dir.path().join("data.f64");
-    /// // SAFETY: the file is new and only used through this array.
-    /// let array = unsafe { forkpool_shm::SharedArray::<f64>::create_file(&path, &[8])? };
-    /// array.set(0, 1.0);
-    /// array.flush()?;
-    /// assert_eq!(std::fs::read(&path)?[..8], 1.0f64.to_ne_bytes());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn flush(&self) -> Result<(), ShmError> {
-        self.region.flush(true)
-    }
-
-    /// Starts writing the array's modified pages to its file, without waiting
-    /// (`msync(MS_ASYNC)`). Does nothing for an anonymous array.
-    ///
-    /// # Errors
-    ///
-    /// [`ShmError::Io`] if `msync` fails.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::SharedArray::<f64>::new(&[8])?;
-    /// array.flush_async()?; // anonymous: nothing to do
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn flush_async(&self) -> Result<(), ShmError> {
-        self.region.flush(false)
-    }
-
-    /// Checks that the array has the shape `expected`, returning it if so;
-    /// handy after [`open_npy`](Self::open_npy), whose shape comes from the
-    /// file.
-    ///
-    /// # Errors
-    ///
-    /// [`ShmError::ShapeMismatch`] naming both shapes.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::SharedArray::<u8>::new(&[2, 3])?;
-    /// let array = array.expect_shape(&[2, 3])?;
-    /// let err = array.expect_shape(&[3, 2]).unwrap_err();
-    /// assert!(err.to_string().contains("expected [3, 2], found [2, 3]"));
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn expect_shape(self, expected: &[usize]) -> Result<Self, ShmError> {
-        if self.shape() == expected {
-            return Ok(self);
-        }
-        Err(ShmError::ShapeMismatch {
-            what: match self.path() {
-                Some(path) => path.display().to_string(),
-                None => "anonymous array".to_owned(),
-            },
-            expected: expected.to_vec(),
-            found: self.shape().to_vec(),
-        })
-    }
 }
 
 /// Element access, slices and views over one array, in one process: these
@@ -1285,10 +1323,10 @@ mod tests {
         assert_eq!(row, [one; 5]);
         assert_eq!(array.row_to_vec(2), [two; 5]);
         assert_eq!(array.iter_rows(1..3).count(), 10);
-        let all = array.to_vec();
+        let all = array.to_vec().unwrap();
         assert_eq!(all.len(), 15);
         assert_eq!(all[..3], [one, one, two]);
-        assert_eq!(array.to_ndarray()[[2, 0]], two);
+        assert_eq!(array.to_ndarray().unwrap()[[2, 0]], two);
     }
 
     #[test]
@@ -1327,13 +1365,13 @@ mod tests {
     #[test]
     fn empty_and_zero_dimensional_arrays_have_no_out_of_bounds_element() {
         let empty = SharedArray::<u16>::new(&[0, 4]).unwrap();
-        assert!(empty.is_empty() && empty.to_vec().is_empty());
+        assert!(empty.is_empty() && empty.to_vec().unwrap().is_empty());
         // SAFETY: nobody writes it.
         assert_eq!(unsafe { empty.view_unchecked() }.shape(), &[0, 4]);
         let scalar = SharedArray::<i32>::new(&[]).unwrap();
         scalar.set(0, -3);
         assert_eq!(
-            (scalar.len(), scalar.nrows(), scalar.to_vec()),
+            (scalar.len(), scalar.nrows(), scalar.to_vec().unwrap()),
             (1, 1, vec![-3])
         );
         // SAFETY: nobody writes it.

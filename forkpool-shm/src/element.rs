@@ -90,13 +90,6 @@ pub(crate) mod sealed {
         /// # Safety
         /// See the trait documentation.
         unsafe fn atomic_fetch_sub(p: *mut Self, v: Self, order: Ordering) -> Self;
-        /// Performs an atomic read-modify-write that leaves the value unchanged
-        /// (`fetch_or(0)` on the bits): a write access for the MMU, so the page
-        /// is faulted in writable, without changing what any process sees.
-        ///
-        /// # Safety
-        /// See the trait documentation.
-        unsafe fn atomic_touch(p: *mut Self);
     }
 }
 
@@ -145,11 +138,6 @@ macro_rules! int_element {
             unsafe fn atomic_fetch_sub(p: *mut Self, v: Self, order: Ordering) -> Self {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p) }.fetch_sub(v, order)
-            }
-            #[inline]
-            unsafe fn atomic_touch(p: *mut Self) {
-                // SAFETY: as in `atomic_load`.
-                unsafe { <$atomic>::from_ptr(p) }.fetch_or(0, Ordering::Relaxed);
             }
         }
     )*};
@@ -223,11 +211,6 @@ macro_rules! float_element {
                 // SAFETY: forwarded contract; subtraction is addition of the negation.
                 unsafe { Self::atomic_fetch_add(p, -v, order) }
             }
-            #[inline]
-            unsafe fn atomic_touch(p: *mut Self) {
-                // SAFETY: as in `atomic_load`.
-                unsafe { <$atomic>::from_ptr(p.cast()) }.fetch_or(0, Ordering::Relaxed);
-            }
         }
     )*};
 }
@@ -248,7 +231,6 @@ mod tests {
         let p = &raw mut x;
         // SAFETY: `p` points to a live, aligned local that nothing else touches.
         unsafe {
-            f64::atomic_touch(p);
             assert!(f64::atomic_load(p, Ordering::Relaxed).is_sign_negative());
             assert_eq!(f64::atomic_fetch_add(p, 1.5, Ordering::SeqCst), -0.0);
             assert_eq!(f64::atomic_fetch_sub(p, 0.5, Ordering::SeqCst), 1.5);

@@ -32,8 +32,8 @@ pub enum ShmError {
         "asked for {requested} of shared memory but only {available} is available ({limit}); \
          anonymous shared memory lives in RAM (and swap, if any), so this would fail or be \
          killed part way through; use a file-backed array instead, which the kernel pages to \
-         disk: `SharedArray::create_file(path, shape)` (or `create_npy`; both `unsafe fn`s, as \
-         memory-mapping a file is)"
+         disk: `ArrayOptions::new().create_file(path, shape)` (or `create_npy`; both \
+         `unsafe fn`s, as memory-mapping a file is)"
     )]
     OutOfMemory {
         /// The size asked for.
@@ -136,9 +136,10 @@ pub enum ShmError {
     },
 
     /// A write to an array mapped read-only (opened with
-    /// `open_npy_readonly` or `open_file_readonly`).
+    /// `ArrayOptions::read_only(true)`).
     #[error(
-        "{path}: the array is mapped read-only; open it with open_npy or open_file to write it"
+        "{path}: the array is mapped read-only; open it without ArrayOptions::read_only to \
+         write it"
     )]
     ReadOnly {
         /// The file.
@@ -241,7 +242,7 @@ pub enum ShmError {
     },
 }
 
-/// The result of [`LockedArray::with_lock`](crate::LockedArray::with_lock)
+/// The result of [`SharedArray::with_lock`](crate::SharedArray::with_lock)
 /// and its kin: the closure's result, or why the lock did not simply run it.
 pub type LockResult<R> = Result<R, LockError<R>>;
 
@@ -257,12 +258,12 @@ pub type LockResult<R> = Result<R, LockError<R>>;
 /// # Examples
 ///
 /// ```
-/// use forkpool_shm::{LockError, LockedValue};
+/// use forkpool_shm::{LockError, Locked, SharedArray};
 ///
-/// let counter = LockedValue::new(0u64)?;
+/// let counter = SharedArray::<u64, Locked>::full(&[], 0)?; // a value: 0-d
 /// let count = match counter.with_lock(|count| {
-///     *count += 1;
-///     *count
+///     count[0] += 1;
+///     count[0]
 /// }) {
 ///     Ok(count) => count,
 ///     // A process died holding the lock: the data may be half-updated.
@@ -306,7 +307,7 @@ impl<G> OwnerDied<G> {
     ///
     /// # Examples
     ///
-    /// See [`LockedArray::with_lock`](crate::LockedArray::with_lock).
+    /// See [`SharedArray::with_lock`](crate::SharedArray::with_lock).
     pub fn pid(&self) -> Option<i32> {
         self.pid
     }
@@ -315,7 +316,7 @@ impl<G> OwnerDied<G> {
     ///
     /// # Examples
     ///
-    /// See [`LockedArray::with_lock`](crate::LockedArray::with_lock).
+    /// See [`SharedArray::with_lock`](crate::SharedArray::with_lock).
     pub fn panicked(&self) -> bool {
         self.panicked
     }

@@ -9,12 +9,10 @@
 //! creation rather than a `SIGBUS` in a worker.
 //!
 //! Opening a file is `unsafe` for the reason `memmap2::MmapMut::map_mut` is:
-//! the file could be truncated or rewritten by another program while mapped.
-//! The array's lock and row claims live in an anonymous page made at open,
-//! so they are shared with processes forked afterwards, not with a second,
-//! separate open of the same path (which is why a `LockedArray` or a
-//! `PartitionedArray` must not be opened twice; a `SharedArray`, which has
-//! neither, may be, as `np.memmap` is in each Python process).
+//! the file could be truncated or rewritten by another program while mapped
+//! (see [`ArrayOptions`]). The array's lock and row claims live in an
+//! anonymous page made at open, so they are shared with processes forked
+//! afterwards, not with a second, separate open of the same path.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{ErrorKind, Write};
@@ -23,14 +21,16 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
+use crate::SharedArray;
 use crate::element::Element;
 use crate::error::ShmError;
 use crate::memfd;
+use crate::mode::Mode;
 use crate::npy;
+use crate::prefault::Access;
 use crate::region::Region;
 use crate::shape::Layout;
 use crate::units::ByteSize;
-use crate::{LockedArray, PartitionedArray, SharedArray};
 
 fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ShmError + 'a {
     move |source| ShmError::Io {
@@ -49,104 +49,105 @@ fn refuse(path: &Path, op: &'static str, kind: ErrorKind, message: String) -> Sh
     }
 }
 
-/// How `create_file` and `create_npy` treat a path that already exists, in
-/// the manner of [`std::fs::OpenOptions`]: settings first, then one call
-/// acts.
+/// How an array is made or opened: one builder for anonymous memory, raw
+/// files and `.npy` files, in the manner of memmap2's `MmapOptions` (the
+/// settings first, then one call acts). The array's element type and
+/// [`Mode`] are those of the `SharedArray<T, M>` asked for.
 ///
-/// By default (and through the plain `create_*` constructors) a file is
-/// created only where nothing exists: an existing file, link, FIFO or device
-/// is an error and is left untouched. With [`overwrite`](Self::overwrite),
-/// an existing *regular* file is replaced atomically: the new file is made
-/// and reserved under a temporary name in the same directory, then renamed
-/// over the old one, so the old file stays whole until the new one is
-/// complete (processes that have the old one mapped keep the old data; the
-/// new file gets the old one's permission bits). Symbolic links are never
-/// written through unless [`follow_symlinks`](Self::follow_symlinks) says
-/// so; FIFOs, devices, sockets and directories are never replaced.
+/// | numpy | here |
+/// |---|---|
+/// | `np.zeros(shape)` in shared memory | [`anonymous`](Self::anonymous) (or [`SharedArray::new`]) |
+/// | `np.memmap(path, mode='w+', shape=...)` | [`create_file`](Self::create_file) |
+/// | `np.memmap(path, mode='r+')` / `mode='r'` | [`open_file`](Self::open_file), with [`read_only`](Self::read_only) |
+/// | `np.lib.format.open_memmap(path, mode='w+', ...)` | [`create_npy`](Self::create_npy) |
+/// | `np.load(path, mmap_mode='r+')` / `'r'` | [`open_npy`](Self::open_npy), with [`read_only`](Self::read_only) |
+/// | `np.save(path, array)` | [`save_npy`](Self::save_npy) (or [`SharedArray::save_npy`]) |
+///
+/// By default a file is created only where nothing exists: an existing
+/// file, link, FIFO or device is an error and is left untouched. With
+/// [`overwrite`](Self::overwrite), an existing *regular* file is replaced
+/// atomically: the new file is made and reserved under a temporary name in
+/// the same directory, then renamed over the old one, so the old file stays
+/// whole until the new one is complete (processes that have the old one
+/// mapped keep the old data; the new file gets the old one's permission
+/// bits). Symbolic links are never written through unless
+/// [`follow_symlinks`](Self::follow_symlinks) says so; FIFOs, devices,
+/// sockets and directories are never replaced.
+///
+/// # Why opening a file is `unsafe`
+///
+/// A file's contents are the array's memory. While any process maps it, the
+/// file must not be truncated (access past the end raises `SIGBUS`) and must
+/// not be modified other than through this array's handles (and those of
+/// processes forked after the call): not by another program, numpy
+/// included. For a [`Locked`](crate::Locked) or
+/// [`Partitioned`](crate::Partitioned) array, not through another
+/// create or open of the same path either: that gets a lock or claim table
+/// of its own (they live in an anonymous page made at open), which would
+/// not exclude this one's holders. Several opens of an
+/// [`Atomic`](crate::Atomic) array are fine, as `np.memmap` in each Python
+/// process is.
 ///
 /// # Examples
 ///
 /// ```
-/// use forkpool_shm::{FileOptions, SharedArray};
+/// use forkpool_shm::{ArrayOptions, Locked, SharedArray};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("data.npy");
 /// // SAFETY: a fresh file that only this program uses.
-/// let first = unsafe { SharedArray::<f64>::create_npy(&path, &[4])? };
+/// let first: SharedArray<f64> = unsafe { ArrayOptions::new().create_npy(&path, &[4])? };
 /// first.set(0, 1.0);
 /// // A second plain create of the same path is refused, and the first
 /// // array's data is untouched:
 /// // SAFETY: as above.
-/// let err = unsafe { SharedArray::<f64>::create_npy(&path, &[4]) }.unwrap_err();
+/// let err = unsafe { ArrayOptions::new().create_npy::<f64, Locked>(&path, &[4]) }.unwrap_err();
 /// assert!(err.to_string().contains("already exists"), "{err}");
 /// drop(first);
 /// // Replacing it must be asked for:
 /// // SAFETY: as above.
-/// let second: SharedArray<f64> =
-///     unsafe { FileOptions::new().overwrite(true).create_npy(&path, &[8])? };
+/// let second: SharedArray<f64, Locked> =
+///     unsafe { ArrayOptions::new().overwrite(true).create_npy(&path, &[8])? };
+/// second.with_lock(|data| data.row_mut(7).fill(1.5))?;
 /// assert_eq!(second.len(), 8);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FileOptions {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArrayOptions {
     overwrite: bool,
     follow_symlinks: bool,
+    read_only: bool,
+    populate: bool,
 }
 
-/// The array types a file can be opened as: [`SharedArray`],
-/// [`LockedArray`] and [`PartitionedArray`]. Sealed.
-pub trait FileArray: sealed::FromShared {}
-
-mod sealed {
-    use crate::{Element, SharedArray};
-
-    /// Wraps a freshly made array (nobody else can reach it yet).
-    pub trait FromShared: Sized {
-        /// The element type.
-        type Elem: Element;
-        /// Wraps `array`.
-        fn from_shared(array: SharedArray<Self::Elem>) -> Self;
+impl Default for ArrayOptions {
+    fn default() -> Self {
+        ArrayOptions {
+            overwrite: false,
+            follow_symlinks: false,
+            read_only: false,
+            populate: true,
+        }
     }
 }
 
-impl<T: Element> sealed::FromShared for SharedArray<T> {
-    type Elem = T;
-    fn from_shared(array: SharedArray<T>) -> Self {
-        array
-    }
-}
-impl<T: Element> FileArray for SharedArray<T> {}
-impl<T: Element> sealed::FromShared for LockedArray<T> {
-    type Elem = T;
-    fn from_shared(array: SharedArray<T>) -> Self {
-        LockedArray::from_shared(array)
-    }
-}
-impl<T: Element> FileArray for LockedArray<T> {}
-impl<T: Element> sealed::FromShared for PartitionedArray<T> {
-    type Elem = T;
-    fn from_shared(array: SharedArray<T>) -> Self {
-        PartitionedArray::from_shared(array)
-    }
-}
-impl<T: Element> FileArray for PartitionedArray<T> {}
-
-impl FileOptions {
-    /// The default: create only where nothing exists, never follow a link.
+impl ArrayOptions {
+    /// The default: create only where nothing exists, never follow a link,
+    /// open read-write, populate anonymous memory.
     ///
     /// # Examples
     ///
-    /// See [`FileOptions`].
+    /// See [`ArrayOptions`].
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Whether an existing regular file at the path is replaced (atomically,
-    /// by rename) instead of being an error.
+    /// by rename) by `create_*` and `save_npy` instead of being an error.
     ///
     /// # Examples
     ///
-    /// See [`FileOptions`].
+    /// See [`ArrayOptions`].
     pub fn overwrite(mut self, overwrite: bool) -> Self {
         self.overwrite = overwrite;
         self
@@ -159,16 +160,18 @@ impl FileOptions {
     /// # Examples
     ///
     /// ```
-    /// use forkpool_shm::{FileOptions, SharedArray};
+    /// use forkpool_shm::{ArrayOptions, SharedArray};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let (target, link) = (dir.path().join("real.npy"), dir.path().join("link.npy"));
     /// std::os::unix::fs::symlink(&target, &link)?;
     /// // SAFETY: fresh files that only this program uses.
-    /// assert!(unsafe { SharedArray::<u8>::create_npy(&link, &[2]) }.is_err());
+    /// assert!(unsafe { ArrayOptions::new().create_npy::<u8, _>(&link, &[2]) }
+    ///     .map(|a: SharedArray<u8>| a)
+    ///     .is_err());
     /// // SAFETY: as above.
     /// let array: SharedArray<u8> =
-    ///     unsafe { FileOptions::new().follow_symlinks(true).create_npy(&link, &[2])? };
+    ///     unsafe { ArrayOptions::new().follow_symlinks(true).create_npy(&link, &[2])? };
     /// assert!(target.is_file() && link.is_symlink());
     /// # drop(array);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -178,85 +181,337 @@ impl FileOptions {
         self
     }
 
-    /// Creates a raw file (as `np.memmap` reads it) holding a zero-filled
-    /// array of `shape`, and maps it as `A` (a [`SharedArray`],
-    /// [`LockedArray`] or [`PartitionedArray`]). See
-    /// [`SharedArray::create_file`] for the format.
-    ///
-    /// # Safety
-    ///
-    /// As for [`SharedArray::create_file`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`SharedArray::create_file`], except where these options
-    /// allow the path to exist.
+    /// Whether `open_file`/`open_npy` open the file `O_RDONLY` and map it
+    /// `PROT_READ`, as `np.memmap(path, mode='r')` and
+    /// `np.load(path, mmap_mode='r')` do, so that neither this process nor
+    /// those it forks can change it; works on files nobody may write (mode
+    /// `0444`). Only for [`Atomic`](crate::Atomic) arrays: the methods that
+    /// write panic (as numpy raises "assignment destination is read-only"),
+    /// and `prefault` returns [`ShmError::ReadOnly`]; a lock or a claim,
+    /// which hand out `&mut [T]`, are refused.
     ///
     /// # Examples
     ///
     /// ```
-    /// use forkpool_shm::{FileOptions, LockedArray};
+    /// use std::os::unix::fs::PermissionsExt;
+    /// use forkpool_shm::{ArrayOptions, SharedArray};
     ///
     /// let dir = tempfile::tempdir()?;
-    /// let path = dir.path().join("counts.u64");
-    /// std::fs::write(&path, b"old contents")?;
-    /// // SAFETY: only this program uses the file.
-    /// let counts: LockedArray<u64> =
-    ///     unsafe { FileOptions::new().overwrite(true).create_file(&path, &[3])? };
-    /// assert_eq!(std::fs::metadata(&path)?.len(), 24);
-    /// # drop(counts);
+    /// let path = dir.path().join("frozen.i32");
+    /// std::fs::write(&path, [1i32, 2, 3].map(i32::to_le_bytes).concat())?;
+    /// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))?;
+    /// // SAFETY: nothing truncates or writes the file while it is mapped.
+    /// let array: SharedArray<i32> =
+    ///     unsafe { ArrayOptions::new().read_only(true).open_file(&path, &[3])? };
+    /// assert_eq!(array.to_vec()?, [1, 2, 3]);
+    /// assert!(array.is_read_only());
+    /// let write = std::panic::AssertUnwindSafe(|| array.set(0, 1));
+    /// assert!(std::panic::catch_unwind(write).is_err());
+    /// // A read-write open of a file nobody may write is refused, even as root:
+    /// // SAFETY: as above.
+    /// assert!(unsafe { ArrayOptions::new().open_file::<i32, _>(&path, &[3]) }
+    ///     .map(|a: SharedArray<i32>| a)
+    ///     .is_err());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub unsafe fn create_file<A: FileArray>(
-        &self,
-        path: impl AsRef<Path>,
-        shape: &[usize],
-    ) -> Result<A, ShmError> {
-        // SAFETY: forwarded from the caller.
-        let region = unsafe { create_raw::<A::Elem>(self, path.as_ref(), shape)? };
-        Ok(A::from_shared(SharedArray::from_region(region)))
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
     }
 
-    /// Creates a `.npy` file holding a zero-filled, C-order array of
-    /// `shape`, and maps it as `A`. See [`SharedArray::create_npy`].
+    /// Whether the array's pages are mapped into this process when it is
+    /// made or opened, in bulk (like memmap2's `populate`): for an anonymous
+    /// array, allocated, zeroed and mapped on one thread per core (the
+    /// default: no worker can then die half-way through a fill for want of
+    /// memory, and this process takes no page fault); without it the memory
+    /// is reserved (`fallocate`) and each page mapped on first touch. For a
+    /// file, read from disk and mapped now (`MADV_POPULATE_READ`/`_WRITE`);
+    /// without it, on first touch.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::{ArrayOptions, SharedArray};
+    /// let lazy: SharedArray<f64> = ArrayOptions::new().populate(false).anonymous(&[1000, 100])?;
+    /// assert_eq!(lazy.get(99_999), 0.0);
+    /// # Ok::<(), forkpool_shm::ShmError>(())
+    /// ```
+    pub fn populate(mut self, populate: bool) -> Self {
+        self.populate = populate;
+        self
+    }
+
+    /// A zero-filled anonymous shared array of `shape`: a memfd mapped
+    /// `MAP_SHARED`, nothing in `/dev/shm`, freed when the last process that
+    /// maps it drops it or dies. See [`SharedArray::new`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`SharedArray::new`].
+    ///
+    /// # Examples
+    ///
+    /// See [`populate`](Self::populate).
+    pub fn anonymous<T: Element, M: Mode>(
+        &self,
+        shape: &[usize],
+    ) -> Result<SharedArray<T, M>, ShmError> {
+        let region = Region::anonymous_with(
+            T::NPY_DESCR,
+            T::NAME,
+            size_of::<T>(),
+            shape,
+            None,
+            self.populate,
+        )?;
+        Ok(SharedArray::from_region(region))
+    }
+
+    /// Creates a raw file at `path` holding a zero-filled array of `shape`
+    /// (the elements and nothing else, row-major, native little-endian:
+    /// what `np.memmap(path, dtype=..., mode='r+', shape=...)` reads), and
+    /// maps it.
+    ///
+    /// Disk space for the whole array is reserved (`fallocate`) before this
+    /// returns, where the file system supports it, so a full disk is an
+    /// error here rather than a `SIGBUS` in a worker; memory is not checked,
+    /// since the kernel pages file-backed arrays to disk. The file is made
+    /// under a temporary name in the same directory and renamed into place
+    /// once complete, so a failure leaves nothing behind.
     ///
     /// # Safety
     ///
-    /// As for [`SharedArray::create_file`].
+    /// See [`ArrayOptions`]: while any process maps the file, nothing may
+    /// truncate it or change it other than through this array's handles
+    /// (and those of processes forked after this call); for a `Locked` or
+    /// `Partitioned` array, not through another create or open of the same
+    /// path either.
     ///
     /// # Errors
     ///
-    /// As for [`SharedArray::create_file`], except where these options
-    /// allow the path to exist.
-    ///
-    /// # Examples
-    ///
-    /// See [`FileOptions`].
-    pub unsafe fn create_npy<A: FileArray>(
-        &self,
-        path: impl AsRef<Path>,
-        shape: &[usize],
-    ) -> Result<A, ShmError> {
-        // SAFETY: forwarded from the caller.
-        let region = unsafe { create_npy::<A::Elem>(self, path.as_ref(), shape)? };
-        Ok(A::from_shared(SharedArray::from_region(region)))
-    }
-}
-
-impl FileOptions {
-    /// Saves a copy of `array` as a `.npy` file at `path`, as `np.save`
-    /// does, but under these options: by default only where nothing exists
-    /// (see [`SharedArray::save_npy`]); with [`overwrite`](Self::overwrite),
-    /// replacing a regular file atomically.
-    ///
-    /// # Errors
-    ///
-    /// As for [`SharedArray::save_npy`].
+    /// [`ShmError::Io`] if something exists at `path` (its `cause` has kind
+    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists) and says what is
+    /// there) and these options do not allow replacing it, or the file
+    /// cannot be created or mapped; [`ShmError::Reserve`] if the disk is too
+    /// small; [`ShmError::InvalidShape`] for an impossible shape.
     ///
     /// # Examples
     ///
     /// ```
-    /// use forkpool_shm::{FileOptions, SharedArray};
+    /// use forkpool_shm::{ArrayOptions, Partitioned, SharedArray};
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("data.f64");
+    /// // SAFETY: the file is new, and only this program uses it.
+    /// let array: SharedArray<f64, Partitioned> =
+    ///     unsafe { ArrayOptions::new().create_file(&path, &[100, 10])? };
+    /// array.with_rows_mut(0..1, |row| row.fill(1.5))?;
+    /// array.flush()?;
+    /// assert_eq!(std::fs::metadata(&path)?.len(), 100 * 10 * 8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub unsafe fn create_file<T: Element, M: Mode>(
+        &self,
+        path: impl AsRef<Path>,
+        shape: &[usize],
+    ) -> Result<SharedArray<T, M>, ShmError> {
+        let layout = Layout::new(shape, size_of::<T>())?;
+        let path = path.as_ref();
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { create_region::<T>(self, path, layout, &[])? };
+        self.finish(region)
+    }
+
+    /// Opens an existing raw file (as `np.memmap` writes it) holding an
+    /// array of `shape`, and maps it (read-only with
+    /// [`read_only`](Self::read_only)).
+    ///
+    /// # Safety
+    ///
+    /// As for [`create_file`](Self::create_file).
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::FileLength`] if the file's length is not exactly `shape`
+    /// times the element size (naming both, and whether the file is too
+    /// short or too long); [`ShmError::Io`] if it cannot be opened or
+    /// mapped, is not a regular file, or (unless read-only) has no write
+    /// permission bit, even for root.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::{ArrayOptions, SharedArray};
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("data.u8");
+    /// std::fs::write(&path, [7u8; 12])?;
+    /// // SAFETY: only this program uses the file.
+    /// let array: SharedArray<u8> = unsafe { ArrayOptions::new().open_file(&path, &[3, 4])? };
+    /// assert_eq!(array.shape(), &[3, 4]);
+    /// // The wrong shape is a clear error:
+    /// // SAFETY: as above.
+    /// let err = unsafe { ArrayOptions::new().open_file::<u8, _>(&path, &[4, 4]) }
+    ///     .map(|a: SharedArray<u8>| a)
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("too short"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub unsafe fn open_file<T: Element, M: Mode>(
+        &self,
+        path: impl AsRef<Path>,
+        shape: &[usize],
+    ) -> Result<SharedArray<T, M>, ShmError> {
+        let path = path.as_ref();
+        let layout = Layout::new(shape, size_of::<T>())?;
+        let file = self.open_existing::<M>(path)?;
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { open_region::<T>(&file, path, layout, 0, !self.read_only)? };
+        self.finish(region)
+    }
+
+    /// Creates a `.npy` file at `path` holding a zero-filled, C-order array
+    /// of `shape`, and maps it: numpy opens it with
+    /// `np.load(path, mmap_mode='r+')` and sees what Rust writes. Disk space
+    /// and an existing path are treated as by
+    /// [`create_file`](Self::create_file).
+    ///
+    /// # Safety
+    ///
+    /// As for [`create_file`](Self::create_file).
+    ///
+    /// # Errors
+    ///
+    /// As for [`create_file`](Self::create_file).
+    ///
+    /// # Examples
+    ///
+    /// See [`ArrayOptions`].
+    pub unsafe fn create_npy<T: Element, M: Mode>(
+        &self,
+        path: impl AsRef<Path>,
+        shape: &[usize],
+    ) -> Result<SharedArray<T, M>, ShmError> {
+        let layout = Layout::new(shape, size_of::<T>())?;
+        let header = npy::header_bytes(T::NPY_DESCR, shape);
+        // SAFETY: forwarded from the caller.
+        let region = unsafe { create_region::<T>(self, path.as_ref(), layout, &header)? };
+        self.finish(region)
+    }
+
+    /// Opens a `.npy` file (as `np.save` or `np.lib.format.open_memmap`
+    /// write it) and maps it (read-only with [`read_only`](Self::read_only));
+    /// the shape comes from the file (check it with
+    /// [`expect_shape`](SharedArray::expect_shape)).
+    ///
+    /// The element type must be the file's dtype (`'<f8'` for `f64`, or a
+    /// synonym numpy reads the same: `'<d'`, `'float64'`), in C order. The
+    /// header is read as numpy reads it, under numpy's limits (at most
+    /// 10 000 characters, only Python literals), so a hostile file is an
+    /// error, never a hang, a crash or a huge allocation.
+    ///
+    /// # Safety
+    ///
+    /// As for [`create_file`](Self::create_file).
+    ///
+    /// # Errors
+    ///
+    /// - [`ShmError::DtypeMismatch`] if the file holds another element type
+    ///   (naming it, and the type to open it as);
+    /// - [`ShmError::NpyHeader`] if the header is truncated, malformed, too
+    ///   long, of an unknown version, or in Fortran order;
+    /// - [`ShmError::InvalidShape`] if the shape's size overflows (numpy
+    ///   refuses such files too);
+    /// - [`ShmError::FileLength`] if the data is shorter or longer than the
+    ///   header's shape needs;
+    /// - [`ShmError::Io`] as for [`open_file`](Self::open_file).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::{ArrayOptions, SharedArray, ShmError};
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("data.npy");
+    /// SharedArray::<f32>::full(&[4, 2], 0.5)?.save_npy(&path)?;
+    /// // SAFETY: only this program uses the file.
+    /// let array: SharedArray<f32> = unsafe { ArrayOptions::new().open_npy(&path)? };
+    /// let array = array.expect_shape(&[4, 2])?;
+    /// assert_eq!(array.get(7), 0.5);
+    /// // The wrong element type is a clear error:
+    /// // SAFETY: as above.
+    /// let err = unsafe { ArrayOptions::new().open_npy::<f64, _>(&path) }
+    ///     .map(|a: SharedArray<f64>| a)
+    ///     .unwrap_err();
+    /// assert!(matches!(err, ShmError::DtypeMismatch { .. }));
+    /// assert!(err.to_string().contains("open it as an array of f32"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub unsafe fn open_npy<T: Element, M: Mode>(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> Result<SharedArray<T, M>, ShmError> {
+        let path = path.as_ref();
+        let file = self.open_existing::<M>(path)?;
+        let header = npy::read_header::<T>(&file, path)?;
+        let layout = Layout::new(&header.shape, size_of::<T>())?;
+        // SAFETY: forwarded from the caller.
+        let region =
+            unsafe { open_region::<T>(&file, path, layout, header.data_offset, !self.read_only)? };
+        self.finish(region)
+    }
+
+    /// Opens `path` as these options say, for an array of mode `M`.
+    fn open_existing<M: Mode>(&self, path: &Path) -> Result<File, ShmError> {
+        if self.read_only && !M::READ_ONLY_OK {
+            return Err(refuse(
+                path,
+                "open the file",
+                ErrorKind::InvalidInput,
+                format!(
+                    "a read-only mapping cannot be a {} array, whose lock or claims hand out \
+                     `&mut [T]`; open it read-only as SharedArray<T> (atomic mode)",
+                    M::NAME
+                ),
+            ));
+        }
+        open_existing(path, !self.read_only)
+    }
+
+    /// The array over `region`, its pages populated if these options say so.
+    fn finish<T: Element, M: Mode>(&self, region: Region) -> Result<SharedArray<T, M>, ShmError> {
+        if self.populate {
+            let access = if self.read_only {
+                Access::Read
+            } else {
+                Access::Write
+            };
+            region.prefault(0, region.layout().bytes as usize, access)?;
+        }
+        Ok(SharedArray::from_region(region))
+    }
+
+    /// Saves a copy of `array` as a `.npy` file at `path`, as `np.save`
+    /// does: numpy reads it with `np.load(path)`, and
+    /// [`open_npy`](Self::open_npy) maps it. Safe: the file is written, not
+    /// mapped.
+    ///
+    /// Unlike `np.save`, nothing may exist at `path` unless
+    /// [`overwrite`](Self::overwrite) allows it. The file is written under
+    /// a temporary name in the same directory, synced to disk and renamed
+    /// into place, so `path` never holds a partial file. Rows are copied a
+    /// megabyte at a time as the mode allows (atomic loads, under the lock,
+    /// under a shared claim): save when no process writes the array (after
+    /// the workers are done) for a consistent copy.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::Io`] if something exists at `path` (kind
+    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists)) or the file
+    /// cannot be written; [`ShmError::Reserve`] if the disk is too small;
+    /// as for [`SharedArray::to_vec`] if rows cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::{ArrayOptions, SharedArray};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let path = dir.path().join("result.npy");
@@ -265,15 +520,16 @@ impl FileOptions {
     /// array.fill(5);
     /// // A second save must ask to replace the first:
     /// assert!(array.save_npy(&path).is_err());
-    /// FileOptions::new().overwrite(true).save_npy(&array, &path)?;
+    /// ArrayOptions::new().overwrite(true).save_npy(&array, &path)?;
     /// // SAFETY: a file only this program uses.
-    /// let saved = unsafe { SharedArray::<i32>::open_npy_readonly(&path)? };
-    /// assert_eq!(saved.to_vec(), [5; 4]);
+    /// let saved: SharedArray<i32> =
+    ///     unsafe { ArrayOptions::new().read_only(true).open_npy(&path)? };
+    /// assert_eq!(saved.to_vec()?, [5; 4]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn save_npy<T: Element>(
+    pub fn save_npy<T: Element, M: Mode>(
         &self,
-        array: &SharedArray<T>,
+        array: &SharedArray<T, M>,
         path: impl AsRef<Path>,
     ) -> Result<(), ShmError> {
         let path = path.as_ref();
@@ -282,34 +538,60 @@ impl FileOptions {
         let total = header.len() as u64 + array.size_bytes();
         check_disk_space(&target.path, target.dir(), total)?;
         let temp = target.temporary(target.dir())?;
-        let write = io(&target.path, "write the .npy file");
+        let write = || io(&target.path, "write the .npy file");
         let mut out = std::io::BufWriter::with_capacity(1 << 20, temp.as_file());
-        out.write_all(&header).map_err(write)?;
-        // Element by element (atomic loads), a megabyte at a time.
-        let mut buf: Vec<T> = Vec::with_capacity((1 << 20) / size_of::<T>());
-        let mut values = array.iter();
-        loop {
-            buf.clear();
-            buf.extend(values.by_ref().take(buf.capacity()));
-            if buf.is_empty() {
-                break;
-            }
+        out.write_all(&header).map_err(write())?;
+        // A megabyte of whole rows at a time (at least one row).
+        let row_len = array.row_len().max(1);
+        let per_chunk = ((1 << 20) / (row_len * size_of::<T>())).max(1);
+        let mut buf = vec![T::default(); per_chunk * row_len];
+        for first in (0..array.nrows()).step_by(per_chunk) {
+            let rows = first..(first + per_chunk).min(array.nrows());
+            let chunk = &mut buf[..rows.len() * array.row_len()];
+            M::copy_rows(array, rows, chunk)?;
             // SAFETY: the elements are plain numbers (`Element` is sealed to
             // integers and floats): no padding, every byte initialised, so
-            // the buffer is `size_of_val(buf)` readable bytes.
+            // the chunk is `size_of_val(chunk)` readable bytes.
             let bytes = unsafe {
-                std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), size_of_val(&buf[..]))
+                std::slice::from_raw_parts(chunk.as_ptr().cast::<u8>(), size_of_val(chunk))
             };
-            out.write_all(bytes)
-                .map_err(io(&target.path, "write the .npy file"))?;
+            out.write_all(bytes).map_err(write())?;
         }
-        out.flush()
-            .map_err(io(&target.path, "write the .npy file"))?;
+        out.flush().map_err(write())?;
         drop(out);
         temp.as_file()
             .sync_all()
             .map_err(io(&target.path, "sync the .npy file to disk"))?;
         target.persist(temp, self)
+    }
+}
+
+impl<T: Element, M: Mode> SharedArray<T, M> {
+    /// Saves a copy of the array as a `.npy` file at `path`, as `np.save`
+    /// does, where nothing exists yet: [`ArrayOptions::save_npy`] with the
+    /// default options (use [`ArrayOptions::overwrite`] to replace a file).
+    ///
+    /// # Errors
+    ///
+    /// As for [`ArrayOptions::save_npy`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use forkpool_shm::{ArrayOptions, Partitioned, SharedArray};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("result.npy");
+    /// let array = SharedArray::<f64, Partitioned>::new(&[3, 2])?;
+    /// array.with_rows_mut(1..2, |row| row.fill(2.5))?;
+    /// array.save_npy(&path)?;
+    /// // SAFETY: a file only this program uses.
+    /// let saved: SharedArray<f64> = unsafe { ArrayOptions::new().open_npy(&path)? };
+    /// assert_eq!((saved.shape(), saved.get_at(&[1, 1])), (&[3, 2][..], 2.5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn save_npy(&self, path: impl AsRef<Path>) -> Result<(), ShmError> {
+        ArrayOptions::new().save_npy(self, path)
     }
 }
 
@@ -341,7 +623,7 @@ struct Target {
 }
 
 /// Checks what is at `path` now, against `options`.
-fn target(path: &Path, options: &FileOptions) -> Result<Target, ShmError> {
+fn target(path: &Path, options: &ArrayOptions) -> Result<Target, ShmError> {
     const OP: &str = "create the file";
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -362,7 +644,7 @@ fn target(path: &Path, options: &FileOptions) -> Result<Target, ShmError> {
                 ErrorKind::AlreadyExists,
                 format!(
                     "it is a symbolic link (to {}), left untouched; use \
-                     FileOptions::new().follow_symlinks(true) to create (or, with overwrite, \
+                     ArrayOptions::new().follow_symlinks(true) to create (or, with overwrite, \
                      replace) its target, or remove the link",
                     to.display()
                 ),
@@ -399,7 +681,7 @@ fn target(path: &Path, options: &FileOptions) -> Result<Target, ShmError> {
             }
             Err(e) => return Err(io(path, "follow the symbolic link")(e)),
         };
-        let options = FileOptions {
+        let options = ArrayOptions {
             follow_symlinks: false,
             ..*options
         };
@@ -423,7 +705,7 @@ fn target(path: &Path, options: &FileOptions) -> Result<Target, ShmError> {
             ErrorKind::AlreadyExists,
             format!(
                 "it already exists ({} bytes) and is left untouched; open it with open_npy or \
-                 open_file, or replace it with FileOptions::new().overwrite(true)",
+                 open_file, or replace it with ArrayOptions::new().overwrite(true)",
                 meta.len()
             ),
         ));
@@ -444,12 +726,10 @@ fn target(path: &Path, options: &FileOptions) -> Result<Target, ShmError> {
 ///
 /// # Safety
 ///
-/// As for the public file constructors.
-unsafe fn create_region(
-    options: &FileOptions,
+/// As for [`ArrayOptions::create_file`].
+unsafe fn create_region<T: Element>(
+    options: &ArrayOptions,
     path: &Path,
-    descr: &str,
-    elem_size: usize,
     layout: Layout,
     prefix: &[u8],
 ) -> Result<Region, ShmError> {
@@ -497,8 +777,8 @@ unsafe fn create_region(
         Region::file(
             file,
             &target.path,
-            descr,
-            elem_size,
+            T::NPY_DESCR,
+            size_of::<T>(),
             layout,
             data_offset,
             true,
@@ -548,7 +828,7 @@ impl Target {
     fn persist(
         &self,
         temp: tempfile::NamedTempFile,
-        options: &FileOptions,
+        options: &ArrayOptions,
     ) -> Result<(), ShmError> {
         let persisted = if options.overwrite {
             temp.persist(&self.path)
@@ -593,14 +873,10 @@ fn check_disk_space(path: &Path, dir: &Path, bytes: u64) -> Result<(), ShmError>
 ///
 /// # Safety
 ///
-/// As for the public file constructors.
-#[allow(clippy::too_many_arguments)]
-unsafe fn open_region(
+/// As for [`ArrayOptions::create_file`].
+unsafe fn open_region<T: Element>(
     file: &File,
     path: &Path,
-    descr: &str,
-    elem: &'static str,
-    elem_size: usize,
     layout: Layout,
     data_offset: u64,
     writable: bool,
@@ -632,14 +908,24 @@ unsafe fn open_region(
         return Err(ShmError::FileLength {
             path: path.to_owned(),
             shape: layout.shape.to_vec(),
-            elem,
+            elem: T::NAME,
             expected,
             actual,
             detail,
         });
     }
     // SAFETY: forwarded from the caller.
-    unsafe { Region::file(file, path, descr, elem_size, layout, data_offset, writable) }
+    unsafe {
+        Region::file(
+            file,
+            path,
+            T::NPY_DESCR,
+            size_of::<T>(),
+            layout,
+            data_offset,
+            writable,
+        )
+    }
 }
 
 /// Opens an existing regular file, read-write or read-only, without ever
@@ -661,7 +947,7 @@ fn open_existing(path: &Path, writable: bool) -> Result<File, ShmError> {
                     path,
                     op,
                     e.kind(),
-                    format!("{e}; to read it only, use open_npy_readonly or open_file_readonly"),
+                    format!("{e}; to read it only, use ArrayOptions::new().read_only(true)"),
                 )
             } else {
                 io(path, op)(e)
@@ -684,428 +970,11 @@ fn open_existing(path: &Path, writable: bool) -> Result<File, ShmError> {
             op,
             ErrorKind::PermissionDenied,
             format!(
-                "the file is read-only (mode {:o}); open it with open_npy_readonly or \
-                 open_file_readonly, or make it writable first (chmod u+w)",
+                "the file is read-only (mode {:o}); open it with \
+                 ArrayOptions::new().read_only(true), or make it writable first (chmod u+w)",
                 meta.permissions().mode() & 0o7777
             ),
         ));
     }
     Ok(file)
-}
-
-/// # Safety
-///
-/// As for [`SharedArray::create_file`].
-unsafe fn create_raw<T: Element>(
-    options: &FileOptions,
-    path: &Path,
-    shape: &[usize],
-) -> Result<Region, ShmError> {
-    let layout = Layout::new(shape, size_of::<T>())?;
-    // SAFETY: forwarded from the caller.
-    unsafe { create_region(options, path, T::NPY_DESCR, size_of::<T>(), layout, &[]) }
-}
-
-/// # Safety
-///
-/// As for [`SharedArray::open_file`].
-unsafe fn open_raw<T: Element>(
-    path: &Path,
-    shape: &[usize],
-    writable: bool,
-) -> Result<Region, ShmError> {
-    let layout = Layout::new(shape, size_of::<T>())?;
-    let file = open_existing(path, writable)?;
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        open_region(
-            &file,
-            path,
-            T::NPY_DESCR,
-            T::NAME,
-            size_of::<T>(),
-            layout,
-            0,
-            writable,
-        )
-    }
-}
-
-/// # Safety
-///
-/// As for [`SharedArray::create_npy`].
-unsafe fn create_npy<T: Element>(
-    options: &FileOptions,
-    path: &Path,
-    shape: &[usize],
-) -> Result<Region, ShmError> {
-    let layout = Layout::new(shape, size_of::<T>())?;
-    let header = npy::header_bytes(T::NPY_DESCR, shape);
-    // SAFETY: forwarded from the caller.
-    unsafe { create_region(options, path, T::NPY_DESCR, size_of::<T>(), layout, &header) }
-}
-
-/// # Safety
-///
-/// As for [`SharedArray::open_npy`].
-unsafe fn open_npy<T: Element>(path: &Path, writable: bool) -> Result<Region, ShmError> {
-    let file = open_existing(path, writable)?;
-    let header = npy::read_header::<T>(&file, path)?;
-    let layout = Layout::new(&header.shape, size_of::<T>())?;
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        open_region(
-            &file,
-            path,
-            T::NPY_DESCR,
-            T::NAME,
-            size_of::<T>(),
-            layout,
-            header.data_offset,
-            writable,
-        )
-    }
-}
-
-macro_rules! file_constructors {
-    ($ty:ident, $wrap:expr, $use_it:literal, $separate_opens:literal) => {
-        impl<T: Element> $ty<T> {
-            #[doc = concat!("Creates a raw file at `path` holding a zero-filled array of `shape`, and maps it as a `", stringify!($ty), "`.")]
-            ///
-            /// The file holds the elements and nothing else, in row-major
-            /// order and native (little-endian) byte order: what
-            /// `np.memmap(path, dtype=..., mode='r+', shape=...)` reads. Disk
-            /// space for the whole array is reserved (`fallocate`) before this
-            /// returns, where the file system supports it; memory is not
-            /// checked, since the kernel pages file-backed arrays to disk.
-            ///
-            /// Nothing may exist at `path`: an existing file, link, FIFO or
-            /// device is an error and is left untouched (to replace a file,
-            /// use [`FileOptions::overwrite`]). The file is made under a
-            /// temporary name in the same directory and renamed into place
-            /// once complete, so a failure leaves nothing behind.
-            ///
-            /// # Safety
-            ///
-            /// The file's contents are the array's memory. While any process
-            /// maps it, the file must not be truncated (access past the end
-            /// raises `SIGBUS`), and must not be modified other than through
-            /// this array's handles (and those of processes forked after this
-            /// call), not by another program, numpy included.
-            #[doc = $separate_opens]
-            ///
-            /// # Errors
-            ///
-            /// [`ShmError::Io`] if something exists at `path` (its `cause`
-            /// has kind [`AlreadyExists`](std::io::ErrorKind::AlreadyExists)
-            /// and says what is there), or the file cannot be created or
-            /// mapped; [`ShmError::Reserve`] if the disk is too small;
-            /// [`ShmError::InvalidShape`] for an impossible shape.
-            ///
-            /// # Examples
-            ///
-            /// ```
-            #[doc = concat!("use forkpool_shm::", stringify!($ty), ";")]
-            /// let dir = tempfile::tempdir()?;
-            /// let path = dir.path().join("data.f64");
-            /// // SAFETY: the file is new, and only this program uses it.
-            #[doc = concat!("let array = unsafe { ", stringify!($ty), "::<f64>::create_file(&path, &[100, 10])? };")]
-            #[doc = $use_it]
-            /// array.flush()?;
-            /// assert_eq!(std::fs::metadata(&path)?.len(), 100 * 10 * 8);
-            /// # Ok::<(), Box<dyn std::error::Error>>(())
-            /// ```
-            pub unsafe fn create_file(
-                path: impl AsRef<Path>,
-                shape: &[usize],
-            ) -> Result<Self, ShmError> {
-                // SAFETY: forwarded from the caller.
-                let region = unsafe { create_raw::<T>(&FileOptions::new(), path.as_ref(), shape)? };
-                Ok($wrap(SharedArray::from_region(region)))
-            }
-
-            /// Opens an existing raw file (as `np.memmap` writes it) holding
-            /// an array of `shape`, and maps it.
-            ///
-            /// # Safety
-            ///
-            #[doc = concat!("As for [`create_file`](", stringify!($ty), "::create_file).")]
-            ///
-            /// # Errors
-            ///
-            /// [`ShmError::FileLength`] if the file's length is not exactly
-            /// `shape` times the element size (naming both, and whether the
-            /// file is too short or too long); [`ShmError::Io`] if it cannot
-            /// be opened read-write or mapped, is not a regular file, or has
-            /// no write permission bit (even for root: use
-            #[doc = "[`SharedArray::open_file_readonly`] to read it)."]
-            ///
-            /// # Examples
-            ///
-            /// ```
-            #[doc = concat!("use forkpool_shm::", stringify!($ty), ";")]
-            /// let dir = tempfile::tempdir()?;
-            /// let path = dir.path().join("data.u8");
-            /// std::fs::write(&path, [7u8; 12])?;
-            /// // SAFETY: only this program uses the file.
-            #[doc = concat!("let array = unsafe { ", stringify!($ty), "::<u8>::open_file(&path, &[3, 4])? };")]
-            /// assert_eq!(array.shape(), &[3, 4]);
-            /// // The wrong shape is a clear error:
-            /// // SAFETY: as above.
-            #[doc = concat!("let err = unsafe { ", stringify!($ty), "::<u8>::open_file(&path, &[4, 4]) }.unwrap_err();")]
-            /// assert!(err.to_string().contains("too short"));
-            /// # Ok::<(), Box<dyn std::error::Error>>(())
-            /// ```
-            pub unsafe fn open_file(
-                path: impl AsRef<Path>,
-                shape: &[usize],
-            ) -> Result<Self, ShmError> {
-                // SAFETY: forwarded from the caller.
-                let region = unsafe { open_raw::<T>(path.as_ref(), shape, true)? };
-                Ok($wrap(SharedArray::from_region(region)))
-            }
-
-            /// Creates a `.npy` file at `path` holding a zero-filled, C-order
-            /// array of `shape`, and maps it: numpy opens it with
-            /// `np.load(path, mmap_mode='r+')` and sees what Rust writes.
-            /// Nothing may exist at `path`, and disk space is reserved, as
-            #[doc = concat!("for [`create_file`](", stringify!($ty), "::create_file).")]
-            ///
-            /// # Safety
-            ///
-            #[doc = concat!("As for [`create_file`](", stringify!($ty), "::create_file).")]
-            ///
-            /// # Errors
-            ///
-            #[doc = concat!("As for [`create_file`](", stringify!($ty), "::create_file).")]
-            ///
-            /// # Examples
-            ///
-            /// ```
-            #[doc = concat!("use forkpool_shm::", stringify!($ty), ";")]
-            /// let dir = tempfile::tempdir()?;
-            /// let path = dir.path().join("data.npy");
-            /// // SAFETY: the file is new, and only this program uses it.
-            #[doc = concat!("let array = unsafe { ", stringify!($ty), "::<f64>::create_npy(&path, &[100, 10])? };")]
-            #[doc = $use_it]
-            /// array.flush()?;
-            /// assert!(std::fs::read(&path)?.starts_with(b"\x93NUMPY"));
-            /// # Ok::<(), Box<dyn std::error::Error>>(())
-            /// ```
-            pub unsafe fn create_npy(
-                path: impl AsRef<Path>,
-                shape: &[usize],
-            ) -> Result<Self, ShmError> {
-                // SAFETY: forwarded from the caller.
-                let region = unsafe { create_npy::<T>(&FileOptions::new(), path.as_ref(), shape)? };
-                Ok($wrap(SharedArray::from_region(region)))
-            }
-
-            /// Opens a `.npy` file (as `np.save` or
-            /// `np.lib.format.open_memmap` write it) and maps it; the shape
-            #[doc = concat!("comes from the file (check it with [`expect_shape`](", stringify!($ty), "::expect_shape)).")]
-            ///
-            /// The element type must be the file's dtype (`'<f8'` for
-            /// `f64`, or a synonym numpy reads the same: `'<d'`, `'float64'`),
-            /// in C order. The header is read as numpy reads it, under
-            /// numpy's limits (at most 10 000 characters, only Python
-            /// literals), so a hostile file is an error, never a hang, a
-            /// crash or a huge allocation.
-            ///
-            /// # Safety
-            ///
-            #[doc = concat!("As for [`create_file`](", stringify!($ty), "::create_file).")]
-            ///
-            /// # Errors
-            ///
-            /// - [`ShmError::DtypeMismatch`] if the file holds another
-            ///   element type (naming it, and the type to open it as);
-            /// - [`ShmError::NpyHeader`] if the header is truncated,
-            ///   malformed, too long, of an unknown version, or in Fortran
-            ///   order;
-            /// - [`ShmError::InvalidShape`] if the shape's size overflows
-            ///   (numpy refuses such files too);
-            /// - [`ShmError::FileLength`] if the data is shorter or longer
-            ///   than the header's shape needs;
-            /// - [`ShmError::Io`] if the file cannot be opened read-write (or
-            #[doc = "  is read-only: use [`SharedArray::open_npy_readonly`])."]
-            ///
-            /// # Examples
-            ///
-            /// ```
-            #[doc = concat!("use forkpool_shm::{", stringify!($ty), ", ShmError};")]
-            /// let dir = tempfile::tempdir()?;
-            /// let path = dir.path().join("data.npy");
-            /// // SAFETY: the file is new, and only this program uses it.
-            #[doc = concat!("drop(unsafe { ", stringify!($ty), "::<f32>::create_npy(&path, &[4, 2])? });")]
-            /// // SAFETY: as above.
-            #[doc = concat!("let array = unsafe { ", stringify!($ty), "::<f32>::open_npy(&path)? }.expect_shape(&[4, 2])?;")]
-            /// assert_eq!(array.len(), 8);
-            /// // The wrong element type is a clear error:
-            /// // SAFETY: as above.
-            #[doc = concat!("let err = unsafe { ", stringify!($ty), "::<f64>::open_npy(&path) }.unwrap_err();")]
-            /// assert!(matches!(err, ShmError::DtypeMismatch { .. }));
-            /// assert!(err.to_string().contains("open it as an array of f32"));
-            /// # Ok::<(), Box<dyn std::error::Error>>(())
-            /// ```
-            pub unsafe fn open_npy(path: impl AsRef<Path>) -> Result<Self, ShmError> {
-                // SAFETY: forwarded from the caller.
-                let region = unsafe { open_npy::<T>(path.as_ref(), true)? };
-                Ok($wrap(SharedArray::from_region(region)))
-            }
-        }
-    };
-}
-
-file_constructors!(
-    SharedArray,
-    std::convert::identity,
-    "array.fill_row(0, 1.5);",
-    "Several `open_*` of the same path (one per process, as each Python \
-     process calls `np.memmap`) are fine: a `SharedArray` accesses its \
-     elements with atomics and has no lock or claim table to share."
-);
-file_constructors!(
-    LockedArray,
-    LockedArray::from_shared,
-    "array.with_lock(|data| data.row_mut(0).fill(1.5))?;",
-    "Nor through another `create_*`/`open_*` of the same path: that gets \
-     a lock of its own, which would not exclude this one's holders."
-);
-file_constructors!(
-    PartitionedArray,
-    PartitionedArray::from_shared,
-    "array.with_rows_mut(0..1, |row| row.fill(1.5))?;",
-    "Nor through another `create_*`/`open_*` of the same path: that gets \
-     a claim table of its own, so two processes could claim the same rows."
-);
-
-impl<T: Element> SharedArray<T> {
-    /// Saves a copy of the array as a `.npy` file at `path`, as `np.save`
-    /// does: numpy reads it with `np.load(path)`, and
-    /// [`open_npy`](Self::open_npy) maps it. Safe: the file is written, not
-    /// mapped.
-    ///
-    /// Unlike `np.save`, nothing may exist at `path` (use
-    /// [`FileOptions::overwrite`] and [`FileOptions::save_npy`] to replace a
-    /// file). The file is written under a temporary name in the same
-    /// directory, synced to disk and renamed into place, so `path` never
-    /// holds a partial file. The elements are read one by one with atomic
-    /// loads: save when no process writes the array (after the workers are
-    /// done) for a consistent copy.
-    ///
-    /// # Errors
-    ///
-    /// [`ShmError::Io`] if something exists at `path` (kind
-    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists)) or the file
-    /// cannot be written; [`ShmError::Reserve`] if the disk is too small.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use forkpool_shm::SharedArray;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let path = dir.path().join("result.npy");
-    /// let array = SharedArray::<f64>::new(&[3, 2])?;
-    /// array.fill_row(1, 2.5);
-    /// array.save_npy(&path)?;
-    /// // SAFETY: a file only this program uses.
-    /// let saved = unsafe { SharedArray::<f64>::open_npy(&path)? };
-    /// assert_eq!((saved.shape(), saved.get_at(&[1, 1])), (&[3, 2][..], 2.5));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn save_npy(&self, path: impl AsRef<Path>) -> Result<(), ShmError> {
-        FileOptions::new().save_npy(self, path)
-    }
-
-    /// Opens an existing raw file holding an array of `shape` for reading
-    /// only: the file is opened `O_RDONLY` and mapped `PROT_READ`, as
-    /// `np.memmap(path, mode='r')` does, so neither this process nor those it
-    /// forks can change it. Works on files nobody may write (mode `0444`).
-    ///
-    /// Every method that reads works as usual; the methods that write
-    /// (`set`, `fill_rows`, `fetch_add`...) panic, as numpy raises
-    /// "assignment destination is read-only", and `prefault` (for writing)
-    /// returns [`ShmError::ReadOnly`]. Check with
-    /// [`is_read_only`](Self::is_read_only).
-    ///
-    /// # Safety
-    ///
-    /// While any process maps it, the file must not be truncated (access
-    /// past the end raises `SIGBUS`), and if another program writes it, that
-    /// is a concurrent write the caller accounts for as for
-    /// [`create_file`](Self::create_file).
-    ///
-    /// # Errors
-    ///
-    /// As for [`open_file`](Self::open_file), except that the file need not
-    /// be writable.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::os::unix::fs::PermissionsExt;
-    /// use forkpool_shm::SharedArray;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let path = dir.path().join("frozen.i32");
-    /// std::fs::write(&path, [1i32, 2, 3].map(i32::to_le_bytes).concat())?;
-    /// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))?;
-    /// // SAFETY: nothing truncates or writes the file while it is mapped.
-    /// let array = unsafe { SharedArray::<i32>::open_file_readonly(&path, &[3])? };
-    /// assert_eq!(array.to_vec(), [1, 2, 3]);
-    /// assert!(array.is_read_only());
-    /// // A read-write open of a file nobody may write is refused, even as root:
-    /// // SAFETY: as above.
-    /// assert!(unsafe { SharedArray::<i32>::open_file(&path, &[3]) }.is_err());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub unsafe fn open_file_readonly(
-        path: impl AsRef<Path>,
-        shape: &[usize],
-    ) -> Result<Self, ShmError> {
-        // SAFETY: forwarded from the caller.
-        let region = unsafe { open_raw::<T>(path.as_ref(), shape, false)? };
-        Ok(SharedArray::from_region(region))
-    }
-
-    /// Opens a `.npy` file for reading only (`O_RDONLY`, mapped `PROT_READ`,
-    /// as `np.load(path, mmap_mode='r')`); the header is read as for
-    /// [`open_npy`](Self::open_npy). Methods that write panic, as for
-    /// [`open_file_readonly`](Self::open_file_readonly).
-    ///
-    /// # Safety
-    ///
-    /// As for [`open_file_readonly`](Self::open_file_readonly).
-    ///
-    /// # Errors
-    ///
-    /// As for [`open_npy`](Self::open_npy), except that the file need not be
-    /// writable.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use forkpool_shm::SharedArray;
-    ///
-    /// let dir = tempfile::tempdir()?;
-    /// let path = dir.path().join("data.npy");
-    /// // SAFETY: a fresh file that only this program uses.
-    /// let array = unsafe { SharedArray::<f64>::create_npy(&path, &[2, 2])? };
-    /// array.fill(0.5);
-    /// drop(array);
-    /// // SAFETY: as above.
-    /// let frozen = unsafe { SharedArray::<f64>::open_npy_readonly(&path)? };
-    /// assert_eq!(frozen.iter().sum::<f64>(), 2.0);
-    /// // Writing panics, as numpy raises "assignment destination is read-only":
-    /// let write = std::panic::AssertUnwindSafe(|| frozen.set(0, 1.0));
-    /// assert!(std::panic::catch_unwind(write).is_err());
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub unsafe fn open_npy_readonly(path: impl AsRef<Path>) -> Result<Self, ShmError> {
-        // SAFETY: forwarded from the caller.
-        let region = unsafe { open_npy::<T>(path.as_ref(), false)? };
-        Ok(SharedArray::from_region(region))
-    }
 }

@@ -11,9 +11,9 @@
 //!
 //! - a magic number, the element type and the shape, so a mapping can be
 //!   recognised and checked;
-//! - the robust mutex of a [`LockedArray`](crate::LockedArray);
+//! - the robust mutex of a [`Locked`](crate::Locked) array;
 //! - the row-claim table behind
-//!   [`PartitionedArray::with_rows_mut`](crate::PartitionedArray::with_rows_mut), with its
+//!   [`SharedArray::with_rows_mut`](crate::SharedArray::with_rows_mut), with its
 //!   own robust mutex.
 //!
 //! Everything in it that changes after creation is an atomic or a
@@ -55,7 +55,7 @@ pub(crate) struct Header {
     dtype: [u8; 8],
     ndim: u64,
     shape: [u64; MAX_NDIM],
-    /// The lock of a `LockedArray`.
+    /// The lock of a `Locked` array.
     pub(crate) data_lock: RobustMutex,
     /// Guards `claims`.
     pub(crate) claims_lock: RobustMutex,

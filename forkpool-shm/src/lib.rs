@@ -6,11 +6,10 @@
 //! | Python | here |
 //! |---|---|
 //! | `multiprocessing.sharedctypes.RawArray`, `Array(lock=False)` + `np.frombuffer` | [`SharedArray`]: lock-free, atomic element access |
-//! | the same, each worker filling its own rows | [`PartitionedArray`]: rows claimed as `&mut [T]`/`ArrayViewMut` inside a closure, checked across processes |
-//! | `multiprocessing.Array(lock=True)`, `with arr.get_lock():` | [`LockedArray`]: behind a robust process-shared lock, `with_lock(\|data\| ...)` |
-//! | `multiprocessing.Value(lock=False)` / `Value(lock=True)` | [`SharedValue`] / [`LockedValue`] |
-//! | `np.memmap`, `np.load(path, mmap_mode='r+')` | `create_file`/`open_file`, `create_npy`/`open_npy` on each array type; [`FileOptions`] to overwrite |
-//! | `np.load(path, mmap_mode='r')` | [`SharedArray::open_npy_readonly`], [`SharedArray::open_file_readonly`] |
+//! | the same, each worker filling its own rows | `SharedArray<T, `[`Partitioned`]`>`: rows claimed as `&mut [T]`/`ArrayViewMut` inside a closure, checked across processes |
+//! | `multiprocessing.Array(lock=True)`, `with arr.get_lock():` | `SharedArray<T, `[`Locked`]`>`: behind a robust process-shared lock, `with_lock(\|data\| ...)` |
+//! | `multiprocessing.Value(lock=False)` / `Value(lock=True)` | a zero-dimensional array: `SharedArray::<T>::full(&[], v)` / `SharedArray::<T, Locked>::full(&[], v)` |
+//! | `np.memmap`, `np.load(path, mmap_mode='r+')`, `mmap_mode='r'`, `np.save` | [`ArrayOptions`]: `create_file`/`open_file`, `create_npy`/`open_npy`, `read_only`, `overwrite`; [`SharedArray::save_npy`] |
 //! | `ps`, `pmap`, `smem` | [`MemoryReport`]: RSS, PSS, shared and private memory per process |
 //! | `MemoryError` | [`ShmError::OutOfMemory`], before any allocation |
 //!
@@ -36,13 +35,13 @@
 //! accessed with atomics ([`SharedArray::get`], [`SharedArray::fill_rows`],
 //! [`SharedArray::write_row`]...), which run at memory bandwidth for bulk
 //! fills on this machine. Ordinary slices and `ndarray` views are handed out
-//! only where something makes them true: the lock of a [`LockedArray`], a
-//! claim of rows of a [`PartitionedArray`], or an `unsafe` method whose
+//! only where something makes them true: the lock of a [`Locked`] array, a
+//! claim of rows of a [`Partitioned`] array, or an `unsafe` method whose
 //! contract the caller keeps ([`SharedArray::rows_mut_unchecked`]).
 //!
 //! Exclusive access is scoped: a lock or a claim of rows is held only while
-//! a closure runs ([`LockedArray::with_lock`],
-//! [`PartitionedArray::with_rows_mut`]), and the slices and views it gets
+//! a closure runs ([`SharedArray::with_lock`],
+//! [`SharedArray::with_rows_mut`]), and the slices and views it gets
 //! cannot outlive the call. So no `&mut` into shared memory can be `'static`:
 //! none can be stored in a `static` or moved into a pool's `initializer` and
 //! copied into every worker by the pool's (safe) fork. A lock or claim held
@@ -114,6 +113,7 @@ mod header;
 mod locked;
 mod memfd;
 mod memory;
+mod mode;
 mod mutex;
 mod npy;
 mod partition;
@@ -124,20 +124,18 @@ mod report;
 mod rows;
 mod shape;
 mod units;
-mod value;
 mod view;
 
 pub use array::SharedArray;
 pub use element::Element;
 pub use error::{LockError, LockResult, OwnerDied, ShmError};
-pub use file::{FileArray, FileOptions};
-pub use locked::LockedArray;
+pub use file::ArrayOptions;
 pub use memory::{Available, MemInfo, available_memory};
-pub use partition::{PartitionedArray, split_rows};
+pub use mode::{Atomic, Locked, Mode, Partitioned};
+pub use partition::split_rows;
 pub use report::{MemoryReport, MemoryUsage};
 pub use rows::Rows;
 pub use units::ByteSize;
-pub use value::{LockedValue, SharedValue};
 
 /// This crate's README (shipped in the package), its example compiled and
 /// run as a doctest so it cannot drift.

@@ -1,18 +1,21 @@
-//! [`LockedArray`]: a shared array behind a robust, process-shared lock, the
-//! counterpart of `multiprocessing.Array(lock=True)`.
+//! Arrays in [`Locked`] mode: a shared array behind a robust,
+//! process-shared lock, the counterpart of `multiprocessing.Array(lock=True)`.
 
-use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use crate::SharedArray;
+#[cfg(doc)]
+use crate::ShmError;
 use crate::element::Element;
-use crate::error::{LockError, LockResult, OwnerDied, ShmError};
+use crate::error::{LockError, LockResult, OwnerDied};
+use crate::mode::Locked;
 use crate::mutex::{Acquired, RobustMutex, Wait};
 use crate::rows::Rows;
 
-/// A shared array behind a lock that every process forked after its creation
-/// shares: [`with_lock`](Self::with_lock) runs a closure with the lock
+/// # Locked mode
+///
+/// A [`Locked`] array sits behind a lock that every process forked after its
+/// creation shares: [`with_lock`](Self::with_lock) runs a closure with the lock
 /// held and ordinary slice and `ndarray` view access, for writers whose rows
 /// overlap.
 ///
@@ -32,11 +35,11 @@ use crate::rows::Rows;
 /// Eight processes add to one counter; none of the 80 000 increments is lost:
 ///
 /// ```
-/// use forkpool_shm::LockedArray;
+/// use forkpool_shm::{Locked, SharedArray};
 /// use nix::sys::wait::{waitpid, WaitStatus};
 /// use nix::unistd::{fork, ForkResult};
 ///
-/// let counter = LockedArray::<u64>::new(&[1])?;
+/// let counter = SharedArray::<u64, Locked>::new(&[1])?;
 /// let mut children = Vec::new();
 /// for _ in 0..8 {
 ///     // SAFETY: the child only touches the array and then `_exit`s.
@@ -60,62 +63,17 @@ use crate::rows::Rows;
 /// assert_eq!(counter.with_lock(|count| count[0])?, 80_000);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct LockedArray<T: Element> {
-    array: SharedArray<T>,
-}
-
-impl<T: Element> Clone for LockedArray<T> {
-    fn clone(&self) -> Self {
-        LockedArray {
-            array: self.array.clone(),
-        }
-    }
-}
-
-impl<T: Element> fmt::Debug for LockedArray<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LockedArray")
-            .field("array", &self.array)
-            .field("poisoned", &self.is_poisoned())
-            .finish()
-    }
-}
-
-impl<T: Element> LockedArray<T> {
-    /// Creates a zero-filled anonymous array of the given shape behind a new
-    /// lock. Memory as for [`SharedArray::new`].
-    ///
-    /// # Errors
-    ///
-    /// As for [`SharedArray::new`], e.g. [`ShmError::OutOfMemory`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::LockedArray::<f64>::new(&[2, 3])?;
-    /// assert_eq!(array.with_lock(|data| data.len())?, 6);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn new(shape: &[usize]) -> Result<Self, ShmError> {
-        Ok(Self::from_shared(SharedArray::new(shape)?))
-    }
-
-    /// Wraps an array nobody else can reach (freshly created or opened), whose
-    /// header lock was initialised with it.
-    pub(crate) fn from_shared(array: SharedArray<T>) -> Self {
-        LockedArray { array }
-    }
-
+impl<T: Element> SharedArray<T, Locked> {
     fn mutex(&self) -> &RobustMutex {
-        &self.array.region().header().data_lock
+        &self.region().header().data_lock
     }
 
     fn run<R>(&self, wait: Wait, f: impl FnOnce(&mut Rows<'_, T>) -> R) -> LockResult<R> {
         let (held, acquired) = self.mutex().hold(wait)?;
         // SAFETY: all rows are in bounds; this thread holds the lock until
         // `held` is dropped, after `f` returns, and every access to a
-        // `LockedArray`'s data goes through the lock.
-        let mut all = unsafe { Rows::new(&self.array, 0..self.array.nrows()) };
+        // `Locked` array's data goes through the lock.
+        let mut all = unsafe { Rows::new(self, 0..self.nrows()) };
         let result = f(&mut all);
         drop(held);
         match acquired {
@@ -151,12 +109,12 @@ impl<T: Element> LockedArray<T> {
     /// A process killed while holding the lock does not block the next one:
     ///
     /// ```
-    /// use forkpool_shm::{LockError, LockedArray};
+    /// use forkpool_shm::{LockError, Locked, SharedArray};
     /// use nix::sys::signal::{kill, Signal};
     /// use nix::sys::wait::waitpid;
     /// use nix::unistd::{fork, pipe, read, write, ForkResult};
     ///
-    /// let array = LockedArray::<i32>::new(&[4])?;
+    /// let array = SharedArray::<i32, Locked>::new(&[4])?;
     /// let (ready_r, ready_w) = pipe()?;
     /// // SAFETY: the child only touches the array and a pipe.
     /// let child = match unsafe { fork() }? {
@@ -202,9 +160,9 @@ impl<T: Element> LockedArray<T> {
     /// # Examples
     ///
     /// ```
-    /// use forkpool_shm::{LockError, LockedArray, ShmError};
+    /// use forkpool_shm::{LockError, Locked, SharedArray, ShmError};
     ///
-    /// let array = LockedArray::<u8>::new(&[1])?;
+    /// let array = SharedArray::<u8, Locked>::new(&[1])?;
     /// array.with_lock(|_| {
     ///     std::thread::scope(|s| {
     ///         s.spawn(|| {
@@ -232,7 +190,7 @@ impl<T: Element> LockedArray<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let array = forkpool_shm::LockedArray::<u8>::new(&[1])?;
+    /// let array = forkpool_shm::SharedArray::<u8, forkpool_shm::Locked>::new(&[1])?;
     /// assert_eq!(array.with_lock_timeout(Duration::from_secs(1), |data| data[0])?, 0);
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
@@ -250,7 +208,7 @@ impl<T: Element> LockedArray<T> {
     /// # Examples
     ///
     /// ```
-    /// let array = forkpool_shm::LockedArray::<u8>::new(&[1])?;
+    /// let array = forkpool_shm::SharedArray::<u8, forkpool_shm::Locked>::new(&[1])?;
     /// assert!(!array.is_poisoned());
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
@@ -262,138 +220,8 @@ impl<T: Element> LockedArray<T> {
     ///
     /// # Examples
     ///
-    /// See [`lock`](Self::lock).
+    /// See [`with_lock`](Self::with_lock).
     pub fn clear_poison(&self) {
         self.mutex().clear_poison()
-    }
-
-    /// The shape. See [`SharedArray::shape`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::LockedArray::<u8>::new(&[4, 2])?;
-    /// assert_eq!(array.shape(), &[4, 2]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn shape(&self) -> &[usize] {
-        self.array.shape()
-    }
-
-    /// The number of dimensions.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::LockedArray::<u8>::new(&[4, 2])?.ndim(), 2);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn ndim(&self) -> usize {
-        self.array.ndim()
-    }
-
-    /// The number of elements.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::LockedArray::<u8>::new(&[4, 2])?.len(), 8);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn len(&self) -> usize {
-        self.array.len()
-    }
-
-    /// Whether the array has no elements.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert!(forkpool_shm::LockedArray::<u8>::new(&[0])?.is_empty());
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.array.is_empty()
-    }
-
-    /// The number of rows.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::LockedArray::<u8>::new(&[4, 2])?.nrows(), 4);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn nrows(&self) -> usize {
-        self.array.nrows()
-    }
-
-    /// The number of elements in a row.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::LockedArray::<u8>::new(&[4, 2])?.row_len(), 2);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn row_len(&self) -> usize {
-        self.array.row_len()
-    }
-
-    /// The size of the data in bytes.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::LockedArray::<u16>::new(&[4, 2])?.size_bytes(), 16);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn size_bytes(&self) -> u64 {
-        self.array.size_bytes()
-    }
-
-    /// The file behind the array, or `None` for an anonymous array.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert!(forkpool_shm::LockedArray::<u8>::new(&[1])?.path().is_none());
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn path(&self) -> Option<&Path> {
-        self.array.path()
-    }
-
-    /// Writes modified pages to the file and waits. See [`SharedArray::flush`].
-    ///
-    /// # Errors
-    ///
-    /// [`ShmError::Io`] if `msync` fails.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// forkpool_shm::LockedArray::<u8>::new(&[1])?.flush()?;
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn flush(&self) -> Result<(), ShmError> {
-        self.array.flush()
-    }
-
-    /// Checks the shape. See [`SharedArray::expect_shape`].
-    ///
-    /// # Errors
-    ///
-    /// [`ShmError::ShapeMismatch`] naming both shapes.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::LockedArray::<u8>::new(&[2])?;
-    /// assert!(array.expect_shape(&[2]).is_ok());
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn expect_shape(self, expected: &[usize]) -> Result<Self, ShmError> {
-        Ok(Self::from_shared(self.array.expect_shape(expected)?))
     }
 }

@@ -1,4 +1,4 @@
-//! [`PartitionedArray`]: rows handed to one task at a time, as an ordinary
+//! Arrays in [`Partitioned`] mode: rows handed to one task at a time, as an ordinary
 //! `&mut [T]` or `ArrayViewMut`, with exclusivity checked across processes.
 //!
 //! A Rust borrow cannot prove exclusivity across processes: `fork` copies
@@ -11,23 +11,20 @@
 //! whose process is known to have died is stale and is cleared by the next
 //! claim that meets it.
 //!
-//! Every access to a `PartitionedArray` goes through a claim, which is what
+//! Every access to a `Partitioned` array goes through a claim, which is what
 //! makes the ordinary slices sound: nothing else (no atomic store, no other
-//! process's slice) can touch claimed rows. That is also why this is a type of
-//! its own rather than a method of [`SharedArray`], whose lock-free atomic
-//! writes do not look at any table.
+//! process's slice) can touch claimed rows. That is also why it is a mode of
+//! its own: the lock-free writes of an [`Atomic`](crate::Atomic) array do
+//! not look at any table.
 
-use std::fmt;
 use std::ops::Range;
-use std::path::Path;
 use std::sync::atomic::Ordering;
-
-use ndarray::ArrayD;
 
 use crate::SharedArray;
 use crate::element::Element;
 use crate::error::ShmError;
 use crate::header::MAX_CLAIMS;
+use crate::mode::Partitioned;
 use crate::mutex::{Acquired, Wait};
 use crate::process;
 use crate::rows::Rows;
@@ -61,7 +58,9 @@ pub fn split_rows(nrows: usize, parts: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// A shared array whose rows are handed out by claims: an exclusive claim
+/// # Partitioned mode
+///
+/// A [`Partitioned`] array's rows are handed out by claims: an exclusive claim
 /// gives one process an ordinary `&mut [T]` and `ArrayViewMut` of rows
 /// `[a, b)`; shared claims give readers `&[T]` and `ArrayView`. Claims are
 /// checked across every process sharing the array, like a reader-writer lock
@@ -71,16 +70,16 @@ pub fn split_rows(nrows: usize, parts: usize) -> Vec<Range<usize>> {
 /// each task a different range of rows ([`row_blocks`](Self::row_blocks)),
 /// let the task claim its range and compute on it as on any slice, then let
 /// the parent read the result. Memory, creation and lifetime are as for
-/// [`SharedArray`]; handles are cheap to clone and `Send + Sync`.
+/// every array; handles are cheap to clone and `Send + Sync`.
 ///
 /// # Examples
 ///
 /// ```
-/// use forkpool_shm::{PartitionedArray, ShmError};
+/// use forkpool_shm::{Partitioned, SharedArray};
 /// use nix::sys::wait::{waitpid, WaitStatus};
 /// use nix::unistd::{fork, ForkResult};
 ///
-/// let array = PartitionedArray::<f64>::new(&[8, 100])?;
+/// let array = SharedArray::<f64, Partitioned>::new(&[8, 100])?;
 /// let mut children = Vec::new();
 /// for rows in array.row_blocks(2) {
 ///     // SAFETY: the child only touches the array and then `_exit`s.
@@ -108,165 +107,7 @@ pub fn split_rows(nrows: usize, parts: usize) -> Vec<Range<usize>> {
 /// })?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct PartitionedArray<T: Element> {
-    array: SharedArray<T>,
-}
-
-impl<T: Element> Clone for PartitionedArray<T> {
-    fn clone(&self) -> Self {
-        PartitionedArray {
-            array: self.array.clone(),
-        }
-    }
-}
-
-impl<T: Element> fmt::Debug for PartitionedArray<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("PartitionedArray")
-            .field(&self.array)
-            .finish()
-    }
-}
-
-impl<T: Element> PartitionedArray<T> {
-    /// Creates a zero-filled anonymous array of the given shape, as
-    /// [`SharedArray::new`] does.
-    ///
-    /// # Errors
-    ///
-    /// As for [`SharedArray::new`], e.g. [`ShmError::OutOfMemory`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[4, 4])?;
-    /// assert_eq!(array.to_vec()?, [0; 16]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn new(shape: &[usize]) -> Result<Self, ShmError> {
-        Ok(Self::from_shared(SharedArray::new(shape)?))
-    }
-
-    /// Wraps an array nobody else can reach (freshly created or opened).
-    pub(crate) fn from_shared(array: SharedArray<T>) -> Self {
-        PartitionedArray { array }
-    }
-
-    /// The shape. See [`SharedArray::shape`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[4, 2])?;
-    /// assert_eq!(array.shape(), &[4, 2]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn shape(&self) -> &[usize] {
-        self.array.shape()
-    }
-
-    /// The number of dimensions.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::PartitionedArray::<u8>::new(&[4, 2])?.ndim(), 2);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn ndim(&self) -> usize {
-        self.array.ndim()
-    }
-
-    /// The number of elements.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::PartitionedArray::<u8>::new(&[4, 2])?.len(), 8);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn len(&self) -> usize {
-        self.array.len()
-    }
-
-    /// Whether the array has no elements.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert!(forkpool_shm::PartitionedArray::<u8>::new(&[0])?.is_empty());
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.array.is_empty()
-    }
-
-    /// The number of rows. See [`SharedArray::nrows`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::PartitionedArray::<u8>::new(&[4, 2])?.nrows(), 4);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn nrows(&self) -> usize {
-        self.array.nrows()
-    }
-
-    /// The number of elements in a row.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::PartitionedArray::<u8>::new(&[4, 2])?.row_len(), 2);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn row_len(&self) -> usize {
-        self.array.row_len()
-    }
-
-    /// The size of the data in bytes.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert_eq!(forkpool_shm::PartitionedArray::<u32>::new(&[4, 2])?.size_bytes(), 32);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn size_bytes(&self) -> u64 {
-        self.array.size_bytes()
-    }
-
-    /// The file behind the array, or `None` for an anonymous array.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// assert!(forkpool_shm::PartitionedArray::<u8>::new(&[1])?.path().is_none());
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn path(&self) -> Option<&Path> {
-        self.array.path()
-    }
-
-    /// Splits the rows into `parts` disjoint ranges, one per task. See
-    /// [`split_rows`].
-    ///
-    /// # Panics
-    ///
-    /// If `parts == 0`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[5, 1])?;
-    /// assert_eq!(array.row_blocks(2), [0..3, 3..5]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn row_blocks(&self, parts: usize) -> Vec<Range<usize>> {
-        split_rows(self.nrows(), parts)
-    }
-
+impl<T: Element> SharedArray<T, Partitioned> {
     /// Runs `f` on rows `[rows.start, rows.end)` claimed exclusively: while
     /// `f` runs, no other claim (exclusive or shared, by any process sharing
     /// the array) can overlap them, and `f` gets them as an ordinary
@@ -291,9 +132,9 @@ impl<T: Element> PartitionedArray<T> {
     /// # Examples
     ///
     /// ```
-    /// use forkpool_shm::{PartitionedArray, ShmError};
+    /// use forkpool_shm::{Partitioned, SharedArray, ShmError};
     ///
-    /// let array = PartitionedArray::<f64>::new(&[8, 100])?;
+    /// let array = SharedArray::<f64, Partitioned>::new(&[8, 100])?;
     /// array.with_rows_mut(0..4, |mine| {
     ///     mine.fill(1.0); // an ordinary `&mut [f64]` of rows 0..4
     ///     mine.view_mut()[[3, 99]] = 2.0; // or an `ArrayViewMut`
@@ -313,8 +154,8 @@ impl<T: Element> PartitionedArray<T> {
         // SAFETY: the rows are in bounds (checked by `claim`), and the
         // exclusive claim keeps every other claim, in any process, off them
         // until `claim` is dropped, after `f` returns; every access to a
-        // `PartitionedArray`'s data goes through a claim.
-        let mut held = unsafe { Rows::new(&self.array, claim.rows.clone()) };
+        // `Partitioned` array's data goes through a claim.
+        let mut held = unsafe { Rows::new(self, claim.rows.clone()) };
         let result = f(&mut held);
         drop(claim);
         Ok(result)
@@ -331,7 +172,7 @@ impl<T: Element> PartitionedArray<T> {
     /// # Examples
     ///
     /// ```
-    /// let array = forkpool_shm::PartitionedArray::<i32>::new(&[4, 2])?;
+    /// let array = forkpool_shm::SharedArray::<i32, forkpool_shm::Partitioned>::new(&[4, 2])?;
     /// array.with_rows(0..4, |a| {
     ///     let b = array.with_rows(1..2, |b| b.to_vec()).unwrap(); // readers share
     ///     assert_eq!((a.len(), b), (8, vec![0, 0]));
@@ -348,91 +189,25 @@ impl<T: Element> PartitionedArray<T> {
         // SAFETY: in bounds; the shared claim keeps every exclusive claim
         // off these rows until `claim` is dropped, after `f` returns, and
         // every write goes through an exclusive claim. `f` only gets `&Rows`.
-        let held = unsafe { Rows::new(&self.array, claim.rows.clone()) };
+        let held = unsafe { Rows::new(self, claim.rows.clone()) };
         let result = f(&held);
         drop(claim);
         Ok(result)
     }
 
-    /// Copies the whole array into a vector, row-major, under a shared claim
-    /// of all rows.
-    ///
-    /// # Errors
-    ///
-    /// As for [`with_rows`](Self::with_rows): [`ShmError::RowsBusy`] while
-    /// some rows are claimed exclusively.
-    ///
-    /// # Examples
-    ///
-    /// See [`new`](Self::new).
-    pub fn to_vec(&self) -> Result<Vec<T>, ShmError> {
-        self.with_rows(0..self.nrows(), |rows| rows.to_vec())
-    }
-
-    /// Copies the whole array into an owned `ndarray` array, under a shared
-    /// claim of all rows.
-    ///
-    /// # Errors
-    ///
-    /// As for [`to_vec`](Self::to_vec).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[2, 3])?;
-    /// assert_eq!(array.to_ndarray()?.shape(), &[2, 3]);
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn to_ndarray(&self) -> Result<ArrayD<T>, ShmError> {
-        self.with_rows(0..self.nrows(), |rows| rows.view().to_owned())
-    }
-
-    /// Writes modified pages to the file and waits. See [`SharedArray::flush`].
-    ///
-    /// # Errors
-    ///
-    /// [`ShmError::Io`] if `msync` fails.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// forkpool_shm::PartitionedArray::<u8>::new(&[1])?.flush()?;
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn flush(&self) -> Result<(), ShmError> {
-        self.array.flush()
-    }
-
-    /// Checks the shape. See [`SharedArray::expect_shape`].
-    ///
-    /// # Errors
-    ///
-    /// [`ShmError::ShapeMismatch`] naming both shapes.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let array = forkpool_shm::PartitionedArray::<u8>::new(&[2])?;
-    /// assert!(array.expect_shape(&[3]).is_err());
-    /// # Ok::<(), forkpool_shm::ShmError>(())
-    /// ```
-    pub fn expect_shape(self, expected: &[usize]) -> Result<Self, ShmError> {
-        Ok(Self::from_shared(self.array.expect_shape(expected)?))
-    }
-
     fn claim(&self, rows: Range<usize>, exclusive: bool) -> Result<Claim<'_, T>, ShmError> {
-        self.array.check_rows(&rows)?;
+        self.check_rows(&rows)?;
         let generation = process::generation();
         if rows.is_empty() {
             return Ok(Claim {
-                array: &self.array,
+                array: self,
                 rows,
                 slot: None,
                 generation,
             });
         }
         let (pid, start_time) = process::identity();
-        let header = self.array.region().header();
+        let header = self.region().header();
         let (held, acquired) = header.claims_lock.hold(Wait::Forever)?;
         if acquired != Acquired::Clean {
             // A claimer died inside this critical section. Every slot is still
@@ -478,7 +253,7 @@ impl<T: Element> PartitionedArray<T> {
         slot.pid.store(pid, Ordering::Release);
         drop(held);
         Ok(Claim {
-            array: &self.array,
+            array: self,
             rows,
             slot: Some(i),
             generation,
@@ -488,7 +263,7 @@ impl<T: Element> PartitionedArray<T> {
 
 /// A registered claim of rows; frees its slot on drop.
 struct Claim<'a, T: Element> {
-    array: &'a SharedArray<T>,
+    array: &'a SharedArray<T, Partitioned>,
     rows: Range<usize>,
     slot: Option<usize>,
     generation: u64,
@@ -535,7 +310,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn claims_conflict_within_a_process_and_free_when_the_closure_returns() {
-        let array = PartitionedArray::<u8>::new(&[10, 3]).unwrap();
+        let array = SharedArray::<u8, Partitioned>::new(&[10, 3]).unwrap();
         array
             .with_rows_mut(0..5, |_| {
                 array
@@ -569,7 +344,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn a_claim_is_released_when_its_closure_panics() {
-        let array = PartitionedArray::<u8>::new(&[4]).unwrap();
+        let array = SharedArray::<u8, Partitioned>::new(&[4]).unwrap();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             array.with_rows_mut(0..4, |_| panic!("boom")).unwrap()
         }));
@@ -580,7 +355,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn the_claim_table_has_a_limit_and_says_so() {
-        fn nest(array: &PartitionedArray<u8>, i: usize) {
+        fn nest(array: &SharedArray<u8, Partitioned>, i: usize) {
             if i == MAX_CLAIMS {
                 let err = array.with_rows_mut(i..i + 1, |_| ()).unwrap_err();
                 assert!(matches!(err, ShmError::TooManyClaims { max: MAX_CLAIMS }));
@@ -590,7 +365,7 @@ mod tests {
                 .with_rows_mut(i..i + 1, |_| nest(array, i + 1))
                 .unwrap();
         }
-        let array = PartitionedArray::<u8>::new(&[MAX_CLAIMS + 1]).unwrap();
+        let array = SharedArray::<u8, Partitioned>::new(&[MAX_CLAIMS + 1]).unwrap();
         nest(&array, 0);
         assert!(
             array
@@ -602,9 +377,9 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn a_stale_claim_of_a_dead_process_is_cleared() {
-        let array = PartitionedArray::<u8>::new(&[4]).unwrap();
+        let array = SharedArray::<u8, Partitioned>::new(&[4]).unwrap();
         // Forge an exclusive claim by a process that does not exist.
-        let slot = &array.array.region().header().claims[0];
+        let slot = &array.region().header().claims[0];
         slot.start.store(0, Ordering::Relaxed);
         slot.end.store(4, Ordering::Relaxed);
         slot.start_time.store(1, Ordering::Relaxed);
@@ -619,7 +394,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn zero_dimensional_arrays_are_one_row() {
-        let array = PartitionedArray::<f64>::new(&[]).unwrap();
+        let array = SharedArray::<f64, Partitioned>::new(&[]).unwrap();
         array
             .with_rows_mut(0..1, |only| {
                 assert_eq!(only.shape(), Vec::<usize>::new());
@@ -633,7 +408,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "claims read /proc and register pthread_atfork")]
     fn out_of_bounds_claims_are_an_error_naming_the_rows() {
-        let array = PartitionedArray::<u8>::new(&[4]).unwrap();
+        let array = SharedArray::<u8, Partitioned>::new(&[4]).unwrap();
         let err = array.with_rows_mut(2..5, |_| ()).unwrap_err();
         assert!(matches!(err, ShmError::RowsOutOfBounds { nrows: 4, .. }));
         assert_eq!(

@@ -85,7 +85,7 @@ impl Region {
         elem_size: usize,
         shape: &[usize],
     ) -> Result<Region, ShmError> {
-        Region::anonymous_with(descr, type_name, elem_size, shape, None)
+        Region::anonymous_with(descr, type_name, elem_size, shape, None, true)
     }
 
     /// [`anonymous`](Self::anonymous), with its data written by `fill` as
@@ -99,15 +99,24 @@ impl Region {
         elem_size: usize,
         shape: &[usize],
         fill: Option<&(dyn Fn(NonNull<u8>, usize) + Sync)>,
+        populate: bool,
     ) -> Result<Region, ShmError> {
         let layout = Layout::new(shape, elem_size)?;
         let data_offset = page_size().max(HEADER_SIZE);
         let total = layout.bytes + data_offset as u64;
         #[cfg(not(miri))]
-        let (map, base) = anonymous_map(type_name, shape, total, elem_size, data_offset, fill)?;
+        let (map, base) = anonymous_map(
+            type_name,
+            shape,
+            total,
+            elem_size,
+            data_offset,
+            fill,
+            populate,
+        )?;
         #[cfg(miri)]
         let (map, base) = {
-            let _ = (type_name, elem_size);
+            let _ = (type_name, elem_size, populate);
             let (map, base) = miri::Heap::zeroed(total);
             if let Some(fill) = fill
                 && layout.bytes > 0
@@ -148,7 +157,7 @@ impl Region {
     /// The file must not be truncated, and must not be modified other than
     /// through this region's handles (and those of processes forked after
     /// this call), for as long as the region lives (see
-    /// [`SharedArray::create_file`](crate::SharedArray::create_file)).
+    /// [`ArrayOptions::create_file`](crate::ArrayOptions::create_file)).
     pub(crate) unsafe fn file(
         file: &File,
         path: &Path,
@@ -327,11 +336,17 @@ fn anonymous_map(
     elem_size: usize,
     data_offset: usize,
     fill: Option<&(dyn Fn(NonNull<u8>, usize) + Sync)>,
+    populate: bool,
 ) -> Result<(Map, NonNull<u8>), ShmError> {
     crate::memory::check_available(total)?;
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let name = format!("forkpool-shm:{type_name}[{}]", dims.join("x"));
-    let file = memfd::create(&name, total)?;
+    let populate = populate || fill.is_some(); // a fill touches every page anyway
+    let file = if populate {
+        memfd::create(&name, total)?
+    } else {
+        memfd::create_reserved(&name, total)?
+    };
     // SAFETY: the memfd is ours alone: nobody else has it, so nothing can
     // truncate it or change it behind the mapping's back.
     let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
@@ -340,7 +355,9 @@ fn anonymous_map(
         cause: source,
     })?;
     let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
-    populate_new(&file, base, total, elem_size, data_offset, fill)?;
+    if populate {
+        populate_new(&file, base, total, elem_size, data_offset, fill)?;
+    }
     drop(file); // the mapping keeps the memory alive; no descriptor to leak
     Ok((Map::ReadWrite(map), base))
 }

@@ -11,7 +11,13 @@ use ndarray::{ArrayView, ArrayViewMut, IxDyn};
 use crate::SharedArray;
 use crate::element::Element;
 use crate::error::ShmError;
+use crate::mode::Mode;
 use crate::prefault::Access;
+use crate::region::Region;
+
+/// Invariant in `'a`: a `Rows` of one scope can never be swapped with one
+/// of another.
+type Invariant<'a, T> = PhantomData<(fn(&'a ()) -> &'a (), T)>;
 
 /// Rows `[a, b)` of a shared array, held by a lock or a claim for the
 /// duration of a closure: an ordinary `&[T]`/`&mut [T]` (through `Deref`)
@@ -23,7 +29,9 @@ use crate::prefault::Access;
 /// # Examples
 ///
 /// ```
-/// let array = forkpool_shm::PartitionedArray::<u32>::new(&[6, 4])?;
+/// use forkpool_shm::{Partitioned, SharedArray};
+///
+/// let array = SharedArray::<u32, Partitioned>::new(&[6, 4])?;
 /// array.with_rows_mut(2..4, |rows| {
 ///     assert_eq!(rows.range(), 2..4);
 ///     assert_eq!(rows.shape(), [2, 4]);
@@ -42,16 +50,16 @@ use crate::prefault::Access;
 /// `static` (or leaked) gives a guard of lifetime `'static`, `Box::leak` of
 /// that guard gives a `&'static mut [T]`, and every worker would hold the
 /// same `&mut`. So exclusive access exists only inside a closure that
-/// receives a borrow it cannot return or store: [`LockedArray::with_lock`]
-/// and [`PartitionedArray::with_rows_mut`] pass `&mut Rows<'_, T>`, whose lifetimes
+/// receives a borrow it cannot return or store: [`SharedArray::with_lock`]
+/// and [`SharedArray::with_rows_mut`] pass `&mut Rows<'_, T>`, whose lifetimes
 /// the closure must accept for any caller-chosen scope, so no slice or view
 /// taken from it outlives the call. Moving it into a `'static` initializer,
 /// or into a `static`, does not compile:
 ///
 /// ```compile_fail
-/// use forkpool_shm::PartitionedArray;
-/// let array = PartitionedArray::<f64>::new(&[4, 8])?;
-/// let array: &'static PartitionedArray<f64> = Box::leak(Box::new(array));
+/// use forkpool_shm::{Partitioned, SharedArray};
+/// let array = SharedArray::<f64, Partitioned>::new(&[4, 8])?;
+/// let array: &'static SharedArray<f64, Partitioned> = Box::leak(Box::new(array));
 /// // error: lifetime may not live long enough
 /// let rows: &'static mut [f64] = array.with_rows_mut(0..2, |rows| &mut **rows)?;
 /// let pool = forkpool::Pool::builder()
@@ -63,23 +71,21 @@ use crate::prefault::Access;
 ///
 /// ```compile_fail
 /// use std::sync::{Mutex, OnceLock};
-/// use forkpool_shm::LockedArray;
-/// static ARRAY: OnceLock<LockedArray<f64>> = OnceLock::new();
+/// use forkpool_shm::{Locked, SharedArray};
+/// static ARRAY: OnceLock<SharedArray<f64, Locked>> = OnceLock::new();
 /// static SLOT: Mutex<Option<&'static mut [f64]>> = Mutex::new(None);
-/// ARRAY.set(LockedArray::new(&[4])?).unwrap();
+/// ARRAY.set(SharedArray::new(&[4])?).unwrap();
 /// // error: borrowed data escapes outside of closure
 /// ARRAY.get().unwrap().with_lock(|data| *SLOT.lock().unwrap() = Some(&mut **data));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// [`LockedArray::with_lock`]: crate::LockedArray::with_lock
-/// [`PartitionedArray::with_rows_mut`]: crate::PartitionedArray::with_rows_mut
+/// [`SharedArray::with_lock`]: crate::SharedArray::with_lock
+/// [`SharedArray::with_rows_mut`]: crate::SharedArray::with_rows_mut
 pub struct Rows<'a, T: Element> {
-    array: &'a SharedArray<T>,
+    region: &'a Region,
     range: Range<usize>,
-    /// Invariant in `'a`: a `Rows` of one scope can never be swapped with one
-    /// of another.
-    _scope: PhantomData<fn(&'a ()) -> &'a ()>,
+    _scope: Invariant<'a, T>,
 }
 
 impl<'a, T: Element> Rows<'a, T> {
@@ -90,13 +96,17 @@ impl<'a, T: Element> Rows<'a, T> {
     /// `range` is in bounds, and for as long as the `Rows` lives no other
     /// thread or process writes these rows, and (where the caller will hand
     /// out `&mut Rows`) none reads them either.
-    pub(crate) unsafe fn new(array: &'a SharedArray<T>, range: Range<usize>) -> Self {
-        debug_assert!(range.start <= range.end && range.end <= array.nrows());
+    pub(crate) unsafe fn new<M: Mode>(array: &'a SharedArray<T, M>, range: Range<usize>) -> Self {
+        debug_assert!(array.check_rows(&range).is_ok());
         Rows {
-            array,
+            region: array.region(),
             range,
             _scope: PhantomData,
         }
+    }
+
+    fn row_len(&self) -> usize {
+        self.region.layout().row_len
     }
 
     /// The rows held, as indices into the whole array.
@@ -107,7 +117,7 @@ impl<'a, T: Element> Rows<'a, T> {
     /// The shape of the rows held: the array's shape with the first axis cut
     /// to [`range`](Self::range).
     pub fn shape(&self) -> Vec<usize> {
-        let mut shape = self.array.shape().to_vec();
+        let mut shape = self.region.layout().shape.to_vec();
         if let Some(first) = shape.first_mut() {
             *first = self.range.len();
         }
@@ -115,13 +125,10 @@ impl<'a, T: Element> Rows<'a, T> {
     }
 
     fn start(&self) -> *mut T {
+        let data = self.region.data().cast::<T>().as_ptr();
         // SAFETY: the range is in bounds (`new`'s contract), so the offset is
         // at most the length of the data.
-        unsafe {
-            self.array
-                .as_mut_ptr()
-                .add(self.range.start * self.array.row_len())
-        }
+        unsafe { data.add(self.range.start * self.row_len()) }
     }
 
     /// Row `row` (an index into the whole array) as a slice.
@@ -150,7 +157,7 @@ impl<'a, T: Element> Rows<'a, T> {
             "row {row} is not among the rows held, {:?}",
             self.range
         );
-        let row_len = self.array.row_len();
+        let row_len = self.row_len();
         let at = (row - self.range.start) * row_len;
         at..at + row_len
     }
@@ -178,7 +185,7 @@ impl<'a, T: Element> Rows<'a, T> {
     ///
     /// As for [`SharedArray::prefault`](crate::SharedArray::prefault).
     pub fn prefault(&mut self) -> Result<(), ShmError> {
-        self.array.prefault_as(self.range(), Access::Write)
+        self.prefault_as(Access::Write)
     }
 
     /// Maps the rows' pages into this process for reading (see
@@ -188,7 +195,13 @@ impl<'a, T: Element> Rows<'a, T> {
     ///
     /// As for [`SharedArray::prefault`](crate::SharedArray::prefault).
     pub fn prefault_read(&self) -> Result<(), ShmError> {
-        self.array.prefault_as(self.range(), Access::Read)
+        self.prefault_as(Access::Read)
+    }
+
+    fn prefault_as(&self, access: Access) -> Result<(), ShmError> {
+        let bytes = self.row_len() * size_of::<T>();
+        let (start, end) = (self.range.start * bytes, self.range.end * bytes);
+        self.region.prefault(start, end, access)
     }
 }
 
@@ -196,7 +209,7 @@ impl<T: Element> Deref for Rows<'_, T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
-        let len = self.range.len() * self.array.row_len();
+        let len = self.range.len() * self.row_len();
         // SAFETY: in bounds and aligned, every bit pattern is a valid `T`,
         // and nobody writes these rows while `self` lives (`new`'s contract).
         unsafe { std::slice::from_raw_parts(self.start(), len) }
@@ -205,7 +218,7 @@ impl<T: Element> Deref for Rows<'_, T> {
 
 impl<T: Element> DerefMut for Rows<'_, T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        let len = self.range.len() * self.array.row_len();
+        let len = self.range.len() * self.row_len();
         // SAFETY: as in `deref`; `&mut Rows` is only handed out under
         // exclusive access, and `&mut self` makes this borrow unique.
         unsafe { std::slice::from_raw_parts_mut(self.start(), len) }
@@ -240,9 +253,9 @@ mod tests {
         assert_eq!(rows.row(1), [1, 1, 1, 1, 1, 9]);
         assert_eq!(rows.view().sum(), 14 + 6 + 21);
         assert_eq!(rows.len(), 18);
-        assert_eq!(array.to_vec()[..6], [0; 6]);
-        assert_eq!(array.to_vec()[6..12], [1, 1, 1, 1, 1, 9]);
-        assert_eq!(array.to_vec()[24..], [0; 6]);
+        assert_eq!(array.to_vec().unwrap()[..6], [0; 6]);
+        assert_eq!(array.to_vec().unwrap()[6..12], [1, 1, 1, 1, 1, 9]);
+        assert_eq!(array.to_vec().unwrap()[24..], [0; 6]);
         // SAFETY: as above.
         let empty = unsafe { Rows::new(&array, 5..5) };
         assert!(empty.is_empty() && empty.view().is_empty());

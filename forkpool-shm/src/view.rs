@@ -7,7 +7,7 @@
 //!   may write the memory at any time;
 //! - `ArrayView`/`ArrayViewMut` (ordinary views, as numpy users expect):
 //!   only where something makes "nobody else writes this" true: the lock of a
-//!   [`LockedArray`](crate::LockedArray), a claim of rows
+//!   [`Locked`](crate::Locked) array, a claim of rows
 //!   ([`Rows`](crate::Rows)), or an `unsafe` call whose contract the
 //!   caller keeps.
 //!

@@ -5,18 +5,18 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::{Outcome, spawn, wait_until};
-use forkpool_shm::{Element, SharedArray, SharedValue, ShmError};
+use forkpool_shm::{Element, SharedArray, ShmError};
 
 #[test]
 fn a_childs_writes_are_seen_by_the_parent_and_by_a_sibling() {
     let array = SharedArray::<f64>::new(&[4, 1000]).unwrap();
-    let step = SharedValue::new(0u32).unwrap();
+    let step = SharedArray::<_>::full(&[], 0u32).unwrap();
 
     // The first child writes row 0, then waits for its sibling's row 1.
     let first = spawn(|| {
         array.fill_row(0, 1.5);
-        step.store(1, Ordering::Release);
-        wait_until("the sibling's row", || step.load(Ordering::Acquire) == 2);
+        step.store(0, 1, Ordering::Release);
+        wait_until("the sibling's row", || step.load(0, Ordering::Acquire) == 2);
         let row1 = array.row_to_vec(1);
         ensure!(
             row1.iter().all(|&x| x == 2.5),
@@ -28,7 +28,7 @@ fn a_childs_writes_are_seen_by_the_parent_and_by_a_sibling() {
     // The second child sees row 0, then writes row 1.
     let second = spawn(|| {
         wait_until("the first child's row", || {
-            step.load(Ordering::Acquire) == 1
+            step.load(0, Ordering::Acquire) == 1
         });
         let row0 = array.row_to_vec(0);
         ensure!(
@@ -37,13 +37,13 @@ fn a_childs_writes_are_seen_by_the_parent_and_by_a_sibling() {
             &row0[..4]
         );
         array.fill_row(1, 2.5);
-        step.store(2, Ordering::Release);
+        step.store(0, 2, Ordering::Release);
         Ok(())
     });
     first.join();
     second.join();
 
-    let all = array.to_vec();
+    let all = array.to_vec().unwrap();
     assert!(all[..1000].iter().all(|&x| x == 1.5));
     assert!(all[1000..2000].iter().all(|&x| x == 2.5));
     assert!(all[2000..].iter().all(|&x| x == 0.0), "rows 2..4 stay zero");
@@ -52,14 +52,14 @@ fn a_childs_writes_are_seen_by_the_parent_and_by_a_sibling() {
 #[test]
 fn the_parents_writes_after_fork_are_seen_by_the_child() {
     let array = SharedArray::<u32>::new(&[1024]).unwrap();
-    let go = SharedValue::new(0u8).unwrap();
+    let go = SharedArray::<_>::full(&[], 0u8).unwrap();
     let child = spawn(|| {
-        wait_until("the parent's write", || go.get() == 1);
+        wait_until("the parent's write", || go.get(0) == 1);
         ensure!(array.get(1023) == 77, "child sees {}", array.get(1023));
         Ok(())
     });
     array.set(1023, 77);
-    go.set(1);
+    go.set(0, 1);
     child.join();
 }
 
@@ -81,7 +81,7 @@ fn two_workers_fill_disjoint_halves_with_atomics() {
     let pids: Vec<f64> = children.iter().map(|c| c.pid().as_raw() as f64).collect();
     children.into_iter().for_each(common::Child::join);
 
-    let all = array.to_vec();
+    let all = array.to_vec().unwrap();
     let half = all.len() / 2;
     assert!(
         all[..half].iter().all(|&x| x == pids[0]),
@@ -114,7 +114,7 @@ fn two_workers_fill_disjoint_halves_through_the_unsafe_slice_path() {
         .collect();
     children.into_iter().for_each(common::Child::join);
     let expected: Vec<u64> = (0..32_000).collect();
-    assert_eq!(array.to_vec(), expected);
+    assert_eq!(array.to_vec().unwrap(), expected);
 }
 
 #[test]
@@ -131,18 +131,18 @@ fn eight_processes_add_atomically_without_a_lock() {
         })
         .collect();
     children.into_iter().for_each(common::Child::join);
-    assert_eq!(array.to_vec(), [0, 80_000, 0]);
+    assert_eq!(array.to_vec().unwrap(), [0, 80_000, 0]);
 }
 
 #[test]
 fn only_one_process_wins_a_compare_exchange_race() {
-    let winner = SharedValue::new(0i32).unwrap();
+    let winner = SharedArray::<_>::full(&[], 0i32).unwrap();
     let children: Vec<_> = (0..8)
         .map(|_| {
             spawn(|| {
                 let me = std::process::id() as i32;
                 let won = winner
-                    .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+                    .compare_exchange(0, 0, me, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok();
                 // Exit code 0 for the winner, 3 for the others.
                 if won { Ok(()) } else { Err("lost".into()) }
@@ -159,7 +159,7 @@ fn only_one_process_wins_a_compare_exchange_race() {
         .collect();
     assert_eq!(
         winners,
-        [winner.get()],
+        [winner.get(0)],
         "exactly one winner, the one recorded: {outcomes:?}"
     );
 }
@@ -167,7 +167,7 @@ fn only_one_process_wins_a_compare_exchange_race() {
 fn round_trip<T: Element>(values: [T; 3]) {
     let array = SharedArray::<T>::new(&[2, 3]).unwrap();
     assert!(
-        array.to_vec().iter().all(|&x| x == T::default()),
+        array.to_vec().unwrap().iter().all(|&x| x == T::default()),
         "{} zero filled",
         T::NAME
     );
@@ -200,18 +200,18 @@ fn shapes_of_every_rank_and_empty_arrays() {
     let scalar = SharedArray::<f64>::new(&[]).unwrap();
     assert_eq!((scalar.len(), scalar.nrows(), scalar.row_len()), (1, 1, 1));
     scalar.set(0, 3.0);
-    assert_eq!(scalar.to_ndarray().ndim(), 0);
+    assert_eq!(scalar.to_ndarray().unwrap().ndim(), 0);
 
     let cube = SharedArray::<i16>::new(&[3, 4, 5]).unwrap();
     assert_eq!((cube.len(), cube.nrows(), cube.row_len()), (60, 3, 20));
     cube.set_at(&[2, 3, 4], 9);
     assert_eq!(cube.get(59), 9);
-    assert_eq!(cube.to_ndarray()[[2, 3, 4]], 9);
+    assert_eq!(cube.to_ndarray().unwrap()[[2, 3, 4]], 9);
     assert_eq!(cube.raw_view().shape(), &[3, 4, 5]);
 
     let empty = SharedArray::<u8>::new(&[0, 7]).unwrap();
     assert!(empty.is_empty());
-    assert_eq!(empty.to_vec(), Vec::<u8>::new());
+    assert_eq!(empty.to_vec().unwrap(), Vec::<u8>::new());
     empty.fill(1);
     empty.prefault(0..0).unwrap();
 }
@@ -330,7 +330,7 @@ fn prefault_maps_the_rows_pages_into_this_process() {
         if !(17..=48).contains(&after) {
             return Err(format!("after prefault_read(40..41): {after} pages mapped"));
         }
-        if array.to_vec().iter().all(|&x| x == 0) {
+        if array.to_vec().unwrap().iter().all(|&x| x == 0) {
             Ok(())
         } else {
             Err("prefaulting changed data".into())

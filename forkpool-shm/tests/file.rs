@@ -3,7 +3,7 @@
 mod common;
 
 use common::{python_numpy, spawn};
-use forkpool_shm::{FileOptions, LockedArray, MemInfo, PartitionedArray, SharedArray, ShmError};
+use forkpool_shm::{ArrayOptions, Atomic, Locked, MemInfo, Partitioned, SharedArray, ShmError};
 
 #[test]
 fn a_raw_file_keeps_what_was_written_in_native_row_major_order() {
@@ -11,9 +11,13 @@ fn a_raw_file_keeps_what_was_written_in_native_row_major_order() {
     let path = dir.path().join("a.i32");
     {
         // SAFETY: a fresh file in a private directory, used only here.
-        let array = unsafe { SharedArray::<i32>::create_file(&path, &[2, 3]) }.unwrap();
+        let array =
+            unsafe { ArrayOptions::new().create_file::<i32, Atomic>(&path, &[2, 3]) }.unwrap();
         assert_eq!(array.path(), Some(path.as_path()));
-        assert!(array.to_vec().iter().all(|&x| x == 0), "zero filled");
+        assert!(
+            array.to_vec().unwrap().iter().all(|&x| x == 0),
+            "zero filled"
+        );
         array.write_rows(0, &[1, 2, 3, -4, -5, -6]);
         array.flush().unwrap();
     }
@@ -24,7 +28,7 @@ fn a_raw_file_keeps_what_was_written_in_native_row_major_order() {
         .collect();
     assert_eq!(bytes, expected);
     // SAFETY: as above.
-    let again = unsafe { SharedArray::<i32>::open_file(&path, &[2, 3]) }.unwrap();
+    let again = unsafe { ArrayOptions::new().open_file::<i32, Atomic>(&path, &[2, 3]) }.unwrap();
     assert_eq!(again.get_at(&[1, 2]), -6);
 }
 
@@ -33,7 +37,8 @@ fn a_file_backed_array_is_shared_with_forked_children() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shared.f64");
     // SAFETY: a fresh file in a private directory, used only here.
-    let array = unsafe { SharedArray::<f64>::create_file(&path, &[8, 128]) }.unwrap();
+    let array =
+        unsafe { ArrayOptions::new().create_file::<f64, Atomic>(&path, &[8, 128]) }.unwrap();
     let children: Vec<_> = array
         .row_blocks(2)
         .into_iter()
@@ -55,7 +60,7 @@ fn a_locked_file_backed_counter_counts_every_increment() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("counter.u64");
     // SAFETY: a fresh file in a private directory, used only here.
-    let counter = unsafe { LockedArray::<u64>::create_file(&path, &[1]) }.unwrap();
+    let counter = unsafe { ArrayOptions::new().create_file::<u64, Locked>(&path, &[1]) }.unwrap();
     let children: Vec<_> = (0..4)
         .map(|_| {
             spawn(|| {
@@ -83,7 +88,7 @@ fn opening_with_the_wrong_shape_or_a_short_file_is_a_clear_error() {
     std::fs::write(&path, [0u8; 80]).unwrap(); // 10 f64
 
     // SAFETY: a private file, used only here.
-    let err = unsafe { SharedArray::<f64>::open_file(&path, &[3, 4]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_file::<f64, Atomic>(&path, &[3, 4]) }.unwrap_err();
     match &err {
         ShmError::FileLength {
             expected, actual, ..
@@ -98,7 +103,7 @@ fn opening_with_the_wrong_shape_or_a_short_file_is_a_clear_error() {
     assert!(text.contains("too short"), "{text}");
 
     // SAFETY: as above.
-    let err = unsafe { SharedArray::<f64>::open_file(&path, &[2, 4]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_file::<f64, Atomic>(&path, &[2, 4]) }.unwrap_err();
     assert!(
         err.to_string()
             .contains("16 bytes more than the shape needs"),
@@ -107,12 +112,12 @@ fn opening_with_the_wrong_shape_or_a_short_file_is_a_clear_error() {
 
     // The same bytes as another element type with a matching shape work.
     // SAFETY: as above.
-    let as_u32 = unsafe { SharedArray::<u32>::open_file(&path, &[4, 5]) }.unwrap();
+    let as_u32 = unsafe { ArrayOptions::new().open_file::<u32, Atomic>(&path, &[4, 5]) }.unwrap();
     assert_eq!(as_u32.len(), 20);
 
     let missing = dir.path().join("missing.f64");
     // SAFETY: the file does not exist.
-    let err = unsafe { SharedArray::<f64>::open_file(&missing, &[1]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_file::<f64, Atomic>(&missing, &[1]) }.unwrap_err();
     assert!(matches!(err, ShmError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("missing.f64"), "{err}");
 }
@@ -123,7 +128,8 @@ fn numpy_memmap_reads_and_writes_a_raw_file_made_here() {
     let path = dir.path().join("grid.f32");
     {
         // SAFETY: a fresh file; numpy opens it only after this array is dropped.
-        let array = unsafe { PartitionedArray::<f32>::create_file(&path, &[3, 4]) }.unwrap();
+        let array =
+            unsafe { ArrayOptions::new().create_file::<f32, Partitioned>(&path, &[3, 4]) }.unwrap();
         array
             .with_rows_mut(0..3, |rows| {
                 for (i, x) in rows.iter_mut().enumerate() {
@@ -144,7 +150,7 @@ fn numpy_memmap_reads_and_writes_a_raw_file_made_here() {
     );
     assert_eq!(out.trim(), "ok");
     // SAFETY: numpy has exited.
-    let array = unsafe { SharedArray::<f32>::open_file(&path, &[3, 4]) }.unwrap();
+    let array = unsafe { ArrayOptions::new().open_file::<f32, Atomic>(&path, &[3, 4]) }.unwrap();
     assert_eq!(array.get_at(&[2, 3]), -1.0);
     assert_eq!(array.get_at(&[2, 2]), 2.5);
 }
@@ -171,14 +177,14 @@ fn a_file_array_may_be_larger_than_memory() {
     ));
     // ...a file-backed one is not: pages go to disk.
     // SAFETY: a fresh file in a private directory, used only here.
-    let array = unsafe { SharedArray::<u8>::create_file(&path, &[len]) }.unwrap();
+    let array = unsafe { ArrayOptions::new().create_file::<u8, Atomic>(&path, &[len]) }.unwrap();
     array.set(0, 1);
     array.set(len - 1, 2);
     array.flush().unwrap();
     drop(array);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len as u64);
     // SAFETY: as above.
-    let array = unsafe { SharedArray::<u8>::open_file(&path, &[len]) }.unwrap();
+    let array = unsafe { ArrayOptions::new().open_file::<u8, Atomic>(&path, &[len]) }.unwrap();
     assert_eq!(
         (array.get(0), array.get(len / 2), array.get(len - 1)),
         (1, 0, 2)
@@ -191,7 +197,7 @@ fn a_file_larger_than_the_disk_is_refused_and_removed() {
     let path = dir.path().join("impossible.u8");
     let len = 1usize << 50; // 1 PiB
     // SAFETY: the file is new and never successfully mapped.
-    let err = unsafe { SharedArray::<u8>::create_file(&path, &[len]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().create_file::<u8, Atomic>(&path, &[len]) }.unwrap_err();
     assert!(matches!(err, ShmError::Reserve { .. }), "{err:?}");
     assert!(err.to_string().contains("1.0 PiB"), "{err}");
     assert!(!path.exists(), "no half-made file is left behind");
@@ -203,14 +209,14 @@ fn empty_raw_files_work() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.f64");
     // SAFETY: a fresh file in a private directory, used only here.
-    let array = unsafe { SharedArray::<f64>::create_file(&path, &[0, 5]) }.unwrap();
+    let array = unsafe { ArrayOptions::new().create_file::<f64, Atomic>(&path, &[0, 5]) }.unwrap();
     assert!(array.is_empty());
-    assert_eq!(array.to_vec(), Vec::<f64>::new());
+    assert_eq!(array.to_vec().unwrap(), Vec::<f64>::new());
     array.flush().unwrap();
     drop(array);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     // SAFETY: as above.
-    let again = unsafe { SharedArray::<f64>::open_file(&path, &[0, 5]) }.unwrap();
+    let again = unsafe { ArrayOptions::new().open_file::<f64, Atomic>(&path, &[0, 5]) }.unwrap();
     assert_eq!(again.shape(), &[0, 5]);
 }
 
@@ -237,9 +243,13 @@ fn create_on_a_fifo_leaves_the_fifo_and_names_it() {
         // SAFETY: the create fails; nothing is mapped.
         let err = unsafe {
             if raw {
-                SharedArray::<f64>::create_file(&path, &[4]).map(drop)
+                ArrayOptions::new()
+                    .create_file::<f64, Atomic>(&path, &[4])
+                    .map(drop)
             } else {
-                SharedArray::<f64>::create_npy(&path, &[4]).map(drop)
+                ArrayOptions::new()
+                    .create_npy::<f64, Atomic>(&path, &[4])
+                    .map(drop)
             }
         }
         .unwrap_err();
@@ -261,7 +271,7 @@ fn create_on_an_existing_file_keeps_its_bytes() {
     let path = dir.path().join("precious.f64");
     std::fs::write(&path, b"the user's data").unwrap();
     // SAFETY: the create fails; nothing is mapped.
-    let err = unsafe { SharedArray::<f64>::create_file(&path, &[4]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().create_file::<f64, Atomic>(&path, &[4]) }.unwrap_err();
     match &err {
         ShmError::Io { cause, .. } => {
             assert_eq!(cause.kind(), std::io::ErrorKind::AlreadyExists, "{err}")
@@ -283,7 +293,7 @@ fn create_through_a_symlink_keeps_the_link_and_its_target() {
     std::fs::write(&target, b"keep me").unwrap();
     std::os::unix::fs::symlink(&target, &link).unwrap();
     // SAFETY: the create fails; nothing is mapped.
-    let err = unsafe { SharedArray::<u8>::create_npy(&link, &[100]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().create_npy::<u8, Atomic>(&link, &[100]) }.unwrap_err();
     assert!(err.to_string().contains("symbolic link"), "{err}");
     assert!(link.is_symlink());
     assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
@@ -294,20 +304,21 @@ fn a_second_create_npy_of_one_path_keeps_the_first_arrays_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.npy");
     // SAFETY: a fresh file used only by this test.
-    let first = unsafe { SharedArray::<i64>::create_npy(&path, &[4, 4]) }.unwrap();
+    let first = unsafe { ArrayOptions::new().create_npy::<i64, Atomic>(&path, &[4, 4]) }.unwrap();
     first.fill(7);
     first.flush().unwrap();
     // Smaller, larger and equal shapes: the old code zeroed (or cut) the
     // first array's file under it.
     for shape in [&[1][..], &[100, 100], &[4, 4]] {
         // SAFETY: the create fails; nothing new is mapped.
-        let err = unsafe { SharedArray::<i64>::create_npy(&path, shape) }.unwrap_err();
+        let err =
+            unsafe { ArrayOptions::new().create_npy::<i64, Atomic>(&path, shape) }.unwrap_err();
         assert!(err.to_string().contains("already exists"), "{err}");
     }
     assert!(first.iter().all(|x| x == 7));
     drop(first);
     // SAFETY: as above.
-    let again = unsafe { SharedArray::<i64>::open_npy(&path) }.unwrap();
+    let again = unsafe { ArrayOptions::new().open_npy::<i64, Atomic>(&path) }.unwrap();
     assert_eq!(again.shape(), &[4, 4]);
     assert!(again.iter().all(|x| x == 7));
 }
@@ -318,17 +329,17 @@ fn a_read_only_file_is_not_opened_read_write_even_by_root() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("frozen.npy");
     // SAFETY: a fresh file used only by this test.
-    let array = unsafe { SharedArray::<u16>::create_npy(&path, &[3]) }.unwrap();
+    let array = unsafe { ArrayOptions::new().create_npy::<u16, Atomic>(&path, &[3]) }.unwrap();
     array.set(1, 9);
     drop(array);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
     let before = std::fs::read(&path).unwrap();
     // SAFETY: the open fails; nothing is mapped.
-    let err = unsafe { SharedArray::<u16>::open_npy(&path) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_npy::<u16, Atomic>(&path) }.unwrap_err();
     assert!(err.to_string().contains("read-only (mode 444)"), "{err}");
     // SAFETY: as above.
-    let err = unsafe { SharedArray::<u16>::open_file(&path, &[64]) }.unwrap_err();
-    assert!(err.to_string().contains("open_file_readonly"), "{err}");
+    let err = unsafe { ArrayOptions::new().open_file::<u16, Atomic>(&path, &[64]) }.unwrap_err();
+    assert!(err.to_string().contains("read_only(true)"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
 }
 
@@ -338,16 +349,21 @@ fn a_read_only_open_maps_the_file_prot_read_and_refuses_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("frozen.npy");
     // SAFETY: a fresh file used only by this test.
-    let array = unsafe { SharedArray::<u16>::create_npy(&path, &[3, 2]) }.unwrap();
+    let array = unsafe { ArrayOptions::new().create_npy::<u16, Atomic>(&path, &[3, 2]) }.unwrap();
     array.set(1, 9);
     drop(array);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
     // ANCHOR: readonly
     // SAFETY: nothing writes or truncates the file while it is mapped.
-    let array = unsafe { SharedArray::<u16>::open_npy_readonly(&path) }.unwrap();
+    let array = unsafe {
+        ArrayOptions::new()
+            .read_only(true)
+            .open_npy::<u16, Atomic>(&path)
+    }
+    .unwrap();
     assert!(array.is_read_only());
     // ANCHOR_END: readonly
-    assert_eq!(array.to_vec(), [0, 9, 0, 0, 0, 0]);
+    assert_eq!(array.to_vec().unwrap(), [0, 9, 0, 0, 0, 0]);
     array.prefault_read(0..3).unwrap();
     assert!(matches!(
         array.prefault(0..3),
@@ -372,7 +388,12 @@ fn a_read_only_open_maps_the_file_prot_read_and_refuses_writes() {
     });
     child.join();
     // SAFETY: as above.
-    let raw = unsafe { SharedArray::<u8>::open_file_readonly(&path, &[128 + 12]) }.unwrap();
+    let raw = unsafe {
+        ArrayOptions::new()
+            .read_only(true)
+            .open_file::<u8, Atomic>(&path, &[128 + 12])
+    }
+    .unwrap();
     assert!(raw.is_read_only() && raw.get(0) == 0x93);
 }
 
@@ -382,12 +403,12 @@ fn overwrite_replaces_a_file_atomically_and_keeps_its_permissions() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data.npy");
     // SAFETY: a fresh file used only by this test.
-    let old = unsafe { SharedArray::<f32>::create_npy(&path, &[8]) }.unwrap();
+    let old = unsafe { ArrayOptions::new().create_npy::<f32, Atomic>(&path, &[8]) }.unwrap();
     old.fill(1.5);
     old.flush().unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     // ANCHOR: overwrite
-    let options = FileOptions::new().overwrite(true);
+    let options = ArrayOptions::new().overwrite(true);
     // SAFETY: as above; `old` maps the old file, which the rename unlinks.
     let new: SharedArray<f32> = unsafe { options.create_npy(&path, &[2, 2]) }.unwrap();
     // ANCHOR_END: overwrite
@@ -399,7 +420,7 @@ fn overwrite_replaces_a_file_atomically_and_keeps_its_permissions() {
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
     // SAFETY: as above.
-    let again = unsafe { SharedArray::<f32>::open_npy(&path) }.unwrap();
+    let again = unsafe { ArrayOptions::new().open_npy::<f32, Atomic>(&path) }.unwrap();
     assert_eq!((again.shape(), again.get(3)), (&[2, 2][..], 2.5));
     assert_eq!(entries(dir.path()), ["data.npy"]);
 
@@ -407,7 +428,7 @@ fn overwrite_replaces_a_file_atomically_and_keeps_its_permissions() {
     let fifo = dir.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     // SAFETY: the create fails.
-    let err = unsafe { options.create_file::<SharedArray<u8>>(&fifo, &[1]) }.unwrap_err();
+    let err = unsafe { options.create_file::<u8, Atomic>(&fifo, &[1]) }.unwrap_err();
     assert!(err.to_string().contains("FIFO"), "{err}");
 }
 
@@ -417,10 +438,10 @@ fn following_a_symlink_replaces_its_target_and_keeps_the_link() {
     let (target, link) = (dir.path().join("target.u8"), dir.path().join("link.u8"));
     std::fs::write(&target, b"old").unwrap();
     std::os::unix::fs::symlink("target.u8", &link).unwrap();
-    let options = FileOptions::new().overwrite(true);
+    let options = ArrayOptions::new().overwrite(true);
     // Overwrite alone does not write through the link.
     // SAFETY: the create fails.
-    let err = unsafe { options.create_file::<SharedArray<u8>>(&link, &[4]) }.unwrap_err();
+    let err = unsafe { options.create_file::<u8, Atomic>(&link, &[4]) }.unwrap_err();
     assert!(err.to_string().contains("follow_symlinks"), "{err}");
     assert_eq!(std::fs::read(&target).unwrap(), b"old");
     // SAFETY: a file used only by this test.
@@ -446,7 +467,8 @@ fn a_create_over_the_file_size_limit_names_the_limit() {
         unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.map_err(|e| e.to_string())?;
         setrlimit(Resource::RLIMIT_FSIZE, 1 << 20, 1 << 20).map_err(|e| e.to_string())?;
         // SAFETY: the create fails; nothing is mapped.
-        let err = match unsafe { SharedArray::<f64>::create_file(&path, &[1 << 20]) } {
+        let err = match unsafe { ArrayOptions::new().create_file::<f64, Atomic>(&path, &[1 << 20]) }
+        {
             Ok(_) => return Err("a file over RLIMIT_FSIZE was created".into()),
             Err(err) => err.to_string(),
         };

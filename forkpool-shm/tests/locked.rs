@@ -6,11 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Outcome, spawn, wait_until};
-use forkpool_shm::{LockError, LockedArray, LockedValue, SharedValue, ShmError};
+use forkpool_shm::{LockError, Locked, SharedArray, ShmError};
 
 #[test]
 fn eight_processes_incrementing_a_locked_counter_give_exactly_80_000() {
-    let counter = LockedValue::new(0u64).unwrap();
+    let counter = SharedArray::<_, Locked>::full(&[], 0u64).unwrap();
     let children: Vec<_> = (0..8)
         .map(|_| {
             spawn(|| {
@@ -19,9 +19,9 @@ fn eight_processes_incrementing_a_locked_counter_give_exactly_80_000() {
                         .with_lock(|count| {
                             // A plain load and store: increments are lost unless
                             // the lock really excludes the other processes.
-                            let seen = *count;
+                            let seen = count[0];
                             std::hint::black_box(());
-                            *count = seen + 1;
+                            count[0] = seen + 1;
                         })
                         .map_err(|e| e.to_string())?;
                 }
@@ -30,14 +30,14 @@ fn eight_processes_incrementing_a_locked_counter_give_exactly_80_000() {
         })
         .collect();
     children.into_iter().for_each(common::Child::join);
-    assert_eq!(counter.with_lock(|count| *count).unwrap(), 80_000);
+    assert_eq!(counter.with_lock(|count| count[0]).unwrap(), 80_000);
 }
 
 #[test]
 fn a_locked_array_keeps_multi_element_updates_whole() {
     // Each update writes one value to every element; a reader under the lock
     // must never see a mix.
-    let array = LockedArray::<u32>::new(&[16, 256]).unwrap();
+    let array = SharedArray::<u32, Locked>::new(&[16, 256]).unwrap();
     let children: Vec<_> = (1..=4u32)
         .map(|id| {
             let array = array.clone();
@@ -67,12 +67,12 @@ fn a_locked_array_keeps_multi_element_updates_whole() {
 
 /// Starts a child that takes the lock, writes `7` into row 0, reports that it
 /// holds the lock, and waits to be killed.
-fn holder(array: &LockedArray<i64>, holding: &SharedValue<u8>) -> common::Child {
+fn holder(array: &SharedArray<i64, Locked>, holding: &SharedArray<u8>) -> common::Child {
     spawn(|| {
         array
             .with_lock(|data| {
                 data.row_mut(0).fill(7);
-                holding.set(1);
+                holding.set(0, 1);
                 loop {
                     std::thread::sleep(Duration::from_secs(1));
                 }
@@ -83,11 +83,11 @@ fn holder(array: &LockedArray<i64>, holding: &SharedValue<u8>) -> common::Child 
 
 #[test]
 fn a_process_killed_holding_the_lock_is_reported_by_the_next_lock_with_the_data_intact() {
-    let array = LockedArray::<i64>::new(&[2, 100]).unwrap();
-    let holding = SharedValue::new(0u8).unwrap();
+    let array = SharedArray::<i64, Locked>::new(&[2, 100]).unwrap();
+    let holding = SharedArray::<_>::full(&[], 0u8).unwrap();
     let child = holder(&array, &holding);
     let pid = child.pid().as_raw();
-    wait_until("the child to hold the lock", || holding.get() == 1);
+    wait_until("the child to hold the lock", || holding.get(0) == 1);
     assert!(matches!(
         array.try_with_lock(|_| ()),
         Err(LockError::Failed(ShmError::WouldBlock))
@@ -136,14 +136,14 @@ fn a_process_killed_holding_the_lock_is_reported_by_the_next_lock_with_the_data_
 
 #[test]
 fn a_waiter_blocked_on_the_lock_is_woken_when_the_holder_is_killed() {
-    let array = LockedArray::<i64>::new(&[2, 100]).unwrap();
-    let holding = SharedValue::new(0u8).unwrap();
-    let waiting = SharedValue::new(0u8).unwrap();
+    let array = SharedArray::<i64, Locked>::new(&[2, 100]).unwrap();
+    let holding = SharedArray::<_>::full(&[], 0u8).unwrap();
+    let waiting = SharedArray::<_>::full(&[], 0u8).unwrap();
     let first = holder(&array, &holding);
-    wait_until("the first child to hold the lock", || holding.get() == 1);
+    wait_until("the first child to hold the lock", || holding.get(0) == 1);
     // The second child blocks in lock(); it must learn of the death, not hang.
     let second = spawn(|| {
-        waiting.set(1);
+        waiting.set(0, 1);
         match array.with_lock(|data| data[0]) {
             Err(LockError::OwnerDied(died)) => {
                 let first = died.into_inner();
@@ -154,7 +154,7 @@ fn a_waiter_blocked_on_the_lock_is_woken_when_the_holder_is_killed() {
             Err(LockError::Failed(e)) => Err(e.to_string()),
         }
     });
-    wait_until("the second child to wait", || waiting.get() == 1);
+    wait_until("the second child to wait", || waiting.get(0) == 1);
     std::thread::sleep(Duration::from_millis(50)); // let it block in the kernel
     first.kill();
     assert_eq!(
@@ -166,17 +166,17 @@ fn a_waiter_blocked_on_the_lock_is_woken_when_the_holder_is_killed() {
 
 #[test]
 fn a_holder_that_panics_poisons_the_lock() {
-    let value = LockedValue::new(1.5f64).unwrap();
+    let value = SharedArray::<_, Locked>::full(&[], 1.5f64).unwrap();
     std::thread::scope(|s| {
         let handle = s.spawn(|| {
             let _ = value.with_lock(|value| {
-                *value = 2.5;
+                value[0] = 2.5;
                 panic!("worker failed half-way");
             });
         });
         assert!(handle.join().is_err());
     });
-    match value.with_lock(|value| *value) {
+    match value.with_lock(|value| value[0]) {
         Err(LockError::OwnerDied(died)) => {
             assert!(died.panicked());
             assert_eq!(died.pid(), Some(std::process::id() as i32));
@@ -188,18 +188,18 @@ fn a_holder_that_panics_poisons_the_lock() {
 
 #[test]
 fn try_lock_and_lock_timeout_see_a_lock_held_by_another_process() {
-    let array = LockedArray::<u8>::new(&[1]).unwrap();
-    let holding = SharedValue::new(0u8).unwrap();
-    let release = SharedValue::new(0u8).unwrap();
+    let array = SharedArray::<u8, Locked>::new(&[1]).unwrap();
+    let holding = SharedArray::<_>::full(&[], 0u8).unwrap();
+    let release = SharedArray::<_>::full(&[], 0u8).unwrap();
     let child = spawn(|| {
         array
             .with_lock(|_| {
-                holding.set(1);
-                wait_until("the parent's go", || release.get() == 1);
+                holding.set(0, 1);
+                wait_until("the parent's go", || release.get(0) == 1);
             })
             .map_err(|e| e.to_string())
     });
-    wait_until("the child to hold the lock", || holding.get() == 1);
+    wait_until("the child to hold the lock", || holding.get(0) == 1);
     assert!(matches!(
         array.try_with_lock(|_| ()),
         Err(LockError::Failed(ShmError::WouldBlock))
@@ -211,7 +211,7 @@ fn try_lock_and_lock_timeout_see_a_lock_held_by_another_process() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert!(started.elapsed() >= t);
-    release.set(1);
+    release.set(0, 1);
     child.join();
     assert!(
         array.try_with_lock(|_| ()).is_ok(),
@@ -221,7 +221,7 @@ fn try_lock_and_lock_timeout_see_a_lock_held_by_another_process() {
 
 #[test]
 fn locking_twice_on_one_thread_is_an_error_not_a_deadlock() {
-    let array = LockedArray::<u8>::new(&[1]).unwrap();
+    let array = SharedArray::<u8, Locked>::new(&[1]).unwrap();
     let again = array.with_lock(|_| array.with_lock(|_| ())).unwrap();
     assert!(matches!(
         again,
@@ -232,7 +232,7 @@ fn locking_twice_on_one_thread_is_an_error_not_a_deadlock() {
 #[test]
 fn views_under_the_lock_are_ordinary_ndarray_views() {
     use ndarray::Ix2;
-    let array = LockedArray::<f64>::new(&[3, 4]).unwrap();
+    let array = SharedArray::<f64, Locked>::new(&[3, 4]).unwrap();
     let child = spawn(|| {
         array
             .with_lock(|data| {

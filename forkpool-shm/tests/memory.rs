@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{Outcome, big_memory_lock, spawn, wait_until};
 use forkpool_shm::{
-    ByteSize, LockedArray, MemInfo, MemoryReport, MemoryUsage, Pid, SharedArray, SharedValue,
-    ShmError, available_memory,
+    ByteSize, Locked, MemInfo, MemoryReport, MemoryUsage, Pid, SharedArray, ShmError,
+    available_memory,
 };
 
 const GIB: u64 = 1 << 30;
@@ -42,7 +42,7 @@ fn an_impossible_size_is_an_out_of_memory_error_naming_sizes_and_the_alternative
     // The same for every anonymous flavour, and a 25.6 GB-class array of f64
     // when it does not fit.
     assert!(matches!(
-        LockedArray::<f64>::new(&[10_000_000, 160_000]),
+        SharedArray::<f64, Locked>::new(&[10_000_000, 160_000]),
         Err(ShmError::OutOfMemory { .. })
     ));
     let room = available_memory().unwrap().bytes.as_u64();
@@ -57,27 +57,27 @@ fn an_impossible_size_is_an_out_of_memory_error_naming_sizes_and_the_alternative
 fn a_report_covers_the_parent_and_its_workers_with_roles() {
     let array = SharedArray::<u8>::new(&[8 << 20]).unwrap(); // 8 MiB
     array.prefault(0..array.nrows()).unwrap();
-    let release = SharedValue::new(0u8).unwrap();
-    let ready = SharedValue::new(0u32).unwrap();
+    let release = SharedArray::<_>::full(&[], 0u8).unwrap();
+    let ready = SharedArray::<_>::full(&[], 0u32).unwrap();
     let workers: Vec<_> = (0..2)
         .map(|_| {
             spawn(|| {
                 array
                     .prefault(0..array.nrows())
                     .map_err(|e| e.to_string())?;
-                ready.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                wait_until("the report", || release.get() == 1);
+                ready.fetch_add(0, 1, std::sync::atomic::Ordering::AcqRel);
+                wait_until("the report", || release.get(0) == 1);
                 Ok(())
             })
         })
         .collect();
-    wait_until("the workers", || ready.get() == 2);
+    wait_until("the workers", || ready.get(0) == 2);
     let mut report = MemoryReport::new();
     report.add(Pid::this(), "parent").unwrap();
     for (i, w) in workers.iter().enumerate() {
         report.add(w.pid(), format!("worker {}", i + 1)).unwrap();
     }
-    release.set(1);
+    release.set(0, 1);
     workers.into_iter().for_each(common::Child::join);
 
     let entries = report.entries();
@@ -122,14 +122,14 @@ fn one_gib_shared_by_the_parent_and_two_workers_adds_under_5_percent_to_summed_p
     let parent_before = MemoryUsage::of(Pid::this()).unwrap().pss;
     let array = SharedArray::<u8>::new(&[size / 4096, 4096]).unwrap();
     let halves = array.row_blocks(2);
-    let ready = SharedValue::new(0u32).unwrap();
-    let phase = SharedValue::new(0u8).unwrap();
+    let ready = SharedArray::<_>::full(&[], 0u32).unwrap();
+    let phase = SharedArray::<_>::full(&[], 0u8).unwrap();
     let workers: Vec<_> = (0..2)
         .map(|w| {
             let (mine, other) = (halves[w].clone(), halves[1 - w].clone());
             spawn(|| {
-                ready.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                wait_until("the baseline measurement", || phase.get() == 1);
+                ready.fetch_add(0, 1, std::sync::atomic::Ordering::AcqRel);
+                wait_until("the baseline measurement", || phase.get(0) == 1);
                 // Every process maps every page: each worker writes its half
                 // and reads the other.
                 array.prefault(mine.clone()).map_err(|e| e.to_string())?;
@@ -137,8 +137,8 @@ fn one_gib_shared_by_the_parent_and_two_workers_adds_under_5_percent_to_summed_p
                 // them until both have signalled.
                 unsafe { array.rows_mut_unchecked(mine) }.fill(w as u8 + 1);
                 array.prefault_read(other).map_err(|e| e.to_string())?;
-                ready.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                wait_until("the second measurement", || phase.get() == 2);
+                ready.fetch_add(0, 1, std::sync::atomic::Ordering::AcqRel);
+                wait_until("the second measurement", || phase.get(0) == 2);
                 Ok(())
             })
         })
@@ -151,13 +151,13 @@ fn one_gib_shared_by_the_parent_and_two_workers_adds_under_5_percent_to_summed_p
         list
     };
 
-    wait_until("the workers to start", || ready.get() == 2);
+    wait_until("the workers to start", || ready.get(0) == 2);
     let before = MemoryReport::collect(processes()).unwrap();
     array.prefault(0..array.nrows()).unwrap(); // already mapped: a no-op
-    phase.set(1);
-    wait_until("the workers to map the array", || ready.get() == 4);
+    phase.set(0, 1);
+    wait_until("the workers to map the array", || ready.get(0) == 4);
     let with = MemoryReport::collect(processes()).unwrap();
-    phase.set(2);
+    phase.set(0, 2);
     workers.into_iter().for_each(common::Child::join);
 
     println!(
@@ -219,7 +219,7 @@ fn memory_is_freed_when_every_process_holding_it_is_killed_and_nothing_is_in_dev
     };
     let before = dev_shm();
     let shmem_before = MemInfo::read().unwrap().shmem;
-    let ready = SharedValue::new(0u8).unwrap();
+    let ready = SharedArray::<_>::full(&[], 0u8).unwrap();
     // The child makes the array and forks a grandchild that maps it too;
     // then both are killed, the grandchild first (while its pid is surely its).
     let child = spawn(|| {
@@ -231,12 +231,12 @@ fn memory_is_freed_when_every_process_holding_it_is_killed_and_nothing_is_in_dev
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
-        ready.set(1);
+        ready.set(0, 1);
         loop {
             std::thread::sleep(Duration::from_secs(1));
         }
     });
-    wait_until("the array to exist", || ready.get() == 1);
+    wait_until("the array to exist", || ready.get(0) == 1);
     let alive = MemInfo::read().unwrap().shmem;
     assert!(
         alive >= shmem_before + size as u64 * 9 / 10,

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::python_numpy;
-use forkpool_shm::{LockedArray, SharedArray, ShmError};
+use forkpool_shm::{ArrayOptions, Atomic, Locked, SharedArray, ShmError};
 
 fn temp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -19,13 +19,15 @@ fn numpy_opens_with_mmap_what_rust_wrote_and_rust_sees_numpys_writes() {
     let i16_path = dir.path().join("small.npy");
     {
         // SAFETY: fresh files; numpy opens them only after these arrays are dropped.
-        let a = unsafe { SharedArray::<f64>::create_npy(&f64_path, &[3, 4]) }.unwrap();
+        let a =
+            unsafe { ArrayOptions::new().create_npy::<f64, Atomic>(&f64_path, &[3, 4]) }.unwrap();
         for i in 0..12 {
             a.set(i, i as f64 / 2.0);
         }
         a.flush().unwrap();
         // SAFETY: as above.
-        let b = unsafe { LockedArray::<i16>::create_npy(&i16_path, &[2, 2, 2]) }.unwrap();
+        let b = unsafe { ArrayOptions::new().create_npy::<i16, Locked>(&i16_path, &[2, 2, 2]) }
+            .unwrap();
         b.with_lock(|data| data.copy_from_slice(&[-1, 2, -3, 4, -5, 6, -7, 8]))
             .unwrap();
         b.flush().unwrap();
@@ -49,12 +51,12 @@ fn numpy_opens_with_mmap_what_rust_wrote_and_rust_sees_numpys_writes() {
     assert_eq!(out.trim(), "ok");
 
     // SAFETY: numpy has exited; only this test uses the files.
-    let a = unsafe { SharedArray::<f64>::open_npy(&f64_path) }.unwrap();
+    let a = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&f64_path) }.unwrap();
     let a = a.expect_shape(&[3, 4]).unwrap();
     assert_eq!(a.get_at(&[1, 2]), 100.0);
     assert_eq!(a.get_at(&[2, 3]), 5.5);
     // SAFETY: as above.
-    let b = unsafe { LockedArray::<i16>::open_npy(&i16_path) }.unwrap();
+    let b = unsafe { ArrayOptions::new().open_npy::<i16, Locked>(&i16_path) }.unwrap();
     assert_eq!(b.with_lock(|data| data[7]).unwrap(), 999);
 }
 
@@ -90,29 +92,41 @@ fn rust_opens_what_numpy_saved_and_numpy_sees_rusts_writes() {
     );
     // SAFETY: numpy has exited; only this test uses the files.
     unsafe {
-        let a = SharedArray::<i32>::open_npy(&paths[0]).unwrap();
+        let a = ArrayOptions::new()
+            .open_npy::<i32, Atomic>(&paths[0])
+            .unwrap();
         assert_eq!(a.shape(), &[3, 5]);
-        assert_eq!(a.to_vec(), (0..15).collect::<Vec<i32>>());
+        assert_eq!(a.to_vec().unwrap(), (0..15).collect::<Vec<i32>>());
         a.set_at(&[2, 4], -14);
         a.flush().unwrap();
 
-        let b = SharedArray::<f32>::open_npy(&paths[1]).unwrap();
+        let b = ArrayOptions::new()
+            .open_npy::<f32, Atomic>(&paths[1])
+            .unwrap();
         assert_eq!(b.shape(), &[2, 3]);
         assert_eq!(b.get(5), 1.0);
         assert_eq!(b.get(1), 0.2);
 
-        let c = SharedArray::<f64>::open_npy(&paths[2]).unwrap();
+        let c = ArrayOptions::new()
+            .open_npy::<f64, Atomic>(&paths[2])
+            .unwrap();
         assert_eq!((c.shape(), c.get(0)), (&[][..], 7.5));
 
-        let d = SharedArray::<u8>::open_npy(&paths[3]).unwrap();
+        let d = ArrayOptions::new()
+            .open_npy::<u8, Atomic>(&paths[3])
+            .unwrap();
         assert_eq!(d.shape(), &[0, 3]);
         assert!(d.is_empty());
 
-        let e = SharedArray::<u8>::open_npy(&paths[4]).unwrap();
+        let e = ArrayOptions::new()
+            .open_npy::<u8, Atomic>(&paths[4])
+            .unwrap();
         assert_eq!(e.get(255), 255);
 
-        let f = SharedArray::<i64>::open_npy(&paths[5]).unwrap();
-        assert!(f.to_vec().iter().all(|&x| x == -3));
+        let f = ArrayOptions::new()
+            .open_npy::<i64, Atomic>(&paths[5])
+            .unwrap();
+        assert!(f.to_vec().unwrap().iter().all(|&x| x == -3));
     }
     let out = python_numpy(
         "import sys, numpy as np\n\
@@ -136,7 +150,7 @@ fn the_wrong_element_type_is_a_clear_error() {
         &["i32.npy", "big.npy", "complex.npy", "record.npy"],
     );
     // SAFETY: numpy has exited; the file is never mapped (the open fails).
-    let err = unsafe { SharedArray::<f64>::open_npy(&paths[0]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&paths[0]) }.unwrap_err();
     assert!(matches!(err, ShmError::DtypeMismatch { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("holds '<i4'"), "{text}");
@@ -144,11 +158,11 @@ fn the_wrong_element_type_is_a_clear_error() {
     assert!(text.contains("open it as an array of i32"), "{text}");
 
     // SAFETY: as above.
-    let err = unsafe { SharedArray::<f64>::open_npy(&paths[1]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&paths[1]) }.unwrap_err();
     assert!(err.to_string().contains("big-endian"), "{err}");
 
     // SAFETY: as above.
-    let err = unsafe { SharedArray::<f64>::open_npy(&paths[2]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&paths[2]) }.unwrap_err();
     assert!(err.to_string().contains("'<c16'"), "{err}");
     assert!(
         err.to_string().contains("complex arrays are not supported"),
@@ -156,7 +170,7 @@ fn the_wrong_element_type_is_a_clear_error() {
     );
 
     // SAFETY: as above.
-    let err = unsafe { SharedArray::<f64>::open_npy(&paths[3]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&paths[3]) }.unwrap_err();
     assert!(err.to_string().contains("structured dtype"), "{err}");
 }
 
@@ -165,9 +179,9 @@ fn the_wrong_shape_is_a_clear_error() {
     let dir = temp();
     let path = dir.path().join("a.npy");
     // SAFETY: a fresh file used only here.
-    drop(unsafe { SharedArray::<u16>::create_npy(&path, &[4, 5]) }.unwrap());
+    drop(unsafe { ArrayOptions::new().create_npy::<u16, Atomic>(&path, &[4, 5]) }.unwrap());
     // SAFETY: as above.
-    let a = unsafe { SharedArray::<u16>::open_npy(&path) }.unwrap();
+    let a = unsafe { ArrayOptions::new().open_npy::<u16, Atomic>(&path) }.unwrap();
     let err = a.expect_shape(&[5, 4]).unwrap_err();
     assert!(matches!(err, ShmError::ShapeMismatch { .. }));
     let text = err.to_string();
@@ -186,7 +200,7 @@ fn fortran_order_is_refused_with_the_fix() {
         &["fortran.npy"],
     );
     // SAFETY: numpy has exited; the file is never mapped.
-    let err = unsafe { SharedArray::<f64>::open_npy(&paths[0]) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&paths[0]) }.unwrap_err();
     assert!(matches!(err, ShmError::NpyHeader { .. }), "{err:?}");
     assert!(err.to_string().contains("Fortran"), "{err}");
     assert!(err.to_string().contains("np.ascontiguousarray"), "{err}");
@@ -196,7 +210,7 @@ fn fortran_order_is_refused_with_the_fix() {
 fn good_npy(dir: &Path) -> Vec<u8> {
     let path = dir.join("good.npy");
     // SAFETY: a fresh file used only here.
-    drop(unsafe { SharedArray::<f64>::create_npy(&path, &[3, 4]) }.unwrap());
+    drop(unsafe { ArrayOptions::new().create_npy::<f64, Atomic>(&path, &[3, 4]) }.unwrap());
     std::fs::read(path).unwrap()
 }
 
@@ -204,7 +218,7 @@ fn open_bytes(dir: &Path, name: &str, bytes: &[u8]) -> ShmError {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     // SAFETY: a private file; the error path never maps it for long.
-    unsafe { SharedArray::<f64>::open_npy(&path) }.unwrap_err()
+    unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&path) }.unwrap_err()
 }
 
 #[test]
@@ -261,7 +275,7 @@ fn a_missing_file_names_its_path() {
     let dir = temp();
     let path = dir.path().join("nowhere.npy");
     // SAFETY: the file does not exist.
-    let err = unsafe { SharedArray::<f64>::open_npy(&path) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&path) }.unwrap_err();
     assert!(matches!(err, ShmError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("nowhere.npy"), "{err}");
 }
@@ -315,7 +329,7 @@ fn open_in_limited_child(dir: &Path, name: &str, bytes: &[u8]) -> String {
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, limit, limit)
             .map_err(|e| e.to_string())?;
         // SAFETY: a private file; the open fails before mapping anything.
-        let err = match unsafe { SharedArray::<f64>::open_npy(&path) } {
+        let err = match unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&path) } {
             Ok(_) => return Err("a hostile file was opened".into()),
             Err(err) => err.to_string(),
         };
@@ -364,7 +378,8 @@ fn deep_nesting_in_a_224_byte_header_is_parsed_at_once() {
     std::fs::write(&path, npy_with(1, &format!("{text:<213}\n"), 24)).unwrap();
     let child = common::spawn(|| {
         // SAFETY: a private file used only here.
-        let array = unsafe { SharedArray::<f64>::open_npy(&path) }.map_err(|e| e.to_string())?;
+        let array = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&path) }
+            .map_err(|e| e.to_string())?;
         ensure!(array.shape() == [3], "shape {:?}", array.shape());
         Ok(())
     });
@@ -430,17 +445,17 @@ fn an_empty_shape_whose_byte_size_overflows_is_refused_as_numpy_refuses_it() {
     let path = dir.path().join("overflow.npy");
     std::fs::write(&path, npy_aligned(text, 0)).unwrap();
     // SAFETY: a private file; the open fails before mapping it.
-    let err = unsafe { SharedArray::<f64>::open_npy(&path) }.unwrap_err();
+    let err = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&path) }.unwrap_err();
     assert!(matches!(err, ShmError::InvalidShape { .. }), "{err:?}");
     assert!(err.to_string().contains("too big"), "{err}");
     // numpy's exact limit: 2**32 * 268435455 * 8 bytes fits, so it opens.
     let text = "{'descr': '<f8', 'fortran_order': False, 'shape': (0, 4294967296, 268435455), }";
     std::fs::write(&path, npy_aligned(text, 0)).unwrap();
     // SAFETY: as above; the array is empty.
-    let array = unsafe { SharedArray::<f64>::open_npy(&path) }.unwrap();
+    let array = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&path) }.unwrap();
     assert_eq!((array.len(), array.nrows()), (0, 0));
     assert_eq!(array.raw_view().shape(), &[0, 1 << 32, 268_435_455]);
-    assert_eq!(array.to_ndarray().len(), 0);
+    assert_eq!(array.to_ndarray().unwrap().len(), 0);
 }
 
 #[test]
@@ -451,7 +466,7 @@ fn dtypes_are_named_as_numpy_names_them_and_synonyms_open() {
         let path = dir.path().join(name);
         std::fs::write(&path, npy_aligned(&text, 16)).unwrap();
         // SAFETY: a private file used only here.
-        unsafe { SharedArray::<f64>::open_npy(&path) }
+        unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&path) }
     };
     for (i, synonym) in ["'<d'", "'float64'", "'d'", "'=f8'", "\"<f8\""]
         .iter()
@@ -503,7 +518,7 @@ fn dtypes_are_named_as_numpy_names_them_and_synonyms_open() {
     std::fs::write(&path, &bytes).unwrap();
     drop(err);
     // SAFETY: as above.
-    let err = unsafe { SharedArray::<f64>::open_npy(&path) }
+    let err = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&path) }
         .unwrap_err()
         .to_string();
     assert!(
@@ -521,7 +536,7 @@ fn the_header_written_is_numpys_byte_for_byte() {
     for (i, shape) in shapes.iter().enumerate() {
         let path = dir.path().join(format!("ours{i}.npy"));
         // SAFETY: a fresh file used only here.
-        drop(unsafe { SharedArray::<u8>::create_npy(&path, shape) }.unwrap());
+        drop(unsafe { ArrayOptions::new().create_npy::<u8, Atomic>(&path, shape) }.unwrap());
         paths.push(path);
     }
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
@@ -556,7 +571,7 @@ proptest::proptest! {
         let dir = temp();
         let path = dir.path().join("m.npy");
         // SAFETY: a fresh file used only here.
-        drop(unsafe { SharedArray::<u16>::create_npy(&path, &[3, 4]) }.unwrap());
+        drop(unsafe { ArrayOptions::new().create_npy::<u16, Atomic>(&path, &[3, 4]) }.unwrap());
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.truncate(128);
         for (at, kind, byte) in edits {
@@ -570,14 +585,14 @@ proptest::proptest! {
         bytes.resize(bytes.len() + data, 0);
         std::fs::write(&path, &bytes).unwrap();
         // SAFETY: as above; read-only, and nothing changes the file.
-        if let Ok(a) = unsafe { SharedArray::<u16>::open_npy_readonly(&path) } {
+        if let Ok(a) = unsafe { ArrayOptions::new().read_only(true).open_npy::<u16, Atomic>(&path) } {
             let header = bytes.len() as u64 - a.size_bytes();
             proptest::prop_assert!(header >= 10 && header.is_multiple_of(2));
             proptest::prop_assert_eq!(a.iter().count(), a.len());
         }
         // SAFETY: as above.
-        if let Ok(a) = unsafe { SharedArray::<u8>::open_npy_readonly(&path) } {
-            proptest::prop_assert_eq!(a.to_vec().len(), a.len());
+        if let Ok(a) = unsafe { ArrayOptions::new().read_only(true).open_npy::<u8, Atomic>(&path) } {
+            proptest::prop_assert_eq!(a.to_vec().unwrap().len(), a.len());
         }
     }
 }
@@ -607,12 +622,17 @@ fn save_npy_writes_a_copy_numpy_loads_and_never_replaces_unasked() {
     let err = array.save_npy(&path).unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
-    forkpool_shm::FileOptions::new()
+    forkpool_shm::ArrayOptions::new()
         .overwrite(true)
         .save_npy(&array, &path)
         .unwrap();
     // SAFETY: a private file nobody changes while it is mapped.
-    let saved = unsafe { SharedArray::<i64>::open_npy_readonly(&path) }.unwrap();
+    let saved = unsafe {
+        ArrayOptions::new()
+            .read_only(true)
+            .open_npy::<i64, Atomic>(&path)
+    }
+    .unwrap();
     assert_eq!(saved.shape(), &[3, 100_000]);
     assert!(saved.iter().all(|x| x == 0));
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::python_numpy;
-use forkpool_shm::{SharedArray, ShmError};
+use forkpool_shm::{ArrayOptions, Atomic, ShmError};
 
 /// numpy's verdict on one file.
 #[derive(Debug, Clone)]
@@ -114,7 +114,11 @@ fn judge(dir: &Path) -> BTreeMap<String, Verdict> {
 fn ours(path: &Path) -> Result<(&'static str, Vec<usize>), Vec<String>> {
     fn one<T: forkpool_shm::Element>(path: &Path) -> Result<Vec<usize>, ShmError> {
         // SAFETY: a private file nobody changes while it is mapped.
-        let array = unsafe { SharedArray::<T>::open_npy_readonly(path) }?;
+        let array = unsafe {
+            ArrayOptions::new()
+                .read_only(true)
+                .open_npy::<T, Atomic>(path)
+        }?;
         Ok(array.shape().to_vec())
     }
     let mut errors = Vec::new();

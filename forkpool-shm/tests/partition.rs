@@ -5,11 +5,11 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::{Outcome, spawn, wait_until};
-use forkpool_shm::{PartitionedArray, SharedValue, ShmError};
+use forkpool_shm::{Partitioned, SharedArray, ShmError};
 
 #[test]
 fn workers_fill_their_claimed_rows_with_ordinary_slices_and_views() {
-    let array = PartitionedArray::<f64>::new(&[40, 500]).unwrap();
+    let array = SharedArray::<f64, Partitioned>::new(&[40, 500]).unwrap();
     let children: Vec<_> = array
         .row_blocks(4)
         .into_iter()
@@ -45,7 +45,7 @@ fn workers_fill_their_claimed_rows_with_ordinary_slices_and_views() {
 
 #[test]
 fn an_overlapping_claim_in_another_process_is_refused_with_the_holders_pid() {
-    let array = PartitionedArray::<u8>::new(&[10, 10]).unwrap();
+    let array = SharedArray::<u8, Partitioned>::new(&[10, 10]).unwrap();
     let me = std::process::id() as i32;
     array
         .with_rows_mut(0..5, |_mine| {
@@ -76,7 +76,7 @@ fn an_overlapping_claim_in_another_process_is_refused_with_the_holders_pid() {
 
 #[test]
 fn readers_share_rows_across_processes_and_exclude_writers() {
-    let array = PartitionedArray::<i32>::new(&[4, 4]).unwrap();
+    let array = SharedArray::<i32, Partitioned>::new(&[4, 4]).unwrap();
     array.with_rows_mut(0..4, |rows| rows.fill(3)).unwrap();
     let sum = array
         .with_rows(0..4, |reading| {
@@ -103,20 +103,22 @@ fn readers_share_rows_across_processes_and_exclude_writers() {
 
 #[test]
 fn a_claim_left_by_a_killed_process_is_cleared() {
-    let array = PartitionedArray::<u8>::new(&[8, 8]).unwrap();
-    let claimed = SharedValue::new(0u8).unwrap();
+    let array = SharedArray::<u8, Partitioned>::new(&[8, 8]).unwrap();
+    let claimed = SharedArray::<_>::full(&[], 0u8).unwrap();
     let child = spawn(|| {
         array
             .with_rows_mut(0..8, |rows| {
                 rows.fill(1);
-                claimed.store(1, Ordering::Release);
+                claimed.store(0, 1, Ordering::Release);
                 loop {
                     std::thread::sleep(std::time::Duration::from_secs(1));
                 }
             })
             .map_err(|e| e.to_string())
     });
-    wait_until("the child's claim", || claimed.load(Ordering::Acquire) == 1);
+    wait_until("the child's claim", || {
+        claimed.load(0, Ordering::Acquire) == 1
+    });
     assert!(matches!(
         array.with_rows_mut(3..4, |_| ()),
         Err(ShmError::RowsBusy { .. })
@@ -139,7 +141,7 @@ fn a_claim_left_by_a_killed_process_is_cleared() {
 #[test]
 fn a_claim_whose_holder_cannot_be_checked_is_not_taken_over() {
     use nix::sys::resource::{Resource, setrlimit};
-    let array = PartitionedArray::<u32>::new(&[8, 16]).unwrap();
+    let array = SharedArray::<u32, Partitioned>::new(&[8, 16]).unwrap();
     let parent = std::process::id() as i32;
     array
         .with_rows_mut(0..4, |_held| {
@@ -188,7 +190,7 @@ fn a_claim_whose_holder_cannot_be_checked_is_not_taken_over() {
 fn a_child_forked_inside_the_closure_does_not_release_the_parents_claim() {
     use nix::sys::wait::{WaitStatus, waitpid};
     use nix::unistd::{ForkResult, fork};
-    let array = PartitionedArray::<u8>::new(&[4, 4]).unwrap();
+    let array = SharedArray::<u8, Partitioned>::new(&[4, 4]).unwrap();
     let in_parent = array
         .with_rows_mut(2..4, |_| {
             // SAFETY: the child only leaves the closure (dropping its copy of

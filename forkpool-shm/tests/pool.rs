@@ -8,10 +8,10 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use forkpool::Pool;
-use forkpool_shm::{LockedArray, LockedValue, PartitionedArray};
+use forkpool_shm::{Locked, Partitioned, SharedArray};
 
-static ROWS: OnceLock<PartitionedArray<u64>> = OnceLock::new();
-static COUNTS: OnceLock<(LockedArray<u64>, LockedValue<u64>)> = OnceLock::new();
+static ROWS: OnceLock<SharedArray<u64, Partitioned>> = OnceLock::new();
+static COUNTS: OnceLock<(SharedArray<u64, Locked>, SharedArray<u64, Locked>)> = OnceLock::new();
 
 /// Fills rows `rows` with this worker's pid, through an ordinary `&mut [u64]`
 /// and a view; returns the pid.
@@ -43,7 +43,7 @@ fn increment(_task: usize) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     value
-        .with_lock(|v| *v = std::hint::black_box(*v) + 1)
+        .with_lock(|v| v[0] = std::hint::black_box(v[0]) + 1)
         .map_err(|e| e.to_string())
 }
 
@@ -58,7 +58,7 @@ fn two_workers(init: impl FnMut() + 'static) -> Pool {
 
 #[test]
 fn pool_workers_fill_claimed_rows_through_a_static_set_by_the_initializer() {
-    let array = PartitionedArray::<u64>::new(&[64, 512]).unwrap();
+    let array = SharedArray::<u64, Partitioned>::new(&[64, 512]).unwrap();
     let blocks = array.row_blocks(16);
     let handle = array.clone();
     let pool = two_workers(move || {
@@ -89,8 +89,8 @@ fn pool_workers_fill_claimed_rows_through_a_static_set_by_the_initializer() {
 #[test]
 fn pool_workers_update_a_locked_array_without_losing_an_increment() {
     let counts = (
-        LockedArray::<u64>::new(&[4, 8]).unwrap(),
-        LockedValue::new(0u64).unwrap(),
+        SharedArray::<u64, Locked>::new(&[4, 8]).unwrap(),
+        SharedArray::<_, Locked>::full(&[], 0u64).unwrap(),
     );
     let handle = counts.clone();
     let pool = two_workers(move || {
@@ -101,6 +101,6 @@ fn pool_workers_update_a_locked_array_without_losing_an_increment() {
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let (array, value) = counts;
     assert_eq!(array.with_lock(|data| data.to_vec()).unwrap(), [400; 32]);
-    assert_eq!(value.with_lock(|v| *v).unwrap(), 400);
+    assert_eq!(value.with_lock(|v| v[0]).unwrap(), 400);
     assert!(!array.is_poisoned() && !value.is_poisoned());
 }
