@@ -563,7 +563,7 @@ impl FromWorker {
         let run = body.run.is_some();
         let body_len = body.bytes.len() + body.run.as_ref().map_or(0, |(_, r)| r.len());
         let kind = body.bytes.first().copied();
-        if run && kind != Some(RESULT) {
+        if run && kind.map(|k| k & !FDS) != Some(RESULT) {
             return Err(format!(
                 "unexpected frame of kind {} ({body_len} bytes) carrying a run of numbers",
                 kind.unwrap_or(0)

@@ -110,3 +110,21 @@ fn structs_holding_arrays_round_trip_through_a_worker() {
         .unwrap();
     assert_eq!(back, frames);
 }
+
+#[test]
+fn a_result_with_out_of_band_buffers_and_a_big_array_round_trips() {
+    // The result frame carries both the buffers' descriptors (FDS) and a
+    // run of numbers apart (RUN): both bits on one kind byte.
+    fn both(v: Vec<f64>) -> (forkpool::Buffer<f64>, Vec<f64>, u8) {
+        let b = forkpool::Buffer::from_slice(&v[..1000]).unwrap();
+        (b, v, 7)
+    }
+    let pool = TestPool::new(1);
+    let v: Vec<f64> = (0..300_001).map(|i| i as f64 * 0.5).collect();
+    for _ in 0..3 {
+        let (b, back, seven) = pool.apply(both, v.clone()).unwrap();
+        assert_eq!(b.as_slice(), &v[..1000]);
+        assert_eq!(back, v);
+        assert_eq!(seven, 7);
+    }
+}
