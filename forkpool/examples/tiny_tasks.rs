@@ -54,7 +54,9 @@ fn main() -> Result<(), forkpool::Error> {
                 let ok = if ordered {
                     pool.imap(inc, 0..N, 1).filter(Result::is_ok).count()
                 } else {
-                    pool.imap_unordered(inc, 0..N, 1).filter(Result::is_ok).count()
+                    pool.imap_unordered(inc, 0..N, 1)
+                        .filter(Result::is_ok)
+                        .count()
                 };
                 assert_eq!(ok as u64, N);
                 start.elapsed()
@@ -98,7 +100,10 @@ fn main() -> Result<(), forkpool::Error> {
         rows.push(("map, 1 M items, default chunks", t));
     }
     for (name, t) in rows {
-        println!("{name:<44} median {:>10.3?}  all {t:.3?}", median(t.clone()));
+        println!(
+            "{name:<44} median {:>10.3?}  all {t:.3?}",
+            median(t.clone())
+        );
     }
     Ok(())
 }
