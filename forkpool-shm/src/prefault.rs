@@ -433,6 +433,17 @@ mod tests {
     }
 
     #[test]
+    fn full_refuses_an_array_larger_than_memory_before_allocating() {
+        let room = crate::available_memory().unwrap().bytes.as_u64();
+        let too_big = (room / 8 + (1 << 30)) as usize;
+        let err = crate::SharedArray::<f64>::full(&[too_big], 42.0).unwrap_err();
+        assert!(
+            matches!(err, crate::ShmError::OutOfMemory { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn full_of_tiny_and_empty_shapes() {
         let one = crate::SharedArray::<f64>::full(&[1], 42.0).unwrap();
         assert_eq!(one.to_vec().unwrap(), [42.0]);
