@@ -1331,10 +1331,9 @@ mod tests {
 
     #[test]
     fn element_access_reads_back_what_it_wrote_for_every_width() {
+        // One of each size (1, 2, 4, 8 bytes), integers and floats.
         exercise::<u8>();
         exercise::<i16>();
-        exercise::<u32>();
-        exercise::<i64>();
         exercise::<f32>();
         exercise::<f64>();
     }

@@ -309,19 +309,23 @@ mod tests {
             Dtype::Unsupported { numpy, .. } => numpy,
             other => panic!("{d}: {other:?}"),
         };
-        assert_eq!(numpy_of("|O"), "|O");
-        assert_eq!(numpy_of("object"), "|O");
-        assert_eq!(numpy_of("|b1"), "|b1");
-        assert_eq!(numpy_of("?"), "|b1");
-        assert_eq!(numpy_of("bool"), "|b1");
-        assert_eq!(numpy_of("<c16"), "<c16");
-        assert_eq!(numpy_of("|S2"), "|S2");
-        assert_eq!(numpy_of("<U3"), "<U3");
-        assert_eq!(numpy_of("<f2"), "<f2");
-        assert_eq!(numpy_of("<M8[ns]"), "<M8[ns]");
-        assert_eq!(numpy_of("1u1"), "1u1");
-        assert_eq!(numpy_of("<2f8"), "<2f8");
-        assert_eq!(numpy_of("(2,)f8"), "(2,)f8");
+        for (descr, numpy) in [
+            ("|O", "|O"),
+            ("object", "|O"),
+            ("|b1", "|b1"),
+            ("?", "|b1"),
+            ("bool", "|b1"),
+            ("<c16", "<c16"),
+            ("|S2", "|S2"),
+            ("<U3", "<U3"),
+            ("<f2", "<f2"),
+            ("<M8[ns]", "<M8[ns]"),
+            ("1u1", "1u1"),
+            ("<2f8", "<2f8"),
+            ("(2,)f8", "(2,)f8"),
+        ] {
+            assert_eq!(numpy_of(descr), numpy);
+        }
     }
 
     #[test]

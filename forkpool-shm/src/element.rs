@@ -93,8 +93,12 @@ pub(crate) mod sealed {
     }
 }
 
-macro_rules! int_element {
-    ($($t:ty => $atomic:ty, $descr:literal;)*) => {$(
+/// `Element` and the atomic accesses shared by every element type, through
+/// the atomic integer `$atomic` of the same size: `$to` turns a value into
+/// its bits, `$from` back (the identity for integers, `to_bits`/`from_bits`
+/// for floats). `$add` and `$sub` are the read-modify-writes.
+macro_rules! element {
+    ($($t:ty => $atomic:ty, $descr:literal, $to:expr, $from:expr, $add:expr, $sub:expr;)*) => {$(
         impl Element for $t {
             const NAME: &'static str = stringify!($t);
             const NPY_DESCR: &'static str = $descr;
@@ -104,80 +108,19 @@ macro_rules! int_element {
             #[inline]
             unsafe fn atomic_load(p: *const Self, order: Ordering) -> Self {
                 // SAFETY: the caller guarantees `p` is aligned and valid and only
-                // accessed atomically with this size; the atomic type has the same
-                // size and alignment as the integer.
-                unsafe { <$atomic>::from_ptr(p.cast_mut()) }.load(order)
+                // accessed atomically with this size; the atomic integer has the
+                // same size and alignment as the element.
+                $from(unsafe { <$atomic>::from_ptr(p.cast_mut().cast()) }.load(order))
             }
             #[inline]
             unsafe fn atomic_store(p: *mut Self, v: Self, order: Ordering) {
                 // SAFETY: as in `atomic_load`.
-                unsafe { <$atomic>::from_ptr(p) }.store(v, order)
+                unsafe { <$atomic>::from_ptr(p.cast()) }.store($to(v), order)
             }
             #[inline]
             unsafe fn atomic_swap(p: *mut Self, v: Self, order: Ordering) -> Self {
                 // SAFETY: as in `atomic_load`.
-                unsafe { <$atomic>::from_ptr(p) }.swap(v, order)
-            }
-            #[inline]
-            unsafe fn atomic_compare_exchange(
-                p: *mut Self,
-                current: Self,
-                new: Self,
-                success: Ordering,
-                failure: Ordering,
-            ) -> Result<Self, Self> {
-                // SAFETY: as in `atomic_load`.
-                unsafe { <$atomic>::from_ptr(p) }.compare_exchange(current, new, success, failure)
-            }
-            #[inline]
-            unsafe fn atomic_fetch_add(p: *mut Self, v: Self, order: Ordering) -> Self {
-                // SAFETY: as in `atomic_load`.
-                unsafe { <$atomic>::from_ptr(p) }.fetch_add(v, order)
-            }
-            #[inline]
-            unsafe fn atomic_fetch_sub(p: *mut Self, v: Self, order: Ordering) -> Self {
-                // SAFETY: as in `atomic_load`.
-                unsafe { <$atomic>::from_ptr(p) }.fetch_sub(v, order)
-            }
-        }
-    )*};
-}
-
-int_element! {
-    u8 => AtomicU8, "|u1";
-    u16 => AtomicU16, "<u2";
-    u32 => AtomicU32, "<u4";
-    u64 => AtomicU64, "<u8";
-    i8 => AtomicI8, "|i1";
-    i16 => AtomicI16, "<i2";
-    i32 => AtomicI32, "<i4";
-    i64 => AtomicI64, "<i8";
-}
-
-macro_rules! float_element {
-    ($($t:ty => $atomic:ty, $descr:literal;)*) => {$(
-        impl Element for $t {
-            const NAME: &'static str = stringify!($t);
-            const NPY_DESCR: &'static str = $descr;
-        }
-
-        impl sealed::Atomics for $t {
-            #[inline]
-            unsafe fn atomic_load(p: *const Self, order: Ordering) -> Self {
-                // SAFETY: the caller guarantees `p` is aligned and valid and only
-                // accessed atomically with this size; the float and the atomic
-                // integer of its bits have the same size and alignment.
-                <$t>::from_bits(unsafe { <$atomic>::from_ptr(p.cast_mut().cast()) }.load(order))
-            }
-            #[inline]
-            unsafe fn atomic_store(p: *mut Self, v: Self, order: Ordering) {
-                // SAFETY: as in `atomic_load`.
-                unsafe { <$atomic>::from_ptr(p.cast()) }.store(v.to_bits(), order)
-            }
-            #[inline]
-            unsafe fn atomic_swap(p: *mut Self, v: Self, order: Ordering) -> Self {
-                // SAFETY: as in `atomic_load`.
-                <$t>::from_bits(unsafe { <$atomic>::from_ptr(p.cast()) }.swap(v.to_bits(), order))
+                $from(unsafe { <$atomic>::from_ptr(p.cast()) }.swap($to(v), order))
             }
             #[inline]
             unsafe fn atomic_compare_exchange(
@@ -189,33 +132,75 @@ macro_rules! float_element {
             ) -> Result<Self, Self> {
                 // SAFETY: as in `atomic_load`.
                 unsafe { <$atomic>::from_ptr(p.cast()) }
-                    .compare_exchange(current.to_bits(), new.to_bits(), success, failure)
-                    .map(<$t>::from_bits)
-                    .map_err(<$t>::from_bits)
+                    .compare_exchange($to(current), $to(new), success, failure)
+                    .map($from)
+                    .map_err($from)
             }
             #[inline]
             unsafe fn atomic_fetch_add(p: *mut Self, v: Self, order: Ordering) -> Self {
                 // SAFETY: as in `atomic_load`.
-                let atomic = unsafe { <$atomic>::from_ptr(p.cast()) };
-                let load = match order {
-                    Ordering::Release | Ordering::Relaxed => Ordering::Relaxed,
-                    _ => Ordering::Acquire,
-                };
-                let old = atomic
-                    .fetch_update(order, load, |bits| Some((<$t>::from_bits(bits) + v).to_bits()))
-                    .unwrap_or_else(|bits| bits);
-                <$t>::from_bits(old)
+                $add(unsafe { <$atomic>::from_ptr(p.cast()) }, v, order)
             }
             #[inline]
             unsafe fn atomic_fetch_sub(p: *mut Self, v: Self, order: Ordering) -> Self {
-                // SAFETY: forwarded contract; subtraction is addition of the negation.
-                unsafe { Self::atomic_fetch_add(p, -v, order) }
+                // SAFETY: as in `atomic_load`.
+                $sub(unsafe { <$atomic>::from_ptr(p.cast()) }, v, order)
             }
         }
     )*};
 }
 
-float_element! {
+/// Integers: their own bits, native wrapping read-modify-writes.
+macro_rules! int_elements {
+    ($($t:ty => $atomic:ty, $descr:literal;)*) => {
+        element! {$(
+            $t => $atomic, $descr, |v: $t| v, |v: $t| v,
+            <$atomic>::fetch_add, <$atomic>::fetch_sub;
+        )*}
+    };
+}
+
+/// Floats: through their bits; addition is a compare-and-swap loop.
+macro_rules! float_elements {
+    ($($t:ty => $atomic:ty, $descr:literal;)*) => {$(
+        impl FloatAdd for $atomic {
+            type Float = $t;
+            fn add(&self, v: $t, order: Ordering) -> $t {
+                let load = match order {
+                    Ordering::Release | Ordering::Relaxed => Ordering::Relaxed,
+                    _ => Ordering::Acquire,
+                };
+                let old = self
+                    .fetch_update(order, load, |bits| Some((<$t>::from_bits(bits) + v).to_bits()))
+                    .unwrap_or_else(|bits| bits);
+                <$t>::from_bits(old)
+            }
+        }
+        element! {
+            $t => $atomic, $descr, <$t>::to_bits, <$t>::from_bits,
+            <$atomic as FloatAdd>::add, |a: &$atomic, v: $t, o| a.add(-v, o);
+        }
+    )*};
+}
+
+/// A float's atomic addition on the atomic integer of its bits.
+trait FloatAdd {
+    type Float;
+    fn add(&self, v: Self::Float, order: Ordering) -> Self::Float;
+}
+
+int_elements! {
+    u8 => AtomicU8, "|u1";
+    u16 => AtomicU16, "<u2";
+    u32 => AtomicU32, "<u4";
+    u64 => AtomicU64, "<u8";
+    i8 => AtomicI8, "|i1";
+    i16 => AtomicI16, "<i2";
+    i32 => AtomicI32, "<i4";
+    i64 => AtomicI64, "<i8";
+}
+
+float_elements! {
     f32 => AtomicU32, "<f4";
     f64 => AtomicU64, "<f8";
 }

@@ -120,17 +120,12 @@ fn two_workers_fill_disjoint_halves_through_the_unsafe_slice_path() {
 #[test]
 fn eight_processes_add_atomically_without_a_lock() {
     let array = SharedArray::<u64>::new(&[3]).unwrap();
-    let children: Vec<_> = (0..8)
-        .map(|_| {
-            spawn(|| {
-                for _ in 0..10_000 {
-                    array.fetch_add(1, 1, Ordering::Relaxed);
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    children.into_iter().for_each(common::Child::join);
+    common::in_children(8, || {
+        for _ in 0..10_000 {
+            array.fetch_add(1, 1, Ordering::Relaxed);
+        }
+        Ok(())
+    });
     assert_eq!(array.to_vec().unwrap(), [0, 80_000, 0]);
 }
 

@@ -61,22 +61,17 @@ fn a_locked_file_backed_counter_counts_every_increment() {
     let path = dir.path().join("counter.u64");
     // SAFETY: a fresh file in a private directory, used only here.
     let counter = unsafe { ArrayOptions::new().create_file::<u64, Locked>(&path, &[1]) }.unwrap();
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            spawn(|| {
-                for _ in 0..2500 {
-                    counter
-                        .with_lock(|count| {
-                            let seen = count[0];
-                            count[0] = seen + 1;
-                        })
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    children.into_iter().for_each(common::Child::join);
+    common::in_children(4, || {
+        for _ in 0..2500 {
+            counter
+                .with_lock(|count| {
+                    let seen = count[0];
+                    count[0] = seen + 1;
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
     counter.flush().unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), 10_000u64.to_le_bytes());
 }

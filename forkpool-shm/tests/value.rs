@@ -10,53 +10,38 @@ use forkpool_shm::{Locked, SharedArray};
 #[test]
 fn eight_processes_count_with_a_lock_free_value() {
     let counter = SharedArray::<_>::full(&[], 0u64).unwrap();
-    let children: Vec<_> = (0..8)
-        .map(|_| {
-            spawn(|| {
-                for _ in 0..10_000 {
-                    counter.fetch_add(0, 1, Ordering::Relaxed);
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    children.into_iter().for_each(common::Child::join);
+    common::in_children(8, || {
+        for _ in 0..10_000 {
+            counter.fetch_add(0, 1, Ordering::Relaxed);
+        }
+        Ok(())
+    });
     assert_eq!(counter.get(0), 80_000);
 }
 
 #[test]
 fn float_values_add_atomically_across_processes() {
     let total = SharedArray::<_>::full(&[], 0.0f64).unwrap();
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            spawn(|| {
-                for _ in 0..1000 {
-                    total.fetch_add(0, 0.5, Ordering::AcqRel);
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    children.into_iter().for_each(common::Child::join);
+    common::in_children(4, || {
+        for _ in 0..1000 {
+            total.fetch_add(0, 0.5, Ordering::AcqRel);
+        }
+        Ok(())
+    });
     assert_eq!(total.get(0), 2000.0); // exact: halves sum exactly in f64
 }
 
 #[test]
 fn locked_values_serialise_read_modify_write() {
     let value = SharedArray::<_, Locked>::full(&[], 1u32).unwrap();
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            spawn(|| {
-                for _ in 0..5 {
-                    value
-                        .with_lock(|value| value[0] = value[0].wrapping_mul(3))
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    children.into_iter().for_each(common::Child::join);
+    common::in_children(4, || {
+        for _ in 0..5 {
+            value
+                .with_lock(|value| value[0] = value[0].wrapping_mul(3))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
     assert_eq!(value.with_lock(|value| value[0]).unwrap(), 3u32.pow(20));
 }
 

@@ -37,6 +37,14 @@ pub enum Outcome {
     Signaled(Signal),
 }
 
+/// Runs `work` in `n` forked children at once and waits for them all;
+/// each must succeed.
+#[allow(dead_code)]
+pub fn in_children(n: usize, work: impl Fn() -> Result<(), String>) {
+    let children: Vec<_> = (0..n).map(|_| spawn(&work)).collect();
+    children.into_iter().for_each(Child::join);
+}
+
 /// Forks a child that runs `work` and `_exit`s: 0 if it returned `Ok`, 1 with
 /// the message if it returned `Err`, 2 with the message if it panicked.
 pub fn spawn<F: FnOnce() -> Result<(), String>>(work: F) -> Child {
