@@ -3,7 +3,30 @@
 mod common;
 
 use common::{python_numpy, spawn};
-use forkpool_shm::{ArrayOptions, Atomic, Locked, MemInfo, Partitioned, SharedArray, ShmError};
+use forkpool_shm::{
+    ArrayOptions, Atomic, Element, Locked, MemInfo, Mode, Partitioned, SharedArray, ShmError,
+};
+
+/// A new file `name` (raw, or `.npy` if `npy`) in a fresh directory,
+/// mapped as an array of `shape`.
+fn fresh<T: Element, M: Mode>(
+    name: &str,
+    shape: &[usize],
+    npy: bool,
+) -> (tempfile::TempDir, std::path::PathBuf, SharedArray<T, M>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    let options = ArrayOptions::new();
+    // SAFETY: a fresh file in a private directory, used only by the test.
+    let array = unsafe {
+        if npy {
+            options.create_npy(&path, shape)
+        } else {
+            options.create_file(&path, shape)
+        }
+    };
+    (dir, path, array.unwrap())
+}
 
 #[test]
 fn a_raw_file_keeps_what_was_written_in_native_row_major_order() {
@@ -34,11 +57,7 @@ fn a_raw_file_keeps_what_was_written_in_native_row_major_order() {
 
 #[test]
 fn a_file_backed_array_is_shared_with_forked_children() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("shared.f64");
-    // SAFETY: a fresh file in a private directory, used only here.
-    let array =
-        unsafe { ArrayOptions::new().create_file::<f64, Atomic>(&path, &[8, 128]) }.unwrap();
+    let (_dir, _path, array) = fresh::<f64, Atomic>("shared.f64", &[8, 128], false);
     let children: Vec<_> = array
         .row_blocks(2)
         .into_iter()
@@ -57,10 +76,7 @@ fn a_file_backed_array_is_shared_with_forked_children() {
 
 #[test]
 fn a_locked_file_backed_counter_counts_every_increment() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("counter.u64");
-    // SAFETY: a fresh file in a private directory, used only here.
-    let counter = unsafe { ArrayOptions::new().create_file::<u64, Locked>(&path, &[1]) }.unwrap();
+    let (_dir, path, counter) = fresh::<u64, Locked>("counter.u64", &[1], false);
     common::in_children(4, || {
         for _ in 0..2500 {
             counter
@@ -201,10 +217,7 @@ fn a_file_larger_than_the_disk_is_refused_and_removed() {
 
 #[test]
 fn empty_raw_files_work() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("empty.f64");
-    // SAFETY: a fresh file in a private directory, used only here.
-    let array = unsafe { ArrayOptions::new().create_file::<f64, Atomic>(&path, &[0, 5]) }.unwrap();
+    let (_dir, path, array) = fresh::<f64, Atomic>("empty.f64", &[0, 5], false);
     assert!(array.is_empty());
     assert_eq!(array.to_vec().unwrap(), Vec::<f64>::new());
     array.flush().unwrap();
