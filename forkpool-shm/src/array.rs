@@ -1332,10 +1332,12 @@ mod tests {
     #[test]
     fn element_access_reads_back_what_it_wrote_for_every_width() {
         // One of each size (1, 2, 4, 8 bytes), integers and floats.
-        exercise::<u8>();
-        exercise::<i16>();
-        exercise::<f32>();
-        exercise::<f64>();
+        let _: [(); 4] = [
+            exercise::<u8>(),
+            exercise::<i16>(),
+            exercise::<f32>(),
+            exercise::<f64>(),
+        ];
     }
 
     #[test]

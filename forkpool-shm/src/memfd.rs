@@ -144,29 +144,22 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "memfd_create and fallocate")]
-    fn memory_is_reserved_up_front() {
-        let len = 8 << 20;
-        let file = create_reserved("forkpool-shm-test", len).unwrap();
-        let meta = file.metadata().unwrap();
-        assert_eq!(meta.len(), len);
-        // `st_blocks` counts 512-byte blocks actually allocated to the memfd.
-        assert!(
-            meta.blocks() * 512 >= len,
-            "only {} bytes allocated",
-            meta.blocks() * 512
-        );
-    }
-
-    #[test]
-    #[cfg_attr(miri, ignore = "memfd_create and fallocate")]
-    fn a_created_memfd_has_its_size_and_no_memory_until_reserved() {
+    fn a_memfd_has_no_memory_until_reserved_and_all_of_it_after() {
         let len = 8 << 20;
         let file = create("forkpool-shm-test", len).unwrap();
-        let meta = file.metadata().unwrap();
-        assert_eq!(meta.len(), len);
-        assert_eq!(meta.blocks(), 0, "nothing allocated yet");
+        assert_eq!(file.metadata().unwrap().len(), len);
+        assert_eq!(
+            file.metadata().unwrap().blocks(),
+            0,
+            "nothing allocated yet"
+        );
         reserve_all(&file, len).unwrap();
-        assert!(file.metadata().unwrap().blocks() * 512 >= len);
+        let reserved = create_reserved("forkpool-shm-test", len).unwrap();
+        for file in [&file, &reserved] {
+            // `st_blocks` counts 512-byte blocks actually allocated to the memfd.
+            let allocated = file.metadata().unwrap().blocks() * 512;
+            assert!(allocated >= len, "only {allocated} bytes allocated");
+        }
     }
 
     #[test]

@@ -276,23 +276,23 @@ impl Drop for Held<'_> {
     }
 }
 
-#[cfg(test)]
+/// Not under Miri: it has no robust mutex, and locking reads `/proc`.
+#[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
 
-    fn boxed_mutex() -> Box<std::mem::MaybeUninit<RobustMutex>> {
-        let mut m = Box::new(std::mem::MaybeUninit::<RobustMutex>::uninit());
+    /// A new mutex on the heap, for the test's lifetime.
+    fn new_mutex() -> &'static RobustMutex {
+        let m = Box::leak(Box::new(std::mem::MaybeUninit::<RobustMutex>::uninit()));
         // SAFETY: the box is fresh, aligned and private to this test.
         unsafe { RobustMutex::init(m.as_mut_ptr()) }.unwrap();
-        m
+        // SAFETY: initialised just above.
+        unsafe { m.assume_init_ref() }
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "a robust mutex; locking reads /proc")]
     fn locks_unlocks_and_detects_self_deadlock() {
-        let m = boxed_mutex();
-        // SAFETY: initialised by `boxed_mutex`.
-        let m = unsafe { m.assume_init_ref() };
+        let m = new_mutex();
         assert_eq!(m.lock(Wait::Forever).unwrap(), Acquired::Clean);
         assert!(matches!(
             m.lock(Wait::Forever),
@@ -306,11 +306,8 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "a robust mutex; locking reads /proc")]
     fn try_lock_and_timeout_see_a_lock_held_by_another_thread() {
-        let m = boxed_mutex();
-        // SAFETY: initialised by `boxed_mutex`.
-        let m = unsafe { m.assume_init_ref() };
+        let m = new_mutex();
         m.lock(Wait::Forever).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -326,11 +323,8 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "a robust mutex; locking reads /proc")]
     fn a_thread_that_exits_holding_the_lock_poisons_it() {
-        let m = boxed_mutex();
-        // SAFETY: initialised by `boxed_mutex`.
-        let m = unsafe { m.assume_init_ref() };
+        let m = new_mutex();
         std::thread::scope(|s| {
             // The thread ends holding the lock: the robust list hands it on.
             s.spawn(|| m.lock(Wait::Forever).unwrap());
