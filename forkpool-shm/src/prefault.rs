@@ -433,6 +433,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "reads /proc/meminfo")]
     fn full_refuses_an_array_larger_than_memory_before_allocating() {
         let room = crate::available_memory().unwrap().bytes.as_u64();
         let too_big = (room / 8 + (1 << 30)) as usize;
