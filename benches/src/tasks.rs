@@ -7,7 +7,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use forkpool::Pool;
+use forkpool::{Buffer, Pool};
 use rayon::prelude::*;
 
 /// The per-task work of the task-throughput benchmarks: next to nothing, so
@@ -207,6 +207,46 @@ pub fn time_round_trip_floats(pool: &Pool, len: usize, n: u32) -> Duration {
     took / n.max(1)
 }
 
+/// The out-of-band round-trip benchmarks' task: the buffer comes back as
+/// it went (its descriptor, both ways; no byte of it crosses a pipe).
+pub fn echo_buffer(b: Buffer<f64>) -> Buffer<f64> {
+    b
+}
+
+/// Times `n` sequential `pool.apply(echo_buffer, ..)` of a `len`-byte
+/// [`Buffer<f64>`], made before the clock starts (as
+/// [`time_round_trip_floats`]'s vectors are) when `from_vec` is false; with
+/// `from_vec`, made inside the clock from a `Vec<f64>` (the one copy that
+/// passing by value out of band costs). Returns the time per round trip.
+pub fn time_round_trip_buffer(pool: &Pool, len: usize, n: u32, from_vec: bool) -> Duration {
+    let values: Vec<Vec<f64>> = (0..n).map(|_| vec![1.5f64; len / 8]).collect();
+    let made: Vec<Buffer<f64>> = if from_vec {
+        Vec::new()
+    } else {
+        values
+            .iter()
+            .map(|v| Buffer::from_slice(v).expect("a buffer"))
+            .collect()
+    };
+    let start = Instant::now();
+    let back: Vec<Buffer<f64>> = if from_vec {
+        values
+            .iter()
+            .map(|v| {
+                let b = Buffer::from_slice(v).expect("a buffer");
+                pool.apply(echo_buffer, b).expect("apply")
+            })
+            .collect()
+    } else {
+        made.into_iter()
+            .map(|b| pool.apply(echo_buffer, b).expect("apply"))
+            .collect()
+    };
+    let took = start.elapsed();
+    assert!(back.iter().all(|b| b.len() == len / 8 && b[0] == 1.5));
+    took / n.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +262,12 @@ mod tests {
         time_payload(&pool, vec![7; 100_000]);
         time_round_trip_bytes(&pool, 1000, 3);
         time_round_trip_floats(&pool, 1 << 20, 1);
+    }
+
+    #[test]
+    fn buffer_round_trips_run_both_ways() {
+        let pool = Pool::new(1).unwrap();
+        time_round_trip_buffer(&pool, 1 << 20, 2, false);
+        time_round_trip_buffer(&pool, 1 << 20, 2, true);
     }
 }

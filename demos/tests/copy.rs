@@ -15,6 +15,8 @@ fn copy_multiplies_the_memory_by_the_tasks() {
         &cols.to_string(),
         "--processes",
         "2",
+        "--way",
+        "serialised",
     ]);
     run.assert_ok();
     let array = rows * cols * 8;
@@ -50,6 +52,50 @@ fn copy_multiplies_the_memory_by_the_tasks() {
         total[1] >= array * 27 / 10,
         "summed PSS {} for an array of {array} sent to 2 workers",
         total[1]
+    );
+}
+
+#[test]
+fn a_buffer_sent_by_value_is_mapped_by_every_worker_not_copied() {
+    let (rows, cols) = (64u64, 8192u64); // 4 MiB
+    let run = demos(&[
+        "copy",
+        "--rows",
+        &rows.to_string(),
+        "--cols",
+        &cols.to_string(),
+        "--processes",
+        "2",
+        "--way",
+        "buffer",
+    ]);
+    run.assert_ok();
+    let array = rows * cols * 8;
+    assert_eq!(
+        run.fact("bytes serialised"),
+        "2 x 9 B = 18 B (the buffer's length; its descriptor travels beside the task)"
+    );
+    let table = run.memory_table("memory while every worker holds the buffer");
+    let roles: Vec<&str> = table.iter().map(|(_, role, _)| role.as_str()).collect();
+    assert_eq!(roles, ["parent", "zygote", "worker 1", "worker 2", "total"]);
+    // No worker made a copy: each one's private memory is at most the rows
+    // it read (half the array) and its own few pages, far below a copy plus
+    // the bytes it came in (what the serialised way costs).
+    for (_, role, usage) in [&table[2], &table[3]] {
+        assert!(
+            usage[3] < array * 3 / 4,
+            "{role}: private {} for an array of {array}",
+            usage[3]
+        );
+    }
+    // Together the workers map the array once, as shared memory.
+    let shmem = run.times_the_array("workers' shared memory");
+    assert!((0.9..=1.1).contains(&shmem), "{shmem}");
+    assert!(run.times_the_array("workers' anonymous memory") < 0.5);
+    assert!(
+        run.verified().contains("no worker holds a copy"),
+        "{}",
+        run.verified()
     );
 }
 

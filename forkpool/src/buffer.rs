@@ -166,7 +166,7 @@ impl<T: Plain> Buffer<T> {
     /// # Ok(()) }
     /// ```
     pub fn from_slice(items: &[T]) -> Result<Self> {
-        let mut b = BufferMut::<T>::zeroed(items.len())?;
+        let mut b = BufferMut::<T>::populated(items.len())?;
         b.copy_from_slice(items);
         b.freeze()
     }
@@ -185,7 +185,7 @@ impl<T: Plain> Buffer<T> {
     /// # Ok(()) }
     /// ```
     pub fn from_fn(len: usize, mut f: impl FnMut(usize) -> T) -> Result<Self> {
-        let mut b = BufferMut::<T>::zeroed(len)?;
+        let mut b = BufferMut::<T>::populated(len)?;
         for (i, x) in b.iter_mut().enumerate() {
             *x = f(i);
         }
@@ -288,11 +288,10 @@ impl<T: Plain> Buffer<T> {
                  sender could still change what this side reads"
             ));
         }
-        let size = std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?)
-            .metadata()
+        let size = nix::sys::stat::fstat(&fd)
             .map_err(|e| format!("fstat of a buffer's memory file: {e}"))?
-            .len();
-        if size != want as u64 {
+            .st_size;
+        if u64::try_from(size) != Ok(want as u64) {
             return Err(format!(
                 "the memory file of a buffer of {len} `{what}` holds {size} bytes, not {want}"
             ));
@@ -432,6 +431,23 @@ impl<T: Plain> BufferMut<T> {
             len,
             _t: PhantomData,
         })
+    }
+
+    /// [`zeroed`](BufferMut::zeroed), with every page allocated at once
+    /// (`MADV_POPULATE_WRITE`), for a buffer about to be written whole:
+    /// one call instead of a page fault per 4 KiB page. Running out of
+    /// memory is then an error here rather than the OOM killer later.
+    fn populated(len: usize) -> Result<Self> {
+        let b = Self::zeroed(len)?;
+        if let Some(map) = &b.map
+            && let Err(e) = map.advise(memmap2::Advice::PopulateWrite)
+        {
+            // Before Linux 5.14 (EINVAL), the pages come as they are written.
+            if e.raw_os_error() == Some(libc::ENOMEM) {
+                return Err(Error::io("allocating the memory of a buffer", e));
+            }
+        }
+        Ok(b)
     }
 
     /// Seals the memory file (no process can change it any more) and

@@ -265,6 +265,14 @@ thread_local! {
     /// leaked: the process ends with `_exit`). A `const` cell of a
     /// reference, without drop glue: no thread-local destructor.
     static WORKER: Cell<Option<&'static RefCell<WorkerSide>>> = const { Cell::new(None) };
+    /// The last task sent descriptors (see [`worker_sent`]).
+    static SENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the task just run sent its results' descriptors (then its
+/// result frame should follow at once); resets it.
+pub(crate) fn worker_sent() -> bool {
+    SENT.replace(false)
 }
 
 /// Installs a worker's end of its side channel.
@@ -319,6 +327,7 @@ pub(crate) fn worker_task<R>(task: u64, run: impl FnOnce() -> R) -> io::Result<(
     let out = std::mem::take(&mut s.outgoing);
     if !out.is_empty() {
         send(s.sock.as_fd(), task, &out, MsgFlags::empty())?;
+        SENT.set(true);
     }
     Ok((r, !out.is_empty()))
 }

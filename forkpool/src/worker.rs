@@ -202,7 +202,10 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
                     continue;
                 }
                 oldest.get_or_insert(started);
-                if out.len() >= FLUSH_AT {
+                // A result whose buffers' descriptors just went out on the
+                // side channel goes at once too: the parent's collector
+                // then finds both in one wake-up, not one for each.
+                if out.len() >= FLUSH_AT || crate::side::worker_sent() {
                     lend |= out.len() > 4 * FLUSH_AT;
                     flush(&mut out, &mut oldest);
                 }

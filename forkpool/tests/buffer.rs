@@ -304,3 +304,47 @@ fn a_buffer_in_a_context_travels_as_numbers() {
     let got = pool.map_with(&table, lookup, vec![0, 10, 999]).unwrap();
     assert_eq!(got, vec![0, 30, 2997]);
 }
+
+#[test]
+fn a_process_forked_while_a_buffer_was_written_cannot_change_it_once_frozen() {
+    let mut m = BufferMut::<u8>::zeroed(4096).unwrap();
+    m.fill(1);
+    let at = m.as_mut_ptr() as usize;
+    let (go_r, go_w) = nix::unistd::pipe().unwrap();
+    let (done_r, done_w) = nix::unistd::pipe().unwrap();
+    // SAFETY: the child only reads and writes pipes, stores one byte
+    // through the writable mapping it inherited, and `_exit`s.
+    let child = match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            // Our copy of the write end goes, so a parent that failed
+            // (and closed its own) ends this wait with EOF.
+            drop(go_w);
+            let mut b = [0u8];
+            if nix::unistd::read(&go_r, &mut b) == Ok(1) {
+                // SAFETY: `at` is the start of the 4096-byte shared
+                // mapping this process inherited, still mapped here.
+                unsafe { *(at as *mut u8) = 9 };
+                let _ = nix::unistd::write(&done_w, &[1]);
+            }
+            // SAFETY: ends the child at once.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop((go_r, done_w));
+    // The child still maps the pages writable: freezing must not seal
+    // those pages and call them immutable.
+    let b = match m.freeze() {
+        Ok(b) => b,
+        Err(e) => {
+            drop(go_w); // the child sees EOF and exits
+            let _ = nix::sys::wait::waitpid(child, None);
+            panic!("{e}")
+        }
+    };
+    nix::unistd::write(&go_w, &[1]).unwrap();
+    let mut got = [0u8];
+    assert_eq!(nix::unistd::read(&done_r, &mut got).unwrap(), 1);
+    nix::sys::wait::waitpid(child, None).unwrap();
+    assert!(b.iter().all(|&x| x == 1), "a write after freeze was seen");
+}

@@ -39,7 +39,7 @@ use forkpool_benches::sched::{self, Before, Kind, Mode};
 use forkpool_benches::startup::{Ballast, time_start};
 use forkpool_benches::tasks::{
     Bytes, Chunks, RayonMap, time_apply, time_map, time_payload, time_payload_bytes,
-    time_round_trip_bytes, time_round_trip_floats,
+    time_round_trip_buffer, time_round_trip_bytes, time_round_trip_floats,
 };
 use forkpool_benches::timing::{OneCpu, sample};
 
@@ -456,6 +456,69 @@ impl Runner {
             self.push(Row {
                 id,
                 workload: format!("apply round trip, {} ({rust} / {py})", fmt_bytes(len)),
+                python,
+                forkpool: secs(ours),
+                ceiling: Some((
+                    format!("memcpy {}, 1 thread", fmt_bytes(len)),
+                    secs(ceiling),
+                )),
+            });
+        }
+    }
+
+    /// `apply` round trips of a `forkpool::Buffer<f64>` (out of band: a
+    /// sealed memory file whose descriptor travels beside the task) beside
+    /// Python's `Pool.apply` of a numpy float64 array (its only way to pass
+    /// an array by value) and a one-thread `memcpy` of the same size: the
+    /// buffer made before the clock starts, as the other round trips'
+    /// values are, and at 64 MiB also made inside the clock from a `Vec`
+    /// (the one copy by value costs).
+    fn buffer_round_trip_rows(&mut self) {
+        const CASES: [(&str, usize, u32, bool); 4] = [
+            ("round-trip-buffer-1k", 1 << 10, 2000, false),
+            ("round-trip-buffer-1m", 1 << 20, 100, false),
+            ("round-trip-buffer-64m", 64 << 20, 1, false),
+            ("round-trip-buffer-from-vec-64m", 64 << 20, 1, true),
+        ];
+        if !CASES.iter().any(|c| self.wants(c.0)) {
+            return;
+        }
+        let z = self.sizes;
+        let quick = self.opts.quick;
+        let pool = Pool::new(PROCESSES).expect("pool");
+        for (id, len, n, from_vec) in CASES {
+            if !self.wants(id) {
+                continue;
+            }
+            let n = if quick { n.div_ceil(10) } else { n };
+            let reps = if len > MIB { z.slow_reps } else { z.reps };
+            let src = faulted_buffer(len);
+            let mut dst = faulted_buffer(len);
+            let ceiling = sample(reps.max(3), || memcpy(&mut dst, &src, 1)).median();
+            drop((src, dst));
+            let ours = sample(reps, || time_round_trip_buffer(&pool, len, n, from_vec)).median();
+            let args = vec![
+                s("--bytes"),
+                s(len),
+                s("--kind"),
+                s("numpy"),
+                s("--n"),
+                s(n),
+                s("--reps"),
+                s(reps),
+            ];
+            let python = self.python("round_trip.py", &args);
+            let made = if from_vec {
+                "made from a Vec<f64> in the clock"
+            } else {
+                "made before"
+            };
+            self.push(Row {
+                id,
+                workload: format!(
+                    "apply round trip, {} (Buffer<f64>, {made} / numpy float64)",
+                    fmt_bytes(len)
+                ),
                 python,
                 forkpool: secs(ours),
                 ceiling: Some((
@@ -1348,6 +1411,7 @@ fn main() {
     r.map_rows();
     r.pass_rows();
     r.round_trip_rows();
+    r.buffer_round_trip_rows();
     r.fill_rows();
     r.random_rows();
     r.rng_rows();
