@@ -348,3 +348,31 @@ fn a_process_forked_while_a_buffer_was_written_cannot_change_it_once_frozen() {
     nix::sys::wait::waitpid(child, None).unwrap();
     assert!(b.iter().all(|&x| x == 1), "a write after freeze was seen");
 }
+
+fn count(v: Vec<Buffer<u8>>) -> usize {
+    v.len()
+}
+
+#[test]
+fn a_worker_out_of_descriptors_for_argument_buffers_says_so_and_goes_on() {
+    // Only the worker's limit is low (set by its initializer).
+    let pool = TestPool::build(|| {
+        Pool::builder()
+            .processes(1)
+            .initializer(|| common::set_nofile(40))
+            .build()
+    });
+    match pool.apply(count, many_buffers(300)) {
+        Err(Error::Decode { what, reason, .. }) => {
+            assert_eq!(what, "argument");
+            assert!(reason.contains("MSG_CTRUNC"), "{reason}");
+            assert!(reason.contains("RLIMIT_NOFILE is 40"), "{reason}");
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    // The descriptors that did arrive were closed, and those that were
+    // left behind are dropped by the next task that looks for its own.
+    for _ in 0..3 {
+        assert_eq!(pool.apply(count, many_buffers(20)).unwrap(), 20);
+    }
+}
