@@ -128,3 +128,40 @@ fn a_result_with_out_of_band_buffers_and_a_big_array_round_trips() {
         assert_eq!(seven, 7);
     }
 }
+
+/// The resident memory of process `pid`, in bytes (`VmRSS`).
+fn rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in:\n{status}"));
+    kib << 10
+}
+
+#[test]
+fn a_pool_built_after_a_big_value_inherited_the_parents_spare_frame_buffer() {
+    // In a process of its own: other tests' big values, alive in this
+    // process when a pool forks, would count in its zygote too.
+    const NAME: &str = "a_pool_built_after_a_big_value_inherited_the_parents_spare_frame_buffer";
+    if !common::in_own_process(NAME, 120) {
+        return;
+    }
+    const BIG: usize = 64 << 20;
+    let first = TestPool::new(1);
+    let back = first.apply(echo::<Vec<u8>>, vec![7u8; BIG]).unwrap();
+    assert_eq!(back.len(), BIG);
+    drop(back);
+    // The parent keeps its last big frame buffer for its next big value;
+    // a pool forked now must not carry those pages in every process.
+    let later = TestPool::new(1);
+    let zygote = rss(later.zygote_pid());
+    assert!(
+        zygote < (BIG / 2) as u64,
+        "the new pool's zygote holds {} MiB after a {} MiB value went through another pool",
+        zygote >> 20,
+        BIG >> 20
+    );
+}
