@@ -880,39 +880,72 @@ impl Runner {
         let args = demos::pid_fill::Args::new(rows, cols, PROCESSES);
         let mut runs = Vec::new();
         let mut ceilings = Vec::new();
-        // One untimed warm-up, then the runs, each followed by the limits.
-        for rep in 0..=z.slow_reps {
-            let timings =
-                silenced(|| demos::pid_fill::run_timed(&args)).expect("the pid-fill demo");
-            if rep > 0 {
-                runs.push(timings);
-                ceilings.push(BigArrayCeilings::measure(rows, cols, PROCESSES));
-            }
-        }
         let median = |mut xs: Vec<f64>| {
             xs.sort_by(f64::total_cmp);
             xs[xs.len() / 2]
         };
+        let py_args = [
+            s("--rows"),
+            s(rows),
+            s("--cols"),
+            s(cols),
+            s("--processes"),
+            s(PROCESSES),
+            s("--reps"),
+            s(z.slow_reps),
+        ];
+        // Three rounds, forkpool then Python, so that on a machine whose
+        // load drifts both sides meet the same load: forkpool's runs (each
+        // followed by the limits; one untimed warm-up first), then the
+        // Python script's (its own warm-up, then its runs).
+        let mut py_rounds = Vec::new();
+        let mut python_error = None;
+        let mut round_ratios = Vec::new();
+        silenced(|| demos::pid_fill::run_timed(&args)).expect("the pid-fill demo");
+        for _ in 0..3 {
+            let first = runs.len();
+            for _ in 0..z.slow_reps {
+                let timings =
+                    silenced(|| demos::pid_fill::run_timed(&args)).expect("the pid-fill demo");
+                runs.push(timings);
+                ceilings.push(BigArrayCeilings::measure(rows, cols, PROCESSES));
+            }
+            let ours_now = median(runs[first..].iter().map(|t| secs(t.total)).collect());
+            match self.python_json("pid_fill.py", &py_args) {
+                Ok(v) => {
+                    if let Some(py) = v["seconds"].as_f64() {
+                        round_ratios.push(py / ours_now);
+                    }
+                    py_rounds.push(v);
+                }
+                Err(e) => python_error = Some(e),
+            }
+        }
         let ours = median(runs.iter().map(|t| secs(t.total)).collect());
-        let python = self.python_json(
-            "pid_fill.py",
-            &[
-                s("--rows"),
-                s(rows),
-                s("--cols"),
-                s(cols),
-                s("--processes"),
-                s(PROCESSES),
-                s("--reps"),
-                s(z.slow_reps),
-            ],
-        );
+        let py_total = (!py_rounds.is_empty()).then(|| {
+            median(
+                py_rounds
+                    .iter()
+                    .flat_map(|v| v["runs"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|x| x.as_f64())
+                    .collect(),
+            )
+        });
         let py_phase = |name: &str| {
-            python
-                .as_ref()
-                .ok()
-                .and_then(|v| v["phases"][name].as_f64())
-                .map_or("-".into(), fmt_time)
+            let xs: Vec<f64> = py_rounds
+                .iter()
+                .filter_map(|v| v["phases"][name].as_f64())
+                .collect();
+            if xs.is_empty() {
+                "-".into()
+            } else {
+                fmt_time(median(xs))
+            }
+        };
+        let python: Result<f64, String> = match (py_total, python_error) {
+            (Some(p), _) => Ok(p),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err("pid_fill.py: no runs".into()),
         };
         let bytes = rows * cols * 8;
         let limit = |f: fn(&BigArrayCeilings) -> Duration| {
@@ -927,7 +960,7 @@ impl Runner {
         };
         let mut t = format!(
             "pid-fill {rows} x {cols} ({}), {PROCESSES} processes, phases (medians of {} runs \
-             each; limits measured between forkpool's runs):\n\n\
+             each, in 3 alternating rounds; limits measured between forkpool's runs):\n\n\
              | phase | Python | forkpool | the machine's limit |\n|---|---:|---:|---|\n",
             fmt_bytes(bytes),
             runs.len(),
@@ -963,13 +996,14 @@ impl Runner {
         }
         let _ = write!(
             t,
-            "| create -> verified | {} | {} | |",
-            python
-                .as_ref()
-                .ok()
-                .and_then(|v| v["seconds"].as_f64())
-                .map_or("-".into(), fmt_time),
-            fmt_time(ours)
+            "| create -> verified | {} | {} | Python / forkpool by round: {} |",
+            python.as_ref().map_or("-".into(), |&p| fmt_time(p)),
+            fmt_time(ours),
+            round_ratios
+                .iter()
+                .map(|r| format!("{r:.2}x"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         self.notes.push(t);
         self.push(Row {
@@ -977,11 +1011,7 @@ impl Runner {
             workload: format!(
                 "pid-fill {rows} x {cols}, {PROCESSES} processes, create -> verified"
             ),
-            python: python.and_then(|v| {
-                v["seconds"]
-                    .as_f64()
-                    .ok_or_else(|| "pid_fill.py: no \"seconds\"".to_string())
-            }),
+            python,
             forkpool: ours,
             ceiling: None,
         });
