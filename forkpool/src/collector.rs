@@ -177,7 +177,11 @@ impl Collector {
                         }
                         if let Some(fd) = w.side.poll_fd() {
                             entries.push((Source::Side(w.pid), fd));
-                            flags.push(PollFlags::POLLIN);
+                            flags.push(if w.side.wants_write() {
+                                PollFlags::POLLIN | PollFlags::POLLOUT
+                            } else {
+                                PollFlags::POLLIN
+                            });
                         }
                         if w.wants_write() {
                             let fd = w.task_fd.clone().expect("wants_write implies a pipe");
@@ -186,10 +190,15 @@ impl Collector {
                         }
                     }
                 }
-                let deadline = match (self.deadline, task_deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let retry = st
+                    .workers
+                    .iter()
+                    .any(|w| w.side.wants_retry())
+                    .then(|| Instant::now() + crate::side::RETRY);
+                let deadline = [self.deadline, task_deadline, retry]
+                    .into_iter()
+                    .flatten()
+                    .min();
                 match deadline {
                     Some(d) => {
                         let ms = d.saturating_duration_since(Instant::now()).as_millis();
@@ -239,6 +248,9 @@ impl Collector {
                 Source::Side(pid) => {
                     if let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) {
                         w.side.drain();
+                        if w.side.wants_write() && !w.flush_side() {
+                            st.request_kill(pid);
+                        }
                     }
                 }
                 Source::Task(pid) => {
@@ -246,6 +258,12 @@ impl Collector {
                         w.flush();
                     }
                 }
+            }
+        }
+        for i in 0..st.workers.len() {
+            if st.workers[i].side.wants_retry() && !st.workers[i].flush_side() {
+                let pid = st.workers[i].pid;
+                st.request_kill(pid);
             }
         }
         if matches!(st.phase, Phase::Running | Phase::Closed) {

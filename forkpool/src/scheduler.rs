@@ -427,6 +427,26 @@ impl Worker {
         self.task_fd.is_some() && !self.out.is_empty()
     }
 
+    /// Sends the buffer descriptors waiting for room on its side channel;
+    /// `false` when the channel failed (then stop the worker).
+    pub(crate) fn flush_side(&mut self) -> bool {
+        match self.side.flush() {
+            Ok(()) => true,
+            Err(e) => {
+                self.side_failed(e);
+                false
+            }
+        }
+    }
+
+    /// Its side channel failed with `e`: it is to be killed, and its tasks
+    /// fail saying why.
+    fn side_failed(&mut self, e: std::io::Error) {
+        self.failure.get_or_insert_with(|| {
+            Error::io("sending the descriptors of a task's buffers to a worker", e)
+        });
+    }
+
     pub(crate) fn holds_tasks(&self) -> bool {
         !self.in_flight.is_empty()
     }
@@ -701,9 +721,16 @@ impl State {
         if worker.in_flight.is_empty() && self.task_timeout.is_some() {
             worker.head_since = Some(Instant::now());
         }
-        // Its buffers' descriptors go first (see `side`); if they cannot
-        // go, the worker fails the items that need them, saying so.
-        let _ = worker.side.send(task_id, &fds);
+        // Its buffers' descriptors go first (see `side`); what the socket
+        // does not take waits for the collector. A channel that fails
+        // otherwise stops the worker: its tasks fail with why.
+        let side_failed = match worker.side.send(task_id, fds) {
+            Ok(()) => false,
+            Err(e) => {
+                worker.side_failed(e);
+                true
+            }
+        };
         worker.out.push(frame);
         let est_ns = est.unwrap_or(HOLD_NS);
         worker.held_ns += est_ns;
@@ -714,6 +741,10 @@ impl State {
             est_ns,
         });
         worker.sent += 1;
+        if side_failed {
+            let pid = worker.pid;
+            self.request_kill(pid);
+        }
     }
 
     /// A cancelled or finished job leaves the queue: its uncut items are

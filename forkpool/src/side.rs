@@ -17,11 +17,17 @@
 //! holds buffers (no datagram, no system call).
 //!
 //! - Parent to worker: the parent sends at dispatch, without blocking (it
-//!   holds the pool's lock); the worker receives while it decodes the
-//!   task's arguments, also without blocking (the descriptors were sent
-//!   first, so they are there, or they never will be: an error, not a
-//!   wait). Descriptors of a task the worker did not finish decoding are
-//!   closed when the next task looks for its own.
+//!   holds the pool's lock). A full socket (the worker is behind the
+//!   parent: a long task ahead of many small ones with buffers, or a
+//!   stopped worker) is back-pressure, not an error: what it does not take
+//!   waits in the parent, in task order, and the collector sends it when
+//!   the socket has room. The worker receives while it decodes the task's
+//!   arguments, and waits on the socket for a descriptor not there yet (the
+//!   parent's death closes the socket, which ends the wait). A datagram of
+//!   a later task first means this task's never come: an error. Descriptors
+//!   of a task the worker did not finish decoding are closed when the next
+//!   task looks for its own. An error sending (not a full socket) makes the
+//!   parent stop the worker: its tasks fail with that error.
 //! - Worker to parent: the worker sends a task's result descriptors
 //!   (blocking) right after the task, before the frame is written; the
 //!   collector drains the socket whenever it is readable, and a result
@@ -54,6 +60,10 @@ const HEAD: usize = 16;
 /// `net.core.wmem_max`); room for the datagrams of the tasks a worker holds.
 const SNDBUF: usize = 4 << 20;
 
+/// How soon the collector tries again to send descriptors the kernel
+/// refused for too many in flight.
+pub(crate) const RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Makes a worker's socketpair: `(parent's end, worker's end)`.
 pub(crate) fn pair() -> nix::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = socket::socketpair(
@@ -66,33 +76,65 @@ pub(crate) fn pair() -> nix::Result<(OwnedFd, OwnedFd)> {
     Ok((a, b))
 }
 
-/// Sends the descriptors of task `task`, in batches.
-fn send(sock: BorrowedFd<'_>, task: u64, fds: &[Outgoing], flags: MsgFlags) -> io::Result<()> {
-    let total = u32::try_from(fds.len())
-        .map_err(|_| io::Error::other(format!("{} buffers in one task", fds.len())))?;
+/// Sends the descriptors of task `task`, in batches, blocking.
+fn send(sock: BorrowedFd<'_>, task: u64, fds: &[Outgoing]) -> io::Result<()> {
+    let total = total_of(fds)?;
     for (i, chunk) in fds.chunks(MAX_FDS).enumerate() {
-        let mut head = [0u8; HEAD];
-        head[..8].copy_from_slice(&task.to_le_bytes());
-        head[8..12].copy_from_slice(&total.to_le_bytes());
-        head[12..].copy_from_slice(&((i * MAX_FDS) as u32).to_le_bytes());
-        let raw: Vec<RawFd> = chunk.iter().map(|s| s.fd().as_raw_fd()).collect();
-        let iov = [IoSlice::new(&head)];
-        let cmsgs = [ControlMessage::ScmRights(&raw)];
-        loop {
-            match socket::sendmsg::<()>(
-                sock.as_raw_fd(),
-                &iov,
-                &cmsgs,
-                flags | MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
-                Ok(_) => break,
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        send_one(
+            sock,
+            task,
+            total,
+            (i * MAX_FDS) as u32,
+            chunk,
+            MsgFlags::empty(),
+        )?;
     }
     Ok(())
+}
+
+fn total_of(fds: &[Outgoing]) -> io::Result<u32> {
+    u32::try_from(fds.len())
+        .map_err(|_| io::Error::other(format!("{} buffers in one task", fds.len())))
+}
+
+/// Sends one datagram: task `task`'s descriptors from index `first`.
+fn send_one(
+    sock: BorrowedFd<'_>,
+    task: u64,
+    total: u32,
+    first: u32,
+    chunk: &[Outgoing],
+    flags: MsgFlags,
+) -> io::Result<()> {
+    let mut head = [0u8; HEAD];
+    head[..8].copy_from_slice(&task.to_le_bytes());
+    head[8..12].copy_from_slice(&total.to_le_bytes());
+    head[12..].copy_from_slice(&first.to_le_bytes());
+    let raw: Vec<RawFd> = chunk.iter().map(|s| s.fd().as_raw_fd()).collect();
+    let iov = [IoSlice::new(&head)];
+    let cmsgs = [ControlMessage::ScmRights(&raw)];
+    loop {
+        match socket::sendmsg::<()>(
+            sock.as_raw_fd(),
+            &iov,
+            &cmsgs,
+            flags | MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A datagram the parent has not sent yet: its socket was full.
+struct Unsent {
+    task: u64,
+    total: u32,
+    first: u32,
+    /// Keep the memory files open until they are sent.
+    fds: Vec<Outgoing>,
 }
 
 /// One datagram: some of a task's descriptors.
@@ -166,6 +208,15 @@ pub(crate) struct ParentSide {
     fd: Arc<PoolFd>,
     /// Datagrams received and not yet claimed by a result.
     pending: VecDeque<Batch>,
+    /// Datagrams not sent yet, in task order: the socket was full (the
+    /// worker is behind, or stopped). The collector sends them when the
+    /// socket has room ([`ParentSide::wants_write`]).
+    unsent: VecDeque<Unsent>,
+    /// The kernel refused the last try for too many descriptors in flight
+    /// (`ETOOMANYREFS`, for a user without `CAP_SYS_RESOURCE` past its
+    /// `RLIMIT_NOFILE`): room is no event to poll for, so the collector
+    /// tries again after [`RETRY`].
+    refused: bool,
     /// The worker's end closed (it exited): nothing more to poll.
     closed: bool,
 }
@@ -175,6 +226,8 @@ impl ParentSide {
         ParentSide {
             fd: Arc::new(fd),
             pending: VecDeque::new(),
+            unsent: VecDeque::new(),
+            refused: false,
             closed: false,
         }
     }
@@ -184,13 +237,77 @@ impl ParentSide {
         (!self.closed).then(|| self.fd.clone())
     }
 
-    /// Sends the descriptors of task `task` without blocking. An error
-    /// leaves the task without them (it fails in the worker, saying so).
-    pub(crate) fn send(&self, task: u64, fds: &[Outgoing]) -> io::Result<()> {
+    /// Whether the collector must poll the socket for room: datagrams
+    /// wait to be sent.
+    pub(crate) fn wants_write(&self) -> bool {
+        !self.closed && !self.unsent.is_empty() && !self.refused
+    }
+
+    /// Whether datagrams wait for descriptors in flight to be received
+    /// (see `refused`): then the collector tries again after [`RETRY`].
+    pub(crate) fn wants_retry(&self) -> bool {
+        !self.closed && !self.unsent.is_empty() && self.refused
+    }
+
+    /// Sends the descriptors of task `task` (none: nothing to do) after
+    /// those still waiting, without blocking: what the socket does not take
+    /// now waits, in order, for [`flush`](Self::flush). A full socket is
+    /// back-pressure (the worker waits for what it needs); an error means
+    /// the channel is unusable, and the worker must be stopped (it would
+    /// wait for descriptors that cannot come).
+    pub(crate) fn send(&mut self, task: u64, fds: Vec<Outgoing>) -> io::Result<()> {
         if fds.is_empty() {
             return Ok(());
         }
-        send(self.fd.as_fd(), task, fds, MsgFlags::MSG_DONTWAIT)
+        let total = total_of(&fds)?;
+        let mut fds = fds;
+        let mut first = 0u32;
+        while !fds.is_empty() {
+            let rest = fds.split_off(fds.len().min(MAX_FDS));
+            self.unsent.push_back(Unsent {
+                task,
+                total,
+                first,
+                fds: std::mem::replace(&mut fds, rest),
+            });
+            first += MAX_FDS as u32;
+        }
+        self.flush()
+    }
+
+    /// Sends what waits, in order, until the socket is full. On an error
+    /// the waiting datagrams are dropped (their descriptors closed).
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.refused = false;
+        while let Some(d) = self.unsent.front() {
+            if self.closed {
+                // The worker exited: its tasks fail when that is reported.
+                self.unsent.clear();
+                return Ok(());
+            }
+            match send_one(
+                self.fd.as_fd(),
+                d.task,
+                d.total,
+                d.first,
+                &d.fds,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(()) => {
+                    self.unsent.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(Errno::ETOOMANYREFS as i32) => {
+                    self.refused = true;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.unsent.clear();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Receives every datagram waiting.
@@ -326,7 +443,7 @@ pub(crate) fn worker_task<R>(task: u64, run: impl FnOnce() -> R) -> io::Result<(
     }
     let out = std::mem::take(&mut s.outgoing);
     if !out.is_empty() {
-        send(s.sock.as_fd(), task, &out, MsgFlags::empty())?;
+        send(s.sock.as_fd(), task, &out)?;
         SENT.set(true);
     }
     Ok((r, !out.is_empty()))
@@ -360,8 +477,8 @@ pub(crate) fn worker_next_fd() -> Result<OwnedFd, String> {
         }
         let missing = || {
             format!(
-                "the descriptor of a buffer of task {task} did not arrive (the parent could \
-                 not send it: its socket to this worker was full or broken)"
+                "the descriptor of a buffer of task {task} did not arrive (the parent sent \
+                 those of a later task first, or could not send them)"
             )
         };
         let batch = if s.later.front().is_some_and(|b| b.task == task) {
@@ -369,7 +486,20 @@ pub(crate) fn worker_next_fd() -> Result<OwnedFd, String> {
         } else {
             match recv(s.sock.as_fd()) {
                 Ok(Recv::Batch(b)) => b,
-                Ok(Recv::Empty | Recv::Closed) => return Err(missing()),
+                // Not sent yet: the parent was ahead of this worker and its
+                // socket filled; it sends the rest as the socket drains.
+                // Wait for it, or for the parent's end to close.
+                Ok(Recv::Empty) => {
+                    wait_readable(s.sock.as_fd())
+                        .map_err(|e| format!("waiting for the buffers of task {task}: {e}"))?;
+                    continue;
+                }
+                Ok(Recv::Closed) => {
+                    return Err(format!(
+                        "the descriptor of a buffer of task {task} did not arrive (the \
+                         parent's end of the channel closed)"
+                    ));
+                }
                 Err(e) => return Err(format!("receiving the buffers of task {task}: {e}")),
             }
         };
@@ -386,5 +516,20 @@ pub(crate) fn worker_next_fd() -> Result<OwnedFd, String> {
         s.total = Some(batch.total);
         s.received += batch.fds.len() as u32;
         s.queue.extend(batch.fds);
+    }
+}
+
+/// Waits until `sock` is readable or its peer closed (no deadline: the
+/// parent sends what it queued as the socket drains, and its death closes
+/// the socket).
+fn wait_readable(sock: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    loop {
+        let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }

@@ -376,3 +376,85 @@ fn a_worker_out_of_descriptors_for_argument_buffers_says_so_and_goes_on() {
         assert_eq!(pool.apply(count, many_buffers(20)).unwrap(), 20);
     }
 }
+
+/// A buffer's first value and length, and the descriptors the worker has
+/// open while it runs the task.
+fn tag_and_fds(b: Buffer<u8>) -> (u8, usize, usize) {
+    (b[0], b.len(), common::fd_count())
+}
+
+/// Lowers the send buffer of the parent's ends of the workers' side
+/// channels (the `SOCK_SEQPACKET` sockets whose peer is the zygote, which
+/// made them; the control socket's peer is this process) to the least the
+/// kernel allows, which holds about 6 datagrams: on this machine
+/// `net.core.wmem_max` lets the pool's 4 MiB request stand (about 10 900
+/// datagrams; with the kernel's default cap of 208 KiB, about 550). Only
+/// the size changes: the pool's own send path is what is exercised.
+/// Returns how many sockets it changed.
+fn shrink_side_send_buffers() -> usize {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    use std::os::fd::BorrowedFd;
+    let me = std::process::id() as i32;
+    let mut changed = 0;
+    for fd in common::fd_table().into_keys() {
+        // SAFETY: `fd` is open in this process for the duration of this
+        // loop iteration (it is one of the pool's, or the test's own, and
+        // nothing closes descriptors meanwhile: the pool is idle).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let seqpacket = getsockopt(&fd, sockopt::SockType)
+            .is_ok_and(|t| t == nix::sys::socket::SockType::SeqPacket);
+        let peer = getsockopt(&fd, sockopt::PeerCredentials).map(|c| c.pid());
+        if seqpacket && peer.is_ok_and(|p| p != me) {
+            setsockopt(&fd, sockopt::SndBuf, &1).unwrap();
+            changed += 1;
+        }
+    }
+    changed
+}
+
+#[test]
+fn buffers_of_tasks_committed_to_a_stopped_worker_are_not_dropped_when_the_side_socket_fills() {
+    const NAME: &str =
+        "buffers_of_tasks_committed_to_a_stopped_worker_are_not_dropped_when_the_side_socket_fills";
+    // In a process of its own: it changes the pool's sockets and counts
+    // descriptors.
+    if !common::in_own_process(NAME, 120) {
+        return;
+    }
+    let pool = TestPool::new(1);
+    let item = |i: usize| Buffer::from_fn(100 + i, |_| i as u8).unwrap();
+    // The function's cost is known (tiny): one-task jobs of it are
+    // committed many at a time to a worker, up to the scheduler's time
+    // budget, without waiting for its results.
+    let warm = pool.map_chunked(tag_and_fds, (0..50).map(item), 1).unwrap();
+    let first = warm[49].2;
+    assert_eq!(
+        shrink_side_send_buffers(),
+        1,
+        "one worker, one side channel"
+    );
+    let before = common::fd_count();
+    let victim = pool.worker_pids()[0];
+    common::kill(victim, libc::SIGSTOP);
+    common::wait_for("the worker to stop", || {
+        common::ours(victim).as_deref() == Some("T")
+    });
+    // Far more tasks with a buffer each than the socket holds datagrams.
+    let n = 200;
+    let handles: Vec<_> = (0..n)
+        .map(|i| pool.apply_async(tag_and_fds, item(i)))
+        .collect();
+    common::kill(victim, libc::SIGCONT);
+    for (i, h) in handles.into_iter().enumerate() {
+        let (value, len, fds) = h
+            .get()
+            .unwrap_or_else(|e| panic!("item {i} of {n} failed: {e}"));
+        assert_eq!((value, len), (i as u8, 100 + i), "item {i}");
+        // The worker holds its task's descriptor, and nothing more.
+        assert_eq!(fds, first, "worker descriptors at item {i}");
+    }
+    assert_eq!(pool.worker_pids(), [victim], "no worker was replaced");
+    common::wait_for("the parent's descriptors to settle", || {
+        common::fd_count() == before
+    });
+}
