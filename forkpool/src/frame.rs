@@ -66,10 +66,12 @@ pub(crate) const RESULT: u8 = 4;
 /// The bit of a kind byte that says the frame carries a run apart (see
 /// the module docs).
 pub(crate) const RUN: u8 = 0x80;
-/// The bit of a `RESULT` kind byte that says descriptors of the result's
-/// buffers went ahead on the side channel ([`crate::side`]): the parent
-/// looks there only for such results (looking for every result cost a
-/// `recvmsg` per tiny task).
+/// The bit of a `TASK` or `RESULT` kind byte that says descriptors of the
+/// frame's buffers went ahead on the side channel ([`crate::side`]): the
+/// parent looks there only for such results (looking for every result cost
+/// a `recvmsg` per tiny task), and a worker decoding a task without it
+/// fails at once if the arguments name a buffer, rather than wait for a
+/// descriptor that was never sent.
 pub(crate) const FDS: u8 = 0x40;
 /// Bytes of a run's description after the kind byte: place, length,
 /// element size.
@@ -438,7 +440,7 @@ impl TaskHeader {
     /// Splits a task frame's body into its header and payload; `None` if it
     /// is not a task frame.
     pub(crate) fn parse(body: &[u8]) -> Option<(TaskHeader, &[u8])> {
-        if body.len() < Self::BODY_LEN || body[0] != TASK {
+        if body.len() < Self::BODY_LEN || body[0] & !FDS != TASK {
             return None;
         }
         let h = TaskHeader {
@@ -452,6 +454,12 @@ impl TaskHeader {
     /// Where a task body's payload starts (after [`parse`](Self::parse)
     /// accepted it).
     pub(crate) const PAYLOAD_AT: usize = Self::BODY_LEN;
+
+    /// Whether a task body is marked [`FDS`]: its buffers' descriptors went
+    /// ahead on the side channel.
+    pub(crate) fn carries_fds(body: &[u8]) -> bool {
+        body.first().is_some_and(|k| k & FDS != 0)
+    }
 }
 
 /// A frame being written into a buffer: where it starts.
@@ -459,6 +467,11 @@ impl TaskHeader {
 pub(crate) struct Started(usize);
 
 impl Started {
+    /// Marks the frame as one whose descriptors went ahead ([`FDS`]).
+    pub(crate) fn mark_fds(&self, out: &mut [u8]) {
+        out[self.0 + LEN_PREFIX] |= FDS;
+    }
+
     /// Patches the length of the frame (everything appended since it
     /// started).
     pub(crate) fn finish(self, out: &mut [u8]) {

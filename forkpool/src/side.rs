@@ -407,17 +407,23 @@ pub(crate) fn worker_init(sock: OwnedFd) {
 }
 
 /// Runs task `task` (`run`), with its buffers' descriptors received on
-/// demand, then sends those of its results; says whether it sent any (the
-/// result frame is then marked [`FDS`](crate::frame::FDS)). `Err` when the
-/// parent is gone.
-pub(crate) fn worker_task<R>(task: u64, run: impl FnOnce() -> R) -> io::Result<(R, bool)> {
+/// demand (`carries_fds`: its frame is marked [`FDS`](crate::frame::FDS);
+/// unmarked, it has none, and a decode that asks for one fails at once
+/// instead of waiting), then sends those of its results; says whether it
+/// sent any (the result frame is then marked `FDS`). `Err` when the parent
+/// is gone.
+pub(crate) fn worker_task<R>(
+    task: u64,
+    carries_fds: bool,
+    run: impl FnOnce() -> R,
+) -> io::Result<(R, bool)> {
     let Some(side) = WORKER.get() else {
         return Ok((run(), false));
     };
     {
         let mut s = side.borrow_mut();
         s.task = Some(task);
-        s.total = None;
+        s.total = (!carries_fds).then_some(0);
         s.received = 0;
     }
     let mut incoming = crate::buffer::Incoming::Worker;

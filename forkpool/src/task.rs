@@ -349,6 +349,9 @@ pub(crate) fn cut_task(
         encode_into(&(n as u64), &mut head).expect("a u64 always encodes");
         assert_eq!(head.len(), TASK_HEAD, "the task head has a fixed size");
         frame[..TASK_HEAD].copy_from_slice(&head);
+        if !fds.is_empty() {
+            started.mark_fds(&mut frame);
+        }
         started.finish(&mut frame);
         let frame = match block.run {
             Some(run) => OutFrame::with_run(frame, TASK_HEAD, run),
@@ -385,6 +388,9 @@ pub(crate) fn cut_task(
         if block.len() == 0 {
             queue.pop_front();
         }
+    }
+    if !fds.is_empty() {
+        started.mark_fds(&mut out);
     }
     started.finish(&mut out);
     let frame = match run {

@@ -252,8 +252,10 @@ fn run_task(body: Body, out: &mut Vec<u8>, t0: Instant) -> (Instant, Option<RunF
     let started = ResultFrame::begin(out, header.id);
     // Buffers' descriptors: received while the arguments decode, and those
     // of the results sent before the result frame.
-    let ran =
-        crate::side::worker_task(header.id, || tramp(func, body, TaskHeader::PAYLOAD_AT, out));
+    let fds = TaskHeader::carries_fds(&body.bytes);
+    let ran = crate::side::worker_task(header.id, fds, || {
+        tramp(func, body, TaskHeader::PAYLOAD_AT, out)
+    });
     let Ok((run, sent_fds)) = ran else {
         exit(0); // the parent is gone
     };

@@ -458,3 +458,43 @@ fn buffers_of_tasks_committed_to_a_stopped_worker_are_not_dropped_when_the_side_
         common::fd_count() == before
     });
 }
+
+/// Encodes as the pool's out-of-band mark for a buffer of 4 bytes, with no
+/// buffer behind it, and decodes as a buffer: what a hand-written serde
+/// impl that disagrees with itself can send.
+struct NamesAMissingBuffer;
+
+impl Serialize for NamesAMissingBuffer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (1u8, 4u64).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NamesAMissingBuffer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Buffer::<u8>::deserialize(d).map(|_| NamesAMissingBuffer)
+    }
+}
+
+fn take_it(_: NamesAMissingBuffer) -> u8 {
+    1
+}
+
+#[test]
+fn a_task_naming_a_buffer_it_did_not_carry_waited_for_its_descriptor_forever() {
+    let pool = TestPool::new(1);
+    let (bad, good) = common::within(60, "a task naming a missing buffer", move || {
+        let bad = pool.apply(take_it, NamesAMissingBuffer);
+        let good = pool.apply(echo::<u8>, Buffer::from_slice(&[1u8, 2, 3]).unwrap());
+        (bad, good.map(|b| b.as_slice().to_vec()))
+    });
+    match bad {
+        Err(e @ Error::Decode { .. }) => assert!(
+            e.to_string().contains("buffer descriptors"),
+            "the error says a descriptor is missing: {e}"
+        ),
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    // The worker goes on serving tasks that do carry buffers.
+    assert_eq!(good.unwrap(), [1, 2, 3]);
+}
