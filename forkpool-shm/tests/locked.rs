@@ -1,4 +1,4 @@
-//! Locked arrays and values (`LockedArray`, `LockedValue`) across real forked
+//! Locked arrays and values (`SharedArray<T, Locked>`, 0-d for a value) across real forked
 //! processes, including holders that die.
 
 mod common;

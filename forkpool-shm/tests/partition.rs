@@ -1,4 +1,4 @@
-//! Row claims (`PartitionedArray`) across real forked processes.
+//! Row claims (`SharedArray<T, Partitioned>`) across real forked processes.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Shared scalars (`SharedValue`, `LockedValue`) across real forked processes.
+//! Shared scalars (0-d `SharedArray`s, atomic and `Locked`) across real forked processes.
 
 mod common;
 
