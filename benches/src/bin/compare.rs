@@ -421,49 +421,68 @@ impl Runner {
         if !CASES.iter().any(|c| self.wants(c.0)) {
             return;
         }
-        let z = self.sizes;
-        let quick = self.opts.quick;
         let pool = Pool::new(PROCESSES).expect("pool");
         for (id, kind, len, n) in CASES {
             if !self.wants(id) {
                 continue;
             }
-            let n = if quick { n.div_ceil(10) } else { n };
-            let reps = if len > MIB { z.slow_reps } else { z.reps };
-            let src = faulted_buffer(len);
-            let mut dst = faulted_buffer(len);
-            let ceiling = sample(reps.max(3), || memcpy(&mut dst, &src, 1)).median();
-            drop((src, dst));
-            let ours = match kind {
-                "bytes" => sample(reps, || time_round_trip_bytes(&pool, len, n)).median(),
-                _ => sample(reps, || time_round_trip_floats(&pool, len, n)).median(),
-            };
-            let args = vec![
-                s("--bytes"),
-                s(len),
-                s("--kind"),
-                s(kind),
-                s("--n"),
-                s(n),
-                s("--reps"),
-                s(reps),
-            ];
-            let python = self.python("round_trip.py", &args);
             let (rust, py) = match kind {
                 "bytes" => ("Vec<u8>", "bytes"),
                 _ => ("Vec<f64>", "numpy float64"),
             };
-            self.push(Row {
-                id,
-                workload: format!("apply round trip, {} ({rust} / {py})", fmt_bytes(len)),
-                python,
-                forkpool: secs(ours),
-                ceiling: Some((
-                    format!("memcpy {}, 1 thread", fmt_bytes(len)),
-                    secs(ceiling),
-                )),
+            let what = format!("{rust} / {py}");
+            self.round_trip_row(id, &what, kind, len, n, |n| match kind {
+                "bytes" => time_round_trip_bytes(&pool, len, n),
+                _ => time_round_trip_floats(&pool, len, n),
             });
         }
+    }
+
+    /// One round-trip row: `ours(n)` timed (`n` calls a run, a tenth with
+    /// `--quick`), Python's `round_trip.py` with `kind` and the same counts,
+    /// and a one-thread `memcpy` of `len` bytes into memory already faulted
+    /// in as the ceiling.
+    fn round_trip_row(
+        &mut self,
+        id: &'static str,
+        what: &str,
+        kind: &str,
+        len: usize,
+        n: u32,
+        mut ours: impl FnMut(u32) -> Duration,
+    ) {
+        let n = if self.opts.quick { n.div_ceil(10) } else { n };
+        let reps = if len > MIB {
+            self.sizes.slow_reps
+        } else {
+            self.sizes.reps
+        };
+        let src = faulted_buffer(len);
+        let mut dst = faulted_buffer(len);
+        let ceiling = sample(reps.max(3), || memcpy(&mut dst, &src, 1)).median();
+        drop((src, dst));
+        let ours = sample(reps, || ours(n)).median();
+        let args = vec![
+            s("--bytes"),
+            s(len),
+            s("--kind"),
+            s(kind),
+            s("--n"),
+            s(n),
+            s("--reps"),
+            s(reps),
+        ];
+        let python = self.python("round_trip.py", &args);
+        self.push(Row {
+            id,
+            workload: format!("apply round trip, {} ({what})", fmt_bytes(len)),
+            python,
+            forkpool: secs(ours),
+            ceiling: Some((
+                format!("memcpy {}, 1 thread", fmt_bytes(len)),
+                secs(ceiling),
+            )),
+        });
     }
 
     /// `apply` round trips of a `forkpool::Buffer<f64>` (out of band: a
@@ -483,48 +502,19 @@ impl Runner {
         if !CASES.iter().any(|c| self.wants(c.0)) {
             return;
         }
-        let z = self.sizes;
-        let quick = self.opts.quick;
         let pool = Pool::new(PROCESSES).expect("pool");
         for (id, len, n, from_vec) in CASES {
             if !self.wants(id) {
                 continue;
             }
-            let n = if quick { n.div_ceil(10) } else { n };
-            let reps = if len > MIB { z.slow_reps } else { z.reps };
-            let src = faulted_buffer(len);
-            let mut dst = faulted_buffer(len);
-            let ceiling = sample(reps.max(3), || memcpy(&mut dst, &src, 1)).median();
-            drop((src, dst));
-            let ours = sample(reps, || time_round_trip_buffer(&pool, len, n, from_vec)).median();
-            let args = vec![
-                s("--bytes"),
-                s(len),
-                s("--kind"),
-                s("numpy"),
-                s("--n"),
-                s(n),
-                s("--reps"),
-                s(reps),
-            ];
-            let python = self.python("round_trip.py", &args);
             let made = if from_vec {
                 "made from a Vec<f64> in the clock"
             } else {
                 "made before"
             };
-            self.push(Row {
-                id,
-                workload: format!(
-                    "apply round trip, {} (Buffer<f64>, {made} / numpy float64)",
-                    fmt_bytes(len)
-                ),
-                python,
-                forkpool: secs(ours),
-                ceiling: Some((
-                    format!("memcpy {}, 1 thread", fmt_bytes(len)),
-                    secs(ceiling),
-                )),
+            let what = format!("Buffer<f64>, {made} / numpy float64");
+            self.round_trip_row(id, &what, "numpy", len, n, |n| {
+                time_round_trip_buffer(&pool, len, n, from_vec)
             });
         }
     }
