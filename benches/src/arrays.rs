@@ -292,6 +292,12 @@ pub struct BigArrayCeilings {
     /// array (`MADV_POPULATE_READ`) and exiting: what the pool's workers
     /// pay for the pages of their rows before touching any.
     pub map_in_children: Duration,
+    /// `threads` forked children each checking and overwriting its share of
+    /// the array as the demo's workers do (a row's pages mapped in one call,
+    /// then one pass that compares every element with the value it should
+    /// hold and writes the child's pid), with no pool, no pipes and no
+    /// tasks: the limit of the workers' phase.
+    pub check_write_in_children: Duration,
 }
 
 impl BigArrayCeilings {
@@ -356,12 +362,46 @@ impl BigArrayCeilings {
             crate::ceiling::wait_exited_ok(pids);
             start.elapsed()
         };
+        let check_write_in_children = {
+            // What the memset above left in every element.
+            let expected = f64::from_bits(0x4040_4040_4040_4040);
+            let start = Instant::now();
+            let mut pids = Vec::new();
+            for rows in array.row_blocks(threads) {
+                // SAFETY: the child calls `madvise` (through `prefault`,
+                // which allocates nothing on success), reads and writes the
+                // shared array through a slice and calls `getpid` and
+                // `_exit`: no lock and no allocation, so forking from this
+                // multithreaded process is sound.
+                match unsafe { nix::unistd::fork() }.expect("fork") {
+                    nix::unistd::ForkResult::Child => {
+                        let pid = f64::from(nix::unistd::getpid().as_raw());
+                        let mut untouched = true;
+                        for r in rows {
+                            let _ = array.prefault(r..r + 1);
+                            // SAFETY: each child has its own block of rows,
+                            // and the parent touches none until they exit.
+                            let row = unsafe { array.rows_mut_unchecked(r..r + 1) };
+                            for v in row.iter_mut() {
+                                untouched &= *v == expected;
+                                *v = pid;
+                            }
+                        }
+                        crate::ceiling::exit_child(i32::from(!untouched))
+                    }
+                    nix::unistd::ForkResult::Parent { child } => pids.push(child),
+                }
+            }
+            crate::ceiling::wait_exited_ok(pids);
+            start.elapsed()
+        };
         BigArrayCeilings {
             populate,
             populate_filled,
             memset,
             read,
             map_in_children,
+            check_write_in_children,
         }
     }
 }
@@ -503,6 +543,7 @@ mod tests {
             c.memset,
             c.read,
             c.map_in_children,
+            c.check_write_in_children,
         ] {
             assert!(d > Duration::ZERO, "{c:?}");
         }

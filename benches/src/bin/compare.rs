@@ -967,8 +967,10 @@ impl Runner {
             ),
             String::new(),
             format!(
-                "{PROCESSES} forked children mapping the pages {}; memset {}",
+                "{PROCESSES} forked children mapping the pages {}, checking and writing \
+                 them (no pool) {}; memset {}",
                 fmt_time(limit(|c| c.map_in_children)),
+                fmt_time(limit(|c| c.check_write_in_children)),
                 fmt_time(limit(|c| c.memset))
             ),
             format!("read, {PROCESSES} threads {}", rate(limit(|c| c.read))),
@@ -994,6 +996,24 @@ impl Runner {
                 .map(|r| format!("{r:.2}x"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+        // The same work with nothing but the machine in the way: create and
+        // fill, the children's check-and-write, a read. The best ratio to
+        // Python that this order of work allows here.
+        let floor = median(
+            ceilings
+                .iter()
+                .map(|c| secs(c.populate_filled + c.check_write_in_children + c.read))
+                .collect(),
+        );
+        let _ = write!(
+            t,
+            "\n| the limits' sum (populate and fill + children check and write + read) | | {} | \
+             Python / the limits' sum: {} |",
+            fmt_time(floor),
+            python
+                .as_ref()
+                .map_or("-".into(), |&p| format!("{:.2}x", p / floor))
         );
         self.notes.push(t);
         self.push(Row {
