@@ -292,11 +292,12 @@ pub struct BigArrayCeilings {
     /// array (`MADV_POPULATE_READ`) and exiting: what the pool's workers
     /// pay for the pages of their rows before touching any.
     pub map_in_children: Duration,
-    /// `threads` forked children each checking and overwriting its share of
-    /// the array as the demo's workers do (a row's pages mapped in one call,
-    /// then one pass that compares every element with the value it should
-    /// hold and writes the child's pid), with no pool, no pipes and no
-    /// tasks: the limit of the workers' phase.
+    /// `threads` children, forked beforehand and started at once, each
+    /// checking and overwriting its share of the array as the demo's
+    /// workers do (a row's pages mapped in one call, then one pass that
+    /// compares every element with the value it should hold and writes the
+    /// child's pid), with no pool and no tasks: the limit of the workers'
+    /// phase.
     pub check_write_in_children: Duration,
 }
 
@@ -363,37 +364,63 @@ impl BigArrayCeilings {
             start.elapsed()
         };
         let check_write_in_children = {
+            use nix::unistd::{read, write};
+            use std::os::fd::AsFd;
             // What the memset above left in every element.
             let expected = f64::from_bits(0x4040_4040_4040_4040);
-            let start = Instant::now();
-            let mut pids = Vec::new();
-            for rows in array.row_blocks(threads) {
-                // SAFETY: the child calls `madvise` (through `prefault`,
-                // which allocates nothing on success), reads and writes the
-                // shared array through a slice and calls `getpid` and
-                // `_exit`: no lock and no allocation, so forking from this
-                // multithreaded process is sound.
-                match unsafe { nix::unistd::fork() }.expect("fork") {
-                    nix::unistd::ForkResult::Child => {
+            // Forked first and started together by a byte each, like a
+            // pool's workers: the time is the work, not fork and exit.
+            let children: Vec<_> = array
+                .row_blocks(threads)
+                .into_iter()
+                .map(|rows| {
+                    let array = &array;
+                    crate::ceiling::fork_helper(move |from_parent, to_parent| {
+                        let mut go = [0u8];
+                        if read(from_parent.as_fd(), &mut go) != Ok(1) {
+                            return;
+                        }
                         let pid = f64::from(nix::unistd::getpid().as_raw());
                         let mut untouched = true;
                         for r in rows {
                             let _ = array.prefault(r..r + 1);
                             // SAFETY: each child has its own block of rows,
-                            // and the parent touches none until they exit.
+                            // and the parent touches none until the child
+                            // has answered.
                             let row = unsafe { array.rows_mut_unchecked(r..r + 1) };
                             for v in row.iter_mut() {
                                 untouched &= *v == expected;
                                 *v = pid;
                             }
                         }
-                        crate::ceiling::exit_child(i32::from(!untouched))
-                    }
-                    nix::unistd::ForkResult::Parent { child } => pids.push(child),
-                }
+                        let _ = write(&to_parent, &[u8::from(untouched)]);
+                    })
+                })
+                .collect();
+            let start = Instant::now();
+            for (to_child, _, _) in &children {
+                write(to_child, &[1]).expect("start a child");
             }
-            crate::ceiling::wait_exited_ok(pids);
-            start.elapsed()
+            for (_, from_child, _) in &children {
+                let mut untouched = [0u8];
+                assert_eq!(
+                    read(from_child.as_fd(), &mut untouched),
+                    Ok(1),
+                    "a child's answer"
+                );
+                assert_eq!(untouched, [1], "a child found an element it did not expect");
+            }
+            let took = start.elapsed();
+            crate::ceiling::wait_exited_ok(
+                children
+                    .into_iter()
+                    .map(|(to_child, from_child, pid)| {
+                        drop((to_child, from_child));
+                        pid
+                    })
+                    .collect(),
+            );
+            took
         };
         BigArrayCeilings {
             populate,

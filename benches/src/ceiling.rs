@@ -117,7 +117,7 @@ fn close_other_fds(keep: [i32; 2]) {
 /// Forks a helper running `child` on the two pipe ends it is given (the
 /// read end from the parent, the write end back), returning the parent's
 /// ends and the pid.
-fn fork_helper(child: impl FnOnce(OwnedFd, OwnedFd)) -> (OwnedFd, OwnedFd, Pid) {
+pub(crate) fn fork_helper(child: impl FnOnce(OwnedFd, OwnedFd)) -> (OwnedFd, OwnedFd, Pid) {
     let (down_r, down_w) = pipe().expect("pipe");
     let (up_r, up_w) = pipe().expect("pipe");
     // SAFETY: the child only closes descriptors, reads and writes its pipes

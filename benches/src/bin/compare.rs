@@ -967,7 +967,7 @@ impl Runner {
             ),
             String::new(),
             format!(
-                "{PROCESSES} forked children mapping the pages {}, checking and writing \
+                "{PROCESSES} forked children mapping the pages {}; already forked, checking and writing \
                  them (no pool) {}; memset {}",
                 fmt_time(limit(|c| c.map_in_children)),
                 fmt_time(limit(|c| c.check_write_in_children)),
