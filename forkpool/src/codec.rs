@@ -77,6 +77,7 @@ macro_rules! plain_types {
         $m!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, f32, f64)
     };
 }
+pub(crate) use plain_types;
 
 /// Why a value did not encode or decode.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -353,6 +353,7 @@ impl Pool {
         let mut block = Items::starting_at(0);
         for (i, item) in items.into_iter().enumerate() {
             block.push(&item, i)?;
+            crate::frame::recycle(item);
             if block.len() >= BLOCK_ITEMS || block.bytes() >= BLOCK_BYTES {
                 let full = std::mem::replace(&mut block, Items::starting_at(i + 1));
                 job = Some(self.open_and_append(job, &mut spec, full, i + 1 == total)?);

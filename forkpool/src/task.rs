@@ -84,7 +84,9 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
         out.push(OK);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let r = f(item);
-            buffer::encode_noting_run(&r, out, &mut fds, &mut run)
+            let encoded = buffer::encode_noting_run(&r, out, &mut fds, &mut run);
+            frame::recycle(r);
+            encoded
         }));
         if !matches!(outcome, Ok(Ok(()))) {
             fds.truncate(fd_mark);

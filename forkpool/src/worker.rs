@@ -151,6 +151,8 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
         exit(EXIT_INIT_FAILED);
     }
 
+    // Memory kept for receiving in the parent is shared copy-on-write here.
+    frame::forget_inherited_spare();
     let mut reader = FrameReader::default();
     let mut out: Vec<u8> = Vec::with_capacity(FLUSH_AT);
     let mut oldest: Option<Instant> = None;
