@@ -136,18 +136,18 @@ pub fn progress(len: u64, what: &str) -> ProgressBar {
 pub fn memory_table(
     title: &str,
     pool: Option<&Pool>,
-    extra: &[(i32, &str)],
+    extra: &[(Pid, &str)],
 ) -> anyhow::Result<MemoryReport> {
     let mut report = MemoryReport::new();
     report.add(Pid::this(), "parent")?;
     if let Some(pool) = pool {
-        report.add(Pid::from_raw(pool.zygote_pid()), "zygote")?;
+        report.add(pool.zygote_pid(), "zygote")?;
         for (i, pid) in pool.worker_pids().into_iter().enumerate() {
-            report.add(Pid::from_raw(pid), format!("worker {}", i + 1))?;
+            report.add(pid, format!("worker {}", i + 1))?;
         }
     }
     for &(pid, role) in extra {
-        report.add(Pid::from_raw(pid), role)?;
+        report.add(pid, role)?;
     }
     println!("{title}:");
     for line in report.to_string().lines() {
@@ -239,7 +239,7 @@ pub fn mapped_file_pss(report: &MemoryReport, path: &std::path::Path) -> anyhow:
         .with_context(|| format!("finding the full path of {}", path.display()))?;
     let mut total = 0;
     for process in report.entries() {
-        let maps = Process::new(process.pid)
+        let maps = Process::new(process.pid.as_raw())
             .and_then(|p| p.smaps())
             .with_context(|| format!("reading /proc/{}/smaps", process.pid))?;
         total += maps

@@ -492,8 +492,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             if i == 0 {
                 // Taken mid-stream, while both consumers live.
                 let extra = [
-                    (consumers.0[0].0.as_raw(), "consumer (FIFO)"),
-                    (consumers.0[1].0.as_raw(), "consumer (pipe)"),
+                    (consumers.0[0].0, "consumer (FIFO)"),
+                    (consumers.0[1].0, "consumer (pipe)"),
                 ];
                 table = Some(common::memory_table(
                     "memory while the consumer reads the stream",

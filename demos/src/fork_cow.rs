@@ -285,7 +285,7 @@ fn with_pool(args: &Args, pool: &Pool, size: u64) -> anyhow::Result<()> {
             .find(|b| b.pid == w.pid)
             .with_context(|| format!("{} (pid {}) was replaced", w.role, w.pid))?;
         let grew = w.private_dirty.saturating_sub(before.private_dirty);
-        let wrote = wrote_by_pid.get(&w.pid).copied().unwrap_or(0);
+        let wrote = wrote_by_pid.get(&w.pid.as_raw()).copied().unwrap_or(0);
         fact(
             &format!("{} copied", w.role),
             format!("{} of pages for {} written", bytes(grew), bytes(wrote)),

@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use forkpool::{Error, Pool};
+use forkpool::{Error, Pid, Pool};
 use forkpool_shm::{LockError, Locked, Rows, SharedArray};
 use serde::{Deserialize, Serialize};
 
@@ -190,7 +190,7 @@ fn die_holding_the_lock((): ()) -> u64 {
     unreachable!("SIGKILL cannot be caught");
 }
 
-/// What the next locker found.
+/// What the next locker found (pids raw: it crosses the pool as postcard).
 #[derive(Debug, Serialize, Deserialize)]
 struct Recovery {
     /// Pid of the worker that took the lock.
@@ -221,7 +221,7 @@ fn lock_after_the_death((): ()) -> Result<Recovery, String> {
     let ((min, max), owner_died) = match locked.with_lock(check) {
         Ok(found) => (found, None),
         Err(LockError::OwnerDied(died)) => {
-            let pid = died.pid();
+            let pid = died.pid().map(Pid::as_raw);
             (died.into_inner(), Some(pid))
         }
         Err(LockError::Failed(e)) => return Err(e.to_string()),
@@ -267,7 +267,7 @@ fn timed(label: &str, took: Duration, increments: u64) {
 
 /// Waits (at most 10 s) until the pool has `processes` workers again, none
 /// of them `dead`.
-fn wait_for_replacement(pool: &Pool, processes: usize, dead: i32) -> Vec<i32> {
+fn wait_for_replacement(pool: &Pool, processes: usize, dead: Pid) -> Vec<Pid> {
     let t0 = Instant::now();
     loop {
         let pids = pool.worker_pids();
@@ -418,7 +418,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     // ANCHOR: kill
     // 4. A worker killed while holding the lock.
-    let before: BTreeSet<i32> = pool.worker_pids().into_iter().collect();
+    let raw = |pids: Vec<Pid>| pids.into_iter().map(Pid::as_raw).collect::<BTreeSet<i32>>();
+    let before = raw(pool.worker_pids());
     let (died, _) = common::phase("a holder dies (SIGKILL)", None, || {
         pool.apply(die_holding_the_lock, ())
     });
@@ -428,9 +429,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Ok(_) => anyhow::bail!("the task that kills itself returned a value"),
     };
     fact("  the task failed", format!("worker {dead} {cause}"));
-    let after: BTreeSet<i32> = wait_for_replacement(&pool, processes, dead)
-        .into_iter()
-        .collect();
+    let after = raw(wait_for_replacement(&pool, processes, dead));
     let new: Vec<i32> = after.difference(&before).copied().collect();
     fact(
         "  replacement worker",
@@ -501,15 +500,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "the 0-d locked array counted {rounds_done} rounds, not {expected}"
     );
     ensure!(
-        cause.signal_name() == Some("SIGKILL") && before.contains(&dead),
+        cause.signal_name() == Some("SIGKILL") && before.contains(&dead.as_raw()),
         "expected worker {dead} (one of {before:?}) to die of SIGKILL, it {cause}"
     );
     ensure!(
-        after.len() == processes && !after.contains(&dead) && new.len() == 1,
+        after.len() == processes && !after.contains(&dead.as_raw()) && new.len() == 1,
         "expected one replacement for worker {dead}, the workers are {after:?} (were {before:?})"
     );
     ensure!(
-        recovery.owner_died == Some(Some(dead)),
+        recovery.owner_died == Some(Some(dead.as_raw())),
         "the next lock() reported {reported}, not that worker {dead} died holding it"
     );
     ensure!(

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::unistd::Pid;
 
 use crate::units::ByteSize;
 
@@ -164,7 +165,7 @@ pub enum ShmError {
     )]
     OwnerDied {
         /// The pid of the process that held the lock, if known.
-        pid: Option<i32>,
+        pid: Option<Pid>,
     },
 
     /// The lock can no longer be used: a holder died, and the process that
@@ -200,7 +201,7 @@ pub enum ShmError {
         /// The overlapping rows already claimed.
         held: Range<usize>,
         /// The process that claimed them.
-        pid: i32,
+        pid: Pid,
     },
 
     /// Too many row claims are held at once.
@@ -225,7 +226,7 @@ pub enum ShmError {
     #[error("could not read memory figures of pid {pid} ({path}): {cause}")]
     Proc {
         /// The process.
-        pid: i32,
+        pid: Pid,
         /// The file read.
         path: PathBuf,
         /// The error (`NotFound` when the process has exited; in the message).
@@ -289,12 +290,12 @@ pub enum LockError<G> {
 /// `clear_poison` is called on the array or value.
 pub struct OwnerDied<G> {
     result: G,
-    pid: Option<i32>,
+    pid: Option<Pid>,
     panicked: bool,
 }
 
 impl<G> OwnerDied<G> {
-    pub(crate) fn new(result: G, pid: Option<i32>, panicked: bool) -> Self {
+    pub(crate) fn new(result: G, pid: Option<Pid>, panicked: bool) -> Self {
         OwnerDied {
             result,
             pid,
@@ -308,7 +309,7 @@ impl<G> OwnerDied<G> {
     /// # Examples
     ///
     /// See [`SharedArray::with_lock`](crate::SharedArray::with_lock).
-    pub fn pid(&self) -> Option<i32> {
+    pub fn pid(&self) -> Option<Pid> {
         self.pid
     }
 

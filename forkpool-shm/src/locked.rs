@@ -136,7 +136,7 @@ impl<T: Element> SharedArray<T, Locked> {
     ///
     /// match array.with_lock(|data| data[0]) {
     ///     Err(LockError::OwnerDied(died)) => {
-    ///         assert_eq!(died.pid(), Some(child.as_raw()));
+    ///         assert_eq!(died.pid(), Some(child));
     ///         assert_eq!(died.into_inner(), 7); // the data is intact
     ///     }
     ///     _ => panic!("expected the owner-died report"),

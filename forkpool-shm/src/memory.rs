@@ -58,7 +58,7 @@ impl MemInfo {
         use procfs::Current;
         let path = Path::new("/proc/meminfo");
         let info = procfs::Meminfo::current()
-            .map_err(|e| proc_error(std::process::id() as i32, path, e))?;
+            .map_err(|e| proc_error(nix::unistd::Pid::this(), path, e))?;
         Self::from_procfs(&info).map_err(|reason| ShmError::ProcFormat {
             path: path.to_owned(),
             reason,
@@ -84,7 +84,7 @@ impl MemInfo {
 /// [`ShmError::Proc`] with the I/O error (`NotFound` when the process has
 /// exited, `PermissionDenied` for another user's), or
 /// [`ShmError::ProcFormat`] for contents not understood.
-pub(crate) fn proc_error(pid: i32, path: &Path, error: procfs::ProcError) -> ShmError {
+pub(crate) fn proc_error(pid: nix::unistd::Pid, path: &Path, error: procfs::ProcError) -> ShmError {
     use procfs::ProcError;
     use std::io::{Error, ErrorKind};
     let cause = match error {

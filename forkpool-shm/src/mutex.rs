@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
+use nix::unistd::Pid;
 
 use crate::error::ShmError;
 
@@ -58,7 +59,7 @@ pub(crate) enum Acquired {
     /// Cleanly.
     Clean,
     /// Poisoned: a holder died or panicked and nobody cleared the mark since.
-    Poisoned { pid: Option<i32>, panicked: bool },
+    Poisoned { pid: Option<Pid>, panicked: bool },
 }
 
 /// How to wait for the lock.
@@ -194,7 +195,7 @@ impl RobustMutex {
         Ok(match self.poisoned_by.load(Ordering::Relaxed) {
             0 => Acquired::Clean,
             pid => Acquired::Poisoned {
-                pid: (pid > 0).then_some(pid),
+                pid: (pid > 0).then(|| Pid::from_raw(pid)),
                 panicked: self.poison_panicked.load(Ordering::Relaxed) != 0,
             },
         })
@@ -334,7 +335,7 @@ mod tests {
         assert_eq!(
             acquired,
             Acquired::Poisoned {
-                pid: Some(me),
+                pid: Some(Pid::from_raw(me)),
                 panicked: false
             }
         );

@@ -233,7 +233,7 @@ impl<T: Element> SharedArray<T, Partitioned> {
                     return Err(ShmError::RowsBusy {
                         requested: rows,
                         held: held_rows,
-                        pid: holder,
+                        pid: nix::unistd::Pid::from_raw(holder),
                     });
                 }
                 // A claim left by a process that died: clear it.
@@ -318,7 +318,7 @@ mod tests {
                         match array.with_rows_mut(4..6, |_| ()) {
                             Err(ShmError::RowsBusy { held, pid, .. }) => {
                                 assert_eq!(held, 0..5);
-                                assert_eq!(pid, std::process::id() as i32);
+                                assert_eq!(pid, nix::unistd::Pid::this());
                             }
                             other => panic!("expected RowsBusy, got {other:?}"),
                         }

@@ -35,11 +35,11 @@ use crate::units::ByteSize;
 /// assert_eq!(me.shared() + me.private(), me.rss);
 /// # Ok::<(), forkpool_shm::ShmError>(())
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemoryUsage {
-    /// The process.
-    pub pid: i32,
+    /// The process (0 in a [`MemoryReport::total`]).
+    pub pid: Pid,
     /// What the process is (`"parent"`, `"worker 1"`); empty if not given.
     pub role: String,
     /// Resident set size: resident memory mapped by the process.
@@ -80,18 +80,15 @@ impl MemoryUsage {
     /// ```
     /// use forkpool_shm::{MemoryUsage, Pid};
     /// let me = MemoryUsage::of(Pid::this())?;
-    /// assert_eq!(me.pid, std::process::id() as i32);
+    /// assert_eq!(me.pid, Pid::this());
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn of(pid: Pid) -> Result<MemoryUsage, ShmError> {
         let path = PathBuf::from(format!("/proc/{pid}/smaps_rollup"));
         let rollup = procfs::process::Process::new(pid.as_raw())
             .and_then(|process| process.smaps_rollup())
-            .map_err(|e| proc_error(pid.as_raw(), &path, e))?;
-        let mut usage =
-            Self::from_rollup(&rollup).map_err(|reason| ShmError::ProcFormat { path, reason })?;
-        usage.pid = pid.as_raw();
-        Ok(usage)
+            .map_err(|e| proc_error(pid, &path, e))?;
+        Self::from_rollup(pid, &rollup).map_err(|reason| ShmError::ProcFormat { path, reason })
     }
 
     /// Reads the figures of the calling process.
@@ -142,7 +139,7 @@ impl MemoryUsage {
     }
 
     /// The figures of a parsed `smaps_rollup` (`procfs` gives them in bytes).
-    fn from_rollup(rollup: &procfs::process::SmapsRollup) -> Result<MemoryUsage, String> {
+    fn from_rollup(pid: Pid, rollup: &procfs::process::SmapsRollup) -> Result<MemoryUsage, String> {
         let fields = &rollup
             .memory_map_rollup
             .0
@@ -153,7 +150,7 @@ impl MemoryUsage {
         let field = |name: &str| fields.get(name).copied();
         let required = |name: &str| field(name).ok_or_else(|| format!("no `{name}` line"));
         Ok(MemoryUsage {
-            pid: 0,
+            pid,
             role: String::new(),
             rss: required("Rss")?,
             pss: required("Pss")?,
@@ -167,6 +164,26 @@ impl MemoryUsage {
             private_dirty: field("Private_Dirty").unwrap_or(0),
             swap: field("Swap").unwrap_or(0),
         })
+    }
+}
+
+impl Default for MemoryUsage {
+    /// Pid 0, no role, every figure 0.
+    fn default() -> Self {
+        MemoryUsage {
+            pid: Pid::from_raw(0),
+            role: String::new(),
+            rss: 0,
+            pss: 0,
+            pss_anon: 0,
+            pss_file: 0,
+            pss_shmem: 0,
+            shared_clean: 0,
+            shared_dirty: 0,
+            private_clean: 0,
+            private_dirty: 0,
+            swap: 0,
+        }
     }
 }
 
@@ -277,10 +294,7 @@ impl MemoryReport {
     ///
     /// See [`MemoryReport`].
     pub fn total(&self) -> MemoryUsage {
-        let mut t = MemoryUsage {
-            role: "total".to_owned(),
-            ..MemoryUsage::default()
-        };
+        let mut t = MemoryUsage::default().with_role("total");
         for e in &self.entries {
             t.rss += e.rss;
             t.pss += e.pss;
@@ -337,7 +351,7 @@ mod tests {
         use procfs::FromBufRead;
         let rollup = procfs::process::SmapsRollup::from_buf_read(text.as_bytes())
             .map_err(|e| e.to_string())?;
-        MemoryUsage::from_rollup(&rollup)
+        MemoryUsage::from_rollup(Pid::from_raw(0), &rollup)
     }
 
     #[test]
@@ -360,12 +374,18 @@ mod tests {
         let mut report = MemoryReport::new();
         report.push(
             MemoryUsage {
-                pid: 10,
+                pid: Pid::from_raw(10),
                 ..one.clone()
             }
             .with_role("parent"),
         );
-        report.push(MemoryUsage { pid: 11, ..one }.with_role("worker 1"));
+        report.push(
+            MemoryUsage {
+                pid: Pid::from_raw(11),
+                ..one
+            }
+            .with_role("worker 1"),
+        );
         let text = report.to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
@@ -390,7 +410,7 @@ mod tests {
     fn a_missing_process_is_a_clear_error() {
         let err = MemoryUsage::of(Pid::from_raw(i32::MAX)).unwrap_err();
         assert!(
-            matches!(err, ShmError::Proc { pid: i32::MAX, .. }),
+            matches!(err, ShmError::Proc { pid, .. } if pid.as_raw() == i32::MAX),
             "{err:?}"
         );
     }

@@ -81,7 +81,7 @@ fn a_process_killed_holding_the_lock_is_reported_by_the_next_lock_with_the_data_
     let array = SharedArray::<i64, Locked>::new(&[2, 100]).unwrap();
     let holding = SharedArray::<_>::full(&[], 0u8).unwrap();
     let child = holder(&array, &holding);
-    let pid = child.pid().as_raw();
+    let pid = child.pid();
     wait_until("the child to hold the lock", || holding.get(0) == 1);
     assert!(matches!(
         array.try_with_lock(|_| ()),
@@ -174,7 +174,7 @@ fn a_holder_that_panics_poisons_the_lock() {
     match value.with_lock(|value| value[0]) {
         Err(LockError::OwnerDied(died)) => {
             assert!(died.panicked());
-            assert_eq!(died.pid(), Some(std::process::id() as i32));
+            assert_eq!(died.pid(), Some(forkpool_shm::Pid::this()));
             assert_eq!(died.into_inner(), 2.5);
         }
         other => panic!("expected poisoning, got {other:?}"),

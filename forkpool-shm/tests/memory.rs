@@ -82,7 +82,7 @@ fn a_report_covers_the_parent_and_its_workers_with_roles() {
 
     let entries = report.entries();
     assert_eq!(entries.len(), 3);
-    assert_eq!(entries[0].pid, std::process::id() as i32);
+    assert_eq!(entries[0].pid, Pid::this());
     assert_eq!(entries[2].role, "worker 2");
     for e in entries {
         assert!(e.rss >= 8 << 20, "{} maps the array: {e:?}", e.role);

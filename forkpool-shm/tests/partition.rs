@@ -46,7 +46,7 @@ fn workers_fill_their_claimed_rows_with_ordinary_slices_and_views() {
 #[test]
 fn an_overlapping_claim_in_another_process_is_refused_with_the_holders_pid() {
     let array = SharedArray::<u8, Partitioned>::new(&[10, 10]).unwrap();
-    let me = std::process::id() as i32;
+    let me = forkpool_shm::Pid::this();
     array
         .with_rows_mut(0..5, |_mine| {
             let child = spawn(|| {
@@ -142,7 +142,7 @@ fn a_claim_left_by_a_killed_process_is_cleared() {
 fn a_claim_whose_holder_cannot_be_checked_is_not_taken_over() {
     use nix::sys::resource::{Resource, setrlimit};
     let array = SharedArray::<u32, Partitioned>::new(&[8, 16]).unwrap();
-    let parent = std::process::id() as i32;
+    let parent = forkpool_shm::Pid::this();
     array
         .with_rows_mut(0..4, |_held| {
             let child = spawn(|| {

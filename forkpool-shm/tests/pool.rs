@@ -72,7 +72,10 @@ fn pool_workers_fill_claimed_rows_through_a_static_set_by_the_initializer() {
     array
         .with_rows(0..64, |all| {
             for (rows, pid) in blocks.iter().zip(&pids) {
-                assert!(workers.contains(&(*pid as i32)), "pid {pid} is no worker");
+                assert!(
+                    workers.contains(&forkpool_shm::Pid::from_raw(*pid as i32)),
+                    "pid {pid} is no worker"
+                );
                 for row in rows.clone() {
                     assert!(
                         all.row(row).iter().all(|&x| x == u64::from(*pid)),

@@ -45,6 +45,11 @@ fn slow(ms: u64) -> u64 {
     ms
 }
 
+/// Pids as plain numbers, for printing.
+fn raw(pids: Vec<forkpool::Pid>) -> Vec<i32> {
+    pids.into_iter().map(forkpool::Pid::as_raw).collect()
+}
+
 fn main() -> Result<(), Error> {
     // ANCHOR: pool
     let greeting = String::from("hello");
@@ -55,7 +60,7 @@ fn main() -> Result<(), Error> {
     println!(
         "pool of {} workers: {:?}",
         pool.processes(),
-        pool.worker_pids()
+        raw(pool.worker_pids())
     );
 
     let t = Instant::now();
@@ -85,8 +90,7 @@ fn main() -> Result<(), Error> {
     let victim = pool.worker_pids()[0];
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(victim, libc::SIGKILL) };
+        let _ = nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGKILL);
     });
     let results: Vec<_> = pool.imap(slow, [300u64; 4], 1).collect();
     killer.join().unwrap();
@@ -97,7 +101,10 @@ fn main() -> Result<(), Error> {
         }
     }
     std::thread::sleep(Duration::from_millis(50));
-    println!("workers now: {:?} (replaced {victim})", pool.worker_pids());
+    println!(
+        "workers now: {:?} (replaced {victim})",
+        raw(pool.worker_pids())
+    );
     println!(
         "and the pool still works: {:?}",
         pool.map(collatz_len, [27, 97])?
@@ -106,6 +113,9 @@ fn main() -> Result<(), Error> {
 
     pool.close();
     pool.join()?;
-    println!("closed and joined: workers left {:?}", pool.worker_pids());
+    println!(
+        "closed and joined: workers left {:?}",
+        raw(pool.worker_pids())
+    );
     Ok(())
 }

@@ -101,9 +101,9 @@ impl Drop for Locked<'_> {
 enum Source {
     Ctrl,
     Wake,
-    Result(i32),
-    Task(i32),
-    Side(i32),
+    Result(Pid),
+    Task(Pid),
+    Side(Pid),
 }
 
 struct Collector {
@@ -115,7 +115,7 @@ struct Collector {
     zygote_reaped: bool,
     /// Workers that died before reporting ready, in a row (reset by any
     /// worker's READY), and how the last of them ended.
-    early_deaths: Vec<i32>,
+    early_deaths: Vec<Pid>,
     early_cause: Option<ExitCause>,
 }
 
@@ -523,7 +523,7 @@ impl Collector {
         st.request_kill(pid);
     }
 
-    fn on_exited(&mut self, st: &mut State, pid: i32, cause: ExitCause, peak_rss: u64) {
+    fn on_exited(&mut self, st: &mut State, pid: Pid, cause: ExitCause, peak_rss: u64) {
         let Some(w) = st.workers.iter().position(|w| w.pid == pid) else {
             return;
         };
@@ -583,12 +583,12 @@ impl Collector {
 
     /// The error for workers that died the same way before READY
     /// [`START_ATTEMPTS`] times in a row, the last being `pid`.
-    fn start_failure(&self, pid: i32, cause: ExitCause) -> Error {
+    fn start_failure(&self, pid: Pid, cause: ExitCause) -> Error {
         let n = self.early_deaths.len();
         let pids = self
             .early_deaths
             .iter()
-            .map(i32::to_string)
+            .map(Pid::to_string)
             .collect::<Vec<_>>()
             .join(", ");
         let what = format!(
@@ -699,19 +699,16 @@ const ADOPTED_WAIT: Duration = Duration::from_secs(2);
 /// subreaper is theirs to reap and is left alone. Only a process that
 /// `/proc` shows as a `forkpool-worker` whose parent is this process is
 /// waited for, so no other child of the program is reaped.
-fn reap_adopted(pids: &[i32]) {
-    let me = nix::unistd::getpid().as_raw();
+fn reap_adopted(pids: &[Pid]) {
+    let me = nix::unistd::getpid();
     let deadline = Instant::now() + ADOPTED_WAIT;
-    let mut left: Vec<i32> = pids.to_vec();
+    let mut left: Vec<Pid> = pids.to_vec();
     while !left.is_empty() {
         left.retain(|&pid| {
             if !adopted_worker(pid, me) {
                 return false;
             }
-            let status = waitpid(
-                Pid::from_raw(pid),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            );
+            let status = waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
             matches!(status, Ok(WaitStatus::StillAlive) | Err(Errno::EINTR))
         });
         if left.is_empty() || Instant::now() >= deadline {
@@ -722,7 +719,7 @@ fn reap_adopted(pids: &[i32]) {
 }
 
 /// Whether `pid` is a pool worker (alive or a zombie) whose parent is `me`.
-fn adopted_worker(pid: i32, me: i32) -> bool {
+fn adopted_worker(pid: Pid, me: Pid) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -732,7 +729,7 @@ fn adopted_worker(pid: i32, me: i32) -> bool {
     let comm = &stat[open + 1..close];
     // After the name: state, then the parent's pid.
     let ppid = stat[close + 1..].split_whitespace().nth(1);
-    comm == "forkpool-worker" && ppid.and_then(|p| p.parse::<i32>().ok()) == Some(me)
+    comm == "forkpool-worker" && ppid.and_then(|p| p.parse::<i32>().ok()) == Some(me.as_raw())
 }
 
 /// What `build()` is still waiting for, in words: the workers that have

@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, ControlMessage, MsgFlags};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ExitCause;
@@ -26,7 +27,10 @@ pub(crate) enum Request {
     /// Fork a worker for this slot.
     Spawn { slot: u32 },
     /// Kill this worker (if it is still a live child of the zygote).
-    Kill { pid: i32 },
+    Kill {
+        #[serde(with = "raw_pid")]
+        pid: Pid,
+    },
 }
 
 /// Zygote to parent.
@@ -36,7 +40,11 @@ pub(crate) enum Event {
     /// read end and the parent's end of its side channel (for the
     /// descriptors of buffers, see [`crate::side`]) come with this
     /// message, in that order.
-    Spawned { slot: u32, pid: i32 },
+    Spawned {
+        slot: u32,
+        #[serde(with = "raw_pid")]
+        pid: Pid,
+    },
     /// `fork` or `pipe` failed in the zygote: which call, its errno, and
     /// the zygote's descriptor limit and count (for `EMFILE`).
     SpawnFailed {
@@ -49,10 +57,25 @@ pub(crate) enum Event {
     /// A worker was reaped; `peak_rss` is its peak resident memory in
     /// bytes (`wait4`'s `ru_maxrss`).
     Exited {
-        pid: i32,
+        #[serde(with = "raw_pid")]
+        pid: Pid,
         cause: ExitCause,
         peak_rss: u64,
     },
+}
+
+/// A [`Pid`] on the wire: its raw `i32` (nix's `Pid` is not serde).
+mod raw_pid {
+    use nix::unistd::Pid;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(pid: &Pid, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(pid.as_raw())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Pid, D::Error> {
+        i32::deserialize(d).map(Pid::from_raw)
+    }
 }
 
 /// The call that failed when the zygote could not fork a worker.

@@ -5,6 +5,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::unistd::Pid;
+
 /// What went wrong, in the words of the user's program: which item, which
 /// worker pid, which signal.
 ///
@@ -26,7 +28,7 @@ pub enum Error {
         /// Index of the input item.
         item: usize,
         /// Pid of the worker that ran it.
-        pid: i32,
+        pid: Pid,
         /// The panic message, with the source location when known.
         message: String,
     },
@@ -39,7 +41,7 @@ pub enum Error {
         /// Index of the input item.
         item: usize,
         /// Pid of the worker that died.
-        pid: i32,
+        pid: Pid,
         /// How it ended.
         cause: ExitCause,
         /// The most memory the worker ever held resident (its peak RSS), in
@@ -90,7 +92,7 @@ pub enum Error {
     #[error("bad frame from worker {pid}: {detail}")]
     Frame {
         /// Pid of the worker on the other end of the pipe.
-        pid: i32,
+        pid: Pid,
         /// What was wrong, with the byte counts.
         detail: String,
     },
@@ -104,7 +106,7 @@ pub enum Error {
     #[error("the initializer failed in worker {pid}: {message}")]
     Initializer {
         /// Pid of the worker.
-        pid: i32,
+        pid: Pid,
         /// The panic or error message, or how the worker ended.
         message: String,
     },
@@ -122,7 +124,7 @@ pub enum Error {
         /// Index of the input item.
         item: usize,
         /// Pid of the worker that ran it (killed since).
-        pid: i32,
+        pid: Pid,
         /// The limit it broke.
         limit: Duration,
         /// How long it had been running when the pool killed it.

@@ -100,6 +100,22 @@ pub use progress::{Progressed, WithProgress};
 pub use starmap::StarFn;
 pub use stats::{PoolStats, WorkerStats};
 
+/// A process id: what [`Pool::worker_pids`], [`Pool::zygote_pid`],
+/// [`WorkerStats::pid`] and the pid of every [`Error`] are (`nix`'s type,
+/// re-exported; `forkpool_shm::Pid` is the same type).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use forkpool::{Pid, Pool};
+/// let pool = Pool::new(2)?;
+/// let pids: Vec<Pid> = pool.worker_pids();
+/// assert!(!pids.contains(&Pid::this()));
+/// let from_worker: u32 = pool.apply(|()| std::process::id(), ())?;
+/// assert!(pids.iter().any(|p| p.as_raw() as u32 == from_worker));
+/// # Ok(()) }
+/// ```
+pub use nix::unistd::Pid;
+
 /// This crate's README (shipped in the package), its example compiled and
 /// run as a doctest so it cannot drift.
 #[cfg(doctest)]

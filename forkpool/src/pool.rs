@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
+use nix::unistd::Pid;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -124,7 +125,7 @@ impl Pool {
     }
 
     /// Pids of the workers alive now (replacements appear under new pids).
-    pub fn worker_pids(&self) -> Vec<i32> {
+    pub fn worker_pids(&self) -> Vec<Pid> {
         self.shared.lock().pids()
     }
 
@@ -149,7 +150,7 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         let (live, exited) = {
             let st = self.shared.lock();
-            let live: Vec<(i32, Counters)> =
+            let live: Vec<(Pid, Counters)> =
                 st.workers.iter().map(|w| (w.pid, w.counters)).collect();
             (live, st.exited.to_vec())
         };
@@ -161,8 +162,8 @@ impl Pool {
     }
 
     /// Pid of the zygote, the process that forks the workers.
-    pub fn zygote_pid(&self) -> i32 {
-        self.shared.zygote.as_raw()
+    pub fn zygote_pid(&self) -> Pid {
+        self.shared.zygote
     }
 
     /// What an [`AsyncResult`] needs to cancel the tasks carrying `flag`.

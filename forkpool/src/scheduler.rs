@@ -63,6 +63,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::unistd::Pid;
+
 use crate::control::{self, Request};
 use crate::error::Error;
 use crate::fds::PoolFd;
@@ -127,7 +129,7 @@ impl Hasher for IdHasher {
 pub(crate) struct Completion {
     pub(crate) meta: TaskMeta,
     /// Pid of the worker that ran it (0 if none did).
-    pub(crate) pid: i32,
+    pub(crate) pid: Pid,
     /// The worker's result frame, or why the task failed as a whole (the
     /// error names `meta.first`).
     pub(crate) outcome: Result<ResultFrame, Error>,
@@ -181,7 +183,7 @@ fn deliver(done: &mut Vec<Delivery>, job: JobId, sink: &Postman, c: Completion) 
 
 /// The completion of a task that failed as a whole: `err`, for the task's
 /// first item.
-fn failed(meta: TaskMeta, pid: i32, err: &Error) -> Completion {
+fn failed(meta: TaskMeta, pid: Pid, err: &Error) -> Completion {
     Completion {
         meta,
         pid,
@@ -364,7 +366,7 @@ pub(crate) struct Worker {
     /// Tasks, items and busy time of the results it returned.
     pub(crate) counters: Counters,
     pub(crate) slot: u32,
-    pub(crate) pid: i32,
+    pub(crate) pid: Pid,
     /// It sent READY: its initializer succeeded.
     pub(crate) ready: bool,
     /// Write end of its task pipe; `None` once retired (EOF tells it to exit).
@@ -396,7 +398,7 @@ pub(crate) struct Worker {
 impl Worker {
     pub(crate) fn new(
         slot: u32,
-        pid: i32,
+        pid: Pid,
         task_fd: PoolFd,
         result_fd: PoolFd,
         side: PoolFd,
@@ -873,7 +875,7 @@ impl State {
     }
 
     /// Fails what worker `w`'s in-flight list holds with `err`.
-    fn fail_held(&mut self, held: VecDeque<InFlight>, pid: i32, err: &Error) {
+    fn fail_held(&mut self, held: VecDeque<InFlight>, pid: Pid, err: &Error) {
         for f in held {
             self.task_ended(f.job, failed(f.meta, pid, err), None);
         }
@@ -907,7 +909,12 @@ impl State {
                         bytes: block.bytes(),
                     };
                     job.next_chunk += 1;
-                    deliver(&mut self.done, id, &job.spec.sink, failed(meta, 0, err));
+                    deliver(
+                        &mut self.done,
+                        id,
+                        &job.spec.sink,
+                        failed(meta, Pid::from_raw(0), err),
+                    );
                 }
             }
             job.queue.clear();
@@ -992,7 +999,7 @@ impl State {
 
     /// Asks the zygote to kill a worker (only the zygote, which reaps it,
     /// knows the pid is still that worker's).
-    pub(crate) fn request_kill(&mut self, pid: i32) {
+    pub(crate) fn request_kill(&mut self, pid: Pid) {
         let _ = control::send(self.ctrl.as_fd(), &Request::Kill { pid }, &[]);
     }
 
@@ -1015,7 +1022,7 @@ impl State {
     }
 
     /// Pids of the workers alive now.
-    pub(crate) fn pids(&self) -> Vec<i32> {
+    pub(crate) fn pids(&self) -> Vec<Pid> {
         self.workers.iter().map(|w| w.pid).collect()
     }
 }
@@ -1044,7 +1051,13 @@ mod tests {
                 Ok::<_, nix::Error>([task_w, result_r, side])
             })
             .unwrap();
-            let mut w = Worker::new(slot as u32, 1000 + slot as i32, task_w, result_r, side);
+            let mut w = Worker::new(
+                slot as u32,
+                Pid::from_raw(1000 + slot as i32),
+                task_w,
+                result_r,
+                side,
+            );
             w.ready = true;
             st.workers.push(w);
             task_ends.push(task_r);

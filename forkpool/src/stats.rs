@@ -11,6 +11,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use nix::unistd::Pid;
+
 /// How many exited workers [`PoolStats::exited`] remembers (the most
 /// recent ones).
 pub(crate) const EXITED_KEPT: usize = 1024;
@@ -31,7 +33,7 @@ impl Counters {
         self.busy_ns = self.busy_ns.saturating_add(busy_ns);
     }
 
-    pub(crate) fn stats(&self, pid: i32, peak_rss: u64, alive: bool) -> WorkerStats {
+    pub(crate) fn stats(&self, pid: Pid, peak_rss: u64, alive: bool) -> WorkerStats {
         WorkerStats {
             pid,
             tasks: self.tasks,
@@ -65,7 +67,7 @@ impl Exited {
 #[non_exhaustive]
 pub struct WorkerStats {
     /// The worker's pid.
-    pub pid: i32,
+    pub pid: Pid,
     /// Tasks whose results came back from it (a task is one chunk of a
     /// map, one `apply`).
     pub tasks: u64,
@@ -119,7 +121,7 @@ impl PoolStats {
 }
 
 /// A live process's peak RSS in bytes (`VmHWM`), or 0 if unreadable.
-pub(crate) fn live_peak_rss(pid: i32) -> u64 {
+pub(crate) fn live_peak_rss(pid: Pid) -> u64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };

@@ -21,6 +21,7 @@
 use std::any::type_name;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use nix::unistd::Pid;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -415,7 +416,7 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     mut result: ResultFrame,
     count: usize,
     first: usize,
-    pid: i32,
+    pid: Pid,
     arg_type: &'static str,
     mut each: impl FnMut(Result<R, Error>),
 ) {
@@ -440,7 +441,7 @@ fn decode_payload<R: DeserializeOwned>(
     mut payload: Input,
     count: usize,
     first: usize,
-    pid: i32,
+    pid: Pid,
     arg_type: &'static str,
     each: &mut impl FnMut(Result<R, Error>),
 ) {
@@ -476,7 +477,7 @@ fn decode_one<R: DeserializeOwned>(
     payload: &mut Input,
     tag: u8,
     item: usize,
-    pid: i32,
+    pid: Pid,
     arg_type: &'static str,
 ) -> Result<R, Error> {
     let bytes = payload.len();

@@ -93,7 +93,6 @@ pub(crate) fn run(ctrl: OwnedFd, mut init: Initializer) -> ! {
                 }
                 Ok(Received::Message(Request::Kill { pid }, _)) => {
                     // Only a worker not yet reaped: its pid cannot have been reused.
-                    let pid = Pid::from_raw(pid);
                     if workers.contains(&pid) {
                         let _ = signal::kill(pid, Signal::SIGKILL);
                     }
@@ -131,11 +130,11 @@ pub(crate) fn run(ctrl: OwnedFd, mut init: Initializer) -> ! {
     worker::exit(0)
 }
 
-fn exit_cause(status: WaitStatus) -> Option<(i32, ExitCause)> {
+fn exit_cause(status: WaitStatus) -> Option<(Pid, ExitCause)> {
     match status {
-        WaitStatus::Exited(pid, code) => Some((pid.as_raw(), ExitCause::Exited(code))),
+        WaitStatus::Exited(pid, code) => Some((pid, ExitCause::Exited(code))),
         WaitStatus::Signaled(pid, sig, core_dumped) => Some((
-            pid.as_raw(),
+            pid,
             ExitCause::Signaled {
                 signal: sig as i32,
                 core_dumped,
@@ -154,7 +153,7 @@ fn reap(ctrl: &OwnedFd, workers: &mut BTreeSet<Pid>) {
             Err(_) => return,
             Ok(Some((status, peak_rss))) => {
                 if let Some((pid, cause)) = exit_cause(status) {
-                    workers.remove(&Pid::from_raw(pid));
+                    workers.remove(&pid);
                     // A failed send means the parent is gone; the main loop
                     // sees that on the socket.
                     let exited = Event::Exited {
@@ -260,10 +259,7 @@ fn spawn(
             workers.insert(child);
             let sent = control::send(
                 ctrl.as_fd(),
-                &Event::Spawned {
-                    slot,
-                    pid: child.as_raw(),
-                },
+                &Event::Spawned { slot, pid: child },
                 &[
                     task_w.as_raw_fd(),
                     result_r.as_raw_fd(),

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{Procs, TestPool};
-use forkpool::{Error, Pool};
+use forkpool::{Error, Pid, Pool};
 
 fn double(x: u64) -> u64 {
     x * 2
@@ -36,7 +36,7 @@ fn map_returns_results_in_input_order() {
 fn map_runs_in_the_workers_not_the_parent() {
     let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
-    let workers: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let workers: HashSet<i32> = pool.worker_pids().into_iter().map(Pid::as_raw).collect();
     let pids: HashSet<i32> = pool
         .map_chunked(pid_of, 0..200, 1)
         .unwrap()
@@ -274,7 +274,7 @@ fn initializer_runs_in_every_worker_after_fork() {
             .build()
     });
     let tags = pool.map_chunked(tag, vec![(); 50], 1).unwrap();
-    let workers: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let workers: HashSet<i32> = pool.worker_pids().into_iter().map(Pid::as_raw).collect();
     for (s, pid) in tags {
         assert_eq!(s, secret);
         // The tag was set in the worker that answered, not inherited.
@@ -288,9 +288,9 @@ fn initializer_runs_in_every_worker_after_fork() {
 fn max_tasks_per_child_recycles_workers() {
     let pool = TestPool::build(|| Pool::builder().processes(2).max_tasks_per_child(3).build());
     let mut procs = Procs::of(&pool);
-    let first: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let first: HashSet<i32> = pool.worker_pids().into_iter().map(Pid::as_raw).collect();
     let pids = pool.map_chunked(pid_of, 0..30, 1).unwrap();
-    procs.pids.extend(&pids);
+    procs.pids.extend(pids.iter().map(|&p| Pid::from_raw(p)));
     let mut counts = std::collections::HashMap::new();
     for p in &pids {
         *counts.entry(*p).or_insert(0) += 1;
@@ -299,7 +299,7 @@ fn max_tasks_per_child_recycles_workers() {
     assert!(counts.len() >= 10, "{counts:?}");
     assert!(counts.values().all(|&c| c <= 3), "{counts:?}");
     common::wait_for("replacements to be ready", || pool.worker_pids().len() == 2);
-    let now: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let now: HashSet<i32> = pool.worker_pids().into_iter().map(Pid::as_raw).collect();
     assert!(now.is_disjoint(&first), "{now:?} vs {first:?}");
     procs.add(&pool);
     drop(pool);
@@ -417,7 +417,7 @@ fn starmap_calls_functions_of_two_three_and_four_arguments() {
         (a as u64 + b as u64 + c as u64, std::process::id() as i32)
     }
     let pool = TestPool::new(2);
-    let workers: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let workers: HashSet<i32> = pool.worker_pids().into_iter().map(Pid::as_raw).collect();
     let pairs: Vec<(u64, u64)> = (0..1000).map(|i| (i, 10 * i)).collect();
     let sums = pool.starmap(add, pairs).unwrap();
     assert_eq!(sums, (0..1000).map(|i| 11 * i).collect::<Vec<_>>());

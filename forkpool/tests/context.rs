@@ -9,12 +9,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::TestPool;
-use forkpool::Context;
+use forkpool::{Context, Pid};
 
 const MIB: u64 = 1 << 20;
 
 /// Bytes `pid` has read so far.
-fn rchar(pid: i32) -> u64 {
+fn rchar(pid: Pid) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     io.lines()
         .find_map(|l| l.strip_prefix("rchar: "))
@@ -23,7 +23,7 @@ fn rchar(pid: i32) -> u64 {
         .unwrap()
 }
 
-fn reads(pids: &[i32]) -> HashMap<i32, u64> {
+fn reads(pids: &[Pid]) -> HashMap<Pid, u64> {
     pids.iter().map(|&p| (p, rchar(p))).collect()
 }
 
@@ -57,7 +57,7 @@ fn a_32_mib_context_over_10_000_tasks_is_read_once_per_worker() {
     }
     for &pid in &pids {
         let read = after[&pid] - before[&pid];
-        let tasks = out.iter().filter(|(_, p)| *p == pid).count() as u64;
+        let tasks = out.iter().filter(|(_, p)| *p == pid.as_raw()).count() as u64;
         assert!(tasks > 0, "worker {pid} ran none of 10 000 tasks");
         // It read the table once (32 MiB) plus its tasks (well under 1 KiB
         // each); a table sent with every task would be 32 MiB per task.

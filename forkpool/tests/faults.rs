@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Procs, TestPool, within};
-use forkpool::{Error, ExitCause, Pool};
+use forkpool::{Error, ExitCause, Pid, Pool};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 fn double(x: u64) -> u64 {
@@ -35,7 +35,7 @@ const SIGABRT: i32 = libc::SIGABRT;
 fn a_panic_is_that_items_error_and_the_worker_goes_on() {
     let pool = TestPool::new(2);
     let procs = Procs::of(&pool);
-    let before: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let before: HashSet<Pid> = pool.worker_pids().into_iter().collect();
     let err = pool.map_chunked(panic_on_3, 0..10, 1).unwrap_err();
     match &err {
         Error::Panicked { item, pid, message } => {
@@ -51,7 +51,7 @@ fn a_panic_is_that_items_error_and_the_worker_goes_on() {
     }
     assert!(err.to_string().contains("item 3"), "{err}");
     // Same workers, still serving.
-    let after: HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let after: HashSet<Pid> = pool.worker_pids().into_iter().collect();
     assert_eq!(before, after);
     assert_eq!(pool.map(double, 0..10).unwrap()[9], 18);
     drop(pool);
@@ -726,7 +726,7 @@ fn a_replacement_killed_before_ready_broke_the_pool() {
     // Replacements now wait in their initializer: kill one there.
     std::fs::write(&marker, b"").unwrap();
     common::kill(first, SIGKILL);
-    let mut starting = 0;
+    let mut starting = first;
     common::wait_for("a replacement", || {
         starting = pool.worker_pids().first().copied().unwrap_or(first);
         starting != first

@@ -34,13 +34,10 @@ fn sleep_ms(ms: u64) -> u64 {
 }
 
 /// Reaps an adopted orphan, waiting up to 10 s.
-fn reap(pid: i32) -> WaitStatus {
+fn reap(pid: Pid) -> WaitStatus {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match waitpid(
-            Pid::from_raw(pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        ) {
+        match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {
                 assert!(std::time::Instant::now() < deadline, "{pid} did not exit");
                 std::thread::sleep(Duration::from_millis(5));
@@ -77,9 +74,9 @@ fn killing_the_program_ends_its_zygote_and_workers() {
             let file = std::fs::File::from(r);
             let mut line = String::new();
             BufReader::new(file).read_line(&mut line).unwrap();
-            let pids: Vec<i32> = line
+            let pids: Vec<Pid> = line
                 .split_whitespace()
-                .map(|p| p.parse().unwrap())
+                .map(|p| Pid::from_raw(p.parse().unwrap()))
                 .collect();
             assert_eq!(pids.len(), 3, "{line}");
             assert!(pids.iter().all(|&p| common::ours(p).is_some()));
@@ -92,7 +89,7 @@ fn killing_the_program_ends_its_zygote_and_workers() {
             // The zygote, adopted by us, saw its control socket close,
             // killed and reaped its workers, and exited cleanly.
             let zygote = reap(pids[0]);
-            assert_eq!(zygote, WaitStatus::Exited(Pid::from_raw(pids[0]), 0));
+            assert_eq!(zygote, WaitStatus::Exited(pids[0], 0));
             Procs { pids }.assert_gone();
         }
     }

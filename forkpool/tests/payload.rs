@@ -130,7 +130,7 @@ fn a_result_with_out_of_band_buffers_and_a_big_array_round_trips() {
 }
 
 /// The resident memory of process `pid`, in bytes (`VmRSS`).
-fn rss(pid: i32) -> u64 {
+fn rss(pid: forkpool::Pid) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()

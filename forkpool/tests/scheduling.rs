@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::TestPool;
-use forkpool::Error;
+use forkpool::{Error, Pid};
 
 /// Spins on the clock for `us` microseconds (CPU-bound, like real work),
 /// then says which process ran it.
@@ -81,7 +81,7 @@ fn slow_in((slow, us): (i32, u64)) -> i32 {
 
 /// Items of [`slow_in`] that are slow in the first worker.
 fn slow_in_first(pool: &forkpool::Pool, n: usize, us: u64) -> (Vec<(i32, u64)>, i32, i32) {
-    let pids = pool.worker_pids();
+    let pids: Vec<i32> = pool.worker_pids().into_iter().map(Pid::as_raw).collect();
     (vec![(pids[0], us); n], pids[0], pids[1])
 }
 
@@ -147,7 +147,7 @@ fn default_map_chunks_shrink_so_costly_items_at_the_end_spread() {
     // chunks fixed at submit (about four per worker) they fall into one
     // chunk, on one worker.
     let pool = TestPool::new(2);
-    let workers = pool.worker_pids();
+    let workers: Vec<i32> = pool.worker_pids().into_iter().map(Pid::as_raw).collect();
     let mut costs = vec![50u64; 400];
     costs.extend([30_000u64; 8]);
     let pids = pool.map(spin_us, costs).unwrap();
@@ -187,7 +187,8 @@ fn a_dropped_imap_after_tiny_tasks_leaves_few_tasks_running() {
     }
     // A worker runs what it held before any later task: once each worker
     // has run a task of a later job, nothing of the IMap is left anywhere.
-    let workers: std::collections::HashSet<i32> = pool.worker_pids().into_iter().collect();
+    let workers: std::collections::HashSet<i32> =
+        pool.worker_pids().into_iter().map(Pid::as_raw).collect();
     let mut seen = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen != workers {

@@ -48,7 +48,7 @@ fn stats_count_the_tasks_and_items_each_worker_pid_returned() {
     assert!(s.exited.is_empty());
     for w in &s.workers {
         assert!(w.alive);
-        let items = items_by_pid.get(&w.pid).copied().unwrap_or(0);
+        let items = items_by_pid.get(&w.pid.as_raw()).copied().unwrap_or(0);
         assert_eq!(w.items, items, "worker {}", w.pid);
         assert_eq!(w.tasks * 10, items, "worker {}", w.pid);
         assert!(w.peak_rss > 0, "worker {}: no peak RSS", w.pid);
@@ -62,7 +62,7 @@ fn busy_time_covers_the_time_tasks_slept() {
     let pids = pool.map_chunked(sleep_then_pid, vec![5u64; 40], 1).unwrap();
     let s = pool.stats();
     for w in &s.workers {
-        let tasks = pids.iter().filter(|&&p| p == w.pid).count() as u64;
+        let tasks = pids.iter().filter(|&&p| p == w.pid.as_raw()).count() as u64;
         assert_eq!(w.tasks, tasks);
         // A sleep never returns early: a lower bound, not a timing.
         assert!(
@@ -80,7 +80,7 @@ fn peak_rss_shows_what_a_worker_held_after_it_freed_it() {
     let pool = TestPool::new(2);
     let pid = pool.apply(touch_mib, 96).unwrap();
     let s = pool.stats();
-    let w = s.workers.iter().find(|w| w.pid == pid).unwrap();
+    let w = s.workers.iter().find(|w| w.pid.as_raw() == pid).unwrap();
     assert!(w.peak_rss >= 96 << 20, "peak RSS {} < 96 MiB", w.peak_rss);
     assert!(s.peak_rss() >= 96 << 20);
 }
@@ -130,7 +130,7 @@ fn recycled_workers_keep_their_counts_in_exited() {
         assert!(!w.alive);
         assert_eq!(w.tasks, 2, "{w:?}");
         assert_eq!(
-            pids.iter().filter(|&&p| p == w.pid).count(),
+            pids.iter().filter(|&&p| p == w.pid.as_raw()).count(),
             2,
             "worker {} counted differently",
             w.pid

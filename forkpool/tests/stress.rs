@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Procs, TestPool, within};
-use forkpool::{Error, Pool};
+use forkpool::{Error, Pid, Pool};
 
 fn double(x: u64) -> u64 {
     x * 2
@@ -54,7 +54,14 @@ fn sigkill_storm_during_a_long_imap_unordered_accounts_for_every_item_once() {
         let kills = Arc::new(AtomicUsize::new(0));
         let killer = {
             let (served, stop, kills) = (served.clone(), stop.clone(), kills.clone());
-            let pids = move || served.lock().unwrap().iter().copied().collect::<Vec<i32>>();
+            let pids = move || {
+                served
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|&p| Pid::from_raw(p))
+                    .collect::<Vec<_>>()
+            };
             std::thread::spawn(move || {
                 let mut killed = HashSet::new();
                 while !stop.load(SeqCst) {
@@ -65,7 +72,7 @@ fn sigkill_storm_during_a_long_imap_unordered_accounts_for_every_item_once() {
                     {
                         killed.insert(pid);
                         // SAFETY: kill(2) has no memory-safety preconditions.
-                        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                        if unsafe { libc::kill(pid.as_raw(), libc::SIGKILL) } == 0 {
                             kills.fetch_add(1, SeqCst);
                         }
                     }
@@ -186,10 +193,14 @@ fn pid_log(name: &str) -> std::path::PathBuf {
 
 /// The pids in the log: complete lines only (a line still being written is
 /// not a pid yet).
-fn logged_pids(path: &std::path::Path) -> Vec<i32> {
+fn logged_pids(path: &std::path::Path) -> Vec<Pid> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete.lines().filter_map(|p| p.parse().ok()).collect()
+    complete
+        .lines()
+        .filter_map(|p| p.parse().ok())
+        .map(Pid::from_raw)
+        .collect()
 }
 
 #[test]
@@ -285,7 +296,7 @@ fn kills_during_terminate_end_everything_without_a_hang() {
                 // The kill races terminate: the process may be gone (and
                 // reaped) already, which is fine (ESRCH).
                 // SAFETY: kill(2) has no memory-safety preconditions.
-                s.spawn(|| unsafe { libc::kill(pid, libc::SIGKILL) });
+                s.spawn(|| unsafe { libc::kill(pid.as_raw(), libc::SIGKILL) });
                 pool.terminate();
             });
             assert!(h.get().is_err());

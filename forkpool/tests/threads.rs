@@ -9,6 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::{Procs, TestPool};
+use forkpool::Pid;
 
 fn square(x: u64) -> u64 {
     x * x
@@ -64,7 +65,7 @@ fn a_pool_built_on_a_spawned_thread_amid_allocating_printing_threads() {
         .into_iter()
         .collect();
     assert!(
-        served.iter().all(|p| pids.contains(p)),
+        served.iter().all(|&p| pids.contains(&Pid::from_raw(p))),
         "{served:?} vs {pids:?}"
     );
     stop.store(true, Ordering::Relaxed);
@@ -81,8 +82,8 @@ fn two_pools_at_once_from_two_threads() {
     let b = TestPool::new(2);
     let mut procs = Procs::of(&a);
     procs.add(&b);
-    let pa: HashSet<i32> = a.worker_pids().into_iter().collect();
-    let pb: HashSet<i32> = b.worker_pids().into_iter().collect();
+    let pa: HashSet<Pid> = a.worker_pids().into_iter().collect();
+    let pb: HashSet<Pid> = b.worker_pids().into_iter().collect();
     assert!(pa.is_disjoint(&pb));
     std::thread::scope(|s| {
         let ha = s.spawn(|| {
@@ -105,10 +106,11 @@ fn two_pools_at_once_from_two_threads() {
             50 * (0..200u64).map(|x| x * x).sum::<u64>()
         );
     });
-    let served: HashSet<i32> = b
+    let served: HashSet<Pid> = b
         .map_chunked(my_pid, vec![(); 40], 1)
         .unwrap()
         .into_iter()
+        .map(Pid::from_raw)
         .collect();
     assert!(served.is_subset(&pb));
     // Dropping one leaves the other working.

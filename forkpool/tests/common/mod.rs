@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 
-use forkpool::Pool;
+use forkpool::{Pid, Pool};
 
 /// The processes a pool owns, recorded so a test can check they are gone.
 #[derive(Debug, Default, Clone)]
 pub struct Procs {
-    pub pids: Vec<i32>,
+    pub pids: Vec<Pid>,
 }
 
 impl Procs {
@@ -36,7 +36,7 @@ impl Procs {
     pub fn assert_gone(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let left: Vec<(i32, String)> = self
+            let left: Vec<(Pid, String)> = self
                 .pids
                 .iter()
                 .filter_map(|&pid| ours(pid).map(|state| (pid, state)))
@@ -55,7 +55,7 @@ impl Procs {
 
 /// The state letter of `pid` if it is one of ours (a forkpool zygote or
 /// worker, alive or zombie).
-pub fn ours(pid: i32) -> Option<String> {
+pub fn ours(pid: Pid) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
@@ -65,7 +65,7 @@ pub fn ours(pid: i32) -> Option<String> {
 }
 
 /// Whether `pid` is alive (or a zombie).
-pub fn exists(pid: i32) -> bool {
+pub fn exists(pid: Pid) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
@@ -75,9 +75,9 @@ pub fn fd_count() -> usize {
 }
 
 /// Sends `sig` to `pid`.
-pub fn kill(pid: i32, sig: i32) {
+pub fn kill(pid: Pid, sig: i32) {
     // SAFETY: kill(2) has no memory-safety preconditions.
-    let rc = unsafe { libc::kill(pid, sig) };
+    let rc = unsafe { libc::kill(pid.as_raw(), sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
