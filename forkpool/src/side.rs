@@ -301,6 +301,20 @@ impl ParentSide {
                     self.refused = true;
                     return Ok(());
                 }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    // The worker is gone (it died before `drain` read its
+                    // end's close, which it still will, after any
+                    // datagram the worker sent before): as above, its
+                    // exit fails its tasks, naming the worker and the
+                    // signal, rather than this send.
+                    self.unsent.clear();
+                    return Ok(());
+                }
                 Err(e) => {
                     self.unsent.clear();
                     return Err(e);
