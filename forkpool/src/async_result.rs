@@ -1,5 +1,6 @@
 //! Handles to work submitted with `apply_async` and `map_async`.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,18 +23,28 @@ pub(crate) trait Sink<O>: Send {
     fn finish(self: Box<Self>) -> Result<O>;
 }
 
-/// The results of a `map`: values per task (tasks are cut in item order,
-/// so by task index), or the error of the lowest item.
+/// The results of a `map`, decoded straight into the output while tasks
+/// complete in order (tasks are cut in item order, so by task index);
+/// tasks that complete ahead of a gap wait aside. After an error only the
+/// lowest item's error is kept.
 pub(crate) struct MapSink<R> {
-    chunks: Vec<Option<Vec<R>>>,
+    /// The values of every task before `next_chunk`, in order.
+    out: Vec<R>,
+    next_chunk: usize,
+    /// Tasks completed ahead of `next_chunk`: by first task, the tasks
+    /// covered and their values.
+    ahead: BTreeMap<usize, (usize, Vec<R>)>,
     first_error: Option<Error>,
     arg_type: &'static str,
 }
 
 impl<R> MapSink<R> {
-    pub(crate) fn new(arg_type: &'static str) -> Self {
+    /// A sink for `items` results.
+    pub(crate) fn new(arg_type: &'static str, items: usize) -> Self {
         MapSink {
-            chunks: Vec::new(),
+            out: Vec::with_capacity(items),
+            next_chunk: 0,
+            ahead: BTreeMap::new(),
             first_error: None,
             arg_type,
         }
@@ -48,40 +59,57 @@ impl<R> MapSink<R> {
         if lower {
             self.first_error = Some(e);
         }
+        // The map fails: no value will be returned.
+        self.out = Vec::new();
+        self.ahead.clear();
     }
 }
 
 impl<R: DeserializeOwned + Send> Sink<Vec<R>> for MapSink<R> {
     fn take(&mut self, c: Completion) {
-        let meta = c.meta;
-        match c.outcome {
-            Ok(body) => {
-                let mut values = Vec::with_capacity(meta.items);
-                let mut err = None;
-                decode_outcomes::<R>(
-                    body,
-                    meta.items,
-                    meta.first,
-                    c.pid,
-                    self.arg_type,
-                    |r| match r {
-                        Ok(v) => values.push(v),
-                        Err(e) => {
-                            err.get_or_insert(e);
-                        }
-                    },
-                );
-                match err {
-                    Some(e) => self.note(e),
-                    None => {
-                        if self.chunks.len() <= meta.chunk {
-                            self.chunks.resize_with(meta.chunk + 1, || None);
-                        }
-                        self.chunks[meta.chunk] = Some(values);
-                    }
+        let (meta, tasks) = (c.meta, c.tasks());
+        let body = match c.outcome {
+            Ok(body) => body,
+            Err(e) => return self.note(e),
+        };
+        let in_order = meta.chunk == self.next_chunk && self.first_error.is_none();
+        let mut ahead = Vec::new();
+        let values = if in_order { &mut self.out } else { &mut ahead };
+        let mark = values.len();
+        let mut err = None;
+        decode_outcomes::<R>(
+            body,
+            meta.items,
+            meta.first,
+            &c.parts,
+            c.pid,
+            self.arg_type,
+            |r| match r {
+                Ok(v) if err.is_none() => values.push(v),
+                Ok(_) => {}
+                Err(e) => {
+                    err.get_or_insert(e);
                 }
-            }
-            Err(e) => self.note(e),
+            },
+        );
+        if let Some(e) = err {
+            values.truncate(mark);
+            return self.note(e);
+        }
+        if self.first_error.is_some() {
+            return;
+        }
+        if !in_order {
+            self.ahead.insert(meta.chunk, (tasks, ahead));
+            return;
+        }
+        self.next_chunk += tasks;
+        while let Some(entry) = self.ahead.first_entry()
+            && *entry.key() == self.next_chunk
+        {
+            let (tasks, values) = entry.remove();
+            self.out.extend(values);
+            self.next_chunk += tasks;
         }
     }
 
@@ -89,12 +117,8 @@ impl<R: DeserializeOwned + Send> Sink<Vec<R>> for MapSink<R> {
         if let Some(e) = self.first_error {
             return Err(e);
         }
-        let total = self.chunks.iter().flatten().map(Vec::len).sum();
-        let mut out = Vec::with_capacity(total);
-        for chunk in self.chunks {
-            out.extend(chunk.expect("every task completed"));
-        }
-        Ok(out)
+        assert!(self.ahead.is_empty(), "every task completed");
+        Ok(self.out)
     }
 }
 
@@ -119,9 +143,15 @@ impl<R: DeserializeOwned + Send> Sink<R> for ApplySink<R> {
         self.value = Some(match c.outcome {
             Ok(body) => {
                 let mut value = None;
-                decode_outcomes::<R>(body, meta.items, meta.first, c.pid, self.arg_type, |r| {
-                    value = Some(r)
-                });
+                decode_outcomes::<R>(
+                    body,
+                    meta.items,
+                    meta.first,
+                    &c.parts,
+                    c.pid,
+                    self.arg_type,
+                    |r| value = Some(r),
+                );
                 value.expect("one outcome per item")
             }
             Err(e) => Err(e),

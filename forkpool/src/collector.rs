@@ -446,6 +446,9 @@ impl Collector {
                 }
             }
             loop {
+                if let Err(detail) = st.take_small_results(w) {
+                    return self.protocol_error(st, w, detail);
+                }
                 match st.workers[w].reader.next_frame() {
                     Ok(Some(body)) => {
                         if let Err(detail) = self.on_frame(st, w, body) {

@@ -736,6 +736,48 @@ impl ResultFrame {
         self.body.into_input(Self::BODY_LEN)
     }
 
+    /// Where a result body's payload starts.
+    pub(crate) const PAYLOAD_AT: usize = Self::BODY_LEN;
+
+    /// The task id and busy time of a *plain* result body (no run, no
+    /// descriptors), whose payload is `body[PAYLOAD_AT..]`; `None` for any
+    /// other body.
+    pub(crate) fn parse_plain(body: &[u8]) -> Option<(u64, u64)> {
+        (body.len() >= Self::BODY_LEN && body[0] == RESULT)
+            .then(|| (field(body, 0), field(body, 1)))
+    }
+
+    /// The result frame of a plain body (see [`parse_plain`](Self::parse_plain)),
+    /// copied, with room for `more` bytes of payloads appended later.
+    pub(crate) fn from_plain(body: &[u8], more: usize) -> ResultFrame {
+        let mut bytes = Vec::with_capacity(body.len() + more);
+        bytes.extend_from_slice(body);
+        ResultFrame {
+            id: field(body, 0),
+            busy_ns: field(body, 1),
+            body: bytes.into(),
+            fds: Ok(VecDeque::new()),
+            has_fds: false,
+        }
+    }
+
+    /// Appends `payload` (another plain result's outcomes) to this frame's,
+    /// if this frame is plain too; `false` (nothing appended) otherwise.
+    pub(crate) fn extend_plain(&mut self, payload: &[u8]) -> bool {
+        let plain =
+            !self.has_fds && self.body.run.is_none() && self.body.bytes.first() == Some(&RESULT);
+        if plain {
+            self.body.bytes.extend_from_slice(payload);
+        }
+        plain
+    }
+
+    /// Bytes of its payload (the run's included).
+    pub(crate) fn payload_len(&self) -> usize {
+        self.body.bytes.len().saturating_sub(Self::BODY_LEN)
+            + self.body.run.as_ref().map_or(0, |(_, r)| r.len())
+    }
+
     /// The task id of a result frame still arriving, once its header bytes
     /// are in (`body` is what has arrived of the body).
     pub(crate) fn peek_id(body: &[u8]) -> Option<u64> {
@@ -978,6 +1020,28 @@ impl FrameReader {
             Some(_) => Fill::Drained,
             None => Fill::WouldBlock,
         })
+    }
+
+    /// The body of the next frame, borrowed from the buffer, if it is
+    /// there whole, at most `max` bytes long and carries no run: read
+    /// without a copy or an allocation (the collector's path for small
+    /// results). Call [`skip`](Self::skip) with its length once used.
+    pub(crate) fn peek_small(&self, max: usize) -> Option<&[u8]> {
+        if self.big.is_some() {
+            return None;
+        }
+        let avail = &self.buf[self.pos..];
+        let len = u64::from_le_bytes(avail.get(..LEN_PREFIX)?.try_into().expect("8 bytes"));
+        if len == 0 || len > max as u64 || avail.get(LEN_PREFIX)? & RUN != 0 {
+            return None;
+        }
+        avail.get(LEN_PREFIX..LEN_PREFIX + len as usize)
+    }
+
+    /// Moves past the frame [`peek_small`](Self::peek_small) returned
+    /// (`body_len`: its body's length).
+    pub(crate) fn skip(&mut self, body_len: usize) {
+        self.pos += LEN_PREFIX + body_len;
     }
 
     /// Parses the next complete frame's body, if one is buffered.
@@ -1249,9 +1313,20 @@ impl OutQueue {
         self.frames.is_empty()
     }
 
-    /// Frames not yet wholly written.
-    pub(crate) fn len(&self) -> usize {
-        self.frames.len()
+    /// A buffer to append whole frames to, which then leave in one piece
+    /// with it: the last frame's bytes if it has no head apart (no run)
+    /// and holds under `limit` bytes, else a new, empty frame's. Cutting
+    /// many small tasks into one buffer costs one allocation, not one each.
+    pub(crate) fn tail(&mut self, limit: usize) -> &mut Vec<u8> {
+        let reuse = self
+            .frames
+            .back()
+            .is_some_and(|f| f.head.is_empty() && f.from == 0 && f.bytes.len() < limit);
+        if !reuse {
+            self.frames
+                .push_back(Vec::with_capacity(limit.min(4096)).into());
+        }
+        &mut self.frames.back_mut().expect("just ensured").bytes
     }
 
     /// Writes as much as the pipe takes without blocking. `Ok(true)` when

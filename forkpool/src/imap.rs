@@ -292,12 +292,16 @@ where
         self.outstanding -= meta.items;
         self.outstanding_bytes -= meta.bytes;
         self.completed += meta.items;
-        let mut items = VecDeque::with_capacity(meta.items);
+        // Unordered, or the next in order: straight to the items ready.
+        let now = !self.ordered || meta.first == self.next_yield;
+        let mut later = VecDeque::new();
+        let items = if now { &mut self.current } else { &mut later };
         match c.outcome {
             Ok(result) => decode_outcomes::<R>(
                 result,
                 meta.items,
                 meta.first,
+                &c.parts,
                 c.pid,
                 std::any::type_name::<T>(),
                 |r| items.push_back(r),
@@ -306,7 +310,13 @@ where
                 items.extend((meta.first..meta.first + meta.items).map(|i| Err(e.for_item(i))))
             }
         }
-        self.finished(meta.first, items);
+        if now {
+            if self.ordered {
+                self.next_yield += meta.items;
+            }
+        } else {
+            self.finished(meta.first, later);
+        }
     }
 }
 

@@ -319,7 +319,7 @@ impl Pool {
             }
         }
         let total = items.len();
-        let sink = Box::new(MapSink::<R>::new(arg_type));
+        let sink = Box::new(MapSink::<R>::new(arg_type, total));
         let (tx, rx) = mailbox();
         let cancel = Arc::new(AtomicBool::new(false));
         let spec = JobSpec {

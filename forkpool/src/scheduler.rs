@@ -35,6 +35,15 @@
 //!   task at once only to a worker that has nothing written yet; a worker
 //!   still busy with written tasks gets the new ones from the collector when
 //!   its results come in, many in one `write` (see [`State::dispatch`]).
+//! - **Consecutive tasks go to one worker, and come back as one
+//!   completion.** A worker given several tasks at once gets consecutive
+//!   ones (up to its share of the job's window and of the items waiting),
+//!   cut into one buffer when they are small. Their small results are read
+//!   in place and appended to one completion ([`Completion::parts`]), so a
+//!   batch of tiny tasks costs one allocation and one hand-over to the
+//!   submitter, not one per task (at chunksize 1 the per-result buffer,
+//!   allocated by the collector and freed by the submitter's thread, was
+//!   the largest cost of both threads).
 //! - **Guided self-scheduling for `map`'s default chunks** (OpenMP's
 //!   `guided`; Polychronopoulos and Kuck, 1987): a task gets about
 //!   [`TASK_NS`] of items by the job's per-item estimate, never more than
@@ -72,7 +81,7 @@ use crate::frame::{self, FrameReader, FromWorker, OutQueue, ResultFrame, TaskHea
 use crate::mailbox::Postman;
 use crate::side::ParentSide;
 use crate::stats::{Counters, Exited};
-use crate::task::{Cut, Items, cut_task};
+use crate::task::{Cut, Items, cut_small_into, cut_task, plain_size};
 
 /// Estimated work (by the job's own task times) a worker may hold: about
 /// what covers a result's trip back and the refill's trip out, results
@@ -133,7 +142,41 @@ pub(crate) struct Completion {
     /// The worker's result frame, or why the task failed as a whole (the
     /// error names `meta.first`).
     pub(crate) outcome: Result<ResultFrame, Error>,
+    /// Empty for one task's completion. When the collector merged the
+    /// results of consecutive tasks of the job from one worker into this
+    /// one (their outcomes appended to the first one's frame: one
+    /// allocation and one hand-over for many tiny tasks), every task, in
+    /// order: `meta` then covers them all.
+    pub(crate) parts: Vec<Part>,
 }
+
+impl Completion {
+    /// How many of the job's tasks it completes (from `meta.chunk` on).
+    pub(crate) fn tasks(&self) -> usize {
+        self.parts.len().max(1)
+    }
+}
+
+/// One task in a merged [`Completion`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Part {
+    /// Its items.
+    pub(crate) items: usize,
+    /// Bytes of its outcomes in the merged frame's payload.
+    pub(crate) payload: usize,
+}
+
+/// Results of at most this many bytes are read without a copy of their
+/// own and merged with the result before them when they can be (see
+/// [`Completion::parts`]).
+const SMALL_RESULT: usize = 4096;
+/// Room left in a merged result's buffer for the results that may follow.
+const MERGE_ROOM: usize = 512;
+/// Tasks of at most this many encoded bytes are cut into a buffer shared
+/// with the worker's other waiting tasks (see [`OutQueue::tail`]).
+const SMALL_TASK: usize = 4096;
+/// How big such a shared buffer grows before the next one starts.
+const TAIL_BYTES: usize = 64 * 1024;
 
 /// What the submitter needs back with a task's completion.
 #[derive(Debug, Clone, Copy)]
@@ -188,7 +231,61 @@ fn failed(meta: TaskMeta, pid: Pid, err: &Error) -> Completion {
         meta,
         pid,
         outcome: Err(err.for_item(meta.first)),
+        parts: Vec::new(),
     }
+}
+
+/// Queues the completion of a task of job `job` (whose mailbox is
+/// `sink`) that worker `pid` answered with the plain result `body`
+/// (borrowed from the collector's read buffer): appended to the
+/// completion before it when that is the same job's, the same worker's,
+/// and the task just before (one buffer, one completion for a batch of
+/// tiny tasks), else copied into a completion of its own, with room for
+/// more unless `last` (the job will have no other).
+fn deliver_plain(
+    done: &mut Vec<Delivery>,
+    job: JobId,
+    sink: &Postman,
+    meta: TaskMeta,
+    pid: Pid,
+    body: &[u8],
+    last: bool,
+) {
+    let payload = &body[ResultFrame::PAYLOAD_AT..];
+    if let Some(d) = done.last_mut()
+        && d.job == job
+    {
+        let prev = d.more.last_mut().unwrap_or(&mut d.first);
+        let next = prev.meta.chunk + prev.tasks() == meta.chunk
+            && prev.meta.first + prev.meta.items == meta.first
+            && prev.pid == pid;
+        if next && let Ok(frame) = &mut prev.outcome {
+            let before = frame.payload_len();
+            if frame.extend_plain(payload) {
+                if prev.parts.is_empty() {
+                    prev.parts.push(Part {
+                        items: prev.meta.items,
+                        payload: before,
+                    });
+                }
+                prev.parts.push(Part {
+                    items: meta.items,
+                    payload: payload.len(),
+                });
+                prev.meta.items += meta.items;
+                prev.meta.bytes += meta.bytes;
+                return;
+            }
+        }
+    }
+    let room = if last { 0 } else { MERGE_ROOM };
+    let c = Completion {
+        meta,
+        pid,
+        outcome: Ok(ResultFrame::from_plain(body, room)),
+        parts: Vec::new(),
+    };
+    deliver(done, job, sink, c);
 }
 
 /// How a job's items are split into tasks.
@@ -382,6 +479,9 @@ pub(crate) struct Worker {
     task_pipe_big: bool,
     pub(crate) result_pipe_big: bool,
     out: OutQueue,
+    /// Tasks at the end of `in_flight` not yet wholly written (may count
+    /// too many after a partial write, never too few).
+    unwritten: usize,
     in_flight: VecDeque<InFlight>,
     /// Sum of the estimates of `in_flight`.
     held_ns: f64,
@@ -416,6 +516,7 @@ impl Worker {
             task_pipe_big: false,
             result_pipe_big: false,
             out: OutQueue::default(),
+            unwritten: 0,
             in_flight: VecDeque::new(),
             held_ns: 0.0,
             sent: 0,
@@ -460,13 +561,28 @@ impl Worker {
         let Some(fd) = &self.task_fd else {
             return true;
         };
-        match self.out.flush(fd.as_fd()) {
+        let done = match self.out.flush(fd.as_fd()) {
             Ok(done) => done,
             Err(_) => {
                 self.out = OutQueue::default();
                 true
             }
+        };
+        if done {
+            self.unwritten = 0;
         }
+        done
+    }
+
+    /// Drops what waits to be written (the worker is being stopped).
+    fn drop_out(&mut self) {
+        self.out = OutQueue::default();
+        self.unwritten = 0;
+    }
+
+    /// Whether none of the tasks it holds is written yet (it is idle).
+    fn nothing_written(&self) -> bool {
+        self.unwritten == self.in_flight.len()
     }
 
     /// Whether it may take a task estimated at `est` (`None`: unknown),
@@ -487,14 +603,26 @@ impl Worker {
     }
 
     fn pop_front(&mut self) -> Option<InFlight> {
-        let f = self.in_flight.pop_front()?;
-        self.held_ns = if self.in_flight.is_empty() {
-            0.0
-        } else {
-            (self.held_ns - f.est_ns).max(0.0)
-        };
-        Some(f)
+        pop_held(&mut self.in_flight, &mut self.held_ns, &mut self.unwritten)
     }
+}
+
+/// Takes the oldest task a worker holds off its in-flight list
+/// `in_flight`, whose estimates sum to `held_ns`, `unwritten` of them not
+/// yet written.
+fn pop_held(
+    in_flight: &mut VecDeque<InFlight>,
+    held_ns: &mut f64,
+    unwritten: &mut usize,
+) -> Option<InFlight> {
+    let f = in_flight.pop_front()?;
+    *held_ns = if in_flight.is_empty() {
+        0.0
+    } else {
+        (*held_ns - f.est_ns).max(0.0)
+    };
+    *unwritten = (*unwritten).min(in_flight.len());
+    Some(f)
 }
 
 /// The pool's mutable state, behind one lock.
@@ -669,12 +797,36 @@ impl State {
             let Some(w) = self.pick_worker(est, cap) else {
                 break;
             };
+            // The next tasks go to the same worker while it has room, up
+            // to its share of what the job's window lets out and of the
+            // items waiting: their results then come back together and
+            // merge into one completion (see `deliver_plain`).
+            let share = (job.window.saturating_mul(self.processes))
+                .saturating_sub(job.in_flight)
+                .min(job.uncut().div_ceil(n))
+                .div_ceil(self.processes)
+                .max(1);
             self.send(id, w, n, est);
+            for _ in 1..share {
+                let job = &self.jobs[&id];
+                let next = job
+                    .next_len(self.processes)
+                    .filter(|_| job.window_open(self.processes));
+                let Some(n) = next else {
+                    break;
+                };
+                let est = job.estimate(n, &self.recent);
+                let cap = job.hold_cap(self.processes);
+                let worker = &self.workers[w];
+                if !self.usable(worker) || !worker.has_room(est, cap) {
+                    break;
+                }
+                self.send(id, w, n, est);
+            }
         }
         let mut pending = false;
         for w in &mut self.workers {
-            let idle = w.out.len() == w.in_flight.len();
-            if !w.out.is_empty() && (writer == Writer::Collector || idle) {
+            if !w.out.is_empty() && (writer == Writer::Collector || w.nothing_written()) {
                 pending |= !w.flush();
             }
         }
@@ -684,18 +836,38 @@ impl State {
     /// Cuts the next `n` items of job `id` into a task for worker `w`.
     fn send(&mut self, id: JobId, w: usize, n: usize, est: Option<f64>) {
         let job = self.jobs.get_mut(&id).expect("dispatch found it");
+        let worker = &mut self.workers[w];
         let task_id = self.next_id;
         self.next_id += 1;
         let header = TaskHeader {
             id: task_id,
             ..job.spec.header
         };
-        let Cut {
-            frame,
-            first,
-            bytes,
-            fds,
-        } = cut_task(header, &mut job.queue, n);
+        let (first, bytes, fds) = match plain_size(&job.queue, n).filter(|&b| b <= SMALL_TASK) {
+            Some(bytes) => {
+                // Small and plain: appended to the buffer of the worker's
+                // other waiting tasks (one allocation and one write for a
+                // batch, not one each).
+                let first = cut_small_into(header, &mut job.queue, n, worker.out.tail(TAIL_BYTES));
+                (first, bytes, Vec::new())
+            }
+            None => {
+                let Cut {
+                    frame,
+                    first,
+                    bytes,
+                    fds,
+                } = cut_task(header, &mut job.queue, n);
+                if frame.len() > frame::PIPE_DEFAULT && !worker.task_pipe_big {
+                    worker.task_pipe_big = true;
+                    if let Some(fd) = &worker.task_fd {
+                        frame::enlarge_pipe(fd.as_fd());
+                    }
+                }
+                worker.out.push(frame);
+                (first, bytes, fds)
+            }
+        };
         let meta = TaskMeta {
             chunk: job.next_chunk,
             first,
@@ -710,13 +882,6 @@ impl State {
             // the last result comes back (20 000 `apply_async` in flight
             // kept 20 000 empty queues).
             job.queue = VecDeque::new();
-        }
-        let worker = &mut self.workers[w];
-        if frame.len() > frame::PIPE_DEFAULT && !worker.task_pipe_big {
-            worker.task_pipe_big = true;
-            if let Some(fd) = &worker.task_fd {
-                frame::enlarge_pipe(fd.as_fd());
-            }
         }
         // The clock is read only for a task timeout (a clock read per
         // task is a measurable part of a tiny task's cost here).
@@ -733,7 +898,6 @@ impl State {
                 true
             }
         };
-        worker.out.push(frame);
         let est_ns = est.unwrap_or(HOLD_NS);
         worker.held_ns += est_ns;
         worker.in_flight.push_back(InFlight {
@@ -742,6 +906,7 @@ impl State {
             meta,
             est_ns,
         });
+        worker.unwritten += 1;
         worker.sent += 1;
         if side_failed {
             let pid = worker.pid;
@@ -764,20 +929,24 @@ impl State {
         }
     }
 
+    /// Whether worker `w` may be given a task (room aside).
+    fn usable(&self, w: &Worker) -> bool {
+        w.ready
+            && !w.eof
+            && w.failure.is_none()
+            && w.task_fd.is_some()
+            // With a task timeout a worker holds one task at a time: the
+            // clock starts when it is written, and no task waits behind
+            // one that is killed.
+            && (self.task_timeout.is_none() || w.in_flight.is_empty())
+            && self.max_tasks_per_child.is_none_or(|m| w.sent < m)
+    }
+
     /// The worker with room that holds the least estimated work.
     fn pick_worker(&self, est: Option<f64>, cap: f64) -> Option<usize> {
         let mut best: Option<(usize, f64)> = None;
         for (i, w) in self.workers.iter().enumerate() {
-            let usable = w.ready
-                && !w.eof
-                && w.failure.is_none()
-                && w.task_fd.is_some()
-                // With a task timeout a worker holds one task at a time: the
-                // clock starts when it is written, and no task waits behind
-                // one that is killed.
-                && (self.task_timeout.is_none() || w.in_flight.is_empty())
-                && self.max_tasks_per_child.is_none_or(|m| w.sent < m);
-            if usable && w.has_room(est, cap) && best.is_none_or(|(_, b)| w.held_ns < b) {
+            if self.usable(w) && w.has_room(est, cap) && best.is_none_or(|(_, b)| w.held_ns < b) {
                 best = Some((i, w.held_ns));
             }
         }
@@ -832,8 +1001,78 @@ impl State {
             meta: front.meta,
             pid: worker.pid,
             outcome: Ok(result),
+            parts: Vec::new(),
         };
         self.task_ended(front.job, c, Some(busy));
+        self.retire_if_spent(w);
+        Ok(())
+    }
+
+    /// Takes the small, plain result frames waiting whole in worker `w`'s
+    /// read buffer, up to the first that is not one, without copying each
+    /// into a buffer of its own: consecutive tasks of a job merge into one
+    /// completion (see [`Completion::parts`]). At chunksize 1 a buffer per
+    /// result, allocated here and freed by the submitter's thread, was the
+    /// largest part of both threads' cost per task.
+    pub(crate) fn take_small_results(&mut self, w: usize) -> Result<(), String> {
+        let State {
+            workers,
+            jobs,
+            recent,
+            done,
+            task_timeout,
+            ..
+        } = self;
+        let worker = &mut workers[w];
+        if !worker.ready {
+            return Ok(());
+        }
+        while let Some(body) = worker.reader.peek_small(SMALL_RESULT) {
+            let Some((id, busy)) = ResultFrame::parse_plain(body) else {
+                break;
+            };
+            match worker.in_flight.front() {
+                Some(f) if f.id == id => {}
+                Some(f) => {
+                    return Err(format!(
+                        "a result for task {id}, but task {} was next",
+                        f.id
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "a result for task {id}, but the worker holds no task"
+                    ));
+                }
+            }
+            let front = pop_held(
+                &mut worker.in_flight,
+                &mut worker.held_ns,
+                &mut worker.unwritten,
+            )
+            .expect("checked above");
+            worker.counters.record(front.meta.items, busy);
+            if task_timeout.is_some() {
+                worker.head_since = (!worker.in_flight.is_empty()).then(Instant::now);
+            }
+            if let Some(job) = jobs.get_mut(&front.job) {
+                job.in_flight -= 1;
+                let sample = busy as f64 / front.meta.items.max(1) as f64;
+                job.learn(sample);
+                let last = recent.entry(job.function()).or_insert(sample);
+                *last = follow(Some(*last), sample);
+                let finished = job.finished();
+                let sink = &job.spec.sink;
+                deliver_plain(
+                    done, front.job, sink, front.meta, worker.pid, body, finished,
+                );
+                if finished {
+                    jobs.remove(&front.job);
+                }
+            }
+            let len = body.len();
+            worker.reader.skip(len);
+        }
         self.retire_if_spent(w);
         Ok(())
     }
@@ -966,7 +1205,7 @@ impl State {
             let held = std::mem::take(&mut worker.in_flight);
             worker.held_ns = 0.0;
             expired.push((held, worker.pid, err.clone()));
-            worker.out = OutQueue::default();
+            worker.drop_out();
             worker.head_since = None;
             worker.eof = true; // its late result, if any, is not wanted
             worker.failure = Some(err);
@@ -985,7 +1224,7 @@ impl State {
             let worker = &mut self.workers[w];
             let held = std::mem::take(&mut worker.in_flight);
             worker.held_ns = 0.0;
-            worker.out = OutQueue::default();
+            worker.drop_out();
             let pid = worker.pid;
             self.fail_held(held, pid, err);
         }
@@ -1038,15 +1277,24 @@ mod tests {
     /// returns it and, per worker, the read end of its task pipe (what the
     /// worker would read).
     fn state_with_workers(n: usize) -> (State, Vec<OwnedFd>) {
+        let (st, task_ends, _) = state_with_pipes(n);
+        (st, task_ends)
+    }
+
+    /// [`state_with_workers`], also returning the write end of each
+    /// worker's result pipe (where the worker would write).
+    fn state_with_pipes(n: usize) -> (State, Vec<OwnedFd>, Vec<OwnedFd>) {
         let flags = OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
         let [ctrl, _] = PoolFd::create(|| nix::unistd::pipe2(flags).map(|(r, w)| [r, w])).unwrap();
         let mut st = State::new(ctrl, n, None);
         st.phase = Phase::Running;
         let mut task_ends = Vec::new();
+        let mut result_ends = Vec::new();
         for slot in 0..n {
             let (task_r, task_w) = nix::unistd::pipe2(flags).unwrap();
+            let (result_r, result_w) = nix::unistd::pipe2(flags).unwrap();
+            result_ends.push(result_w);
             let [task_w, result_r, side] = PoolFd::create(|| {
-                let (result_r, _) = nix::unistd::pipe2(flags)?;
                 let (side, _) = nix::unistd::pipe2(flags)?;
                 Ok::<_, nix::Error>([task_w, result_r, side])
             })
@@ -1062,7 +1310,7 @@ mod tests {
             st.workers.push(w);
             task_ends.push(task_r);
         }
-        (st, task_ends)
+        (st, task_ends, result_ends)
     }
 
     const HEADER: TaskHeader = TaskHeader {
@@ -1135,10 +1383,80 @@ mod tests {
         }
         assert_eq!(st.workers[0].in_flight.len(), 11);
         assert_eq!(unread(&ends[0]), first, "written to a worker that had work");
-        assert_eq!(st.workers[0].out.len(), 10);
+        assert_eq!(st.workers[0].unwritten, 10);
         // The collector, reading the busy worker's results, writes them.
         st.dispatch(Writer::Collector);
         assert_eq!(unread(&ends[0]), 11 * first);
         assert!(st.workers[0].out.is_empty());
+        assert_eq!(st.workers[0].unwritten, 0);
+    }
+
+    /// A plain result frame answering task `id` with `value`, as a worker
+    /// writes it.
+    fn result_frame(id: u64, value: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        let started = ResultFrame::begin(&mut out, id);
+        out.push(0); // OK
+        crate::codec::encode_into(&value, &mut out).unwrap();
+        started.finish(&mut out, 1_000);
+        out
+    }
+
+    #[test]
+    fn consecutive_tiny_tasks_go_to_one_worker_and_their_results_merge_into_one_completion() {
+        // What broke: at chunksize 1 tasks were dealt to the workers in
+        // turn, each cut into a buffer of its own, and each result copied
+        // into a buffer of its own by the collector (freed by the
+        // submitter's thread) and handed over as a completion of its own:
+        // `map` of 100 000 tiny tasks took 1.5 times as long as before the
+        // scheduler rework.
+        let (mut st, _tasks, results) = state_with_pipes(2);
+        st.recent.insert((HEADER.tramp, HEADER.func), 1_000.0);
+        let (sink, mut rx) = mailbox();
+        let spec = JobSpec {
+            header: HEADER,
+            chunking: Chunking::Fixed(1),
+            sink,
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        let id = st.open_job(spec).unwrap();
+        st.jobs.get_mut(&id).unwrap().window = 64;
+        let mut items = Items::starting_at(0);
+        for i in 0..40u64 {
+            items.push(&i, i as usize).unwrap();
+        }
+        st.append(id, items, true).unwrap();
+        // Each worker holds a run of consecutive tasks, half the job each.
+        let chunks: Vec<Vec<usize>> = st
+            .workers
+            .iter()
+            .map(|w| w.in_flight.iter().map(|f| f.meta.chunk).collect())
+            .collect();
+        assert_eq!(chunks, [(0..20).collect::<Vec<_>>(), (20..40).collect()]);
+        // Worker 0 answers all of its tasks: one completion covers them.
+        let ids: Vec<u64> = st.workers[0].in_flight.iter().map(|f| f.id).collect();
+        let wire: Vec<u8> = ids
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &id)| result_frame(id, 100 + i as u64))
+            .collect();
+        nix::unistd::write(&results[0], &wire).unwrap();
+        let fd = st.workers[0].result_fd.clone();
+        st.workers[0].reader.fill(fd.as_fd()).unwrap();
+        st.take_small_results(0).unwrap();
+        assert!(st.workers[0].in_flight.is_empty());
+        for d in std::mem::take(&mut st.done) {
+            d.post();
+        }
+        let c = rx.recv(Some(Instant::now())).unwrap();
+        assert_eq!((c.meta.chunk, c.meta.first, c.meta.items), (0, 0, 20));
+        assert_eq!(c.tasks(), 20);
+        assert!(rx.recv(Some(Instant::now())).is_err(), "one completion");
+        let mut values = Vec::new();
+        let body = c.outcome.unwrap();
+        crate::task::decode_outcomes::<u64>(body, 20, 0, &c.parts, c.pid, "u64", |r| {
+            values.push(r.unwrap())
+        });
+        assert_eq!(values, (100..120).collect::<Vec<u64>>());
     }
 }

@@ -29,6 +29,7 @@ use crate::buffer::{self, Incoming, Outgoing};
 use crate::codec::{self, Input, RunAt, encode_into};
 use crate::error::Error;
 use crate::frame::{self, Body, OutFrame, ResultFrame, TaskHeader};
+use crate::scheduler::Part;
 use crate::worker::panic_message;
 
 const OK: u8 = 0;
@@ -408,14 +409,70 @@ pub(crate) fn cut_task(
     }
 }
 
-/// Decodes the outcomes of a task of `count` items whose first item has
-/// index `first`, passing one `Result` per item, in order, to `each`.
-/// `arg_type` names the argument type for decode errors reported by the
-/// worker.
+/// The encoded size of the next `n` items of `queue` (which holds at
+/// least `n`) if they are plain, so [`cut_small_into`] can cut them: no
+/// buffer among them, no block with a run to carry apart, and not a whole
+/// block (whose own bytes become its frame without a copy, and go back to
+/// be reused for the next items once written: see [`cut_task`]).
+pub(crate) fn plain_size(queue: &std::collections::VecDeque<Items>, n: usize) -> Option<usize> {
+    if queue.front().is_some_and(|b| b.taken == 0 && b.len() == n) {
+        return None;
+    }
+    let (mut left, mut size) = (n, 0);
+    for block in queue {
+        if left == 0 {
+            break;
+        }
+        if !block.fds.is_empty() || block.run.is_some() {
+            return None;
+        }
+        let k = left.min(block.len());
+        size += block.ends[block.taken + k - 1] - block.start();
+        left -= k;
+    }
+    (left == 0).then_some(size)
+}
+
+/// Appends the task frame of the next `n` items of `queue` (which holds
+/// at least `n`, contiguous and plain: see [`plain_size`]) to `out`, after
+/// the frames already there, consuming them; returns the job's index of
+/// the first. Many small tasks for one worker thus share one buffer.
+pub(crate) fn cut_small_into(
+    header: TaskHeader,
+    queue: &mut std::collections::VecDeque<Items>,
+    n: usize,
+    out: &mut Vec<u8>,
+) -> usize {
+    let first = queue.front().map_or(0, Items::next_index);
+    let started = header.begin(out);
+    encode_into(&(n as u64), out).expect("a u64 always encodes");
+    let mut no_fds = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let block = queue.front_mut().expect("the queue holds the items cut");
+        let k = left.min(block.len());
+        block.take_into(k, out, &mut no_fds);
+        left -= k;
+        if block.len() == 0 {
+            queue.pop_front();
+        }
+    }
+    debug_assert!(no_fds.is_empty(), "plain items carry no buffer");
+    started.finish(out);
+    first
+}
+
+/// Decodes the outcomes of a completion of `count` items whose first item
+/// has index `first`, passing one `Result` per item, in order, to `each`.
+/// `parts` lists the tasks whose results the collector merged into this
+/// one, with the bytes of each one's outcomes (empty: one task); each is
+/// decoded within its own bytes, as if it had come alone. `arg_type` names
+/// the argument type for decode errors reported by the worker.
 pub(crate) fn decode_outcomes<R: DeserializeOwned>(
     mut result: ResultFrame,
     count: usize,
     first: usize,
+    parts: &[Part],
     pid: Pid,
     arg_type: &'static str,
     mut each: impl FnMut(Result<R, Error>),
@@ -431,23 +488,68 @@ pub(crate) fn decode_outcomes<R: DeserializeOwned>(
             return;
         }
     };
-    let payload = result.payload();
+    let mut payload = result.payload();
     buffer::decoding(&mut incoming, || {
-        decode_payload(payload, count, first, pid, arg_type, &mut each)
+        if parts.is_empty() {
+            decode_payload(&mut payload, count, first, 0, pid, arg_type, &mut each);
+            return;
+        }
+        let mut first = first;
+        let mut lost: Option<Error> = None;
+        for part in parts {
+            let rest = payload.len().saturating_sub(part.payload);
+            match &lost {
+                Some(e) => (first..first + part.items).for_each(|i| each(Err(e.for_item(i)))),
+                None => {
+                    if !decode_payload(
+                        &mut payload,
+                        part.items,
+                        first,
+                        rest,
+                        pid,
+                        arg_type,
+                        &mut each,
+                    ) {
+                        lost = Some(Error::Frame {
+                            pid,
+                            detail: format!(
+                                "the result of the task of items {first} to {} ran past its {} bytes",
+                                first + part.items - 1,
+                                part.payload
+                            ),
+                        });
+                    }
+                }
+            }
+            first += part.items;
+        }
     });
 }
 
+/// Decodes `count` outcomes from `payload`, for items from `first` on, up
+/// to where `rest` bytes are left (the results merged after this task's):
+/// an outcome past that point is an error, as the end of the payload is.
+/// Returns whether the payload then stands exactly at that point (bytes
+/// this task left unread are skipped).
 fn decode_payload<R: DeserializeOwned>(
-    mut payload: Input,
+    payload: &mut Input,
     count: usize,
     first: usize,
+    rest: usize,
     pid: Pid,
     arg_type: &'static str,
     each: &mut impl FnMut(Result<R, Error>),
-) {
+) -> bool {
     let end = first + count;
     for item in first..end {
-        let outcome = match payload.byte() {
+        // (Without results after it, the end is the payload's own: no
+        // length to check per item.)
+        let tag = if rest == 0 || payload.len() > rest {
+            payload.byte()
+        } else {
+            None
+        };
+        let mut outcome = match tag {
             None => Err(Error::Frame {
                 pid,
                 detail: format!(
@@ -455,8 +557,16 @@ fn decode_payload<R: DeserializeOwned>(
                     item - first
                 ),
             }),
-            Some(tag) => decode_one::<R>(&mut payload, tag, item, pid, arg_type),
+            Some(tag) => decode_one::<R>(payload, tag, item, pid, arg_type),
         };
+        if rest > 0 && payload.len() < rest {
+            outcome = Err(Error::Frame {
+                pid,
+                detail: format!(
+                    "the outcome of item {item} runs past the end of its task's result"
+                ),
+            });
+        }
         // After an argument that did not decode, or a result or outcome
         // that did not, the rest of the payload cannot be found: the same
         // error stands for the remaining items.
@@ -467,9 +577,13 @@ fn decode_payload<R: DeserializeOwned>(
         each(outcome);
         if let Some(e) = fatal {
             (item + 1..end).for_each(|j| each(Err(e.for_item(j))));
-            return;
+            break;
         }
     }
+    if rest > 0 {
+        while payload.len() > rest && payload.byte().is_some() {}
+    }
+    payload.len() == rest
 }
 
 /// Decodes one outcome whose tag was `tag`, advancing `payload`.
@@ -619,5 +733,67 @@ mod cut_tests {
         let mut q = VecDeque::from([block(0, &items[..1])]);
         let c = cut_task(header, &mut q, 1);
         assert_eq!(items_of(&c.frame, 3), (items[..1].to_vec(), false));
+    }
+
+    #[test]
+    fn merged_results_decode_each_task_within_its_own_bytes() {
+        // The collector appends the outcomes of consecutive tasks into one
+        // frame; a task whose argument did not decode (its payload stops
+        // early) or whose payload is short must not shift the tasks after
+        // it onto the wrong items.
+        let mut out = Vec::new();
+        let started = ResultFrame::begin(&mut out, 7);
+        let at = out.len();
+        let mut parts = Vec::new();
+        let mut part = |out: &mut Vec<u8>, items: usize, write: &dyn Fn(&mut Vec<u8>)| {
+            let from = out.len();
+            write(out);
+            parts.push(Part {
+                items,
+                payload: out.len() - from,
+            });
+        };
+        let ok = |out: &mut Vec<u8>, v: u64| {
+            out.push(OK);
+            encode_into(&v, out).unwrap();
+        };
+        part(&mut out, 2, &|o| {
+            ok(o, 10);
+            ok(o, 11);
+        });
+        // The second item's argument did not decode: the third is not run.
+        part(&mut out, 3, &|o| {
+            ok(o, 20);
+            o.push(DECODE);
+            encode_into(&("bad argument".to_string(), 5u64), o).unwrap();
+        });
+        // Short: one outcome for two items.
+        part(&mut out, 2, &|o| ok(o, 30));
+        part(&mut out, 1, &|o| ok(o, 40));
+        assert!(out.len() > at);
+        started.finish(&mut out, 1);
+        let frame = ResultFrame::from_plain(&out[frame::LEN_PREFIX..], 0);
+        let mut got = Vec::new();
+        decode_outcomes::<u64>(frame, 8, 100, &parts, Pid::from_raw(1), "u64", |r| {
+            got.push(r)
+        });
+        let ok_at = |i: usize| got[i].as_ref().ok().copied();
+        assert_eq!(
+            [ok_at(0), ok_at(1), ok_at(2), ok_at(5), ok_at(7)],
+            [Some(10), Some(11), Some(20), Some(30), Some(40)]
+        );
+        for (i, item) in [(3, 103), (4, 104)] {
+            assert!(
+                matches!(&got[i], Err(Error::Decode { item: it, what: "argument", .. }) if *it == item),
+                "{:?}",
+                got[i]
+            );
+        }
+        assert!(
+            matches!(&got[6], Err(Error::Frame { detail, .. }) if detail.contains("ends after 1 outcomes")),
+            "{:?}",
+            got[6]
+        );
+        assert_eq!(got.len(), 8);
     }
 }

@@ -320,3 +320,58 @@ fn map_input_that_panics_is_an_error_and_the_pool_goes_on() {
         assert_eq!(pool.map(tiny, 0..1000u64).unwrap()[999], tiny(999));
     });
 }
+
+/// `x * 3`, but panics on every multiple of 997.
+fn tiny_or_panic(x: u64) -> u64 {
+    assert!(!x.is_multiple_of(997) || x == 0, "item {x} panics");
+    x * 3
+}
+
+#[test]
+fn tiny_tasks_whose_results_arrive_merged_keep_each_items_own_outcome() {
+    // The collector merges the results of consecutive tiny tasks from one
+    // worker into one completion: every item must still get its own
+    // outcome, a panic in the middle of a batch included.
+    const N: u64 = 30_000;
+    let pool = TestPool::new(2);
+    let want = |i: u64, r: &forkpool::Result<u64>| match r {
+        Ok(v) => {
+            assert!(
+                !i.is_multiple_of(997) || i == 0,
+                "item {i} did not panic: {v}"
+            );
+            assert_eq!(*v, i * 3);
+        }
+        Err(Error::Panicked { item, message, .. }) => {
+            assert_eq!(*item as u64, i);
+            assert!(message.contains(&format!("item {i} panics")), "{message}");
+        }
+        Err(e) => panic!("item {i}: {e}"),
+    };
+    // Warm: the function's tiny cost is known, so batches are large.
+    pool.map_chunked(tiny, 0..N, 1).unwrap();
+    let ordered: Vec<_> = pool.imap(tiny_or_panic, 0..N, 1).collect();
+    assert_eq!(ordered.len() as u64, N);
+    for (i, r) in ordered.iter().enumerate() {
+        want(i as u64, r);
+    }
+    let mut unordered: Vec<(u64, forkpool::Result<u64>)> = pool
+        .imap_unordered(tiny_or_panic, 0..N, 1)
+        .map(|r| match &r {
+            Ok(v) => (v / 3, r),
+            Err(Error::Panicked { item, .. }) => (*item as u64, r),
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    unordered.sort_by_key(|(i, _)| *i);
+    assert!(unordered.iter().map(|(i, _)| *i).eq(0..N));
+    for (i, r) in &unordered {
+        want(*i, r);
+    }
+    match pool.map_chunked(tiny_or_panic, 0..N, 1) {
+        Err(Error::Panicked { item: 997, .. }) => {}
+        other => panic!("expected item 997's panic, got {other:?}"),
+    }
+    let out = pool.map_chunked(tiny, 0..N, 1).unwrap();
+    assert!(out.iter().copied().eq((0..N).map(tiny)));
+}
