@@ -2,8 +2,9 @@
 //! poisoning report that hands the closure's result back.
 
 use std::fmt;
+use std::io;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -79,15 +80,36 @@ pub enum ShmError {
         cause: Errno,
     },
 
-    /// Reading, writing or mapping a file failed.
-    #[error("{path}: could not {op}: {cause}")]
+    /// Reading, writing or mapping a file failed: the OS said no. The
+    /// message says what was being done and the kind of failure; the OS's
+    /// own error is the [`source`](std::error::Error::source).
+    #[error("{path}: could not {op}: {}", io_advice(source.kind()))]
     Io {
         /// The file.
         path: PathBuf,
-        /// What was being done (`"open"`, `"map"`).
+        /// What was being done (`"open the file for reading"`).
         op: &'static str,
-        /// The error (in the message).
-        cause: std::io::Error,
+        /// The OS's error.
+        source: io::Error,
+    },
+
+    /// A file call refused to act though the OS would have let it: what is
+    /// at the path is not what the call needs (something already exists
+    /// where a file is to be created, a symbolic link, not a regular file,
+    /// a read-only file to be mapped for writing), or the options do not
+    /// fit it. Nothing was changed.
+    #[error("{path}: could not {op}: {reason}")]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// What was asked (`"create the file"`).
+        op: &'static str,
+        /// The refusal's kind: `AlreadyExists` (something is at a path to
+        /// create), `InvalidInput` (not a regular file, options that do not
+        /// fit), `PermissionDenied` (a read-only file opened for writing).
+        kind: io::ErrorKind,
+        /// Why, and what to do instead.
+        reason: String,
     },
 
     /// A file holds elements of another type than the array was opened with.
@@ -222,15 +244,16 @@ pub enum ShmError {
         nrows: usize,
     },
 
-    /// Reading a process's memory figures from `/proc` failed.
-    #[error("could not read memory figures of pid {pid} ({path}): {cause}")]
+    /// Reading a process's memory figures from `/proc` failed (the OS's
+    /// error is the [`source`](std::error::Error::source)).
+    #[error("could not read memory figures of pid {pid} ({path}): {}", proc_advice(source.kind()))]
     Proc {
         /// The process.
         pid: Pid,
         /// The file read.
         path: PathBuf,
-        /// The error (`NotFound` when the process has exited; in the message).
-        cause: std::io::Error,
+        /// The OS's error: `NotFound` when the process has exited.
+        source: io::Error,
     },
 
     /// A `/proc` file whose contents were not understood.
@@ -241,6 +264,37 @@ pub enum ShmError {
         /// What was not understood.
         reason: String,
     },
+}
+
+/// What an I/O error's kind means for a file, and what to do.
+fn io_advice(kind: io::ErrorKind) -> String {
+    match kind {
+        io::ErrorKind::NotFound => "it does not exist (check the path)".into(),
+        io::ErrorKind::PermissionDenied => {
+            "permission denied (check the permissions of the file and its directory; to only \
+             read a file, use ArrayOptions::new().read_only(true))"
+                .into()
+        }
+        other => format!("{other}"),
+    }
+}
+
+/// What an I/O error's kind means for a `/proc` file of a process.
+fn proc_advice(kind: io::ErrorKind) -> String {
+    match kind {
+        io::ErrorKind::NotFound => "the process has exited (or never existed)".into(),
+        io::ErrorKind::PermissionDenied => {
+            "it is another user's process (run as that user, or as root)".into()
+        }
+        other => format!("{other}"),
+    }
+}
+
+/// The error [`ShmError::Io`] for an I/O error `source` while doing `op` on
+/// `path` (`.map_err(io_error(path, "open the file"))`).
+pub(crate) fn io_error(path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> ShmError {
+    let path = path.to_owned();
+    move |source| ShmError::Io { path, op, source }
 }
 
 /// The result of [`SharedArray::with_lock`](crate::SharedArray::with_lock)

@@ -23,7 +23,7 @@ use nix::errno::Errno;
 
 use crate::SharedArray;
 use crate::element::Element;
-use crate::error::ShmError;
+use crate::error::{ShmError, io_error};
 use crate::memfd;
 use crate::mode::Mode;
 use crate::npy;
@@ -32,20 +32,14 @@ use crate::region::Region;
 use crate::shape::Layout;
 use crate::units::ByteSize;
 
-fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ShmError + 'a {
-    move |source| ShmError::Io {
-        path: path.to_owned(),
+/// A [`ShmError::Refused`] for `path`.
+fn refuse(path: &Path, op: &'static str, kind: ErrorKind, reason: String) -> ShmError {
+    let path = path.to_owned();
+    ShmError::Refused {
+        path,
         op,
-        cause: source,
-    }
-}
-
-/// An [`ShmError::Io`] for `path` with a message of ours.
-fn refuse(path: &Path, op: &'static str, kind: ErrorKind, message: String) -> ShmError {
-    ShmError::Io {
-        path: path.to_owned(),
-        op,
-        cause: std::io::Error::new(kind, message),
+        kind,
+        reason,
     }
 }
 
@@ -289,10 +283,10 @@ impl ArrayOptions {
     ///
     /// # Errors
     ///
-    /// [`ShmError::Io`] if something exists at `path` (its `cause` has kind
-    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists) and says what is
-    /// there) and these options do not allow replacing it, or the file
-    /// cannot be created or mapped; [`ShmError::Reserve`] if the disk is too
+    /// [`ShmError::Refused`] if something exists at `path` (kind
+    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists), saying what is
+    /// there) and these options do not allow replacing it; [`ShmError::Io`]
+    /// if the file cannot be created or mapped; [`ShmError::Reserve`] if the disk is too
     /// small; [`ShmError::InvalidShape`] for an impossible shape.
     ///
     /// # Examples
@@ -334,8 +328,8 @@ impl ArrayOptions {
     /// [`ShmError::FileLength`] if the file's length is not exactly `shape`
     /// times the element size (naming both, and whether the file is too
     /// short or too long); [`ShmError::Io`] if it cannot be opened or
-    /// mapped, is not a regular file, or (unless read-only) has no write
-    /// permission bit, even for root.
+    /// mapped; [`ShmError::Refused`] if it is not a regular file, or
+    /// (unless read-only) has no write permission bit, even for root.
     ///
     /// # Examples
     ///
@@ -422,7 +416,8 @@ impl ArrayOptions {
     ///   refuses such files too);
     /// - [`ShmError::FileLength`] if the data is shorter or longer than the
     ///   header's shape needs;
-    /// - [`ShmError::Io`] as for [`open_file`](Self::open_file).
+    /// - [`ShmError::Io`] and [`ShmError::Refused`] as for
+    ///   [`open_file`](Self::open_file).
     ///
     /// # Examples
     ///
@@ -503,9 +498,9 @@ impl ArrayOptions {
     ///
     /// # Errors
     ///
-    /// [`ShmError::Io`] if something exists at `path` (kind
-    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists)) or the file
-    /// cannot be written; [`ShmError::Reserve`] if the disk is too small;
+    /// [`ShmError::Refused`] if something exists at `path` (kind
+    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists)), [`ShmError::Io`]
+    /// if the file cannot be written; [`ShmError::Reserve`] if the disk is too small;
     /// as for [`SharedArray::to_vec`] if rows cannot be read.
     ///
     /// # Examples
@@ -538,7 +533,7 @@ impl ArrayOptions {
         let total = header.len() as u64 + array.size_bytes();
         check_disk_space(&target.path, target.dir(), total)?;
         let temp = target.temporary(target.dir())?;
-        let write = || io(&target.path, "write the .npy file");
+        let write = || io_error(&target.path, "write the .npy file");
         let mut out = std::io::BufWriter::with_capacity(1 << 20, temp.as_file());
         out.write_all(&header).map_err(write())?;
         // A megabyte of whole rows at a time (at least one row).
@@ -561,7 +556,7 @@ impl ArrayOptions {
         drop(out);
         temp.as_file()
             .sync_all()
-            .map_err(io(&target.path, "sync the .npy file to disk"))?;
+            .map_err(io_error(&target.path, "sync the .npy file to disk"))?;
         target.persist(temp, self)
     }
 }
@@ -633,10 +628,10 @@ fn target(path: &Path, options: &ArrayOptions) -> Result<Target, ShmError> {
                 replaces: None,
             });
         }
-        Err(e) => return Err(io(path, "look at the path")(e)),
+        Err(e) => return Err(io_error(path, "look at the path")(e)),
     };
     if meta.file_type().is_symlink() {
-        let to = std::fs::read_link(path).map_err(io(path, "read the symbolic link"))?;
+        let to = std::fs::read_link(path).map_err(io_error(path, "read the symbolic link"))?;
         if !options.follow_symlinks {
             return Err(refuse(
                 path,
@@ -657,8 +652,10 @@ fn target(path: &Path, options: &ArrayOptions) -> Result<Target, ShmError> {
                 let dir = path.parent().unwrap_or(Path::new("."));
                 let absolute = dir.join(&to);
                 let parent = absolute.parent().unwrap_or(Path::new("/"));
-                let parent = std::fs::canonicalize(parent)
-                    .map_err(io(path, "find the directory the symbolic link points into"))?;
+                let parent = std::fs::canonicalize(parent).map_err(io_error(
+                    path,
+                    "find the directory the symbolic link points into",
+                ))?;
                 match absolute.file_name() {
                     Some(name)
                         if !std::fs::symlink_metadata(parent.join(name))
@@ -679,7 +676,7 @@ fn target(path: &Path, options: &ArrayOptions) -> Result<Target, ShmError> {
                     }
                 }
             }
-            Err(e) => return Err(io(path, "follow the symbolic link")(e)),
+            Err(e) => return Err(io_error(path, "follow the symbolic link")(e)),
         };
         let options = ArrayOptions {
             follow_symlinks: false,
@@ -745,7 +742,7 @@ unsafe fn create_region<T: Element>(
     let temp = target.temporary(dir)?;
     let mut file = temp.as_file();
     file.write_all(prefix)
-        .map_err(io(&target.path, "write the .npy header"))?;
+        .map_err(io_error(&target.path, "write the .npy header"))?;
     if layout.bytes > 0 {
         let (offset, len) = (prefix.len() as i64, layout.bytes as i64);
         // One call: a file system reserves all of it or fails.
@@ -763,7 +760,7 @@ unsafe fn create_region<T: Element>(
             // Anything else (a file size limit, an I/O error, an immutable
             // directory) is named as it is, not as a lack of space.
             Err(ShmError::Reserve { cause, .. }) => {
-                return Err(io(&target.path, "reserve the file's disk space")(
+                return Err(io_error(&target.path, "reserve the file's disk space")(
                     std::io::Error::from_raw_os_error(cause as i32),
                 ));
             }
@@ -810,11 +807,14 @@ impl Target {
             .suffix(".part")
             .permissions(Permissions::from_mode(0o666))
             .tempfile_in(dir)
-            .map_err(io(&self.path, "create a temporary file in the directory"))?;
+            .map_err(io_error(
+                &self.path,
+                "create a temporary file in the directory",
+            ))?;
         if let Some(permissions) = &self.replaces {
             temp.as_file()
                 .set_permissions(permissions.clone())
-                .map_err(io(
+                .map_err(io_error(
                     &self.path,
                     "give the new file the old one's permissions",
                 ))?;
@@ -843,7 +843,9 @@ impl Target {
                 ErrorKind::AlreadyExists,
                 "another process created it meanwhile; it is left untouched".into(),
             )),
-            Err(e) => Err(io(&self.path, "rename the new file into place")(e.error)),
+            Err(e) => Err(io_error(&self.path, "rename the new file into place")(
+                e.error,
+            )),
         }
     }
 }
@@ -881,7 +883,10 @@ unsafe fn open_region<T: Element>(
     data_offset: u64,
     writable: bool,
 ) -> Result<Region, ShmError> {
-    let actual = file.metadata().map_err(io(path, "stat the file"))?.len();
+    let actual = file
+        .metadata()
+        .map_err(io_error(path, "stat the file"))?
+        .len();
     let expected = data_offset.checked_add(layout.bytes);
     if expected != Some(actual) {
         let expected = expected.unwrap_or(u64::MAX);
@@ -941,19 +946,8 @@ fn open_existing(path: &Path, writable: bool) -> Result<File, ShmError> {
         .write(writable)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| {
-            if writable && e.kind() == ErrorKind::PermissionDenied {
-                refuse(
-                    path,
-                    op,
-                    e.kind(),
-                    format!("{e}; to read it only, use ArrayOptions::new().read_only(true)"),
-                )
-            } else {
-                io(path, op)(e)
-            }
-        })?;
-    let meta = file.metadata().map_err(io(path, "stat the file"))?;
+        .map_err(io_error(path, op))?;
+    let meta = file.metadata().map_err(io_error(path, "stat the file"))?;
     if !meta.is_file() {
         return Err(refuse(
             path,

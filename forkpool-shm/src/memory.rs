@@ -55,10 +55,8 @@ impl MemInfo {
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn read() -> Result<MemInfo, ShmError> {
-        use procfs::Current;
         let path = Path::new("/proc/meminfo");
-        let info = procfs::Meminfo::current()
-            .map_err(|e| proc_error(nix::unistd::Pid::this(), path, e))?;
+        let info = read_proc::<procfs::Meminfo>(nix::unistd::Pid::this(), path)?;
         Self::from_procfs(&info).map_err(|reason| ShmError::ProcFormat {
             path: path.to_owned(),
             reason,
@@ -80,29 +78,23 @@ impl MemInfo {
     }
 }
 
-/// A failed read of a `/proc` file of process `pid`, as a [`ShmError`]:
-/// [`ShmError::Proc`] with the I/O error (`NotFound` when the process has
-/// exited, `PermissionDenied` for another user's), or
-/// [`ShmError::ProcFormat`] for contents not understood.
-pub(crate) fn proc_error(pid: nix::unistd::Pid, path: &Path, error: procfs::ProcError) -> ShmError {
-    use procfs::ProcError;
-    use std::io::{Error, ErrorKind};
-    let cause = match error {
-        ProcError::NotFound(_) => Error::from(ErrorKind::NotFound),
-        ProcError::PermissionDenied(_) => Error::from(ErrorKind::PermissionDenied),
-        ProcError::Io(cause, _) => cause,
-        other => {
-            return ShmError::ProcFormat {
-                path: path.to_owned(),
-                reason: other.to_string(),
-            };
-        }
-    };
-    ShmError::Proc {
+/// Reads the `/proc` file `path` of process `pid` and parses it with
+/// `procfs`: [`ShmError::Proc`] with the OS's error if it cannot be read
+/// (`NotFound` when the process has exited, `PermissionDenied` for another
+/// user's), [`ShmError::ProcFormat`] for contents not understood.
+pub(crate) fn read_proc<T: procfs::FromBufRead>(
+    pid: nix::unistd::Pid,
+    path: &Path,
+) -> Result<T, ShmError> {
+    let text = fs::read(path).map_err(|source| ShmError::Proc {
         pid,
         path: path.to_owned(),
-        cause,
-    }
+        source,
+    })?;
+    T::from_buf_read(text.as_slice()).map_err(|e| ShmError::ProcFormat {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// The memory an anonymous shared array can have now, and what bounds it.

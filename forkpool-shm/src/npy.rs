@@ -26,7 +26,7 @@ use std::path::Path;
 
 use crate::dtype::{self, Dtype};
 use crate::element::Element;
-use crate::error::ShmError;
+use crate::error::{ShmError, io_error};
 
 /// numpy's `_MAX_HEADER_SIZE`: the longest header `np.load` reads by
 /// default, in characters.
@@ -208,20 +208,12 @@ pub(crate) fn read_header<T: Element>(file: &File, path: &Path) -> Result<Parsed
     };
     let file_len = file
         .metadata()
-        .map_err(|cause| ShmError::Io {
-            path: path.to_owned(),
-            op: "stat the file",
-            cause,
-        })?
+        .map_err(io_error(path, "stat the file"))?
         .len();
     let want = file_len.min(MAX_PREFIX as u64) as usize;
     let mut prefix = vec![0u8; want];
     file.read_exact_at(&mut prefix, 0)
-        .map_err(|cause| ShmError::Io {
-            path: path.to_owned(),
-            op: "read the .npy header",
-            cause,
-        })?;
+        .map_err(io_error(path, "read the .npy header"))?;
     let header = match parse(&prefix, file_len) {
         Ok(header) => header,
         Err(Problem::Truncated { file_len, needed }) => {

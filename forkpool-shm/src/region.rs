@@ -14,7 +14,7 @@ use std::ptr::NonNull;
 use memmap2::{Mmap, MmapMut};
 use nix::errno::Errno;
 
-use crate::error::ShmError;
+use crate::error::{ShmError, io_error};
 use crate::header::{HEADER_SIZE, Header};
 use crate::memfd;
 use crate::prefault::{self, Access};
@@ -176,11 +176,7 @@ impl Region {
                 ),
             });
         }
-        let map_err = |source| ShmError::Io {
-            path: path.to_owned(),
-            op: "map the file",
-            cause: source,
-        };
+        let map_err = io_error(path, "map the file");
         let map = if writable {
             // SAFETY: the caller promises the file is neither truncated nor
             // changed behind our back while mapped.
@@ -317,11 +313,7 @@ impl Region {
             return Ok(()); // nothing written, nothing to write back
         };
         let result = if wait { map.flush() } else { map.flush_async() };
-        result.map_err(|source| ShmError::Io {
-            path: path.clone(),
-            op: "flush (msync) the mapping",
-            cause: source,
-        })
+        result.map_err(io_error(path, "flush (msync) the mapping"))
     }
 }
 
@@ -347,13 +339,11 @@ fn anonymous_map(
     } else {
         memfd::create_reserved(&name, total)?
     };
+    let memfd_path = PathBuf::from(format!("/memfd:{name}"));
     // SAFETY: the memfd is ours alone: nobody else has it, so nothing can
     // truncate it or change it behind the mapping's back.
-    let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
-        path: PathBuf::from(format!("/memfd:{name}")),
-        op: "map the anonymous shared memory",
-        cause: source,
-    })?;
+    let mut map = unsafe { MmapMut::map_mut(&file) }
+        .map_err(io_error(&memfd_path, "map the anonymous shared memory"))?;
     let base = NonNull::new(map.as_mut_ptr()).expect("a mapping is never at address 0");
     if populate {
         populate_new(&file, base, total, elem_size, data_offset, fill)?;
@@ -457,11 +447,7 @@ fn populate_new(
 fn anonymous_header_page(path: &Path) -> Result<MmapMut, ShmError> {
     let file = memfd::create_reserved("forkpool-shm:header", HEADER_SIZE as u64)?;
     // SAFETY: the memfd is ours alone (see `Region::anonymous`).
-    unsafe { MmapMut::map_mut(&file) }.map_err(|source| ShmError::Io {
-        path: path.to_owned(),
-        op: "map the array's header page",
-        cause: source,
-    })
+    unsafe { MmapMut::map_mut(&file) }.map_err(io_error(path, "map the array's header page"))
 }
 
 /// The system page size.

@@ -21,7 +21,7 @@ use comfy_table::{CellAlignment, Table, presets};
 use nix::unistd::Pid;
 
 use crate::error::ShmError;
-use crate::memory::proc_error;
+use crate::memory::read_proc;
 use crate::units::ByteSize;
 
 /// The memory figures of one process, in bytes, from
@@ -85,9 +85,7 @@ impl MemoryUsage {
     /// ```
     pub fn of(pid: Pid) -> Result<MemoryUsage, ShmError> {
         let path = PathBuf::from(format!("/proc/{pid}/smaps_rollup"));
-        let rollup = procfs::process::Process::new(pid.as_raw())
-            .and_then(|process| process.smaps_rollup())
-            .map_err(|e| proc_error(pid, &path, e))?;
+        let rollup = read_proc::<procfs::process::SmapsRollup>(pid, &path)?;
         Self::from_rollup(pid, &rollup).map_err(|reason| ShmError::ProcFormat { path, reason })
     }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{python_numpy, spawn};
+use common::{chain, io_source, python_numpy, spawn};
 use forkpool_shm::{
     ArrayOptions, Atomic, Element, Locked, MemInfo, Mode, Partitioned, SharedArray, ShmError,
 };
@@ -131,6 +131,11 @@ fn opening_with_the_wrong_shape_or_a_short_file_is_a_clear_error() {
     let err = unsafe { ArrayOptions::new().open_file::<f64, Atomic>(&missing, &[1]) }.unwrap_err();
     assert!(matches!(err, ShmError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("missing.f64"), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    // The OS's own error is the source, not a copy in the message.
+    let os = io_source(&err).expect("the io::Error is the source");
+    assert_eq!(os.raw_os_error(), Some(libc::ENOENT), "{os:?}");
+    assert!(!err.to_string().contains("os error"), "{err}");
 }
 
 #[test]
@@ -281,11 +286,13 @@ fn create_on_an_existing_file_keeps_its_bytes() {
     // SAFETY: the create fails; nothing is mapped.
     let err = unsafe { ArrayOptions::new().create_file::<f64, Atomic>(&path, &[4]) }.unwrap_err();
     match &err {
-        ShmError::Io { cause, .. } => {
-            assert_eq!(cause.kind(), std::io::ErrorKind::AlreadyExists, "{err}")
+        ShmError::Refused { kind, .. } => {
+            assert_eq!(*kind, std::io::ErrorKind::AlreadyExists, "{err}")
         }
-        other => panic!("expected Io, got {other:?}"),
+        other => panic!("expected Refused, got {other:?}"),
     }
+    // A refusal of ours is no OS error: nothing poses as one.
+    assert!(std::error::Error::source(&err).is_none(), "{err:?}");
     assert!(
         err.to_string().contains("already exists (15 bytes)"),
         "{err}"
@@ -478,7 +485,7 @@ fn a_create_over_the_file_size_limit_names_the_limit() {
         let err = match unsafe { ArrayOptions::new().create_file::<f64, Atomic>(&path, &[1 << 20]) }
         {
             Ok(_) => return Err("a file over RLIMIT_FSIZE was created".into()),
-            Err(err) => err.to_string(),
+            Err(err) => chain(&err),
         };
         ensure!(err.contains("File too large"), "{err}");
         ensure!(!err.contains("not enough free memory"), "{err}");

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Outcome, big_memory_lock, spawn, wait_until};
+use common::{Outcome, big_memory_lock, io_source, spawn, wait_until};
 use forkpool_shm::{
     ByteSize, Locked, MemInfo, MemoryReport, MemoryUsage, Pid, SharedArray, ShmError,
     available_memory,
@@ -110,6 +110,11 @@ fn a_report_covers_the_parent_and_its_workers_with_roles() {
     gone.join();
     let err = MemoryUsage::of(pid).unwrap_err();
     assert!(matches!(err, ShmError::Proc { .. }), "{err:?}");
+    assert!(err.to_string().contains("has exited"), "{err}");
+    // The OS's own error (ENOENT from /proc/<pid>), not one made up from
+    // its kind.
+    let os = io_source(&err).expect("the io::Error is the source");
+    assert_eq!(os.raw_os_error(), Some(libc::ENOENT), "{os:?}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::python_numpy;
+use common::{io_source, python_numpy};
 use forkpool_shm::{ArrayOptions, Atomic, Locked, SharedArray, ShmError};
 
 fn temp() -> tempfile::TempDir {
@@ -278,6 +278,8 @@ fn a_missing_file_names_its_path() {
     let err = unsafe { ArrayOptions::new().open_npy::<f64, Atomic>(&path) }.unwrap_err();
     assert!(matches!(err, ShmError::Io { .. }), "{err:?}");
     assert!(err.to_string().contains("nowhere.npy"), "{err}");
+    let os = io_source(&err).expect("the io::Error is the source");
+    assert_eq!(os.kind(), std::io::ErrorKind::NotFound, "{os:?}");
 }
 
 // Regression tests for hostile files (issue 16). Each runs the open in a
