@@ -47,6 +47,14 @@
 //! pages, already faulted in. A 64 MiB round trip then allocates nothing in
 //! steady state: a pipe transfer into warm memory took half the time of
 //! one into new memory here, populated in bulk or not.
+//!
+//! A worker writes a task's last result, when it is a big `Vec` of plain
+//! numbers, from the `Vec`'s own memory ([`lend`]): the result frame goes
+//! out as its head, the encoded bytes up to the numbers, the numbers where
+//! the `Vec` holds them, and the rest, in one vectored write; then the
+//! `Vec`'s memory becomes the spare. Only a `Vec<P>` recognised by its type
+//! id is written so: a slice a value's `Serialize` hands the format may
+//! live only during the call, so anything else is copied.
 
 use std::alloc::Layout;
 use std::collections::VecDeque;
@@ -485,6 +493,138 @@ impl Spare {
     }
 }
 
+/// A big `Vec` of plain numbers that a worker's task returned, written to
+/// the result pipe from its own memory instead of being copied into the
+/// output buffer first ([`lend`]): its bytes go at `at` in the output
+/// buffer (where they would have been copied), and its allocation becomes
+/// the spare ([`recycle`]) once they are written.
+pub(crate) struct Lent {
+    /// Where in the output buffer its bytes belong.
+    pub(crate) at: usize,
+    /// Bytes of its numbers (its length, not its capacity).
+    len: usize,
+    /// The `Vec`'s allocation, owned.
+    mem: Spare,
+}
+
+impl Lent {
+    /// The numbers' bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `mem` owns the allocation of a `Vec` of a plain number
+        // type whose first `len` bytes were its elements (initialised, no
+        // padding); nothing else refers to it, and the borrow of `self`
+        // keeps it alive.
+        unsafe { std::slice::from_raw_parts(self.mem.ptr.as_ptr(), self.len) }
+    }
+
+    /// Bytes lent in `lent`, all together.
+    pub(crate) fn total(lent: &[Lent]) -> usize {
+        lent.iter().map(|l| l.len).sum()
+    }
+
+    /// Done with (its bytes written): keeps its memory as the spare for the
+    /// next run received, or frees it if it is too big to keep.
+    pub(crate) fn done(self) {
+        if self.mem.cap <= KEEP_MAX {
+            self.mem.put_back();
+        }
+    }
+}
+
+thread_local! {
+    /// Where [`lend`] puts what it lends: set by a worker around a task
+    /// ([`with_lending`]), null elsewhere (the parent copies every value).
+    /// A `const` cell without drop glue: a worker registers no destructor.
+    static LENDING: std::cell::Cell<*mut Vec<Lent>> =
+        const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Runs `f` with [`lend`] putting what it lends in `lent`.
+pub(crate) fn with_lending<R>(lent: &mut Vec<Lent>, f: impl FnOnce() -> R) -> R {
+    struct Restore(*mut Vec<Lent>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LENDING.set(self.0);
+        }
+    }
+    let _restore = Restore(LENDING.replace(lent));
+    f()
+}
+
+/// Encodes a task's result that is a `Vec` of a plain number type of
+/// [`codec::RUN_MIN`] bytes or more without copying its numbers: writes
+/// its length to `out` as the codec would, notes its numbers as a run in
+/// `run` if they are the largest, and lends the `Vec` to be written from
+/// (inside [`with_lending`] only; `value` back otherwise, or if it is any
+/// other type or smaller).
+///
+/// Only a `Vec<P>` itself, recognised by its type id: its numbers are its
+/// own heap memory, which stays put and unchanged while it is kept. A
+/// value's `Serialize` may hand the format a slice that lives only during
+/// the call (a temporary, `#[serde(into)]`, a lock guard's contents), so
+/// what it serialises is always copied. The caller must encode nothing
+/// after a lent value into the same frame (the positions after it would be
+/// off by its length).
+pub(crate) fn lend<V>(value: V, out: &mut Vec<u8>, run: &mut Option<RunAt>) -> Result<(), V> {
+    let slot = LENDING.get();
+    if slot.is_null() || std::mem::size_of::<V>() != std::mem::size_of::<Vec<u8>>() {
+        return Err(value);
+    }
+    macro_rules! check {
+        ($($t:ty),*) => { $(
+            if typeid::of::<V>() == typeid::of::<Vec<$t>>() {
+                // SAFETY: `V` is `Vec<$t>` (equal type ids; `Vec<$t>` has no
+                // lifetime that erasing could hide): a reference to the
+                // value is a reference to a `Vec<$t>`.
+                let v = unsafe { &*(&value as *const V).cast::<Vec<$t>>() };
+                let bytes = std::mem::size_of_val(v.as_slice());
+                if bytes < codec::RUN_MIN {
+                    return Err(value);
+                }
+                let count = v.len();
+                let value = std::mem::ManuallyDrop::new(value);
+                // SAFETY: as above; the original is not dropped, so the
+                // copy read is the only owner.
+                let v: Vec<$t> = unsafe { std::mem::transmute_copy(&*value) };
+                let mut v = std::mem::ManuallyDrop::new(v);
+                let mem = Spare {
+                    ptr: NonNull::new(v.as_mut_ptr().cast::<u8>()).expect("a Vec's pointer"),
+                    cap: v.capacity() * std::mem::size_of::<$t>(),
+                    align: std::mem::align_of::<$t>(),
+                };
+                // SAFETY: the slot is non-null only inside `with_lending`,
+                // which holds the `&mut Vec<Lent>` it points to for the
+                // whole call, on this thread, and no other reference to
+                // it is live here.
+                let lent = unsafe { &mut *slot };
+                out.extend_from_slice(&(count as u64).to_le_bytes());
+                let at = out.len() + Lent::total(lent);
+                if run.is_none_or(|r| bytes > r.len) {
+                    *run = Some(RunAt { at, len: bytes, elem: std::mem::size_of::<$t>() });
+                }
+                lent.push(Lent { at: out.len(), len: bytes, mem });
+                return Ok(());
+            }
+        )* };
+    }
+    plain_types!(check);
+    Err(value)
+}
+
+/// The parts of `out` to write, in order, with the lent bytes where they
+/// belong (`lent` in order of place, all at or after `from`), from `from`.
+pub(crate) fn with_lent<'a>(out: &'a [u8], from: usize, lent: &'a [Lent]) -> Vec<&'a [u8]> {
+    let mut parts = Vec::with_capacity(2 * lent.len() + 1);
+    let mut at = from;
+    for l in lent {
+        parts.push(&out[at..l.at]);
+        parts.push(l.bytes());
+        at = l.at;
+    }
+    parts.push(&out[at..]);
+    parts
+}
+
 /// Largest output buffer kept for the next big frame rather than freed.
 pub(crate) const KEEP_MAX: usize = 256 << 20;
 
@@ -676,9 +816,16 @@ impl StartedResult {
 
     /// Writes the busy time and the length of the frame.
     pub(crate) fn finish(self, out: &mut [u8], busy_ns: u64) {
+        self.finish_lent(out, busy_ns, 0);
+    }
+
+    /// [`finish`](Self::finish), counting `lent` bytes written from
+    /// elsewhere ([`Lent`]) beside `out`'s.
+    pub(crate) fn finish_lent(self, out: &mut [u8], busy_ns: u64, lent: usize) {
         let at = self.0 + LEN_PREFIX + 1 + 8;
         out[at..at + 8].copy_from_slice(&busy_ns.to_le_bytes());
-        patch_len(out, self.0);
+        let body = (out.len() - self.0 - LEN_PREFIX + lent) as u64;
+        out[self.0..self.0 + LEN_PREFIX].copy_from_slice(&body.to_le_bytes());
     }
 
     /// [`finish`](Self::finish) for a frame that carries `run` (its offset
@@ -690,9 +837,10 @@ impl StartedResult {
         out: &mut [u8],
         busy_ns: u64,
         run: RunAt,
+        lent: usize,
     ) -> (usize, Vec<u8>, usize) {
         let start = self.0;
-        self.finish(out, busy_ns);
+        self.finish_lent(out, busy_ns, lent);
         let from = start + LEN_PREFIX + ResultFrame::BODY_LEN;
         let head = run_head(
             &out[start..from],
@@ -1372,7 +1520,12 @@ pub(crate) fn write_all_vectored(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Res
     let mut parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
     let mut first = 0;
     while first < parts.len() {
-        let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+        // At most 1024 (IOV_MAX on Linux) slices a call.
+        let slices: Vec<IoSlice<'_>> = parts[first..]
+            .iter()
+            .take(1024)
+            .map(|p| IoSlice::new(p))
+            .collect();
         let mut n = match nix::sys::uio::writev(fd, &slices) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
@@ -1742,6 +1895,45 @@ mod tests {
         assert!(Spare::of_vec(vec![0u8; codec::RUN_MIN - 1]).is_none());
     }
 
+    #[test]
+    fn only_a_big_vec_of_plain_numbers_is_lent_and_only_inside_with_lending() {
+        let v: Vec<f32> = (0..100_000).map(|i| i as f32).collect();
+        let addr = v.as_ptr() as usize;
+        let mut out = vec![7u8; 5];
+        let mut run = None;
+        // Outside a worker's task: given back.
+        let v = lend(v, &mut out, &mut run).expect_err("no lending outside with_lending");
+        assert_eq!((out.len(), run), (5, None));
+        let mut lent = Vec::new();
+        with_lending(&mut lent, || {
+            // Too small, or not a `Vec` of plain numbers: given back.
+            let small = vec![1u64; 100];
+            assert_eq!(lend(small, &mut out, &mut run).unwrap_err().len(), 100);
+            let s = "x".repeat(1 << 20);
+            assert_eq!(lend(s, &mut out, &mut run).unwrap_err().len(), 1 << 20);
+            assert!(lend(v, &mut out, &mut run).is_ok());
+        });
+        // Its length went to the output, its numbers stayed where they were.
+        assert_eq!(&out[5..], &100_000u64.to_le_bytes());
+        assert_eq!(lent.len(), 1);
+        assert_eq!(lent[0].at, 13);
+        assert_eq!(lent[0].bytes().as_ptr() as usize, addr, "not copied");
+        assert_eq!(lent[0].bytes()[4..8], 1.0f32.to_le_bytes());
+        assert_eq!(
+            run,
+            Some(RunAt {
+                at: 13,
+                len: 400_000,
+                elem: 4
+            })
+        );
+        let parts = with_lent(&out, 2, &lent);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0], &out[2..13]);
+        assert_eq!(parts[2], &[] as &[u8]);
+        lent.into_iter().for_each(Lent::done);
+    }
+
     fn run_frame(payload: &[u8], run_at: usize, run_len: usize, elem: usize) -> OutFrame {
         let mut out = Vec::new();
         let started = ResultFrame::begin(&mut out, 5);
@@ -1755,6 +1947,7 @@ mod tests {
                 len: run_len,
                 elem,
             },
+            0,
         );
         assert_eq!(start, 0);
         OutFrame {

@@ -79,13 +79,24 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
     // the largest run of plain numbers among them (see `frame`).
     let mut fds = Vec::new();
     let mut run = None;
-    for item in items {
+    let last = items.len().checked_sub(1);
+    for (k, item) in items.into_iter().enumerate() {
         let mark = out.len();
         let fd_mark = fds.len();
         let run_before = run;
         out.push(OK);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let r = f(item);
+            // The last result, if it is a big `Vec` of plain numbers, is
+            // written from its own memory (in a worker; nothing follows it
+            // in the frame but a decode failure's bytes).
+            let r = match Some(k) == last {
+                true => match frame::lend(r, out, &mut run) {
+                    Ok(()) => return Ok(()),
+                    Err(r) => r,
+                },
+                false => r,
+            };
             let encoded = buffer::encode_noting_run(&r, out, &mut fds, &mut run);
             frame::recycle(r);
             encoded

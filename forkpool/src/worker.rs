@@ -155,6 +155,8 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
     frame::forget_inherited_spare();
     let mut reader = FrameReader::default();
     let mut out: Vec<u8> = Vec::with_capacity(FLUSH_AT);
+    // A result `Vec` written from its own memory (`frame::lend`).
+    let mut lent: Vec<frame::Lent> = Vec::new();
     let mut oldest: Option<Instant> = None;
     // A big result went out of `out` since its pages were last lent back.
     let mut lend = false;
@@ -187,16 +189,20 @@ pub(crate) fn run(task_r: OwnedFd, result_w: OwnedFd, side: OwnedFd, init: &mut 
                 }
                 let started = if waited { Instant::now() } else { last_end };
                 waited = false;
-                let (end, run) = run_task(body, &mut out, started);
+                let (end, run) = run_task(body, &mut out, &mut lent, started);
                 last_end = end;
                 if let Some((start, head, from)) = run {
                     // A result carrying a run goes at once, with the results
                     // before it, in one vectored write: its head, then its
-                    // bytes as encoded.
-                    let parts = [&out[..start], &head[..], &out[from..]];
+                    // bytes as encoded, with those of a `Vec` lent by the
+                    // task where they belong.
+                    let mut parts = vec![&out[..start], &head[..]];
+                    parts.extend(frame::with_lent(&out, from, &lent));
                     if frame::write_all_vectored(result_w.as_fd(), &parts).is_err() {
                         exit(0); // the parent is gone
                     }
+                    drop(parts);
+                    lent.drain(..).for_each(frame::Lent::done);
                     out.clear();
                     oldest = None;
                     lend = true;
@@ -242,7 +248,12 @@ type RunFrame = (usize, Vec<u8>, usize);
 /// Runs one task frame that arrived by `t0`, appending its result frame to
 /// `out`; returns when it ended, and how to write the frame if it carries a
 /// run.
-fn run_task(body: Body, out: &mut Vec<u8>, t0: Instant) -> (Instant, Option<RunFrame>) {
+fn run_task(
+    body: Body,
+    out: &mut Vec<u8>,
+    lent: &mut Vec<frame::Lent>,
+    t0: Instant,
+) -> (Instant, Option<RunFrame>) {
     let Some((header, _)) = TaskHeader::parse(&body.bytes) else {
         exit(EXIT_BAD_FRAME);
     };
@@ -256,7 +267,7 @@ fn run_task(body: Body, out: &mut Vec<u8>, t0: Instant) -> (Instant, Option<RunF
     // of the results sent before the result frame.
     let fds = TaskHeader::carries_fds(&body.bytes);
     let ran = crate::side::worker_task(header.id, fds, || {
-        tramp(func, body, TaskHeader::PAYLOAD_AT, out)
+        frame::with_lending(lent, || tramp(func, body, TaskHeader::PAYLOAD_AT, out))
     });
     let Ok((run, sent_fds)) = ran else {
         exit(0); // the parent is gone
@@ -266,9 +277,13 @@ fn run_task(body: Body, out: &mut Vec<u8>, t0: Instant) -> (Instant, Option<RunF
     }
     let end = Instant::now();
     let busy = end.duration_since(t0).as_nanos().min(u64::MAX as u128) as u64;
+    // A lent `Vec` is a run of at least `RUN_MIN` bytes, so the frame has
+    // a run whenever something was lent, and goes at once.
+    let lent = frame::Lent::total(lent);
     match run {
-        Some(run) => (end, Some(started.finish_with_run(out, busy, run))),
+        Some(run) => (end, Some(started.finish_with_run(out, busy, run, lent))),
         None => {
+            debug_assert_eq!(lent, 0);
             started.finish(out, busy);
             (end, None)
         }

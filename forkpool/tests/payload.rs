@@ -165,3 +165,69 @@ fn a_pool_built_after_a_big_value_inherited_the_parents_spare_frame_buffer() {
         BIG >> 20
     );
 }
+
+/// An argument for a `fn(Vec<u8>)`: a good vector, or bytes that cannot
+/// decode as one (a length far past the bytes there are).
+enum MaybeBytes {
+    Good(Vec<u8>),
+    Bad,
+}
+
+impl Serialize for MaybeBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaybeBytes::Good(v) => v.serialize(s),
+            MaybeBytes::Bad => s.serialize_u64(u64::MAX),
+        }
+    }
+}
+
+impl forkpool::Arg<Vec<u8>> for MaybeBytes {}
+
+#[test]
+fn big_vec_results_written_from_their_own_memory_keep_their_places_in_the_frame() {
+    // A worker writes a task's last result, when it is a big `Vec` of
+    // plain numbers, from the `Vec`'s own memory, and copies the others:
+    // several big results in one task, and a decode failure reported after
+    // the lent one, must all land where the parent reads them.
+    fn rev(mut v: Vec<u8>) -> Vec<u8> {
+        v.reverse();
+        v
+    }
+    let pool = TestPool::new(1);
+    let big = |k: u8| -> Vec<u8> { (0..300_000u32).map(|i| (i as u8) ^ k).collect() };
+    for chunk in [1, 2, 3] {
+        let items: Vec<Vec<u8>> = (0..7).map(big).collect();
+        let back = pool.map_chunked(rev, items.clone(), chunk).unwrap();
+        for (b, v) in back.iter().zip(&items) {
+            assert!(b.iter().rev().eq(v.iter()), "chunks of {chunk}");
+        }
+    }
+    // Small results between big ones, in one task.
+    fn sized(n: usize) -> Vec<u64> {
+        (0..n as u64).collect()
+    }
+    let lens = [100_000usize, 3, 70_000, 0, 9_000];
+    let back = pool.map_chunked(sized, lens, 5).unwrap();
+    for (b, n) in back.iter().zip(lens) {
+        assert_eq!(b.len(), n);
+        assert!(b.iter().copied().eq(0..n as u64));
+    }
+    // The third argument does not decode: the first two ran, the second's
+    // result was lent, and the failure follows it in the frame.
+    let items = vec![
+        MaybeBytes::Good(big(1)),
+        MaybeBytes::Good(big(2)),
+        MaybeBytes::Bad,
+    ];
+    match pool.map_chunked(rev, items, 3) {
+        Err(forkpool::Error::Decode { item: 2, what, .. }) => assert_eq!(what, "argument"),
+        other => panic!("expected the third argument's decode error, got {other:?}"),
+    }
+    // The worker is fine after it.
+    assert_eq!(pool.apply(rev, big(9)).unwrap(), {
+        let mut v = big(9);
+        v.reverse();
+        v
+    });
+}
