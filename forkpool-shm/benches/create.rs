@@ -10,10 +10,12 @@
 //!
 //! Dropping the array (freeing the memory) is not timed.
 
+mod support;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use forkpool_shm::SharedArray;
 
 const SIZE: usize = 1 << 30;
@@ -32,12 +34,7 @@ fn timed(iters: u64, mut once: impl FnMut() -> Box<dyn std::any::Any>) -> Durati
 }
 
 fn create(c: &mut Criterion) {
-    let mut g = c.benchmark_group("create_1GiB");
-    g.throughput(Throughput::Bytes(SIZE as u64))
-        .sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(6));
+    let mut g = support::bytes_group(c, "create_1GiB", SIZE, 6);
 
     g.bench_function("new", |b| {
         b.iter_custom(|iters| {

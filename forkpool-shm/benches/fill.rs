@@ -12,9 +12,8 @@
 mod support;
 
 use std::hint::black_box;
-use std::time::Duration;
 
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use forkpool_shm::SharedArray;
 
 const SIZE: usize = 256 << 20;
@@ -22,12 +21,7 @@ const ROW: usize = 1 << 16; // 512 KiB rows of f64
 const NROWS: usize = SIZE / 8 / ROW;
 
 fn fill(c: &mut Criterion) {
-    let mut g = c.benchmark_group("fill_256MiB");
-    g.throughput(Throughput::Bytes(SIZE as u64))
-        .sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+    let mut g = support::bytes_group(c, "fill_256MiB", SIZE, 4);
 
     {
         let mut private = vec![0f64; SIZE / 8];

@@ -176,7 +176,7 @@ impl<T: Element, M: Mode> SharedArray<T, M> {
     /// # Ok::<(), forkpool_shm::ShmError>(())
     /// ```
     pub fn new(shape: &[usize]) -> Result<Self, ShmError> {
-        let region = Region::anonymous(T::NPY_DESCR, T::NAME, size_of::<T>(), shape)?;
+        let region = Region::anonymous::<T>(shape, None, true)?;
         Ok(Self::from_region(region))
     }
 
@@ -208,7 +208,7 @@ impl<T: Element, M: Mode> SharedArray<T, M> {
     pub fn full(shape: &[usize], value: T) -> Result<Self, ShmError> {
         let fill = move |at: NonNull<u8>, bytes: usize| {
             debug_assert!(at.cast::<T>().is_aligned() && bytes.is_multiple_of(size_of::<T>()));
-            // SAFETY: `Region::anonymous_with` hands us data bytes
+            // SAFETY: `Region::anonymous` hands us data bytes
             // `[at, at + bytes)` of a new mapping, aligned to `T` and a
             // whole number of elements, that no other thread or process
             // can reach yet (the region is not built, nothing has forked
@@ -220,14 +220,7 @@ impl<T: Element, M: Mode> SharedArray<T, M> {
             };
             data.fill(value);
         };
-        let region = Region::anonymous_with(
-            T::NPY_DESCR,
-            T::NAME,
-            size_of::<T>(),
-            shape,
-            Some(&fill),
-            true,
-        )?;
+        let region = Region::anonymous::<T>(shape, Some(&fill), true)?;
         Ok(Self::from_region(region))
     }
 

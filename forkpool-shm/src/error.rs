@@ -183,7 +183,7 @@ pub enum ShmError {
     #[error(
         "a process ({}) died while holding the lock; the data it protects may be half-updated \
          (check it, then call `clear_poison`)",
-        match pid { Some(p) => format!("pid {p}"), None => "pid unknown".to_owned() }
+        who(*pid)
     )]
     OwnerDied {
         /// The pid of the process that held the lock, if known.
@@ -264,6 +264,11 @@ pub enum ShmError {
         /// What was not understood.
         reason: String,
     },
+}
+
+/// A lock holder's pid in words.
+fn who(pid: Option<Pid>) -> String {
+    pid.map_or("pid unknown".to_owned(), |pid| format!("pid {pid}"))
 }
 
 /// What an I/O error's kind means for a file, and what to do.
@@ -397,15 +402,12 @@ impl<G> fmt::Debug for OwnerDied<G> {
 
 impl<G> fmt::Display for OwnerDied<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let who = match self.pid {
-            Some(pid) => format!("pid {pid}"),
-            None => "pid unknown".to_owned(),
-        };
         let how = if self.panicked { "panicked" } else { "died" };
         write!(
             f,
-            "the previous holder of the lock ({who}) {how} while holding it; the data may be \
-             half-updated (check it, then call `clear_poison`)"
+            "the previous holder of the lock ({}) {how} while holding it; the data may be \
+             half-updated (check it, then call `clear_poison`)",
+            who(self.pid)
         )
     }
 }

@@ -250,14 +250,7 @@ impl ArrayOptions {
         &self,
         shape: &[usize],
     ) -> Result<SharedArray<T, M>, ShmError> {
-        let region = Region::anonymous_with(
-            T::NPY_DESCR,
-            T::NAME,
-            size_of::<T>(),
-            shape,
-            None,
-            self.populate,
-        )?;
+        let region = Region::anonymous::<T>(shape, None, self.populate)?;
         Ok(SharedArray::from_region(region))
     }
 

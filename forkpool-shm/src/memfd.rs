@@ -38,13 +38,7 @@ const CHUNK: u64 = 1 << 30;
 /// name shows in `/proc/<pid>/maps` as `/memfd:<name> (deleted)`).
 pub(crate) fn create_reserved(name: &str, len: u64) -> Result<File, ShmError> {
     let file = create(name, len)?;
-    reserve(
-        &file,
-        0,
-        signed(len)?,
-        CHUNK as i64,
-        "an anonymous shared array",
-    )?;
+    reserve_all(&file, len)?;
     Ok(file)
 }
 

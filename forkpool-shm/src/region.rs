@@ -14,6 +14,7 @@ use std::ptr::NonNull;
 use memmap2::{Mmap, MmapMut};
 use nix::errno::Errno;
 
+use crate::element::Element;
 use crate::error::{ShmError, io_error};
 use crate::header::{HEADER_SIZE, Header};
 use crate::memfd;
@@ -77,30 +78,18 @@ impl Map {
 }
 
 impl Region {
-    /// A fresh, zero-filled anonymous region for `shape` of `elem_size`-byte
-    /// elements with numpy descriptor `descr`.
-    pub(crate) fn anonymous(
-        descr: &str,
-        type_name: &str,
-        elem_size: usize,
-        shape: &[usize],
-    ) -> Result<Region, ShmError> {
-        Region::anonymous_with(descr, type_name, elem_size, shape, None, true)
-    }
-
-    /// [`anonymous`](Self::anonymous), with its data written by `fill` as
-    /// the pages are populated: `fill(p, len)` must write data bytes
-    /// `[p, p + len)` (`p` aligned to the element size, `len` a multiple of
-    /// it), and is called once for each piece of the data, on the
-    /// populating threads, before the region exists for anyone else.
-    pub(crate) fn anonymous_with(
-        descr: &str,
-        type_name: &str,
-        elem_size: usize,
+    /// A fresh anonymous region for `shape` of `T`: zero-filled, or its
+    /// data written by `fill` as the pages are populated: `fill(p, len)`
+    /// must write data bytes `[p, p + len)` (`p` aligned to the element
+    /// size, `len` a multiple of it), and is called once for each piece of
+    /// the data, on the populating threads, before the region exists for
+    /// anyone else.
+    pub(crate) fn anonymous<T: Element>(
         shape: &[usize],
         fill: Option<&(dyn Fn(NonNull<u8>, usize) + Sync)>,
         populate: bool,
     ) -> Result<Region, ShmError> {
+        let (descr, type_name, elem_size) = (T::NPY_DESCR, T::NAME, size_of::<T>());
         let layout = Layout::new(shape, elem_size)?;
         let data_offset = page_size().max(HEADER_SIZE);
         let total = layout.bytes + data_offset as u64;
@@ -319,7 +308,7 @@ impl Region {
 
 /// A new memfd of `total` bytes for an array of `shape`, mapped
 /// `MAP_SHARED` and populated (its data written by `fill`, as for
-/// [`Region::anonymous_with`]), after checking the machine can give it.
+/// [`Region::anonymous`]), after checking the machine can give it.
 #[cfg(not(miri))]
 fn anonymous_map(
     type_name: &str,
@@ -387,7 +376,7 @@ mod miri {
 /// reserved with `fallocate`, then touched page by page on several threads.
 /// A fill that follows touches no new page: it takes no fault. With `fill`,
 /// the data (from `data_offset` on) is written as it is populated (see
-/// [`Region::anonymous_with`]). Huge pages are asked for first
+/// [`Region::anonymous`]). Huge pages are asked for first
 /// ([`prefault::advise_huge_pages`]).
 fn populate_new(
     file: &File,

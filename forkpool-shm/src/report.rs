@@ -165,26 +165,6 @@ impl MemoryUsage {
     }
 }
 
-impl Default for MemoryUsage {
-    /// Pid 0, no role, every figure 0.
-    fn default() -> Self {
-        MemoryUsage {
-            pid: Pid::from_raw(0),
-            role: String::new(),
-            rss: 0,
-            pss: 0,
-            pss_anon: 0,
-            pss_file: 0,
-            pss_shmem: 0,
-            shared_clean: 0,
-            shared_dirty: 0,
-            private_clean: 0,
-            private_dirty: 0,
-            swap: 0,
-        }
-    }
-}
-
 /// The memory figures of a set of processes, each with a role, printable as
 /// a table with a total line.
 ///
@@ -292,20 +272,21 @@ impl MemoryReport {
     ///
     /// See [`MemoryReport`].
     pub fn total(&self) -> MemoryUsage {
-        let mut t = MemoryUsage::default().with_role("total");
-        for e in &self.entries {
-            t.rss += e.rss;
-            t.pss += e.pss;
-            t.pss_anon += e.pss_anon;
-            t.pss_file += e.pss_file;
-            t.pss_shmem += e.pss_shmem;
-            t.shared_clean += e.shared_clean;
-            t.shared_dirty += e.shared_dirty;
-            t.private_clean += e.private_clean;
-            t.private_dirty += e.private_dirty;
-            t.swap += e.swap;
+        let sum = |figure: fn(&MemoryUsage) -> u64| self.entries.iter().map(figure).sum();
+        MemoryUsage {
+            pid: Pid::from_raw(0),
+            role: "total".to_owned(),
+            rss: sum(|e| e.rss),
+            pss: sum(|e| e.pss),
+            pss_anon: sum(|e| e.pss_anon),
+            pss_file: sum(|e| e.pss_file),
+            pss_shmem: sum(|e| e.pss_shmem),
+            shared_clean: sum(|e| e.shared_clean),
+            shared_dirty: sum(|e| e.shared_dirty),
+            private_clean: sum(|e| e.private_clean),
+            private_dirty: sum(|e| e.private_dirty),
+            swap: sum(|e| e.swap),
         }
-        t
     }
 }
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::{Outcome, spawn, wait_until};
+use common::{Outcome, in_children_times, join_all, spawn, spawn_each, wait_until};
 use forkpool_shm::{Element, SharedArray, ShmError};
 
 #[test]
@@ -66,53 +66,22 @@ fn the_parents_writes_after_fork_are_seen_by_the_child() {
 #[test]
 fn two_workers_fill_disjoint_halves_with_atomics() {
     let array = SharedArray::<f64>::new(&[64, 4096]).unwrap();
-    let children: Vec<_> = array
-        .row_blocks(2)
-        .into_iter()
-        .map(|rows| {
-            let array = array.clone();
-            spawn(move || {
-                array.prefault(rows.clone()).map_err(|e| e.to_string())?;
-                array.fill_rows(rows, std::process::id() as f64);
-                Ok(())
-            })
-        })
-        .collect();
-    let pids: Vec<f64> = children.iter().map(|c| c.pid().as_raw() as f64).collect();
-    children.into_iter().for_each(common::Child::join);
-
-    let all = array.to_vec().unwrap();
-    let half = all.len() / 2;
-    assert!(
-        all[..half].iter().all(|&x| x == pids[0]),
-        "first half is the first worker's"
-    );
-    assert!(
-        all[half..].iter().all(|&x| x == pids[1]),
-        "second half is the second worker's"
-    );
+    common::two_children_fill_halves_with_their_pids(&array);
 }
 
 #[test]
 fn two_workers_fill_disjoint_halves_through_the_unsafe_slice_path() {
     let array = SharedArray::<u64>::new(&[32, 1000]).unwrap();
-    let children: Vec<_> = array
-        .row_blocks(2)
-        .into_iter()
-        .map(|rows| {
-            spawn(|| {
-                let first = rows.start * 1000;
-                // SAFETY: each child gets a disjoint range of rows, and the
-                // parent reads nothing until both have exited.
-                let block = unsafe { array.rows_mut_unchecked(rows) };
-                for (i, x) in block.iter_mut().enumerate() {
-                    *x = (first + i) as u64;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    children.into_iter().for_each(common::Child::join);
+    join_all(spawn_each(array.row_blocks(2), |rows| {
+        let first = rows.start * 1000;
+        // SAFETY: each child gets a disjoint range of rows, and the parent
+        // reads nothing until both have exited.
+        let block = unsafe { array.rows_mut_unchecked(rows) };
+        for (i, x) in block.iter_mut().enumerate() {
+            *x = (first + i) as u64;
+        }
+        Ok(())
+    }));
     let expected: Vec<u64> = (0..32_000).collect();
     assert_eq!(array.to_vec().unwrap(), expected);
 }
@@ -120,11 +89,9 @@ fn two_workers_fill_disjoint_halves_through_the_unsafe_slice_path() {
 #[test]
 fn eight_processes_add_atomically_without_a_lock() {
     let array = SharedArray::<u64>::new(&[3]).unwrap();
-    common::in_children(8, || {
-        for _ in 0..10_000 {
-            array.fetch_add(1, 1, Ordering::Relaxed);
-        }
-        Ok(())
+    in_children_times(8, 10_000, || {
+        array.fetch_add(1, 1, Ordering::Relaxed);
+        Ok::<_, String>(())
     });
     assert_eq!(array.to_vec().unwrap(), [0, 80_000, 0]);
 }

@@ -30,27 +30,22 @@ fn fresh<T: Element, M: Mode>(
 
 #[test]
 fn a_raw_file_keeps_what_was_written_in_native_row_major_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.i32");
-    {
-        // SAFETY: a fresh file in a private directory, used only here.
-        let array =
-            unsafe { ArrayOptions::new().create_file::<i32, Atomic>(&path, &[2, 3]) }.unwrap();
-        assert_eq!(array.path(), Some(path.as_path()));
-        assert!(
-            array.to_vec().unwrap().iter().all(|&x| x == 0),
-            "zero filled"
-        );
-        array.write_rows(0, &[1, 2, 3, -4, -5, -6]);
-        array.flush().unwrap();
-    }
+    let (_dir, path, array) = fresh::<i32, Atomic>("a.i32", &[2, 3], false);
+    assert_eq!(array.path(), Some(path.as_path()));
+    assert!(
+        array.to_vec().unwrap().iter().all(|&x| x == 0),
+        "zero filled"
+    );
+    array.write_rows(0, &[1, 2, 3, -4, -5, -6]);
+    array.flush().unwrap();
+    drop(array);
     let bytes = std::fs::read(&path).unwrap();
     let expected: Vec<u8> = [1i32, 2, 3, -4, -5, -6]
         .iter()
         .flat_map(|x| x.to_le_bytes())
         .collect();
     assert_eq!(bytes, expected);
-    // SAFETY: as above.
+    // SAFETY: a fresh file in a private directory, used only here.
     let again = unsafe { ArrayOptions::new().open_file::<i32, Atomic>(&path, &[2, 3]) }.unwrap();
     assert_eq!(again.get_at(&[1, 2]), -6);
 }
@@ -58,20 +53,7 @@ fn a_raw_file_keeps_what_was_written_in_native_row_major_order() {
 #[test]
 fn a_file_backed_array_is_shared_with_forked_children() {
     let (_dir, _path, array) = fresh::<f64, Atomic>("shared.f64", &[8, 128], false);
-    let children: Vec<_> = array
-        .row_blocks(2)
-        .into_iter()
-        .map(|rows| {
-            spawn(|| {
-                array.fill_rows(rows, std::process::id() as f64);
-                Ok(())
-            })
-        })
-        .collect();
-    let pids: Vec<f64> = children.iter().map(|c| c.pid().as_raw() as f64).collect();
-    children.into_iter().for_each(common::Child::join);
-    assert_eq!(array.get(0), pids[0]);
-    assert_eq!(array.get(array.len() - 1), pids[1]);
+    common::two_children_fill_halves_with_their_pids(&array);
 }
 
 #[test]
@@ -140,21 +122,16 @@ fn opening_with_the_wrong_shape_or_a_short_file_is_a_clear_error() {
 
 #[test]
 fn numpy_memmap_reads_and_writes_a_raw_file_made_here() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("grid.f32");
-    {
-        // SAFETY: a fresh file; numpy opens it only after this array is dropped.
-        let array =
-            unsafe { ArrayOptions::new().create_file::<f32, Partitioned>(&path, &[3, 4]) }.unwrap();
-        array
-            .with_rows_mut(0..3, |rows| {
-                for (i, x) in rows.iter_mut().enumerate() {
-                    *x = i as f32 * 0.25;
-                }
-            })
-            .unwrap();
-        array.flush().unwrap();
-    }
+    let (_dir, path, array) = fresh::<f32, Partitioned>("grid.f32", &[3, 4], false);
+    array
+        .with_rows_mut(0..3, |rows| {
+            for (i, x) in rows.iter_mut().enumerate() {
+                *x = i as f32 * 0.25;
+            }
+        })
+        .unwrap();
+    array.flush().unwrap();
+    drop(array); // numpy opens the file only after this array is dropped
     let out = python_numpy(
         "import sys, numpy as np\n\
          a = np.memmap(sys.argv[1], dtype=np.float32, mode='r+', shape=(3, 4))\n\

@@ -11,19 +11,14 @@ use forkpool_shm::{LockError, Locked, SharedArray, ShmError};
 #[test]
 fn eight_processes_incrementing_a_locked_counter_give_exactly_80_000() {
     let counter = SharedArray::<_, Locked>::full(&[], 0u64).unwrap();
-    common::in_children(8, || {
-        for _ in 0..10_000 {
-            counter
-                .with_lock(|count| {
-                    // A plain load and store: increments are lost unless
-                    // the lock really excludes the other processes.
-                    let seen = count[0];
-                    std::hint::black_box(());
-                    count[0] = seen + 1;
-                })
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+    common::in_children_times(8, 10_000, || {
+        counter.with_lock(|count| {
+            // A plain load and store: increments are lost unless the lock
+            // really excludes the other processes.
+            let seen = count[0];
+            std::hint::black_box(());
+            count[0] = seen + 1;
+        })
     });
     assert_eq!(counter.with_lock(|count| count[0]).unwrap(), 80_000);
 }

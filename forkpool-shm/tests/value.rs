@@ -10,11 +10,9 @@ use forkpool_shm::{Locked, SharedArray};
 #[test]
 fn eight_processes_count_with_a_lock_free_value() {
     let counter = SharedArray::<_>::full(&[], 0u64).unwrap();
-    common::in_children(8, || {
-        for _ in 0..10_000 {
-            counter.fetch_add(0, 1, Ordering::Relaxed);
-        }
-        Ok(())
+    common::in_children_times(8, 10_000, || {
+        counter.fetch_add(0, 1, Ordering::Relaxed);
+        Ok::<_, String>(())
     });
     assert_eq!(counter.get(0), 80_000);
 }
@@ -22,11 +20,9 @@ fn eight_processes_count_with_a_lock_free_value() {
 #[test]
 fn float_values_add_atomically_across_processes() {
     let total = SharedArray::<_>::full(&[], 0.0f64).unwrap();
-    common::in_children(4, || {
-        for _ in 0..1000 {
-            total.fetch_add(0, 0.5, Ordering::AcqRel);
-        }
-        Ok(())
+    common::in_children_times(4, 1000, || {
+        total.fetch_add(0, 0.5, Ordering::AcqRel);
+        Ok::<_, String>(())
     });
     assert_eq!(total.get(0), 2000.0); // exact: halves sum exactly in f64
 }
@@ -34,13 +30,8 @@ fn float_values_add_atomically_across_processes() {
 #[test]
 fn locked_values_serialise_read_modify_write() {
     let value = SharedArray::<_, Locked>::full(&[], 1u32).unwrap();
-    common::in_children(4, || {
-        for _ in 0..5 {
-            value
-                .with_lock(|value| value[0] = value[0].wrapping_mul(3))
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+    common::in_children_times(4, 5, || {
+        value.with_lock(|value| value[0] = value[0].wrapping_mul(3))
     });
     assert_eq!(value.with_lock(|value| value[0]).unwrap(), 3u32.pow(20));
 }

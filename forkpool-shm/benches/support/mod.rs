@@ -4,8 +4,28 @@
 
 use std::time::{Duration, Instant};
 
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
+
+/// A group whose iterations each write `bytes` (reported as throughput):
+/// 10 flat samples over `secs` seconds after 1 s of warm-up, as an
+/// iteration that takes a large fraction of a second needs.
+pub fn bytes_group<'a>(
+    c: &'a mut Criterion,
+    name: &str,
+    bytes: usize,
+    secs: u64,
+) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.throughput(Throughput::Bytes(bytes as u64))
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(secs));
+    g
+}
 
 /// Forks one child per item, runs `work(item)` in each, waits for all of
 /// them, and returns the wall time from the first fork to the last exit.

@@ -39,10 +39,70 @@ pub enum Outcome {
 
 /// Runs `work` in `n` forked children at once and waits for them all;
 /// each must succeed.
-#[allow(dead_code)]
 pub fn in_children(n: usize, work: impl Fn() -> Result<(), String>) {
-    let children: Vec<_> = (0..n).map(|_| spawn(&work)).collect();
-    children.into_iter().for_each(Child::join);
+    join_all(spawn_each(0..n, |_| work()));
+}
+
+/// Runs `step` `times` times over in each of `n` forked children at once
+/// and waits for them all; a failed step fails its child, and the test.
+pub fn in_children_times<E: std::fmt::Display>(
+    n: usize,
+    times: usize,
+    step: impl Fn() -> Result<(), E>,
+) {
+    in_children(n, || {
+        (0..times).try_for_each(|_| step().map_err(|e| e.to_string()))
+    });
+}
+
+/// Forks a child per item, each running `work(item)`, all at once; the
+/// children are not waited for yet.
+pub fn spawn_each<I>(
+    items: impl IntoIterator<Item = I>,
+    work: impl Fn(I) -> Result<(), String>,
+) -> Vec<Child> {
+    items.into_iter().map(|item| spawn(|| work(item))).collect()
+}
+
+/// Waits for every child (each must succeed); returns their pids, in order.
+pub fn join_all(children: Vec<Child>) -> Vec<Pid> {
+    children
+        .into_iter()
+        .map(|child| {
+            let pid = child.pid();
+            child.join();
+            pid
+        })
+        .collect()
+}
+
+/// Two children fill one half of `array`'s rows each with their pid (each
+/// pre-faulting its half first); asserts every element of each half holds
+/// its child's pid.
+pub fn two_children_fill_halves_with_their_pids(array: &forkpool_shm::SharedArray<f64>) {
+    let pids = join_all(spawn_each(array.row_blocks(2), |rows| {
+        array.prefault(rows.clone()).map_err(|e| e.to_string())?;
+        array.fill_rows(rows, std::process::id() as f64);
+        Ok(())
+    }));
+    let all = array.to_vec().unwrap();
+    let (first, second) = all.split_at(all.len() / 2);
+    for (half, pid, whose) in [(first, pids[0], "first"), (second, pids[1], "second")] {
+        let pid = pid.as_raw() as f64;
+        assert!(
+            half.iter().all(|&x| x == pid),
+            "the {whose} half is the {whose} child's"
+        );
+    }
+}
+
+/// Asserts that `text` (an error's message) contains each of `parts`.
+#[track_caller]
+pub fn assert_says(text: impl std::fmt::Display, parts: &[&str]) {
+    let text = text.to_string();
+    for part in parts {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
 }
 
 /// Forks a child that runs `work` and `_exit`s: 0 if it returned `Ok`, 1 with
