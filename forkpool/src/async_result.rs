@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::collector::Shared;
 use crate::context::Shipped;
 use crate::error::{Error, Result};
-use crate::mailbox::{Empty, Mailbox};
+use crate::mailbox::{CancelFlag, Empty, Mailbox};
 use crate::scheduler::Completion;
 use crate::task::decode_outcomes;
 
@@ -263,14 +262,14 @@ impl<O> Waiting<O> {
 /// flagged tasks instead of handing them out) and wakes the collector so it
 /// does so now.
 pub(crate) struct Canceller {
-    flag: Arc<AtomicBool>,
+    flag: CancelFlag,
     /// Weak: a handle kept after its pool is gone must not keep the pool's
     /// descriptors open.
     shared: Weak<Shared>,
 }
 
 impl Canceller {
-    pub(crate) fn new(flag: Arc<AtomicBool>, shared: &Arc<Shared>) -> Self {
+    pub(crate) fn new(flag: CancelFlag, shared: &Arc<Shared>) -> Self {
         Canceller {
             flag,
             shared: Arc::downgrade(shared),
@@ -278,7 +277,7 @@ impl Canceller {
     }
 
     pub(crate) fn cancel(&self) {
-        self.flag.store(true, Ordering::Relaxed);
+        self.flag.set();
         if let Some(shared) = self.shared.upgrade() {
             shared.wake();
         }

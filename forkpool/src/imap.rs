@@ -26,8 +26,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::task::Poll;
 
 use serde::Serialize;
@@ -101,7 +99,6 @@ pub struct IMap<'p, T, R, I: Iterator<Item = T>> {
     rx: Mailbox,
     /// Until the job is opened: its sender.
     tx: Option<Postman>,
-    cancel: Arc<AtomicBool>,
     job: Option<JobId>,
     /// Index of the next item to pull.
     next_item: usize,
@@ -150,7 +147,6 @@ where
             ordered,
             rx,
             tx: Some(tx),
-            cancel: Arc::new(AtomicBool::new(false)),
             job: None,
             next_item: 0,
             input_done: false,
@@ -255,7 +251,6 @@ where
                 header: self.call.header(),
                 chunking: Chunking::Fixed(self.chunksize),
                 sink,
-                cancel: self.cancel.clone(),
             }),
             (None, None) => Err(Error::Terminated),
         }

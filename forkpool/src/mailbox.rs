@@ -23,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -33,9 +34,16 @@ use crate::scheduler::Completion;
 struct Inner {
     state: Mutex<State>,
     ready: Condvar,
+    /// The submitter no longer wants the job's tasks run (see
+    /// [`CancelFlag`]).
+    cancelled: AtomicBool,
 }
 
 struct State {
+    /// The oldest completion waiting, when it came alone: a job of one
+    /// task (an `apply`) is delivered without allocating a queue.
+    one: Option<Completion>,
+    /// The completions waiting after `one`.
     queue: VecDeque<Completion>,
     senders: usize,
     /// The task of an async receiver waiting for the next delivery.
@@ -52,6 +60,17 @@ pub(crate) struct Mailbox {
     taken: VecDeque<Completion>,
 }
 
+/// Cancels the job a mailbox belongs to: the scheduler reads the flag
+/// through the job's [`Postman`] and cuts no more of its tasks. Not a
+/// sender: holding one does not keep the receiver waiting.
+pub(crate) struct CancelFlag(Arc<Inner>);
+
+impl CancelFlag {
+    pub(crate) fn set(&self) {
+        self.0.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Why a receive returned without a completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Empty {
@@ -65,11 +84,13 @@ pub(crate) enum Empty {
 pub(crate) fn mailbox() -> (Postman, Mailbox) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
+            one: None,
             queue: VecDeque::new(),
             senders: 1,
             waker: None,
         }),
         ready: Condvar::new(),
+        cancelled: AtomicBool::new(false),
     });
     (
         Postman(inner.clone()),
@@ -84,13 +105,31 @@ impl Postman {
     /// Delivers completions, in order, with one wake-up (never blocks).
     pub(crate) fn send_all(&self, batch: impl IntoIterator<Item = Completion>) {
         let mut st = self.0.state.lock();
-        st.queue.extend(batch);
+        for c in batch {
+            if st.one.is_none() && st.queue.is_empty() {
+                st.one = Some(c);
+            } else {
+                st.queue.push_back(c);
+            }
+        }
         let waker = st.waker.take();
         drop(st);
         self.0.ready.notify_one();
         if let Some(w) = waker {
             w.wake();
         }
+    }
+}
+
+impl Postman {
+    /// Whether the job was cancelled (see [`CancelFlag`]).
+    pub(crate) fn cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Cancels the job.
+    pub(crate) fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::Relaxed);
     }
 }
 
@@ -123,6 +162,11 @@ impl std::fmt::Debug for Postman {
 }
 
 impl Mailbox {
+    /// What cancels its job.
+    pub(crate) fn cancel_flag(&self) -> CancelFlag {
+        CancelFlag(self.inner.clone())
+    }
+
     /// Waits for the next completion, until `deadline` if given.
     pub(crate) fn recv(&mut self, deadline: Option<Instant>) -> Result<Completion, Empty> {
         if let Some(c) = self.taken.pop_front() {
@@ -130,6 +174,9 @@ impl Mailbox {
         }
         let mut st = self.inner.state.lock();
         loop {
+            if let Some(c) = st.one.take() {
+                return Ok(c);
+            }
             if !st.queue.is_empty() {
                 std::mem::swap(&mut st.queue, &mut self.taken);
                 return Ok(self.taken.pop_front().expect("just swapped in"));
@@ -139,7 +186,10 @@ impl Mailbox {
             }
             match deadline {
                 Some(d) => {
-                    if self.inner.ready.wait_until(&mut st, d).timed_out() && st.queue.is_empty() {
+                    if self.inner.ready.wait_until(&mut st, d).timed_out()
+                        && st.one.is_none()
+                        && st.queue.is_empty()
+                    {
                         return Err(Empty::Timeout);
                     }
                 }
@@ -156,6 +206,9 @@ impl Mailbox {
             return Poll::Ready(Ok(c));
         }
         let mut st = self.inner.state.lock();
+        if let Some(c) = st.one.take() {
+            return Poll::Ready(Ok(c));
+        }
         if !st.queue.is_empty() {
             std::mem::swap(&mut st.queue, &mut self.taken);
             return Poll::Ready(Ok(self.taken.pop_front().expect("just swapped in")));
@@ -172,14 +225,8 @@ impl Mailbox {
 
     /// How many items the waiting completions cover.
     pub(crate) fn items(&self) -> usize {
-        let shared: usize = self
-            .inner
-            .state
-            .lock()
-            .queue
-            .iter()
-            .map(|c| c.meta.items)
-            .sum();
+        let st = self.inner.state.lock();
+        let shared: usize = st.one.iter().chain(&st.queue).map(|c| c.meta.items).sum();
         shared + self.taken.iter().map(|c| c.meta.items).sum::<usize>()
     }
 }

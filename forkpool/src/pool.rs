@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 
 use nix::unistd::Pid;
@@ -16,7 +15,7 @@ use crate::collector::Shared;
 use crate::context::{Context, IMapWith, WithContext, shipping, with_call};
 use crate::error::{Error, Result};
 use crate::imap::{IMap, pull};
-use crate::mailbox::mailbox;
+use crate::mailbox::{CancelFlag, mailbox};
 use crate::scheduler::{Chunking, JobId, JobSpec, Phase};
 use crate::starmap::{StarFn, star_call};
 use crate::stats::{Counters, PoolStats, live_peak_rss};
@@ -167,7 +166,7 @@ impl Pool {
     }
 
     /// What an [`AsyncResult`] needs to cancel the tasks carrying `flag`.
-    fn canceller(&self, flag: Arc<AtomicBool>) -> Canceller {
+    fn canceller(&self, flag: CancelFlag) -> Canceller {
         Canceller::new(flag, &self.shared)
     }
 
@@ -321,7 +320,7 @@ impl Pool {
         let total = items.len();
         let sink = Box::new(MapSink::<R>::new(arg_type, total));
         let (tx, rx) = mailbox();
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = rx.cancel_flag();
         let spec = JobSpec {
             header: call.header(),
             chunking: match chunksize {
@@ -329,9 +328,8 @@ impl Pool {
                 None => Chunking::Guided { total },
             },
             sink: tx,
-            cancel: cancel.clone(),
         };
-        let (submitted, shipped) = shipping(|| self.submit_items(spec, items));
+        let (submitted, shipped) = shipping(|| self.submit_items(spec, items.into_iter()));
         match submitted {
             Ok(()) => AsyncResult::new(rx, total, sink, Some(self.canceller(cancel)))
                 .keep_shipped(shipped),
@@ -347,12 +345,16 @@ impl Pool {
     /// opens with its first block, under the same lock: an `apply` takes
     /// the state lock once (taking it twice made the submitting thread and
     /// the collector contend for it in a loop of `apply_async`).
-    fn submit_items<T: Serialize>(&self, spec: JobSpec, items: Vec<T>) -> Result<()> {
+    fn submit_items<T: Serialize>(
+        &self,
+        spec: JobSpec,
+        items: impl ExactSizeIterator<Item = T>,
+    ) -> Result<()> {
         let total = items.len();
         let mut spec = Some(spec);
         let mut job = None;
         let mut block = Items::starting_at(0);
-        for (i, item) in items.into_iter().enumerate() {
+        for (i, item) in items.enumerate() {
             block.push(&item, i)?;
             crate::frame::recycle(item);
             if block.len() >= BLOCK_ITEMS || block.bytes() >= BLOCK_BYTES {
@@ -552,14 +554,13 @@ impl Pool {
     {
         let sink = Box::new(ApplySink::<R>::new(arg_type));
         let (tx, rx) = mailbox();
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = rx.cancel_flag();
         let spec = JobSpec {
             header: call.header(),
             chunking: Chunking::Fixed(1),
             sink: tx,
-            cancel: cancel.clone(),
         };
-        let (submitted, shipped) = shipping(|| self.submit_items(spec, vec![arg]));
+        let (submitted, shipped) = shipping(|| self.submit_items(spec, std::iter::once(arg)));
         match submitted {
             Ok(()) => {
                 AsyncResult::new(rx, 1, sink, Some(self.canceller(cancel))).keep_shipped(shipped)

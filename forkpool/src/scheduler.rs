@@ -69,7 +69,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
@@ -210,14 +209,26 @@ impl Delivery {
     }
 }
 
-/// Queues completion `c` of job `job` (whose mailbox is `sink`) in `done`:
-/// with the completions before it when they are the same job's.
-fn deliver(done: &mut Vec<Delivery>, job: JobId, sink: &Postman, c: Completion) {
+/// Where a completion goes: the mailbox of a job that goes on (its sender
+/// is cloned for the delivery), or the sender of a job that is over, moved
+/// (for a one-task job, no lock to count a sender in and out again).
+enum To<'a> {
+    Job(&'a Postman),
+    Last(Postman),
+}
+
+/// Queues completion `c` of job `job` in `done`: with the completions
+/// before it when they are the same job's.
+fn deliver(done: &mut Vec<Delivery>, job: JobId, to: To<'_>, c: Completion) {
     match done.last_mut() {
+        // (A job's last sender dropped here leaves the delivery's own.)
         Some(d) if d.job == job => d.more.push(c),
         _ => done.push(Delivery {
             job,
-            sink: sink.clone(),
+            sink: match to {
+                To::Job(sink) => sink.clone(),
+                To::Last(sink) => sink,
+            },
             first: c,
             more: Vec::new(),
         }),
@@ -235,21 +246,19 @@ fn failed(meta: TaskMeta, pid: Pid, err: &Error) -> Completion {
     }
 }
 
-/// Queues the completion of a task of job `job` (whose mailbox is
-/// `sink`) that worker `pid` answered with the plain result `body`
-/// (borrowed from the collector's read buffer): appended to the
-/// completion before it when that is the same job's, the same worker's,
-/// and the task just before (one buffer, one completion for a batch of
-/// tiny tasks), else copied into a completion of its own, with room for
-/// more unless `last` (the job will have no other).
+/// Queues the completion of a task of job `job` that worker `pid`
+/// answered with the plain result `body` (borrowed from the collector's
+/// read buffer): appended to the completion before it when that is the
+/// same job's, the same worker's, and the task just before (one buffer,
+/// one completion for a batch of tiny tasks), else copied into a
+/// completion of its own, with room for more unless the job is over.
 fn deliver_plain(
     done: &mut Vec<Delivery>,
     job: JobId,
-    sink: &Postman,
+    to: To<'_>,
     meta: TaskMeta,
     pid: Pid,
     body: &[u8],
-    last: bool,
 ) {
     let payload = &body[ResultFrame::PAYLOAD_AT..];
     if let Some(d) = done.last_mut()
@@ -278,14 +287,17 @@ fn deliver_plain(
             }
         }
     }
-    let room = if last { 0 } else { MERGE_ROOM };
+    let room = match to {
+        To::Job(_) => MERGE_ROOM,
+        To::Last(_) => 0,
+    };
     let c = Completion {
         meta,
         pid,
         outcome: Ok(ResultFrame::from_plain(body, room)),
         parts: Vec::new(),
     };
-    deliver(done, job, sink, c);
+    deliver(done, job, to, c);
 }
 
 /// How a job's items are split into tasks.
@@ -303,9 +315,6 @@ pub(crate) struct JobSpec {
     pub(crate) header: TaskHeader,
     pub(crate) chunking: Chunking,
     pub(crate) sink: Postman,
-    /// Set when the submitter no longer wants the rest run (an `IMap`
-    /// dropped early, a `map` whose input failed to encode).
-    pub(crate) cancel: Arc<AtomicBool>,
 }
 
 /// A job as the scheduler keeps it.
@@ -333,8 +342,11 @@ impl Job {
         self.appended - self.next_item
     }
 
+    /// The submitter no longer wants the rest run (an `IMap` dropped
+    /// early, a handle cancelled or dropped, a `map` whose input failed to
+    /// encode).
     fn cancelled(&self) -> bool {
-        self.spec.cancel.load(Ordering::Relaxed)
+        self.spec.sink.cancelled()
     }
 
     /// Whether it will never need the state again.
@@ -746,7 +758,7 @@ impl State {
     /// items are dropped now; what workers hold still runs.
     pub(crate) fn cancel(&mut self, id: JobId) {
         if let Some(job) = self.jobs.get(&id) {
-            job.spec.cancel.store(true, Ordering::Relaxed);
+            job.spec.sink.cancel();
             self.drop_uncut(id);
         }
     }
@@ -967,9 +979,11 @@ impl State {
             let last = self.recent.entry(job.function()).or_insert(sample);
             *last = follow(Some(*last), sample);
         }
-        deliver(&mut self.done, id, &job.spec.sink, c);
         if job.finished() {
-            self.jobs.remove(&id);
+            let job = self.jobs.remove(&id).expect("found above");
+            deliver(&mut self.done, id, To::Last(job.spec.sink), c);
+        } else {
+            deliver(&mut self.done, id, To::Job(&job.spec.sink), c);
         }
     }
 
@@ -1061,13 +1075,14 @@ impl State {
                 job.learn(sample);
                 let last = recent.entry(job.function()).or_insert(sample);
                 *last = follow(Some(*last), sample);
-                let finished = job.finished();
-                let sink = &job.spec.sink;
-                deliver_plain(
-                    done, front.job, sink, front.meta, worker.pid, body, finished,
-                );
-                if finished {
-                    jobs.remove(&front.job);
+                let pid = worker.pid;
+                if job.finished() {
+                    let job = jobs.remove(&front.job).expect("found above");
+                    let to = To::Last(job.spec.sink);
+                    deliver_plain(done, front.job, to, front.meta, pid, body);
+                } else {
+                    let to = To::Job(&job.spec.sink);
+                    deliver_plain(done, front.job, to, front.meta, pid, body);
                 }
             }
             let len = body.len();
@@ -1151,7 +1166,7 @@ impl State {
                     deliver(
                         &mut self.done,
                         id,
-                        &job.spec.sink,
+                        To::Job(&job.spec.sink),
                         failed(meta, Pid::from_raw(0), err),
                     );
                 }
@@ -1325,7 +1340,6 @@ mod tests {
             header: HEADER,
             chunking: Chunking::Fixed(1),
             sink: mailbox().0,
-            cancel: Arc::new(AtomicBool::new(false)),
         };
         let id = st.open_job(spec).unwrap();
         let mut items = Items::starting_at(0);
@@ -1417,7 +1431,6 @@ mod tests {
             header: HEADER,
             chunking: Chunking::Fixed(1),
             sink,
-            cancel: Arc::new(AtomicBool::new(false)),
         };
         let id = st.open_job(spec).unwrap();
         st.jobs.get_mut(&id).unwrap().window = 64;

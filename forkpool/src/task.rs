@@ -195,6 +195,10 @@ pub(crate) struct Items {
     bytes: Vec<u8>,
     /// `ends[i]` is the end of item `i` in `bytes`.
     ends: Vec<usize>,
+    /// Items in the block (the last one ends where `bytes` ends, so
+    /// `ends` holds one fewer: a block of one item, an `apply`'s,
+    /// allocates nothing for it).
+    count: usize,
     /// Items already cut into tasks.
     taken: usize,
     /// The descriptors of the buffers in the items, in order (see
@@ -221,6 +225,7 @@ impl Items {
             first,
             bytes,
             ends: Vec::new(),
+            count: 0,
             taken: 0,
             fds: Vec::new(),
             fd_ends: Vec::new(),
@@ -241,10 +246,11 @@ impl Items {
     /// Keeps only the first `n` items (none of them cut yet).
     pub(crate) fn truncate(&mut self, n: usize) {
         debug_assert_eq!(self.taken, 0);
-        if n < self.ends.len() {
-            self.ends.truncate(n);
-            self.bytes
-                .truncate(self.ends.last().copied().unwrap_or(TASK_HEAD));
+        if n < self.count {
+            let end = n.checked_sub(1).map_or(TASK_HEAD, |i| self.end(i));
+            self.ends.truncate(n.saturating_sub(1));
+            self.count = n;
+            self.bytes.truncate(end);
             self.fd_ends.truncate(n);
             self.fds
                 .truncate(n.checked_sub(1).map_or(0, |i| self.fd_end(i)));
@@ -255,7 +261,16 @@ impl Items {
 
     /// Items not yet cut.
     pub(crate) fn len(&self) -> usize {
-        self.ends.len() - self.taken
+        self.count - self.taken
+    }
+
+    /// Where item `i` ends in `bytes`.
+    fn end(&self, i: usize) -> usize {
+        if i + 1 == self.count {
+            self.bytes.len()
+        } else {
+            self.ends[i]
+        }
     }
 
     /// Encoded bytes of the items not yet cut.
@@ -264,9 +279,7 @@ impl Items {
     }
 
     fn start(&self) -> usize {
-        self.taken
-            .checked_sub(1)
-            .map_or(TASK_HEAD, |i| self.ends[i])
+        self.taken.checked_sub(1).map_or(TASK_HEAD, |i| self.end(i))
     }
 
     /// Where the descriptors of item `i` end in `fds`.
@@ -276,18 +289,28 @@ impl Items {
 
     /// Appends `item`; `index` (its place in the job) names it in the error.
     pub(crate) fn push<T: Serialize>(&mut self, item: &T, index: usize) -> Result<(), Error> {
-        buffer::encode_noting_run(item, &mut self.bytes, &mut self.fds, &mut self.run).map_err(
-            |e| Error::Encode {
+        let (before, fds_before) = (self.bytes.len(), self.fds.len());
+        if let Err(e) =
+            buffer::encode_noting_run(item, &mut self.bytes, &mut self.fds, &mut self.run)
+        {
+            // What it wrote before failing is not an item.
+            self.bytes.truncate(before);
+            self.fds.truncate(fds_before);
+            self.run = self.run.filter(|r| r.at + r.len <= before);
+            return Err(Error::Encode {
                 item: index,
                 what: "argument",
                 type_name: type_name::<T>(),
                 reason: e.to_string(),
-            },
-        )?;
-        self.ends.push(self.bytes.len());
+            });
+        }
+        if self.count > 0 {
+            self.ends.push(before);
+        }
+        self.count += 1;
         if !self.fds.is_empty() {
             // From the first item with a buffer on, every item has its end.
-            self.fd_ends.resize(self.ends.len() - 1, 0);
+            self.fd_ends.resize(self.count - 1, 0);
             self.fd_ends.push(self.fds.len());
         }
         Ok(())
@@ -303,7 +326,7 @@ impl Items {
         fds: &mut Vec<Outgoing>,
     ) -> (usize, Option<RunAt>) {
         let from = self.start();
-        let to = self.ends[self.taken + n - 1];
+        let to = self.end(self.taken + n - 1);
         let run = self
             .run
             .filter(|r| r.at >= from && r.at + r.len <= to)
@@ -381,7 +404,7 @@ pub(crate) fn cut_task(
     }
     let hint: usize = queue.front().map_or(0, |b| {
         let k = n.min(b.len());
-        b.ends[b.taken + k - 1] - b.start()
+        b.end(b.taken + k - 1) - b.start()
     });
     let mut out = Vec::with_capacity(hint + 48);
     let started = header.begin(&mut out);
@@ -438,7 +461,7 @@ pub(crate) fn plain_size(queue: &std::collections::VecDeque<Items>, n: usize) ->
             return None;
         }
         let k = left.min(block.len());
-        size += block.ends[block.taken + k - 1] - block.start();
+        size += block.end(block.taken + k - 1) - block.start();
         left -= k;
     }
     (left == 0).then_some(size)
