@@ -153,11 +153,19 @@ impl Collector {
         }
         let mut entries: Vec<(Source, Arc<PoolFd>)> = Vec::new();
         let mut flags: Vec<PollFlags> = Vec::new();
+        let mut ready: Vec<(Source, PollFlags)> = Vec::new();
         loop {
             entries.clear();
             flags.clear();
             let timeout = {
-                let mut st = self.shared.lock();
+                // One lock per wake-up: what the last poll found is handled
+                // and the next poll prepared under it, and the completions
+                // are posted when it is released, while this thread polls
+                // (locking again right after posting made the woken
+                // submitter wait for the lock).
+                let shared = self.shared.clone();
+                let mut st = shared.lock();
+                self.handle(&mut st, &ready);
                 if st.phase == Phase::Finished {
                     return;
                 }
@@ -207,7 +215,7 @@ impl Collector {
                     None => PollTimeout::NONE,
                 }
             };
-            let ready: Vec<(Source, PollFlags)> = {
+            ready = {
                 let wake = self.shared.wake.as_fd();
                 let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(entries.len() + 1);
                 fds.push(PollFd::new(wake, PollFlags::POLLIN));
@@ -226,23 +234,20 @@ impl Collector {
                     .filter_map(|(s, p)| p.revents().filter(|r| !r.is_empty()).map(|r| (s, r)))
                     .collect()
             };
-            self.handle(&ready);
         }
     }
 
-    fn handle(&mut self, ready: &[(Source, PollFlags)]) {
-        let shared = self.shared.clone();
-        let mut st = shared.lock();
+    fn handle(&mut self, st: &mut State, ready: &[(Source, PollFlags)]) {
         for &(source, _) in ready {
             match source {
                 Source::Wake => {
                     let mut buf = [0u8; 8];
                     let _ = nix::unistd::read(self.shared.wake.as_fd(), &mut buf);
                 }
-                Source::Ctrl => self.read_ctrl(&mut st),
+                Source::Ctrl => self.read_ctrl(st),
                 Source::Result(pid) => {
                     if let Some(w) = st.workers.iter().position(|w| w.pid == pid) {
-                        self.read_worker(&mut st, w, READS_PER_WAKE);
+                        self.read_worker(st, w, READS_PER_WAKE);
                     }
                 }
                 Source::Side(pid) => {
@@ -269,7 +274,7 @@ impl Collector {
         if matches!(st.phase, Phase::Running | Phase::Closed) {
             st.dispatch(Writer::Collector);
         }
-        self.advance(&mut st);
+        self.advance(st);
     }
 
     /// Moves the pool along `close` and `terminate`.

@@ -663,7 +663,14 @@ fn keep_spare(mut buf: Vec<u8>) {
     if let Some(mut spare) = SPARE.try_lock()
         && spare.as_ref().is_none_or(|s| s.capacity() < buf.capacity())
     {
-        lend_back(&mut buf);
+        if buf.len() >= codec::RUN_MIN {
+            lend_back(&mut buf);
+        } else {
+            // Only a few pages were written since it was last lent back
+            // (it carried a small frame, an `apply`'s): no system call.
+            // Lending it back after every small task cost a `madvise` each.
+            buf.clear();
+        }
         *spare = Some(buf);
     }
 }

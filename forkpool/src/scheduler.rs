@@ -31,10 +31,11 @@
 //!   own yet: a loop of `apply_async` is a stream of one-task jobs, and
 //!   without it each task would wait for the previous one's round trip. A
 //!   task with nothing known at all goes only to a worker that holds none.
-//! - **The collector writes to busy workers.** A submitting thread writes a
-//!   task at once only to a worker that has nothing written yet; a worker
-//!   still busy with written tasks gets the new ones from the collector when
-//!   its results come in, many in one `write` (see [`State::dispatch`]).
+//! - **Tasks are written in batches.** A submitting thread writes to a
+//!   worker once what waits for it is at least what it has written and not
+//!   yet answered (an idle worker at once, a busy one in doubling batches);
+//!   the collector writes the rest when results come in, many in one
+//!   `write` (see [`State::dispatch`]).
 //! - **Consecutive tasks go to one worker, and come back as one
 //!   completion.** A worker given several tasks at once gets consecutive
 //!   ones (up to its share of the job's window and of the items waiting),
