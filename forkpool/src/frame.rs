@@ -48,8 +48,11 @@
 //! steady state: a pipe transfer into warm memory took half the time of
 //! one into new memory here, populated in bulk or not.
 //!
-//! A worker writes a task's last result, when it is a big `Vec` of plain
-//! numbers, from the `Vec`'s own memory ([`lend`]): the result frame goes
+//! `apply`'s argument, when it is a big `Vec` of plain numbers, is kept
+//! by its job and written from its own memory when its task goes
+//! ([`lend_into`], [`OutFrame`]); a worker likewise writes a task's last
+//! result, when it is such a `Vec`, from the `Vec`'s own memory
+//! ([`lend`]): the result frame goes
 //! out as its head, the encoded bytes up to the numbers, the numbers where
 //! the `Vec` holds them, and the rest, in one vectored write; then the
 //! `Vec`'s memory becomes the spare. Only a `Vec<P>` recognised by its type
@@ -507,6 +510,12 @@ pub(crate) struct Lent {
     mem: Spare,
 }
 
+impl std::fmt::Debug for Lent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lent({} bytes at {})", self.len, self.at)
+    }
+}
+
 impl Lent {
     /// The numbers' bytes.
     pub(crate) fn bytes(&self) -> &[u8] {
@@ -567,7 +576,24 @@ pub(crate) fn with_lending<R>(lent: &mut Vec<Lent>, f: impl FnOnce() -> R) -> R 
 /// off by its length).
 pub(crate) fn lend<V>(value: V, out: &mut Vec<u8>, run: &mut Option<RunAt>) -> Result<(), V> {
     let slot = LENDING.get();
-    if slot.is_null() || std::mem::size_of::<V>() != std::mem::size_of::<Vec<u8>>() {
+    if slot.is_null() {
+        return Err(value);
+    }
+    // SAFETY: the slot is non-null only inside `with_lending`, which holds
+    // the `&mut Vec<Lent>` it points to for the whole call, on this
+    // thread, and no other reference to it is live here.
+    lend_into(value, out, run, unsafe { &mut *slot })
+}
+
+/// [`lend`], putting what it lends in `lent` (the parent's way: an owned
+/// argument, kept by its job until its frame is written).
+pub(crate) fn lend_into<V>(
+    value: V,
+    out: &mut Vec<u8>,
+    run: &mut Option<RunAt>,
+    lent: &mut Vec<Lent>,
+) -> Result<(), V> {
+    if std::mem::size_of::<V>() != std::mem::size_of::<Vec<u8>>() {
         return Err(value);
     }
     macro_rules! check {
@@ -592,11 +618,6 @@ pub(crate) fn lend<V>(value: V, out: &mut Vec<u8>, run: &mut Option<RunAt>) -> R
                     cap: v.capacity() * std::mem::size_of::<$t>(),
                     align: std::mem::align_of::<$t>(),
                 };
-                // SAFETY: the slot is non-null only inside `with_lending`,
-                // which holds the `&mut Vec<Lent>` it points to for the
-                // whole call, on this thread, and no other reference to
-                // it is live here.
-                let lent = unsafe { &mut *slot };
                 out.extend_from_slice(&(count as u64).to_le_bytes());
                 let at = out.len() + Lent::total(lent);
                 if run.is_none_or(|r| bytes > r.len) {
@@ -808,6 +829,13 @@ impl Started {
     /// started).
     pub(crate) fn finish(self, out: &mut [u8]) {
         patch_len(out, self.0);
+    }
+
+    /// [`finish`](Self::finish), counting `lent` bytes written from
+    /// elsewhere ([`Lent`]) beside `out`'s.
+    pub(crate) fn finish_lent(self, out: &mut [u8], lent: usize) {
+        let body = (out.len() - self.0 - LEN_PREFIX + lent) as u64;
+        out[self.0..self.0 + LEN_PREFIX].copy_from_slice(&body.to_le_bytes());
     }
 }
 
@@ -1392,6 +1420,9 @@ pub(crate) struct OutFrame {
     head: Vec<u8>,
     bytes: Vec<u8>,
     from: usize,
+    /// An argument written from its own memory, its bytes at its place in
+    /// `bytes` ([`lend_into`]).
+    lent: Option<Lent>,
 }
 
 impl From<Vec<u8>> for OutFrame {
@@ -1400,6 +1431,7 @@ impl From<Vec<u8>> for OutFrame {
             head: Vec::new(),
             bytes,
             from: 0,
+            lent: None,
         }
     }
 }
@@ -1420,6 +1452,7 @@ impl OutFrame {
             head,
             bytes,
             from: head_len,
+            lent: None,
         }
     }
 
@@ -1435,19 +1468,35 @@ impl OutFrame {
         self.bytes.as_ptr()
     }
 
-    /// Bytes on the wire.
-    pub(crate) fn len(&self) -> usize {
-        self.head.len() + self.bytes.len() - self.from
+    /// The frame, with `lent`'s bytes written from its own memory at its
+    /// place (its length prefix already counts them).
+    pub(crate) fn lending(mut self, lent: Option<Lent>) -> Self {
+        debug_assert!(lent.as_ref().is_none_or(|l| l.at >= self.from));
+        self.lent = lent;
+        self
     }
 
-    /// The frame's bytes from `sent` on, as up to two slices.
+    /// Bytes on the wire.
+    pub(crate) fn len(&self) -> usize {
+        self.head.len() + self.bytes.len() - self.from + self.lent.as_ref().map_or(0, |l| l.len)
+    }
+
+    /// The frame's bytes from `sent` on, as up to four slices.
     fn slices(&self, sent: usize) -> impl Iterator<Item = IoSlice<'_>> {
-        let h = sent.min(self.head.len());
-        let b = self.from + (sent - h);
-        [&self.head[h..], &self.bytes[b..]]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .map(IoSlice::new)
+        let split = self.lent.as_ref().map_or(self.bytes.len(), |l| l.at);
+        let parts: [&[u8]; 4] = [
+            &self.head,
+            &self.bytes[self.from..split],
+            self.lent.as_ref().map_or(&[], |l| l.bytes()),
+            &self.bytes[split..],
+        ];
+        let mut skip = sent;
+        parts.into_iter().filter_map(move |p| {
+            let n = skip.min(p.len());
+            skip -= n;
+            let p = &p[n..];
+            (!p.is_empty()).then(|| IoSlice::new(p))
+        })
     }
 }
 
@@ -1505,6 +1554,9 @@ impl OutQueue {
                     n -= left;
                     let done = self.frames.pop_front().expect("a frame was written");
                     keep_spare(done.bytes);
+                    if let Some(lent) = done.lent {
+                        lent.done();
+                    }
                     self.sent = 0;
                 } else {
                     self.sent += n;
@@ -1961,6 +2013,7 @@ mod tests {
             head,
             bytes: out,
             from,
+            lent: None,
         }
     }
 

@@ -355,8 +355,14 @@ impl Pool {
         let mut job = None;
         let mut block = Items::starting_at(0);
         for (i, item) in items.enumerate() {
-            block.push(&item, i)?;
-            crate::frame::recycle(item);
+            if total == 1 {
+                // `apply`'s one argument: a big `Vec` of plain numbers is
+                // written from its own memory when its task goes.
+                block.push_owned(item, i)?;
+            } else {
+                block.push(&item, i)?;
+                crate::frame::recycle(item);
+            }
             if block.len() >= BLOCK_ITEMS || block.bytes() >= BLOCK_BYTES {
                 let full = std::mem::replace(&mut block, Items::starting_at(i + 1));
                 job = Some(self.open_and_append(job, &mut spec, full, i + 1 == total)?);

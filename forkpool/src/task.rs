@@ -209,6 +209,10 @@ pub(crate) struct Items {
     fd_ends: Vec<usize>,
     /// The largest run of plain numbers in `bytes` (see [`RunAt`]).
     run: Option<RunAt>,
+    /// The last item, a big `Vec` of plain numbers kept to be written from
+    /// its own memory: its bytes belong at the end of `bytes`
+    /// ([`push_owned`](Self::push_owned)).
+    lent: Option<frame::Lent>,
 }
 
 impl Items {
@@ -230,6 +234,7 @@ impl Items {
             fds: Vec::new(),
             fd_ends: Vec::new(),
             run: None,
+            lent: None,
         }
     }
 
@@ -256,7 +261,13 @@ impl Items {
                 .truncate(n.checked_sub(1).map_or(0, |i| self.fd_end(i)));
             let end = self.bytes.len();
             self.run = self.run.filter(|r| r.at + r.len <= end);
+            self.lent = None; // it was the last item
         }
+    }
+
+    /// Bytes of the lent item, if any.
+    fn lent_len(&self) -> usize {
+        self.lent.as_ref().map_or(0, |l| l.bytes().len())
     }
 
     /// Items not yet cut.
@@ -275,7 +286,7 @@ impl Items {
 
     /// Encoded bytes of the items not yet cut.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes.len() - self.start()
+        self.bytes.len() - self.start() + self.lent_len()
     }
 
     fn start(&self) -> usize {
@@ -316,6 +327,35 @@ impl Items {
         Ok(())
     }
 
+    /// Appends `item`, the block's last (nothing is pushed after it): a big
+    /// `Vec` of plain numbers is kept and written from its own memory when
+    /// its task goes ([`frame::lend_into`]), anything else is encoded as by
+    /// [`push`](Self::push) and disposed of ([`frame::recycle`]).
+    pub(crate) fn push_owned<T: Serialize>(&mut self, item: T, index: usize) -> Result<(), Error> {
+        debug_assert!(self.lent.is_none());
+        let mut lent = Vec::new();
+        let before = self.bytes.len();
+        match frame::lend_into(item, &mut self.bytes, &mut self.run, &mut lent) {
+            Ok(()) => {
+                self.lent = lent.pop();
+                if self.count > 0 {
+                    self.ends.push(before);
+                }
+                self.count += 1;
+                if !self.fds.is_empty() {
+                    self.fd_ends.resize(self.count - 1, 0);
+                    self.fd_ends.push(self.fds.len());
+                }
+                Ok(())
+            }
+            Err(item) => {
+                self.push(&item, index)?;
+                frame::recycle(item);
+                Ok(())
+            }
+        }
+    }
+
     /// Appends the next `n` items (at most [`len`](Self::len)) to a task
     /// payload, and their descriptors to `fds`; returns their encoded size,
     /// and the block's run if it is among them (at its place in `out`).
@@ -327,21 +367,31 @@ impl Items {
     ) -> (usize, Option<RunAt>) {
         let from = self.start();
         let to = self.end(self.taken + n - 1);
+        // The lent last item, if taken, is copied in after its length.
+        let lent = match self.taken + n == self.count {
+            true => self.lent.take(),
+            false => None,
+        };
+        let end = to + lent.as_ref().map_or(0, |l| l.bytes().len());
         let run = self
             .run
-            .filter(|r| r.at >= from && r.at + r.len <= to)
+            .filter(|r| r.at >= from && r.at + r.len <= end)
             .map(|r| RunAt {
                 at: out.len() + (r.at - from),
                 ..r
             });
         out.extend_from_slice(&self.bytes[from..to]);
+        if let Some(lent) = lent {
+            out.extend_from_slice(lent.bytes());
+            lent.done();
+        }
         if !self.fds.is_empty() {
             let fd_from = self.taken.checked_sub(1).map_or(0, |i| self.fd_end(i));
             let fd_to = self.fd_end(self.taken + n - 1);
             fds.extend(self.fds[fd_from..fd_to].iter().cloned());
         }
         self.taken += n;
-        (to - from, run)
+        (end - from, run)
     }
 }
 
@@ -379,7 +429,8 @@ pub(crate) fn cut_task(
         // The task is the whole block: write the head into the room left
         // for it, and the block's bytes are the frame.
         let block = queue.pop_front().expect("the front block");
-        let bytes = block.bytes.len() - TASK_HEAD;
+        let lent_len = block.lent_len();
+        let bytes = block.bytes.len() - TASK_HEAD + lent_len;
         let fds = block.fds;
         let mut frame = block.bytes;
         let mut head = Vec::with_capacity(TASK_HEAD);
@@ -390,11 +441,12 @@ pub(crate) fn cut_task(
         if !fds.is_empty() {
             started.mark_fds(&mut frame);
         }
-        started.finish(&mut frame);
+        started.finish_lent(&mut frame, lent_len);
         let frame = match block.run {
             Some(run) => OutFrame::with_run(frame, TASK_HEAD, run),
             None => frame.into(),
-        };
+        }
+        .lending(block.lent);
         return Cut {
             frame,
             first,
@@ -737,6 +789,55 @@ mod cut_tests {
         let mut q = VecDeque::from([t]);
         let d = cut_task(header, &mut q, 2);
         assert_eq!(items_of(&d.frame, 0).0, items[..2].to_vec());
+    }
+
+    #[test]
+    fn an_owned_big_vec_argument_is_written_from_its_own_memory_whole_or_cut() {
+        let header = TaskHeader {
+            id: 4,
+            tramp: 1,
+            func: 2,
+        };
+        let big: Vec<f64> = (0..20_000).map(|i| i as f64 * 1.5).collect();
+        // Whole block: the frame's head and length, then the Vec's own
+        // memory; no copy of its numbers in the block.
+        let mut b = Items::starting_at(0);
+        let mine = big.clone();
+        let addr = mine.as_ptr() as usize;
+        b.push_owned(mine, 0).unwrap();
+        assert_eq!(b.lent.as_ref().unwrap().bytes().as_ptr() as usize, addr);
+        assert_eq!(b.bytes.len(), TASK_HEAD + 8, "only its length was encoded");
+        assert_eq!(b.bytes(), 8 + big.len() * 8);
+        let mut q = VecDeque::from([b]);
+        let cut = cut_task(header, &mut q, 1);
+        assert_eq!(cut.bytes, 8 + big.len() * 8);
+        assert_eq!(items_of(&cut.frame, 4), (vec![big.clone()], true));
+        // The same bytes on the wire as the argument encoded by copy.
+        let mut q = VecDeque::from([block(0, std::slice::from_ref(&big))]);
+        let copied = cut_task(header, &mut q, 1);
+        assert_eq!(cut.frame.to_vec(), copied.frame.to_vec());
+        // Cut together with an earlier block: its numbers copied in after
+        // the other items, the run at its place.
+        let small = vec![vec![0.25f64; 3], vec![7.0; 5]];
+        let mut last = Items::starting_at(2);
+        last.push_owned(big.clone(), 2).unwrap();
+        let mut q = VecDeque::from([block(0, &small), last]);
+        let cut = cut_task(header, &mut q, 3);
+        let mut want = small.clone();
+        want.push(big.clone());
+        assert_eq!(items_of(&cut.frame, 4), (want, true));
+        assert!(q.is_empty());
+        // Dropped before it went (truncated, or the block dropped): freed.
+        let mut b = Items::starting_at(0);
+        b.push_owned(big.clone(), 0).unwrap();
+        b.truncate(0);
+        assert!(b.lent.is_none());
+        assert_eq!(b.bytes(), 0);
+        // Not a big Vec of plain numbers: encoded as `push` does.
+        let mut b = Items::starting_at(0);
+        b.push_owned(vec![1.0f64; 10], 0).unwrap();
+        b.push_owned(String::from("x"), 1).unwrap();
+        assert!(b.lent.is_none());
     }
 
     #[test]

@@ -231,3 +231,27 @@ fn big_vec_results_written_from_their_own_memory_keep_their_places_in_the_frame(
         v
     });
 }
+
+#[test]
+fn a_worker_killed_while_a_big_vec_argument_is_written_from_its_memory_fails_it_cleanly() {
+    fn len(v: Vec<u8>) -> usize {
+        v.len()
+    }
+    let pool = TestPool::new(1);
+    for round in 0..3 {
+        let victim = pool.worker_pids()[0];
+        // 256 MiB, written from the `Vec`'s own memory: the kill lands while
+        // it is on its way (or, at worst, before it went, when the
+        // replacement takes it whole).
+        let big = pool.apply_async(len, vec![7u8; 256 << 20]);
+        std::thread::sleep(std::time::Duration::from_millis(10 + 10 * round));
+        common::kill(victim, libc::SIGKILL);
+        match big.get() {
+            Err(forkpool::Error::WorkerDied { pid, .. }) => assert_eq!(pid, victim),
+            Ok(n) => assert_eq!(n, 256 << 20),
+            Err(e) => panic!("expected the killed worker's error, got {e}"),
+        }
+        // The replacement takes the next big argument whole.
+        assert_eq!(pool.apply(len, vec![3u8; 64 << 20]).unwrap(), 64 << 20);
+    }
+}
