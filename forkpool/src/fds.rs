@@ -124,10 +124,11 @@ pub(crate) fn usage() -> (u64, usize) {
 /// resets it), and must end the process with `_exit` rather than return or
 /// unwind into code that assumes the parent's threads.
 pub(crate) unsafe fn fork_zygote(keep: RawFd, child: impl FnOnce()) -> io::Result<Pid> {
-    // The parent's spare frame buffer (up to `frame::KEEP_MAX` of memory
-    // kept for its next big value) is freed rather than inherited: every
-    // process of the new pool would otherwise map it for its whole life.
-    drop(crate::frame::take_spare());
+    // The parent's spare frame buffer and spare run memory (each up to
+    // `frame::KEEP_MAX`, kept for its next big value) are freed rather than
+    // inherited: every process of the new pool would otherwise map them
+    // for its whole life.
+    crate::frame::free_spares();
     let mut reg = registry();
     // SAFETY: the caller upholds the contract above for `child`; the parent
     // branch only unlocks the registry.

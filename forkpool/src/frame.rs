@@ -438,6 +438,16 @@ pub(crate) fn forget_inherited_spare() {
     drop(Spare::take());
 }
 
+/// Frees both of this process's kept allocations: the spare output buffer
+/// ([`take_spare`]) and the spare run memory ([`recycle`]). Called before a
+/// zygote forks (every process of the new pool would otherwise map them
+/// for its whole life) and when a pool is dropped (they are a cache for
+/// the pools' next big value; with no pool, nothing would ever use them).
+pub(crate) fn free_spares() {
+    drop(take_spare());
+    drop(Spare::take());
+}
+
 /// Disposes of a value the pool owns and is done with (an argument once
 /// encoded, a result once encoded): a `Vec` of a plain number type of
 /// [`codec::RUN_MIN`] to [`KEEP_MAX`] bytes becomes the process's spare
@@ -483,7 +493,8 @@ impl Spare {
         // Its pages are not lent back (`MADV_FREE`): marking them so and
         // dirtying them again cost a 64 MiB round trip 20-30 ms here, a fifth
         // of it. So a process holds at most one such allocation, of at most
-        // `KEEP_MAX` bytes, until the next run it receives (or a bigger one).
+        // `KEEP_MAX` bytes, until the next run it receives (or a bigger one),
+        // a pool is dropped or a zygote forks ([`free_spares`]).
         let mut v = std::mem::ManuallyDrop::new(v);
         // The `Vec` is not dropped: the spare is its allocation's only owner,
         // allocated as a `Vec<P>` of its capacity allocates, with the layout

@@ -896,5 +896,8 @@ impl Drop for Pool {
     /// unless it was already joined.
     fn drop(&mut self) {
         self.terminate();
+        // The memory kept for the next big value is the pools' cache: not
+        // held on past them.
+        crate::frame::free_spares();
     }
 }

@@ -166,6 +166,45 @@ fn a_pool_built_after_a_big_value_inherited_the_parents_spare_frame_buffer() {
     );
 }
 
+#[test]
+fn a_big_argument_kept_for_the_next_value_outlived_its_pool_and_went_into_the_next_zygote() {
+    // The parent keeps a big `Vec` argument's memory, once sent, to receive
+    // the next big value into; with a small result nothing takes it. It
+    // must neither stay resident after the pool is gone nor be inherited
+    // by a pool built later. In a process of its own, as above.
+    const NAME: &str =
+        "a_big_argument_kept_for_the_next_value_outlived_its_pool_and_went_into_the_next_zygote";
+    if !common::in_own_process(NAME, 120) {
+        return;
+    }
+    const BIG: usize = 64 << 20;
+    fn len(v: Vec<u8>) -> usize {
+        v.len()
+    }
+    let me = forkpool::Pid::this();
+    let before = rss(me);
+    let first = TestPool::new(1);
+    assert_eq!(first.apply(len, vec![7u8; BIG]).unwrap(), BIG);
+    drop(first);
+    let after = rss(me);
+    assert!(
+        after < before + (BIG / 2) as u64,
+        "the parent holds {} MiB more after its only pool is gone ({} MiB value sent)",
+        (after.saturating_sub(before)) >> 20,
+        BIG >> 20
+    );
+    let second = TestPool::new(1);
+    assert_eq!(second.apply(len, vec![7u8; BIG]).unwrap(), BIG);
+    let later = TestPool::new(1);
+    let zygote = rss(later.zygote_pid());
+    assert!(
+        zygote < (BIG / 2) as u64,
+        "the new pool's zygote holds {} MiB after a {} MiB argument went to another pool",
+        zygote >> 20,
+        BIG >> 20
+    );
+}
+
 /// An argument for a `fn(Vec<u8>)`: a good vector, or bytes that cannot
 /// decode as one (a length far past the bytes there are).
 enum MaybeBytes {
