@@ -43,7 +43,6 @@ use forkpool_benches::tasks::{
 };
 use forkpool_benches::timing::{OneCpu, sample};
 
-const PROCESSES: usize = 2;
 const MIB: usize = 1 << 20;
 
 /// forkpool against Python's multiprocessing, and both against the
@@ -72,6 +71,26 @@ struct Options {
     /// cores others keep busy: measures the schedule).
     #[arg(long)]
     sched_sleep: bool,
+    /// Worker processes (and threads of the ceilings) on both sides.
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    processes: u16,
+    /// pid-fill's array as ROWSxCOLS [default: 2000x32000; the notes'
+    /// full size, 25.6 GB: 10000x320000].
+    #[arg(long, value_name = "ROWSxCOLS", value_parser = parse_shape)]
+    pid_fill_size: Option<(usize, usize)>,
+}
+
+/// `ROWSxCOLS`, both at least 1.
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?} is not ROWSxCOLS (for example 10000x320000)");
+    let (r, c) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let r: usize = r.trim().parse().map_err(|_| bad())?;
+    let c: usize = c.trim().parse().map_err(|_| bad())?;
+    if r == 0 || c == 0 {
+        return Err(bad());
+    }
+    Ok((r, c))
 }
 
 /// Sizes of the workloads: the full run, or `--quick`.
@@ -93,6 +112,8 @@ struct Sizes {
     ballast_mib: usize,
     reps: usize,
     slow_reps: usize,
+    /// Worker processes on both sides (`--processes`).
+    processes: usize,
 }
 
 impl Sizes {
@@ -113,6 +134,7 @@ impl Sizes {
                 ballast_mib: 64,
                 reps: 2,
                 slow_reps: 1,
+                processes: 2,
             }
         } else {
             Sizes {
@@ -130,13 +152,31 @@ impl Sizes {
                 ballast_mib: 1024,
                 reps: 5,
                 slow_reps: 3,
+                processes: 2,
             }
         };
         if let Some(r) = o.reps {
             s.reps = r.into();
             s.slow_reps = r.into();
         }
+        s.processes = o.processes.into();
+        if let Some(shape) = o.pid_fill_size {
+            s.pid_fill = shape;
+        }
         s
+    }
+}
+
+/// Where the Python scripts are: `benches/python` of the checkout this was
+/// built in, or, when the binary runs elsewhere (carried to another
+/// machine), `benches/python` under the current directory.
+fn scripts_dir() -> PathBuf {
+    let built = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/python"));
+    let here = PathBuf::from("benches/python");
+    if !built.is_dir() && here.is_dir() {
+        here
+    } else {
+        built
     }
 }
 
@@ -145,6 +185,8 @@ impl Sizes {
 struct Python {
     python: numpy_env::Python,
     dir: PathBuf,
+    /// Passed to every script as `--processes` unless its arguments name it.
+    processes: usize,
 }
 
 impl Python {
@@ -159,7 +201,8 @@ impl Python {
         match found {
             Ok(python) => Python {
                 python,
-                dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/python")),
+                dir: scripts_dir(),
+                processes: 2,
             },
             Err(e) => {
                 eprintln!("compare: {e} (or pass --no-python to run the Rust side alone)");
@@ -183,6 +226,12 @@ impl Python {
             .command()
             .arg(self.dir.join(script))
             .args(args)
+            .args(
+                (!args.iter().any(|a| a == "--processes"))
+                    .then(|| ["--processes".to_string(), self.processes.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .current_dir(&self.dir)
             .output()
             .map_err(|e| format!("{script}: {e}"))?;
@@ -309,6 +358,7 @@ impl Runner {
     }
 
     fn map_rows(&mut self) {
+        let procs = self.sizes.processes;
         let z = self.sizes;
         for (id, n, chunks) in [
             ("map-chunksize-1", z.map_small, Chunks::Size(1)),
@@ -318,10 +368,10 @@ impl Runner {
                 continue;
             }
             let items: Vec<u64> = (0..n).collect();
-            let rayon = RayonMap::new(PROCESSES);
+            let rayon = RayonMap::new(procs);
             let ceiling = sample(z.reps, || rayon.time_map(&items, chunks)).median();
             drop(rayon);
-            let pool = Pool::new(PROCESSES).expect("pool");
+            let pool = Pool::new(procs).expect("pool");
             let ours = sample(z.reps, || time_map(&pool, &items, chunks)).median();
             drop(pool);
             let python = self.python(
@@ -337,15 +387,19 @@ impl Runner {
             );
             self.push(Row {
                 id,
-                workload: format!("map {n} tasks, chunksize {}, 2 processes", chunks.label()),
+                workload: format!(
+                    "map {n} tasks, chunksize {}, {procs} processes",
+                    chunks.label()
+                ),
                 python,
                 forkpool: secs(ours),
-                ceiling: Some(("rayon, 2 threads".into(), secs(ceiling))),
+                ceiling: Some((format!("rayon, {procs} threads"), secs(ceiling))),
             });
         }
     }
 
     fn apply_rows(&mut self) {
+        let procs = self.sizes.processes;
         let z = self.sizes;
         for one_cpu in [false, true] {
             let id = if one_cpu { "apply-cpu0" } else { "apply" };
@@ -380,7 +434,7 @@ impl Runner {
                     fmt_time(secs(polled))
                 ));
             }
-            let pool = Pool::new(PROCESSES).expect("pool");
+            let pool = Pool::new(procs).expect("pool");
             let ours = sample(z.reps, || time_apply(&pool, z.apply_rust)).median();
             drop(pool);
             drop(pin);
@@ -410,6 +464,7 @@ impl Runner {
     /// size into memory already faulted in, and the raw pipes there and back
     /// go in the notes.
     fn round_trip_rows(&mut self) {
+        let procs = self.sizes.processes;
         const CASES: [(&str, &str, usize, u32); 6] = [
             ("round-trip-bytes-1k", "bytes", 1 << 10, 2000),
             ("round-trip-numpy-1k", "numpy", 1 << 10, 2000),
@@ -421,7 +476,7 @@ impl Runner {
         if !CASES.iter().any(|c| self.wants(c.0)) {
             return;
         }
-        let pool = Pool::new(PROCESSES).expect("pool");
+        let pool = Pool::new(procs).expect("pool");
         for (id, kind, len, n) in CASES {
             if !self.wants(id) {
                 continue;
@@ -493,6 +548,7 @@ impl Runner {
     /// values are, and at 64 MiB also made inside the clock from a `Vec`
     /// (the one copy by value costs).
     fn buffer_round_trip_rows(&mut self) {
+        let procs = self.sizes.processes;
         const CASES: [(&str, usize, u32, bool); 4] = [
             ("round-trip-buffer-1k", 1 << 10, 2000, false),
             ("round-trip-buffer-1m", 1 << 20, 100, false),
@@ -502,7 +558,7 @@ impl Runner {
         if !CASES.iter().any(|c| self.wants(c.0)) {
             return;
         }
-        let pool = Pool::new(PROCESSES).expect("pool");
+        let pool = Pool::new(procs).expect("pool");
         for (id, len, n, from_vec) in CASES {
             if !self.wants(id) {
                 continue;
@@ -520,12 +576,13 @@ impl Runner {
     }
 
     fn pass_rows(&mut self) {
+        let procs = self.sizes.processes;
         let z = self.sizes;
         if !self.wants("pass-value") && !self.wants("pass-shared") {
             return;
         }
         let tasks = 4;
-        let bench = PassArray::new(z.pass_mib * MIB, PROCESSES, tasks);
+        let bench = PassArray::new(z.pass_mib * MIB, procs, tasks);
         let common = |mode: &str| {
             vec![
                 s("--mib"),
@@ -568,7 +625,7 @@ impl Runner {
                 fmt_time(secs(big_pipe))
             ));
             {
-                let pool = Pool::new(PROCESSES).expect("pool");
+                let pool = Pool::new(procs).expect("pool");
                 let size = 64 * MIB;
                 let as_vec = sample(z.slow_reps, || time_payload(&pool, vec![1u8; size])).median();
                 let as_bytes = sample(z.slow_reps, || {
@@ -596,7 +653,7 @@ impl Runner {
             });
         }
         if self.wants("pass-shared") {
-            let ceiling = sample(z.reps, || bench.time_threads_sum(PROCESSES)).median();
+            let ceiling = sample(z.reps, || bench.time_threads_sum(procs)).median();
             let ours = sample(z.reps, || bench.run_shared()).median();
             let mut args = common("shared");
             let last = args.len() - 1;
@@ -607,19 +664,20 @@ impl Runner {
                 workload: format!("{} MiB array to {tasks} tasks, shared", z.pass_mib),
                 python,
                 forkpool: secs(ours),
-                ceiling: Some(("sum on 2 threads".into(), secs(ceiling))),
+                ceiling: Some((format!("sum on {procs} threads"), secs(ceiling))),
             });
         }
     }
 
     fn fill_rows(&mut self) {
+        let procs = self.sizes.processes;
         let z = self.sizes;
         let bytes = z.fill_mib * MIB;
         for (id, processes, mode) in [
             ("fill-warm-1", 1usize, "warm"),
-            ("fill-warm-2", 2, "warm"),
+            ("fill-warm-2", procs, "warm"),
             ("fill-cold-1", 1, "cold"),
-            ("fill-cold-2", 2, "cold"),
+            ("fill-cold-2", procs, "cold"),
         ] {
             if !self.wants(id) {
                 continue;
@@ -680,6 +738,7 @@ impl Runner {
     }
 
     fn random_rows(&mut self) {
+        let procs = self.sizes.processes;
         let z = self.sizes;
         let bytes = z.random_mib * MIB;
         let mib = z.random_mib;
@@ -697,9 +756,9 @@ impl Runner {
         };
         for (id, processes, existing) in [
             ("random-serial", 0usize, false),
-            ("random-new-2", 2, false),
+            ("random-new-2", procs, false),
             ("random-existing-1", 1, true),
-            ("random-existing-2", 2, true),
+            ("random-existing-2", procs, true),
         ] {
             if !self.wants(id) {
                 continue;
@@ -861,13 +920,14 @@ impl Runner {
     /// same bytes, measured between the demo's runs
     /// ([`BigArrayCeilings`]).
     fn pid_fill_rows(&mut self) {
+        let procs = self.sizes.processes;
         let id = "pid-fill";
         if !self.wants(id) {
             return;
         }
         let z = self.sizes;
         let (rows, cols) = z.pid_fill;
-        let args = demos::pid_fill::Args::new(rows, cols, PROCESSES);
+        let args = demos::pid_fill::Args::new(rows, cols, procs);
         let mut runs = Vec::new();
         let mut ceilings = Vec::new();
         let median = |mut xs: Vec<f64>| {
@@ -880,7 +940,7 @@ impl Runner {
             s("--cols"),
             s(cols),
             s("--processes"),
-            s(PROCESSES),
+            s(procs),
             s("--reps"),
             s(z.slow_reps),
         ];
@@ -898,7 +958,7 @@ impl Runner {
                 let timings =
                     silenced(|| demos::pid_fill::run_timed(&args)).expect("the pid-fill demo");
                 runs.push(timings);
-                ceilings.push(BigArrayCeilings::measure(rows, cols, PROCESSES));
+                ceilings.push(BigArrayCeilings::measure(rows, cols, procs));
             }
             let ours_now = median(runs[first..].iter().map(|t| secs(t.total)).collect());
             match self.python_json("pid_fill.py", &py_args) {
@@ -949,7 +1009,7 @@ impl Runner {
             )
         };
         let mut t = format!(
-            "pid-fill {rows} x {cols} ({}), {PROCESSES} processes, phases (medians of {} runs \
+            "pid-fill {rows} x {cols} ({}), {procs} processes, phases (medians of {} runs \
              each, in 3 alternating rounds; limits measured between forkpool's runs):\n\n\
              | phase | Python | forkpool | the machine's limit |\n|---|---:|---:|---|\n",
             fmt_bytes(bytes),
@@ -962,18 +1022,18 @@ impl Runner {
                 rate(limit(|c| c.populate_filled))
             ),
             format!(
-                "memset, populated, {PROCESSES} threads {}",
+                "memset, populated, {procs} threads {}",
                 rate(limit(|c| c.memset))
             ),
             String::new(),
             format!(
-                "{PROCESSES} forked children mapping the pages {}; already forked, checking and writing \
+                "{procs} forked children mapping the pages {}; already forked, checking and writing \
                  them (no pool) {}; memset {}",
                 fmt_time(limit(|c| c.map_in_children)),
                 fmt_time(limit(|c| c.check_write_in_children)),
                 fmt_time(limit(|c| c.memset))
             ),
-            format!("read, {PROCESSES} threads {}", rate(limit(|c| c.read))),
+            format!("read, {procs} threads {}", rate(limit(|c| c.read))),
         ];
         let phases: Vec<_> = runs.iter().map(|r| r.phases()).collect();
         for (i, limit) in limits.iter().enumerate() {
@@ -1018,9 +1078,7 @@ impl Runner {
         self.notes.push(t);
         self.push(Row {
             id,
-            workload: format!(
-                "pid-fill {rows} x {cols}, {PROCESSES} processes, create -> verified"
-            ),
+            workload: format!("pid-fill {rows} x {cols}, {procs} processes, create -> verified"),
             python,
             forkpool: ours,
             ceiling: None,
@@ -1028,11 +1086,12 @@ impl Runner {
     }
 
     fn counter_rows(&mut self) {
+        let procs = self.sizes.processes;
         let z = self.sizes;
         if !self.wants("counter-locked") && !self.wants("counter-lockfree") {
             return;
         }
-        let counters = Counters::new(PROCESSES);
+        let counters = Counters::new(procs);
         let ops = (z.counter_rust * counters.processes() as u64) as f64;
         let per_op =
             |counter| secs(sample(z.reps, || counters.run(counter, z.counter_rust)).median()) / ops;
@@ -1068,7 +1127,7 @@ impl Runner {
             );
             self.push(Row {
                 id,
-                workload: format!("{what}, 2 processes, per increment"),
+                workload: format!("{what}, {procs} processes, per increment"),
                 python,
                 forkpool: ours,
                 ceiling: Some(("own cache line each, atomic".into(), ceiling)),
@@ -1127,6 +1186,7 @@ impl Runner {
     /// after other work, `map` and `imap_unordered(chunksize 1)`, as
     /// efficiency against the ideal, beside Python and a raw-fork ceiling.
     fn sched_rows(&mut self) {
+        let procs = self.sizes.processes;
         let z = self.sizes;
         let scale = if self.opts.quick { 0.1 } else { 1.0 };
         let kind = if self.opts.sched_sleep {
@@ -1146,12 +1206,12 @@ impl Runner {
             ));
             std::fs::write(&file, serde_json::to_string(&w.durations).expect("json"))
                 .expect("writing the durations for Python");
-            let raw = sample(z.slow_reps, || sched::time_raw_fork(&w, kind, PROCESSES)).median();
-            let raw_eff = w.efficiency(PROCESSES, raw);
+            let raw = sample(z.slow_reps, || sched::time_raw_fork(&w, kind, procs)).median();
+            let raw_eff = w.efficiency(procs, raw);
             for before in Before::ALL {
                 for mode in Mode::ALL {
                     let ours = sample(z.slow_reps, || {
-                        sched::time_forkpool(&w, kind, PROCESSES, before, mode)
+                        sched::time_forkpool(&w, kind, procs, before, mode)
                     })
                     .median();
                     let python = self
@@ -1170,13 +1230,13 @@ impl Runner {
                                 s(kind.what()),
                             ],
                         )
-                        .map(|secs| w.efficiency(PROCESSES, Duration::from_secs_f64(secs)));
+                        .map(|secs| w.efficiency(procs, Duration::from_secs_f64(secs)));
                     let row = SchedRow {
                         workload: w.what.to_string(),
                         before,
                         mode,
                         python,
-                        forkpool: w.efficiency(PROCESSES, ours),
+                        forkpool: w.efficiency(procs, ours),
                         forkpool_wall: secs(ours),
                         raw_fork: raw_eff,
                     };
@@ -1199,10 +1259,11 @@ impl Runner {
     }
 
     fn sched_table(&self) -> String {
+        let procs = self.sizes.processes;
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "Scheduling, {PROCESSES} processes, tasks {}: efficiency = max(sum of durations / processes, \
+            "Scheduling, {procs} processes, tasks {}: efficiency = max(sum of durations / processes, \
              longest task) / wall time (1.00 is ideal); raw fork = the same list dealt round \
              robin to plainly forked processes",
             if self.opts.sched_sleep {
@@ -1287,6 +1348,7 @@ impl Runner {
 
     /// Ratios between rows: speed-ups from a second process, tasks per second.
     fn derived(&self) -> String {
+        let procs = self.sizes.processes;
         let get = |id: &str| self.rows.iter().find(|r| r.id == id);
         let mut t = String::new();
         let pair = |a: &str, b: &str| -> Option<(Option<f64>, f64)> {
@@ -1301,7 +1363,7 @@ impl Runner {
         if let Some((p, f)) = pair("random-serial", "random-new-2") {
             let _ = writeln!(
                 t,
-                "- random fill, new array, 2 processes vs serial: Python {}, forkpool {f:.2}x \
+                "- random fill, new array, {procs} processes vs serial: Python {}, forkpool {f:.2}x \
                  (threads on new memory: {})",
                 py(p),
                 get("random-new-2").and_then(|r| r.ceiling.as_ref()).map_or(
@@ -1316,7 +1378,7 @@ impl Runner {
         if let (Some(serial), Some(lazy)) = (get("random-serial"), self.lazy_random) {
             let _ = writeln!(
                 t,
-                "- random fill, 2 processes into a lazily allocated array vs serial \
+                "- random fill, {procs} processes into a lazily allocated array vs serial \
                  (experiment): {:.2}x",
                 serial.forkpool / lazy
             );
@@ -1324,21 +1386,21 @@ impl Runner {
         if let Some((p, f)) = pair("random-existing-1", "random-existing-2") {
             let _ = writeln!(
                 t,
-                "- random fill, existing array, 2 processes vs 1: Python {}, forkpool {f:.2}x",
+                "- random fill, existing array, {procs} processes vs 1: Python {}, forkpool {f:.2}x",
                 py(p)
             );
         }
         if let Some((p, f)) = pair("fill-warm-1", "fill-warm-2") {
             let _ = writeln!(
                 t,
-                "- warm shared fill, 2 processes vs 1: Python {}, forkpool {f:.2}x",
+                "- warm shared fill, {procs} processes vs 1: Python {}, forkpool {f:.2}x",
                 py(p)
             );
         }
         if let Some((p, f)) = pair("fill-cold-1", "fill-cold-2") {
             let _ = writeln!(
                 t,
-                "- cold shared fill, 2 processes vs 1: Python {}, forkpool {f:.2}x",
+                "- cold shared fill, {procs} processes vs 1: Python {}, forkpool {f:.2}x",
                 py(p)
             );
         }
@@ -1430,7 +1492,9 @@ fn main() {
         eprintln!("compare: --no-python: the Python column is skipped");
         None
     } else {
-        Some(Python::find(opts.python.as_ref()))
+        let mut p = Python::find(opts.python.as_ref());
+        p.processes = sizes.processes;
+        Some(p)
     };
     let mut r = Runner {
         opts,
