@@ -173,6 +173,7 @@ const _: () = {
 
 /// Decodes one value from the front of `input`, advancing it past the
 /// value's bytes.
+#[inline]
 pub(crate) fn decode_from<'de, T: Deserialize<'de>>(input: &mut &'de [u8]) -> Result<T, Error> {
     let mut de = Decoder { input, apart: None };
     T::deserialize(&mut de)
@@ -1019,6 +1020,7 @@ impl Input {
     }
 
     /// Bytes left to decode, the run's included.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.bytes.len() - self.pos + self.run.as_ref().map_or(0, |(_, r)| r.len())
     }
@@ -1037,6 +1039,7 @@ impl Input {
     }
 
     /// The next byte (an outcome's tag).
+    #[inline]
     pub(crate) fn byte(&mut self) -> Option<u8> {
         if self.run.as_ref().is_some_and(|(at, _)| *at == self.pos) {
             self.join();
@@ -1047,12 +1050,22 @@ impl Input {
     }
 
     /// Decodes the next value.
+    #[inline]
     pub(crate) fn decode<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
-        let Some((at, run)) = self.run.take() else {
+        if self.run.is_none() {
             let mut rest = &self.bytes[self.pos..];
             let r = decode_from::<T>(&mut rest);
             self.pos = self.bytes.len() - rest.len();
             return r;
+        }
+        self.decode_around_run()
+    }
+
+    /// [`decode`](Self::decode) with a run still apart from the bytes.
+    #[inline(never)]
+    fn decode_around_run<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
+        let Some((at, run)) = self.run.take() else {
+            return self.decode();
         };
         let (head, tail) = self.bytes[self.pos..].split_at(at - self.pos);
         let mut apart = Apart {

@@ -17,6 +17,7 @@
 //! READY is replaced; [`START_ATTEMPTS`] dying the same way in a row stop
 //! the pool, so a broken initializer cannot fork forever.
 
+use std::cell::Cell;
 use std::os::fd::AsFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use crate::control::{self, Event, Received};
 use crate::error::{Error, ExitCause};
 use crate::fds::PoolFd;
 use crate::frame::{self, Fill, FillError, FromWorker};
-use crate::scheduler::{Phase, State, Worker, Writer};
+use crate::scheduler::{Delivery, Phase, State, Worker, Writer};
 
 /// How long `terminate` waits for the zygote to kill its workers and exit
 /// before killing it (its workers then die of `PR_SET_PDEATHSIG`).
@@ -87,13 +88,37 @@ impl std::ops::DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         if let Some(mut guard) = self.0.take() {
-            let done = std::mem::take(&mut guard.done);
+            if guard.done.is_empty() {
+                return;
+            }
+            // The state gets this thread's emptied list back, so a wake-up
+            // that posts hundreds of one-task jobs' completions (a loop of
+            // `apply_async`) does not grow a new list by reallocation each
+            // time (moving every `Delivery` again at each doubling).
+            // (`try_with`: a pool may be dropped as a thread ends, its
+            // thread-locals gone.)
+            let spare = SPARE_DONE.try_with(Cell::take).unwrap_or_default();
+            let mut done = std::mem::replace(&mut guard.done, spare);
             drop(guard);
-            for d in done {
+            for d in done.drain(..) {
                 d.post();
+            }
+            if done.capacity() <= MAX_SPARE_DONE {
+                let _ = SPARE_DONE.try_with(|spare| spare.set(done));
             }
         }
     }
+}
+
+/// Most deliveries a thread's spare list keeps room for (see
+/// [`Locked`]'s `drop`): what one wake-up posts in a loop of small
+/// `apply_async`, not what a burst once needed.
+const MAX_SPARE_DONE: usize = 256;
+
+thread_local! {
+    /// An emptied list of completions to post, kept for the next time this
+    /// thread unlocks the state.
+    static SPARE_DONE: Cell<Vec<Delivery>> = const { Cell::new(Vec::new()) };
 }
 
 /// Which descriptor a poll entry is.

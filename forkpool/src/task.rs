@@ -266,16 +266,19 @@ impl Items {
     }
 
     /// Bytes of the lent item, if any.
+    #[inline]
     fn lent_len(&self) -> usize {
         self.lent.as_ref().map_or(0, |l| l.bytes().len())
     }
 
     /// Items not yet cut.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.count - self.taken
     }
 
     /// Where item `i` ends in `bytes`.
+    #[inline]
     fn end(&self, i: usize) -> usize {
         if i + 1 == self.count {
             self.bytes.len()
@@ -285,10 +288,12 @@ impl Items {
     }
 
     /// Encoded bytes of the items not yet cut.
+    #[inline]
     pub(crate) fn bytes(&self) -> usize {
         self.bytes.len() - self.start() + self.lent_len()
     }
 
+    #[inline]
     fn start(&self) -> usize {
         self.taken.checked_sub(1).map_or(TASK_HEAD, |i| self.end(i))
     }
@@ -672,8 +677,34 @@ fn decode_payload<R: DeserializeOwned>(
     payload.len() == rest
 }
 
-/// Decodes one outcome whose tag was `tag`, advancing `payload`.
+/// Decodes one outcome whose tag was `tag`, advancing `payload` (a
+/// result here, inlined into the per-item loop; anything else apart).
+#[inline]
 fn decode_one<R: DeserializeOwned>(
+    payload: &mut Input,
+    tag: u8,
+    item: usize,
+    pid: Pid,
+    arg_type: &'static str,
+) -> Result<R, Error> {
+    if tag != OK {
+        return decode_failure(payload, tag, item, pid, arg_type);
+    }
+    let bytes = payload.len();
+    payload.decode::<R>().map_err(|e| Error::Decode {
+        item,
+        what: "result",
+        type_name: type_name::<R>(),
+        bytes,
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes one outcome other than a result (tag `tag`): why item `item`
+/// failed.
+#[cold]
+#[inline(never)]
+fn decode_failure<R>(
     payload: &mut Input,
     tag: u8,
     item: usize,
@@ -688,13 +719,6 @@ fn decode_one<R: DeserializeOwned>(
         ),
     };
     match tag {
-        OK => payload.decode::<R>().map_err(|e| Error::Decode {
-            item,
-            what: "result",
-            type_name: type_name::<R>(),
-            bytes,
-            reason: e.to_string(),
-        }),
         PANICKED => {
             let message = payload.decode::<String>().map_err(bad)?;
             Err(Error::Panicked { item, pid, message })
