@@ -622,6 +622,22 @@ impl Worker {
     }
 }
 
+/// Whether a result for task `id` answers the task a worker holding
+/// `in_flight` holds next (results come back in the order tasks were
+/// written); what is wrong if not.
+fn answers_next(in_flight: &VecDeque<InFlight>, id: u64) -> Result<(), String> {
+    match in_flight.front() {
+        Some(f) if f.id == id => Ok(()),
+        Some(f) => Err(format!(
+            "a result for task {id}, but task {} was next",
+            f.id
+        )),
+        None => Err(format!(
+            "a result for task {id}, but the worker holds no task"
+        )),
+    }
+}
+
 /// Takes the oldest task a worker holds off its in-flight list
 /// `in_flight`, whose estimates sum to `held_ns`, `unwritten` of them not
 /// yet written.
@@ -996,20 +1012,7 @@ impl State {
     pub(crate) fn on_result(&mut self, w: usize, result: ResultFrame) -> Result<(), String> {
         let worker = &mut self.workers[w];
         let id = result.id;
-        match worker.in_flight.front() {
-            None => {
-                return Err(format!(
-                    "a result for task {id}, but the worker holds no task"
-                ));
-            }
-            Some(f) if f.id != id => {
-                return Err(format!(
-                    "a result for task {id}, but task {} was next",
-                    f.id
-                ));
-            }
-            Some(_) => {}
-        }
+        answers_next(&worker.in_flight, id)?;
         let front = worker.pop_front().expect("checked above");
         worker.counters.record(front.meta.items, result.busy_ns);
         if self.task_timeout.is_some() {
@@ -1050,20 +1053,7 @@ impl State {
             let Some((id, busy)) = ResultFrame::parse_plain(body) else {
                 break;
             };
-            match worker.in_flight.front() {
-                Some(f) if f.id == id => {}
-                Some(f) => {
-                    return Err(format!(
-                        "a result for task {id}, but task {} was next",
-                        f.id
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "a result for task {id}, but the worker holds no task"
-                    ));
-                }
-            }
+            answers_next(&worker.in_flight, id)?;
             let front = pop_held(
                 &mut worker.in_flight,
                 &mut worker.held_ns,
@@ -1105,20 +1095,7 @@ impl State {
         let body = worker.reader.pending_body();
         FromWorker::pending_kind_ok(body, worker.ready)?;
         if let Some(id) = ResultFrame::peek_id(body) {
-            match worker.in_flight.front() {
-                Some(f) if f.id == id => {}
-                Some(f) => {
-                    return Err(format!(
-                        "a result for task {id}, but task {} was next",
-                        f.id
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "a result for task {id}, but the worker holds no task"
-                    ));
-                }
-            }
+            answers_next(&worker.in_flight, id)?;
         }
         Ok(())
     }

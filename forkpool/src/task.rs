@@ -320,6 +320,13 @@ impl Items {
                 reason: e.to_string(),
             });
         }
+        self.close_item(before);
+        Ok(())
+    }
+
+    /// Counts the item whose encoding starts at `before` (and ends at the
+    /// end of `bytes`), noting where it ends and where its descriptors end.
+    fn close_item(&mut self, before: usize) {
         if self.count > 0 {
             self.ends.push(before);
         }
@@ -329,7 +336,6 @@ impl Items {
             self.fd_ends.resize(self.count - 1, 0);
             self.fd_ends.push(self.fds.len());
         }
-        Ok(())
     }
 
     /// Appends `item`, the block's last (nothing is pushed after it): a big
@@ -343,14 +349,7 @@ impl Items {
         match frame::lend_into(item, &mut self.bytes, &mut self.run, &mut lent) {
             Ok(()) => {
                 self.lent = lent.pop();
-                if self.count > 0 {
-                    self.ends.push(before);
-                }
-                self.count += 1;
-                if !self.fds.is_empty() {
-                    self.fd_ends.resize(self.count - 1, 0);
-                    self.fd_ends.push(self.fds.len());
-                }
+                self.close_item(before);
                 Ok(())
             }
             Err(item) => {

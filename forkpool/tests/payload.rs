@@ -156,13 +156,19 @@ fn a_pool_built_after_a_big_value_inherited_the_parents_spare_frame_buffer() {
     drop(back);
     // The parent keeps its last big frame buffer for its next big value;
     // a pool forked now must not carry those pages in every process.
+    assert_new_zygote_is_small(BIG, "value went through");
+}
+
+/// Builds a pool and checks its zygote holds less than half of `big`
+/// bytes (what a `big`-byte value that `how` another pool left behind).
+fn assert_new_zygote_is_small(big: usize, how: &str) {
     let later = TestPool::new(1);
     let zygote = rss(later.zygote_pid());
     assert!(
-        zygote < (BIG / 2) as u64,
-        "the new pool's zygote holds {} MiB after a {} MiB value went through another pool",
+        zygote < (big / 2) as u64,
+        "the new pool's zygote holds {} MiB after a {} MiB {how} another pool",
         zygote >> 20,
-        BIG >> 20
+        big >> 20
     );
 }
 
@@ -195,14 +201,7 @@ fn a_big_argument_kept_for_the_next_value_outlived_its_pool_and_went_into_the_ne
     );
     let second = TestPool::new(1);
     assert_eq!(second.apply(len, vec![7u8; BIG]).unwrap(), BIG);
-    let later = TestPool::new(1);
-    let zygote = rss(later.zygote_pid());
-    assert!(
-        zygote < (BIG / 2) as u64,
-        "the new pool's zygote holds {} MiB after a {} MiB argument went to another pool",
-        zygote >> 20,
-        BIG >> 20
-    );
+    assert_new_zygote_is_small(BIG, "argument went to");
 }
 
 /// An argument for a `fn(Vec<u8>)`: a good vector, or bytes that cannot
