@@ -455,55 +455,86 @@ pub(crate) fn free_spares() {
 /// dropped. Whether `V` is such a `Vec` is a type-id comparison (its size
 /// first, known at compile time: small values pay nothing).
 pub(crate) fn recycle<V>(value: V) {
-    if std::mem::size_of::<V>() != std::mem::size_of::<Vec<u8>>() {
-        return;
+    if let Ok(PlainVec { mem, .. }) = PlainVec::take(value, |_, cap| worth_keeping(cap)) {
+        mem.put_back();
     }
-    macro_rules! check {
-        ($($t:ty),*) => { $(
-            if typeid::of::<V>() == typeid::of::<Vec<$t>>() {
-                let value = std::mem::ManuallyDrop::new(value);
-                // SAFETY: `V` is `Vec<$t>` (equal type ids; `Vec<$t>` has
-                // no lifetime that erasing could hide), so this reads the
-                // value as its own type; the original is not dropped, so
-                // the read copy is the only owner.
-                let v: Vec<$t> = unsafe { std::mem::transmute_copy(&*value) };
-                return keep_run_memory(v);
-            }
-        )* };
-    }
-    plain_types!(check);
 }
 
-/// Keeps `v`'s allocation as the spare ([`recycle`]) if it is big enough
-/// to be a run and not too big to keep; frees it otherwise.
-fn keep_run_memory<P: Plain>(v: Vec<P>) {
-    if let Some(spare) = Spare::of_vec(v) {
-        spare.put_back();
+/// A `Vec` of a plain number type taken apart: its allocation, now owned
+/// as a [`Spare`], and how its bytes are numbers.
+struct PlainVec {
+    mem: Spare,
+    /// How many numbers it held.
+    count: usize,
+    /// Bytes of one number.
+    elem: usize,
+}
+
+impl PlainVec {
+    /// `value` taken apart if it is a `Vec` of a plain number type (by
+    /// type id; its size first, known at compile time) for which
+    /// `want(bytes of its numbers, bytes of its allocation)` holds;
+    /// `value` back, untouched, otherwise.
+    fn take<V>(value: V, want: impl FnOnce(usize, usize) -> bool) -> Result<PlainVec, V> {
+        if std::mem::size_of::<V>() != std::mem::size_of::<Vec<u8>>() {
+            return Err(value);
+        }
+        macro_rules! check {
+            ($($t:ty),*) => { $(
+                if typeid::of::<V>() == typeid::of::<Vec<$t>>() {
+                    // SAFETY: `V` is `Vec<$t>` (equal type ids; `Vec<$t>`
+                    // has no lifetime that erasing could hide): a reference
+                    // to the value is a reference to a `Vec<$t>`.
+                    let v = unsafe { &*(&value as *const V).cast::<Vec<$t>>() };
+                    let elem = std::mem::size_of::<$t>();
+                    if !want(v.len() * elem, v.capacity() * elem) {
+                        return Err(value);
+                    }
+                    let value = std::mem::ManuallyDrop::new(value);
+                    // SAFETY: as above, this reads the value as its own
+                    // type; the original is not dropped, so the copy read
+                    // is the only owner.
+                    let v: Vec<$t> = unsafe { std::mem::transmute_copy(&*value) };
+                    let count = v.len();
+                    return Ok(PlainVec { mem: Spare::owning(v), count, elem });
+                }
+            )* };
+        }
+        plain_types!(check);
+        Err(value)
     }
+}
+
+/// Whether an allocation of `bytes` is kept as the spare ([`recycle`]):
+/// big enough to be a run, not bigger than [`KEEP_MAX`].
+///
+/// Its pages are not lent back (`MADV_FREE`): marking them so and dirtying
+/// them again cost a 64 MiB round trip 20-30 ms here, a fifth of it. So a
+/// process holds at most one such allocation, of at most `KEEP_MAX` bytes,
+/// until the next run it receives (or a bigger one), a pool is dropped or a
+/// zygote forks ([`free_spares`]).
+fn worth_keeping(bytes: usize) -> bool {
+    (codec::RUN_MIN..=KEEP_MAX).contains(&bytes)
 }
 
 impl Spare {
-    /// `v`'s allocation, if it is [`codec::RUN_MIN`] to [`KEEP_MAX`] bytes
-    /// (freed otherwise).
+    /// `v`'s allocation, if it is worth keeping ([`worth_keeping`]).
+    #[cfg(test)]
     fn of_vec<P: Plain>(v: Vec<P>) -> Option<Spare> {
-        let bytes = v.capacity() * std::mem::size_of::<P>();
-        if !(codec::RUN_MIN..=KEEP_MAX).contains(&bytes) {
-            return None;
-        }
-        // Its pages are not lent back (`MADV_FREE`): marking them so and
-        // dirtying them again cost a 64 MiB round trip 20-30 ms here, a fifth
-        // of it. So a process holds at most one such allocation, of at most
-        // `KEEP_MAX` bytes, until the next run it receives (or a bigger one),
-        // a pool is dropped or a zygote forks ([`free_spares`]).
+        worth_keeping(v.capacity() * std::mem::size_of::<P>()).then(|| Spare::owning(v))
+    }
+
+    /// `v`'s allocation, whatever its size (its numbers need no drop).
+    fn owning<P: Plain>(v: Vec<P>) -> Spare {
         let mut v = std::mem::ManuallyDrop::new(v);
         // The `Vec` is not dropped: the spare is its allocation's only owner,
         // allocated as a `Vec<P>` of its capacity allocates, with the layout
         // `(capacity * size_of::<P>(), align_of::<P>())`.
-        Some(Spare {
+        Spare {
             ptr: NonNull::new(v.as_mut_ptr().cast::<u8>()).expect("a Vec's pointer is not null"),
-            cap: bytes,
+            cap: v.capacity() * std::mem::size_of::<P>(),
             align: std::mem::align_of::<P>(),
-        })
+        }
     }
 }
 
@@ -604,43 +635,23 @@ pub(crate) fn lend_into<V>(
     run: &mut Option<RunAt>,
     lent: &mut Vec<Lent>,
 ) -> Result<(), V> {
-    if std::mem::size_of::<V>() != std::mem::size_of::<Vec<u8>>() {
-        return Err(value);
+    let PlainVec { mem, count, elem } = PlainVec::take(value, |bytes, _| bytes >= codec::RUN_MIN)?;
+    let bytes = count * elem;
+    out.extend_from_slice(&(count as u64).to_le_bytes());
+    let at = out.len() + Lent::total(lent);
+    if run.is_none_or(|r| bytes > r.len) {
+        *run = Some(RunAt {
+            at,
+            len: bytes,
+            elem,
+        });
     }
-    macro_rules! check {
-        ($($t:ty),*) => { $(
-            if typeid::of::<V>() == typeid::of::<Vec<$t>>() {
-                // SAFETY: `V` is `Vec<$t>` (equal type ids; `Vec<$t>` has no
-                // lifetime that erasing could hide): a reference to the
-                // value is a reference to a `Vec<$t>`.
-                let v = unsafe { &*(&value as *const V).cast::<Vec<$t>>() };
-                let bytes = std::mem::size_of_val(v.as_slice());
-                if bytes < codec::RUN_MIN {
-                    return Err(value);
-                }
-                let count = v.len();
-                let value = std::mem::ManuallyDrop::new(value);
-                // SAFETY: as above; the original is not dropped, so the
-                // copy read is the only owner.
-                let v: Vec<$t> = unsafe { std::mem::transmute_copy(&*value) };
-                let mut v = std::mem::ManuallyDrop::new(v);
-                let mem = Spare {
-                    ptr: NonNull::new(v.as_mut_ptr().cast::<u8>()).expect("a Vec's pointer"),
-                    cap: v.capacity() * std::mem::size_of::<$t>(),
-                    align: std::mem::align_of::<$t>(),
-                };
-                out.extend_from_slice(&(count as u64).to_le_bytes());
-                let at = out.len() + Lent::total(lent);
-                if run.is_none_or(|r| bytes > r.len) {
-                    *run = Some(RunAt { at, len: bytes, elem: std::mem::size_of::<$t>() });
-                }
-                lent.push(Lent { at: out.len(), len: bytes, mem });
-                return Ok(());
-            }
-        )* };
-    }
-    plain_types!(check);
-    Err(value)
+    lent.push(Lent {
+        at: out.len(),
+        len: bytes,
+        mem,
+    });
+    Ok(())
 }
 
 /// The parts of `out` to write, in order, with the lent bytes where they
