@@ -2,11 +2,13 @@
 
 mod common;
 
-use common::demos;
+use common::{Run, demos};
 
-#[test]
-fn copy_multiplies_the_memory_by_the_tasks() {
-    let (rows, cols) = (64u64, 8192u64); // 4 MiB
+/// Runs the `copy` demo the `way` given on a 64 x 8192 array of doubles
+/// (4 MiB) with 2 processes, checks it succeeded; the run and the array's
+/// size in bytes.
+fn copy_demo(way: &str) -> (Run, u64) {
+    let (rows, cols) = (64u64, 8192u64);
     let run = demos(&[
         "copy",
         "--rows",
@@ -16,10 +18,15 @@ fn copy_multiplies_the_memory_by_the_tasks() {
         "--processes",
         "2",
         "--way",
-        "serialised",
+        way,
     ]);
     run.assert_ok();
-    let array = rows * cols * 8;
+    (run, rows * cols * 8)
+}
+
+#[test]
+fn copy_multiplies_the_memory_by_the_tasks() {
+    let (run, array) = copy_demo("serialised");
     let verified = run.verified();
     let ratio: f64 = verified
         .strip_prefix(
@@ -57,20 +64,7 @@ fn copy_multiplies_the_memory_by_the_tasks() {
 
 #[test]
 fn a_buffer_sent_by_value_is_mapped_by_every_worker_not_copied() {
-    let (rows, cols) = (64u64, 8192u64); // 4 MiB
-    let run = demos(&[
-        "copy",
-        "--rows",
-        &rows.to_string(),
-        "--cols",
-        &cols.to_string(),
-        "--processes",
-        "2",
-        "--way",
-        "buffer",
-    ]);
-    run.assert_ok();
-    let array = rows * cols * 8;
+    let (run, array) = copy_demo("buffer");
     assert_eq!(
         run.fact("bytes serialised"),
         "2 x 9 B = 18 B (the buffer's length; its descriptor travels beside the task)"
