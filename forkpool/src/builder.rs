@@ -9,7 +9,6 @@ use crossbeam_channel::RecvTimeoutError;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use parking_lot::Mutex;
 
 use crate::collector::{self, Shared};
 use crate::error::{Error, Result};
@@ -276,12 +275,7 @@ impl PoolBuilder {
 
         let mut state = State::new(ours, processes, self.max_tasks_per_child);
         state.task_timeout = self.task_timeout;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(state),
-            wake,
-            zygote,
-            has_initializer,
-        });
+        let shared = Arc::new(Shared::new(state, wake, zygote, has_initializer));
         let (tx, rx) = crossbeam_channel::bounded(1);
         let for_thread = shared.clone();
         let collector = std::thread::Builder::new()

@@ -21,6 +21,7 @@ use std::cell::Cell;
 use std::os::fd::AsFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -35,7 +36,8 @@ use crate::control::{self, Event, Received};
 use crate::error::{Error, ExitCause};
 use crate::fds::PoolFd;
 use crate::frame::{self, Fill, FillError, FromWorker};
-use crate::scheduler::{Delivery, Phase, State, Worker, Writer};
+use crate::scheduler::{Delivery, JobSpec, Phase, State, Worker, Writer};
+use crate::task::Items;
 
 /// How long `terminate` waits for the zygote to kill its workers and exit
 /// before killing it (its workers then die of `PR_SET_PDEATHSIG`).
@@ -49,6 +51,13 @@ pub(crate) const START_ATTEMPTS: usize = 3;
 /// What the pool's handle and its collector share.
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
+    /// Whole jobs submitted while another thread held `state` (see
+    /// [`submit_whole`](Self::submit_whole)), oldest first, and whether
+    /// there are any.
+    incoming: Mutex<Vec<(JobSpec, Items)>>,
+    incoming_waiting: AtomicBool,
+    /// Whether the pool took new work when the state was last unlocked.
+    taking_work: AtomicBool,
     /// An eventfd: writing to it wakes the collector.
     pub(crate) wake: PoolFd,
     pub(crate) zygote: Pid,
@@ -57,54 +66,163 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new(state: State, wake: PoolFd, zygote: Pid, has_initializer: bool) -> Self {
+        Shared {
+            state: Mutex::new(state),
+            incoming: Mutex::new(Vec::new()),
+            incoming_waiting: AtomicBool::new(false),
+            taking_work: AtomicBool::new(true),
+            wake,
+            zygote,
+            has_initializer,
+        }
+    }
+
     /// Wakes the collector so it looks at the state again.
     pub(crate) fn wake(&self) {
         let _ = nix::unistd::write(self.wake.as_fd(), &1u64.to_ne_bytes());
     }
 
-    /// Locks the state. Completions produced under the lock are posted
-    /// when it is released.
+    /// Locks the state. Jobs submitted while another thread held it are
+    /// opened first; completions produced under the lock are posted when
+    /// it is released.
     pub(crate) fn lock(&self) -> Locked<'_> {
-        Locked(Some(self.state.lock()))
+        self.locked(self.state.lock())
+    }
+
+    /// [`lock`](Self::lock), if no other thread holds the state.
+    fn try_lock(&self) -> Option<Locked<'_>> {
+        self.state.try_lock().map(|guard| self.locked(guard))
+    }
+
+    fn locked<'a>(&'a self, guard: MutexGuard<'a, State>) -> Locked<'a> {
+        let mut locked = Locked {
+            shared: self,
+            guard: Some(guard),
+        };
+        locked.open_incoming();
+        locked
+    }
+
+    /// Submits a job whose items are all of `items` (at least one: an
+    /// `apply`, a short `map`) without waiting for the state lock. If
+    /// another thread holds it (the collector handing out results, most
+    /// often), the job waits in `incoming`, and whoever holds the lock
+    /// opens it before releasing it, or right after (see [`Locked`]'s
+    /// `drop`); this thread goes on. A loop of `apply_async` otherwise
+    /// slept on the lock, or spun for it, once in every few calls while
+    /// the collector worked: measured on 2 cores, 5 000 sleeps and 2 600
+    /// yields in 100 000 calls, and the loop 1.5-1.9x slower than before
+    /// the scheduler kept a record per job.
+    ///
+    /// A thread that locks the state later opens the job first, so what
+    /// the same thread does next (`close`, another job) comes after it. If
+    /// the pool no longer takes work when a job left waiting is opened,
+    /// its handle gets the error.
+    ///
+    /// # Errors
+    ///
+    /// Why the pool takes no new work, when that is known at once (the
+    /// lock was free).
+    pub(crate) fn submit_whole(&self, spec: JobSpec, items: Items) -> Result<(), Error> {
+        // A pool that stopped taking work before this call says so now,
+        // not through the handle later.
+        let st = match self.try_lock() {
+            Some(st) => Some(st),
+            None if !self.taking_work.load(Ordering::Acquire) => Some(self.lock()),
+            None => None,
+        };
+        if let Some(mut st) = st {
+            st.accepting()?;
+            let full = st.open_whole(spec, items);
+            drop(st);
+            if full {
+                self.wake();
+            }
+            return Ok(());
+        }
+        self.incoming.lock().push((spec, items));
+        self.incoming_waiting.store(true, Ordering::SeqCst);
+        // Either the holder, once it has unlocked, sees the flag (its
+        // fence, in `Locked`'s `drop`, pairs with this one), or this
+        // `try_lock` succeeds and opens the job itself.
+        fence(Ordering::SeqCst);
+        drop(self.try_lock());
+        Ok(())
     }
 }
 
-/// The locked state; posts pending completions on unlock.
-pub(crate) struct Locked<'a>(Option<MutexGuard<'a, State>>);
+/// The locked state; opens the jobs waiting in [`Shared::submit_whole`]'s
+/// list and posts pending completions on unlock.
+pub(crate) struct Locked<'a> {
+    shared: &'a Shared,
+    guard: Option<MutexGuard<'a, State>>,
+}
+
+impl Locked<'_> {
+    /// Opens the jobs submitted while another thread held the lock, in
+    /// the order they came, and wakes the collector if a pipe is full.
+    fn open_incoming(&mut self) {
+        let waiting = &self.shared.incoming_waiting;
+        if !waiting.load(Ordering::SeqCst) || !waiting.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let jobs = std::mem::take(&mut *self.shared.incoming.lock());
+        let mut full = false;
+        for (spec, items) in jobs {
+            full |= self.open_whole(spec, items);
+        }
+        if full {
+            self.shared.wake();
+        }
+    }
+}
 
 impl std::ops::Deref for Locked<'_> {
     type Target = State;
     fn deref(&self) -> &State {
-        self.0.as_ref().expect("locked until dropped")
+        self.guard.as_ref().expect("locked until dropped")
     }
 }
 
 impl std::ops::DerefMut for Locked<'_> {
     fn deref_mut(&mut self) -> &mut State {
-        self.0.as_mut().expect("locked until dropped")
+        self.guard.as_mut().expect("locked until dropped")
     }
 }
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        if let Some(mut guard) = self.0.take() {
-            if guard.done.is_empty() {
-                return;
-            }
+        while self.guard.is_some() {
+            self.open_incoming();
+            let mut guard = self.guard.take().expect("checked by the loop");
+            let taking = guard.accepting().is_ok();
+            self.shared.taking_work.store(taking, Ordering::Release);
             // The state gets this thread's emptied list back, so a wake-up
             // that posts hundreds of one-task jobs' completions (a loop of
             // `apply_async`) does not grow a new list by reallocation each
             // time (moving every `Delivery` again at each doubling).
             // (`try_with`: a pool may be dropped as a thread ends, its
             // thread-locals gone.)
-            let spare = SPARE_DONE.try_with(Cell::take).unwrap_or_default();
-            let mut done = std::mem::replace(&mut guard.done, spare);
+            let done = (!guard.done.is_empty()).then(|| {
+                let spare = SPARE_DONE.try_with(Cell::take).unwrap_or_default();
+                std::mem::replace(&mut guard.done, spare)
+            });
             drop(guard);
-            for d in done.drain(..) {
-                d.post();
+            if let Some(mut done) = done {
+                for d in done.drain(..) {
+                    d.post();
+                }
+                if done.capacity() <= MAX_SPARE_DONE {
+                    let _ = SPARE_DONE.try_with(|spare| spare.set(done));
+                }
             }
-            if done.capacity() <= MAX_SPARE_DONE {
-                let _ = SPARE_DONE.try_with(|spare| spare.set(done));
+            // A job submitted while we held the lock, after we last looked
+            // (see `Shared::submit_whole`): open it now unless another
+            // thread holds the lock, which then opens it.
+            fence(Ordering::SeqCst);
+            if self.shared.incoming_waiting.load(Ordering::SeqCst) {
+                self.guard = self.shared.state.try_lock();
             }
         }
     }

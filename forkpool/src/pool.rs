@@ -342,9 +342,10 @@ impl Pool {
     }
 
     /// Opens a job for `spec` and appends `items` to it in blocks. The job
-    /// opens with its first block, under the same lock: an `apply` takes
-    /// the state lock once (taking it twice made the submitting thread and
-    /// the collector contend for it in a loop of `apply_async`).
+    /// opens with its first block, under the same lock (taking it twice
+    /// made the submitting thread and the collector contend for it in a
+    /// loop of `apply_async`); a job of one block (an `apply`, a short
+    /// `map`) does not wait for the lock at all ([`Shared::submit_whole`]).
     fn submit_items<T: Serialize>(
         &self,
         spec: JobSpec,
@@ -365,7 +366,7 @@ impl Pool {
             }
             if block.len() >= BLOCK_ITEMS || block.bytes() >= BLOCK_BYTES {
                 let full = std::mem::replace(&mut block, Items::starting_at(i + 1));
-                job = Some(self.open_and_append(job, &mut spec, full, i + 1 == total)?);
+                job = self.open_and_append(job, &mut spec, full, i + 1 == total)?;
             }
         }
         if total == 0 || block.len() > 0 {
@@ -375,14 +376,21 @@ impl Pool {
     }
 
     /// Appends `items` to `job`, or to a job opened now for `spec` if
-    /// `job` is `None`; returns the job.
+    /// `job` is `None`; returns the job, or `None` if `items` were all of
+    /// it (then submitted with [`Shared::submit_whole`], which does not
+    /// wait for the state lock).
     fn open_and_append(
         &self,
         job: Option<JobId>,
         spec: &mut Option<JobSpec>,
         items: Items,
         done: bool,
-    ) -> Result<JobId> {
+    ) -> Result<Option<JobId>> {
+        if job.is_none() && done && items.len() > 0 {
+            let spec = spec.take().expect("a job opens once");
+            self.shared.submit_whole(spec, items)?;
+            return Ok(None);
+        }
         let mut st = self.shared.lock();
         let id = match job {
             Some(id) => id,
@@ -393,7 +401,7 @@ impl Pool {
         if full {
             self.shared.wake();
         }
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// A lazy, ordered map: yields each item's `Result` in input order,
@@ -899,5 +907,79 @@ impl Drop for Pool {
         // The memory kept for the next big value is the pools' cache: not
         // held on past them.
         crate::frame::free_spares();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn inc(x: u64) -> u64 {
+        x + 1
+    }
+
+    /// How long a test waits for a thread that should not be blocked.
+    const DEADLINE: Duration = Duration::from_secs(20);
+
+    /// Runs `pool.apply_async(inc, arg)` on another thread while `guard`
+    /// keeps the state locked; the guard back, and the handle if the call
+    /// returned in time.
+    fn apply_async_while_locked<G>(
+        pool: &Pool,
+        arg: u64,
+        guard: G,
+    ) -> (G, Option<AsyncResult<u64>>) {
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _ = tx.send(pool.apply_async(inc, arg));
+            });
+            let handle = rx.recv_timeout(DEADLINE).ok();
+            // (A submitter that waits for the lock is let go here, so the
+            // scope ends either way.)
+            (guard, handle)
+        })
+    }
+
+    #[test]
+    fn apply_async_waited_for_the_state_lock_that_another_thread_held() {
+        let pool = Pool::new(2).unwrap();
+        let (guard, handle) = apply_async_while_locked(&pool, 41, pool.shared.lock());
+        drop(guard);
+        let handle = handle.expect("apply_async returned while another thread held the lock");
+        // Opened when the holder released the lock.
+        assert_eq!(handle.get().unwrap(), 42);
+    }
+
+    #[test]
+    fn a_job_submitted_while_the_lock_was_held_ran_after_a_close_that_followed_it() {
+        let pool = Pool::new(2).unwrap();
+        // A bare guard: releasing it does not open the waiting job; the
+        // next `lock` (here `close`'s) must open it before closing.
+        let (guard, handle) = apply_async_while_locked(&pool, 1, pool.shared.state.lock());
+        drop(guard);
+        let handle = handle.expect("apply_async returned while another thread held the lock");
+        pool.close();
+        pool.join().unwrap();
+        assert_eq!(handle.get().unwrap(), 2);
+        assert_eq!(pool.stats().tasks(), 1, "the job ran once");
+    }
+
+    #[test]
+    fn a_job_waiting_for_the_lock_when_the_pool_closed_failed_with_closed() {
+        let pool = Pool::new(2).unwrap();
+        let mut st = pool.shared.state.lock();
+        st.phase = Phase::Closed;
+        let (guard, handle) = apply_async_while_locked(&pool, 1, st);
+        drop(guard);
+        let handle = handle.expect("apply_async returned while another thread held the lock");
+        // Whoever locks next opens it, and the pool takes no new work.
+        pool.close();
+        pool.join().unwrap();
+        assert!(matches!(handle.get(), Err(Error::Closed)));
+        assert_eq!(pool.stats().tasks(), 0, "nothing ran");
     }
 }

@@ -62,7 +62,10 @@
 //!
 //! Tasks are written from whichever thread holds the state lock: the
 //! submitting thread (so `apply` costs no thread hop on the way out) or the
-//! collector thread when results free a worker. Writes never block: what a
+//! collector thread when results free a worker. A submitter never waits
+//! for the lock with a job of one block in hand: if another thread holds
+//! it, the job is left for that thread to open (see
+//! `collector::Shared::submit_whole`). Writes never block: what a
 //! pipe does not take waits in the worker's [`OutQueue`] for the collector
 //! to flush when the pipe drains.
 
@@ -771,6 +774,29 @@ impl State {
         // With a task timeout the collector must also learn of the clocks
         // started here, to wake when the first one runs out.
         Ok(self.dispatch(Writer::Submitter) || self.task_timeout.is_some())
+    }
+
+    /// Opens a job for `spec` whose items are all of `items` (at least
+    /// one), and hands out what it can; returns whether a pipe is full, as
+    /// [`append`](Self::append). If the pool no longer takes work, the job
+    /// fails at once instead: its handle gets the error.
+    pub(crate) fn open_whole(&mut self, spec: JobSpec, items: Items) -> bool {
+        if let Err(e) = self.accepting() {
+            let job = self.next_job;
+            self.next_job += 1;
+            let meta = TaskMeta {
+                chunk: 0,
+                first: items.first_index(),
+                items: items.len(),
+                bytes: items.bytes(),
+            };
+            let c = failed(meta, Pid::from_raw(0), &e);
+            deliver(&mut self.done, job, To::Last(spec.sink), c);
+            return false;
+        }
+        let id = self.open_job(spec).expect("accepting: checked above");
+        self.append(id, items, true)
+            .expect("accepting: checked above, and the job was just opened")
     }
 
     /// The submitter gave up on job `id` (an `IMap` dropped): its uncut
