@@ -112,11 +112,19 @@ const FIRST_WINDOW: usize = 1;
 /// Names a job in the pool's state.
 pub(crate) type JobId = u64;
 
-/// Hashes job ids, which the pool numbers itself (no adversary chooses
-/// them), with one multiplication (Fibonacci hashing) instead of SipHash:
-/// a job is looked up once per completion, and at chunksize 1 SipHash was
-/// about 3 % of the collector's time. (A `BTreeMap` instead allocated and
-/// freed a node of eleven jobs as a loop of `apply_async` went by.)
+/// Hashes job ids, which the pool numbers itself, one after another (no
+/// adversary chooses them), so that jobs opened one after another sit one
+/// after another in the table: the hash is the id itself in its low bits
+/// (the table's bucket, modulo its size) and the id's low 7 bits again in
+/// its top 7 (the tag the table compares first, so neighbouring jobs'
+/// tags differ). The live jobs are nearly always a run of consecutive ids,
+/// which then never collide. A loop of 20 000 `apply_async` keeps
+/// thousands of jobs open; with ids scattered over the table (Fibonacci
+/// hashing, before) each lookup missed the cache, and the loop took about
+/// 20 % more CPU (alternated on 2 cores: 1 180-1 320 against 920-1 030 ms
+/// of `perf stat` task-clock for 15 loops). SipHash was about 3 % of the
+/// collector's time at chunksize 1; a `BTreeMap` allocated and freed a
+/// node of eleven jobs as such a loop went by.
 #[derive(Default)]
 struct IdHasher(u64);
 
@@ -128,7 +136,8 @@ impl Hasher for IdHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let n = self.0 ^ n;
+        self.0 = n ^ (n << 57);
     }
 
     fn finish(&self) -> u64 {
@@ -1295,6 +1304,22 @@ mod tests {
     use crate::mailbox::mailbox;
     use nix::fcntl::OFlag;
     use std::os::fd::OwnedFd;
+
+    #[test]
+    fn job_ids_opened_one_after_another_were_scattered_over_the_job_table() {
+        let hash = |id: JobId| {
+            let mut h = IdHasher::default();
+            h.write_u64(id);
+            h.finish()
+        };
+        let start: JobId = 1_000_003;
+        for id in start..start + 4096 {
+            // Neighbours in consecutive buckets, whatever the table's size...
+            assert_eq!(hash(id + 1) & 0xfff, (hash(id) + 1) & 0xfff);
+            // ...with different tags (the hash's top 7 bits).
+            assert_ne!(hash(id + 1) >> 57, hash(id) >> 57);
+        }
+    }
 
     /// A state with `n` ready workers behind real, non-blocking pipes;
     /// returns it and, per worker, the read end of its task pipe (what the
