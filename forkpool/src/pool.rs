@@ -969,6 +969,46 @@ mod tests {
     }
 
     #[test]
+    fn no_job_submitted_by_threads_racing_for_the_lock_was_lost() {
+        const THREADS: u64 = 4;
+        const EACH: u64 = 3_000;
+        let pool = Pool::new(2).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            // One more thread takes the lock over and over, so submitters
+            // often find it held and leave their jobs waiting.
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = pool.stats();
+                }
+            });
+            let submitters: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let pool = &pool;
+                    s.spawn(move || {
+                        let handles: Vec<_> = (0..EACH)
+                            .map(|i| pool.apply_async(inc, t * EACH + i))
+                            .collect();
+                        let mut sum = 0;
+                        for mut h in handles {
+                            // A lost job would never complete: a deadline,
+                            // not a hang.
+                            sum += h.get_timeout(DEADLINE).expect("every job ran");
+                        }
+                        sum
+                    })
+                })
+                .collect();
+            let sums = submitters.into_iter().map(|h| h.join().unwrap()).collect();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            sums
+        });
+        let want: u64 = (1..=THREADS * EACH).sum();
+        assert_eq!(sums.iter().sum::<u64>(), want);
+        assert_eq!(pool.stats().tasks(), THREADS * EACH, "each job ran once");
+    }
+
+    #[test]
     fn a_job_waiting_for_the_lock_when_the_pool_closed_failed_with_closed() {
         let pool = Pool::new(2).unwrap();
         let mut st = pool.shared.state.lock();
