@@ -926,6 +926,43 @@ pub(crate) struct ResultFrame {
     pub(crate) has_fds: bool,
 }
 
+/// A plain result body borrowed from the collector's read buffer (see
+/// [`ResultFrame::parse_plain`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlainResult<'a> {
+    /// The task it answers.
+    pub(crate) id: u64,
+    /// Nanoseconds the worker spent on the task.
+    pub(crate) busy_ns: u64,
+    body: &'a [u8],
+}
+
+impl PlainResult<'_> {
+    /// The outcomes, one per item.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.body[ResultFrame::BODY_LEN..]
+    }
+
+    /// Its bytes in a frame of its own, with room for `more` bytes of
+    /// payloads appended later ([`ResultFrame::extend_plain`]).
+    pub(crate) fn to_frame(self, more: usize) -> ResultFrame {
+        let mut bytes = Vec::with_capacity(self.body.len() + more);
+        bytes.extend_from_slice(self.body);
+        ResultFrame {
+            id: self.id,
+            busy_ns: self.busy_ns,
+            body: bytes.into(),
+            fds: Ok(VecDeque::new()),
+            has_fds: false,
+        }
+    }
+
+    /// Bytes of the whole body.
+    pub(crate) fn len(&self) -> usize {
+        self.body.len()
+    }
+}
+
 impl ResultFrame {
     /// Body bytes before the payload: kind, id, busy nanoseconds.
     const BODY_LEN: usize = 1 + 2 * 8;
@@ -941,29 +978,14 @@ impl ResultFrame {
         self.body.into_input(Self::BODY_LEN)
     }
 
-    /// Where a result body's payload starts.
-    pub(crate) const PAYLOAD_AT: usize = Self::BODY_LEN;
-
-    /// The task id and busy time of a *plain* result body (no run, no
-    /// descriptors), whose payload is `body[PAYLOAD_AT..]`; `None` for any
-    /// other body.
-    pub(crate) fn parse_plain(body: &[u8]) -> Option<(u64, u64)> {
-        (body.len() >= Self::BODY_LEN && body[0] == RESULT)
-            .then(|| (field(body, 0), field(body, 1)))
-    }
-
-    /// The result frame of a plain body (see [`parse_plain`](Self::parse_plain)),
-    /// copied, with room for `more` bytes of payloads appended later.
-    pub(crate) fn from_plain(body: &[u8], more: usize) -> ResultFrame {
-        let mut bytes = Vec::with_capacity(body.len() + more);
-        bytes.extend_from_slice(body);
-        ResultFrame {
+    /// A *plain* result body (no run, no descriptors) read in place;
+    /// `None` for any other body.
+    pub(crate) fn parse_plain(body: &[u8]) -> Option<PlainResult<'_>> {
+        (body.len() >= Self::BODY_LEN && body[0] == RESULT).then(|| PlainResult {
             id: field(body, 0),
             busy_ns: field(body, 1),
-            body: bytes.into(),
-            fds: Ok(VecDeque::new()),
-            has_fds: false,
-        }
+            body,
+        })
     }
 
     /// Appends `payload` (another plain result's outcomes) to this frame's,

@@ -80,7 +80,7 @@ use nix::unistd::Pid;
 use crate::control::{self, Request};
 use crate::error::Error;
 use crate::fds::PoolFd;
-use crate::frame::{self, FrameReader, FromWorker, OutQueue, ResultFrame, TaskHeader};
+use crate::frame::{self, FrameReader, FromWorker, OutQueue, PlainResult, ResultFrame, TaskHeader};
 use crate::mailbox::Postman;
 use crate::side::ParentSide;
 use crate::stats::{Counters, Exited};
@@ -260,8 +260,7 @@ fn failed(meta: TaskMeta, pid: Pid, err: &Error) -> Completion {
 }
 
 /// Queues the completion of a task of job `job` that worker `pid`
-/// answered with the plain result `body` (borrowed from the collector's
-/// read buffer): appended to the completion before it when that is the
+/// answered with the plain result `result`: appended to the completion before it when that is the
 /// same job's, the same worker's, and the task just before (one buffer,
 /// one completion for a batch of tiny tasks), else copied into a
 /// completion of its own, with room for more unless the job is over.
@@ -271,9 +270,9 @@ fn deliver_plain(
     to: To<'_>,
     meta: TaskMeta,
     pid: Pid,
-    body: &[u8],
+    result: PlainResult<'_>,
 ) {
-    let payload = &body[ResultFrame::PAYLOAD_AT..];
+    let payload = result.payload();
     if let Some(d) = done.last_mut()
         && d.job == job
     {
@@ -307,7 +306,7 @@ fn deliver_plain(
     let c = Completion {
         meta,
         pid,
-        outcome: Ok(ResultFrame::from_plain(body, room)),
+        outcome: Ok(result.to_frame(room)),
         parts: Vec::new(),
     };
     deliver(done, job, to, c);
@@ -1085,9 +1084,10 @@ impl State {
             return Ok(());
         }
         while let Some(body) = worker.reader.peek_small(SMALL_RESULT) {
-            let Some((id, busy)) = ResultFrame::parse_plain(body) else {
+            let Some(result) = ResultFrame::parse_plain(body) else {
                 break;
             };
+            let (id, busy) = (result.id, result.busy_ns);
             answers_next(&worker.in_flight, id)?;
             let front = pop_held(
                 &mut worker.in_flight,
@@ -1109,13 +1109,13 @@ impl State {
                 if job.finished() {
                     let job = jobs.remove(&front.job).expect("found above");
                     let to = To::Last(job.spec.sink);
-                    deliver_plain(done, front.job, to, front.meta, pid, body);
+                    deliver_plain(done, front.job, to, front.meta, pid, result);
                 } else {
                     let to = To::Job(&job.spec.sink);
-                    deliver_plain(done, front.job, to, front.meta, pid, body);
+                    deliver_plain(done, front.job, to, front.meta, pid, result);
                 }
             }
-            let len = body.len();
+            let len = result.len();
             worker.reader.skip(len);
         }
         self.retire_if_spent(w);

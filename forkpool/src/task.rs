@@ -930,7 +930,9 @@ mod cut_tests {
         part(&mut out, 1, &|o| ok(o, 40));
         assert!(out.len() > at);
         started.finish(&mut out, 1);
-        let frame = ResultFrame::from_plain(&out[frame::LEN_PREFIX..], 0);
+        let frame = ResultFrame::parse_plain(&out[frame::LEN_PREFIX..])
+            .expect("a plain result")
+            .to_frame(0);
         let mut got = Vec::new();
         decode_outcomes::<u64>(frame, 8, 100, &parts, Pid::from_raw(1), "u64", |r| {
             got.push(r)
