@@ -72,7 +72,10 @@ impl<R: DeserializeOwned + Send> Sink<Vec<R>> for MapSink<R> {
             Err(e) => return self.note(e),
         };
         let in_order = meta.chunk == self.next_chunk && self.first_error.is_none();
-        let mut ahead = Vec::new();
+        let mut ahead = match in_order {
+            true => Vec::new(),
+            false => Vec::with_capacity(meta.items),
+        };
         let values = if in_order { &mut self.out } else { &mut ahead };
         let mark = values.len();
         let mut err = None;

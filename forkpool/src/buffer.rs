@@ -622,6 +622,16 @@ fn with_slot<S: 'static, R>(
     slot: &mut S,
     f: impl FnOnce() -> R,
 ) -> R {
+    with_slot_at(key, slot, f)
+}
+
+/// [`with_slot`] with the slot given by a pointer (which the caller keeps
+/// using beside the thread's copy, see [`encoding_each`]).
+fn with_slot_at<S: 'static, R>(
+    key: &'static std::thread::LocalKey<Cell<*mut S>>,
+    slot: *mut S,
+    f: impl FnOnce() -> R,
+) -> R {
     struct Restore<S: 'static>(&'static std::thread::LocalKey<Cell<*mut S>>, *mut S);
     impl<S> Drop for Restore<S> {
         fn drop(&mut self) {
@@ -658,6 +668,61 @@ pub(crate) fn encode_noting_run<V: Serialize + ?Sized>(
         fds.truncate(mark);
     }
     r
+}
+
+/// Runs `body` with an [`Encoding`] that encodes values one after another
+/// as [`encode_noting_run`] does each, appending the descriptors of their
+/// buffers to `fds`: the thread's slot is entered once for all of them
+/// (a job's items: tiny ones cost little more than their bytes).
+pub(crate) fn encoding_each<X>(
+    fds: &mut Vec<Outgoing>,
+    body: impl FnOnce(&mut Encoding<'_>) -> X,
+) -> X {
+    let fds: *mut Vec<Outgoing> = fds;
+    let mut encoding = Encoding {
+        fds,
+        _borrow: PhantomData,
+    };
+    with_slot_at(&OUTGOING, fds, || body(&mut encoding))
+}
+
+/// Encodes values in the pool's format while the thread's encoder puts
+/// the descriptors of their buffers in one `Vec` ([`encoding_each`]).
+pub(crate) struct Encoding<'a> {
+    /// The `Vec`, also in the thread's slot while this exists (the
+    /// encoder pushes through that copy, only inside `encode`).
+    fds: *mut Vec<Outgoing>,
+    _borrow: PhantomData<&'a mut Vec<Outgoing>>,
+}
+
+impl Encoding<'_> {
+    /// As [`encode_noting_run`]: on error, `out`, `run` and the
+    /// descriptors are left as they were.
+    #[inline]
+    pub(crate) fn encode<V: Serialize + ?Sized>(
+        &mut self,
+        value: &V,
+        out: &mut Vec<u8>,
+        run: &mut Option<codec::RunAt>,
+    ) -> std::result::Result<(), codec::Error> {
+        let mark = self.fds();
+        let r = codec::encode_noting_run(value, out, run);
+        if r.is_err() {
+            // SAFETY: `fds` comes from the `&mut Vec` `encoding_each` was
+            // given, borrowed for this value's lifetime; the only other
+            // use of the pointer is the encoder's, inside
+            // `encode_noting_run`, which has returned.
+            unsafe { (*self.fds).truncate(mark) };
+        }
+        r
+    }
+
+    /// Descriptors collected so far.
+    #[inline]
+    pub(crate) fn fds(&self) -> usize {
+        // SAFETY: as in `encode`: no other use of the `Vec` is under way.
+        unsafe { (*self.fds).len() }
+    }
 }
 
 /// Runs `decode` with `incoming` as the source of the descriptors of the

@@ -137,6 +137,19 @@ pub(crate) fn encode_noting_run<V: Serialize + ?Sized>(
     r
 }
 
+/// Why [`Input::decode_tagged`] stopped before the count it was given.
+#[derive(Debug)]
+pub(crate) enum Stopped {
+    /// Before a byte other than the tag (or the end of the bytes allowed,
+    /// or a run apart): nothing of it was read.
+    Other,
+    /// At a value that did not decode (read): why, and the bytes that were
+    /// left before it.
+    Failed(Error, usize),
+    /// At a value that ended past the bytes allowed (read).
+    Past,
+}
+
 /// Where a run of plain numbers lies in an encoding: `len` bytes at `at`,
 /// made of `elem`-byte numbers, preceded by their count. A frame may carry
 /// one such run apart from the rest ([`crate::frame`]), so that the reader
@@ -1059,6 +1072,53 @@ impl Input {
             return r;
         }
         self.decode_around_run()
+    }
+
+    /// Decodes values that each follow the byte `tag`, one after another,
+    /// at most `max` of them, passing each to `each`, as long as each ends
+    /// within the next `within` bytes: the common case of a payload of
+    /// outcomes, read in one tight loop. Returns how many it passed, and
+    /// why it stopped if that was before `max` (see [`Stopped`]). With a
+    /// run still apart it reads nothing ([`Stopped::Other`]): the
+    /// value-by-value path ([`byte`](Self::byte), [`decode`](Self::decode))
+    /// puts the run in its place.
+    #[inline]
+    pub(crate) fn decode_tagged<T: DeserializeOwned>(
+        &mut self,
+        tag: u8,
+        max: usize,
+        within: usize,
+        mut each: impl FnMut(T),
+    ) -> (usize, Option<Stopped>) {
+        if self.run.is_some() {
+            return (0, (max > 0).then_some(Stopped::Other));
+        }
+        let all = &self.bytes[self.pos..];
+        let within = within.min(all.len());
+        let mut rest = all;
+        let mut n = 0;
+        let stopped = loop {
+            if n == max {
+                break None;
+            }
+            let value = match rest {
+                [t, value @ ..] if *t == tag && all.len() - rest.len() < within => value,
+                _ => break Some(Stopped::Other),
+            };
+            let mut input = value;
+            let r = decode_from::<T>(&mut input);
+            rest = input;
+            if all.len() - rest.len() > within {
+                break Some(Stopped::Past);
+            }
+            match r {
+                Ok(v) => each(v),
+                Err(e) => break Some(Stopped::Failed(e, value.len())),
+            }
+            n += 1;
+        };
+        self.pos = self.bytes.len() - rest.len();
+        (n, stopped)
     }
 
     /// [`decode`](Self::decode) with a run still apart from the bytes.

@@ -351,28 +351,26 @@ impl Pool {
         spec: JobSpec,
         items: impl ExactSizeIterator<Item = T>,
     ) -> Result<()> {
-        let total = items.len();
+        let mut items = items;
         let mut spec = Some(spec);
         let mut job = None;
-        let mut block = Items::starting_at(0);
-        for (i, item) in items.enumerate() {
-            if total == 1 {
+        let mut next = 0;
+        loop {
+            let mut block = Items::starting_at(next);
+            match items.len() {
                 // `apply`'s one argument: a big `Vec` of plain numbers is
                 // written from its own memory when its task goes.
-                block.push_owned(item, i)?;
-            } else {
-                block.push(&item, i)?;
-                crate::frame::recycle(item);
+                1 if next == 0 => block.push_owned(items.next().expect("one item"), 0)?,
+                _ => block.fill(&mut items, BLOCK_ITEMS, BLOCK_BYTES)?,
             }
-            if block.len() >= BLOCK_ITEMS || block.bytes() >= BLOCK_BYTES {
-                let full = std::mem::replace(&mut block, Items::starting_at(i + 1));
-                job = self.open_and_append(job, &mut spec, full, i + 1 == total)?;
+            next += block.len();
+            // (An empty block: the input ended early, or there was none.)
+            let done = items.len() == 0 || block.len() == 0;
+            job = self.open_and_append(job, &mut spec, block, done)?;
+            if done {
+                return Ok(());
             }
         }
-        if total == 0 || block.len() > 0 {
-            self.open_and_append(job, &mut spec, block, true)?;
-        }
-        Ok(())
     }
 
     /// Appends `items` to `job`, or to a job opened now for `spec` if

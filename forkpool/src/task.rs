@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::buffer::{self, Incoming, Outgoing};
-use crate::codec::{self, Input, RunAt, encode_into};
+use crate::codec::{self, Input, RunAt, Stopped, encode_into};
 use crate::error::Error;
 use crate::frame::{self, Body, OutFrame, ResultFrame, TaskHeader};
 use crate::scheduler::Part;
@@ -193,11 +193,9 @@ pub(crate) struct Items {
     first: usize,
     /// [`TASK_HEAD`] bytes of room, then the items.
     bytes: Vec<u8>,
-    /// `ends[i]` is the end of item `i` in `bytes`.
-    ends: Vec<usize>,
-    /// Items in the block (the last one ends where `bytes` ends, so
-    /// `ends` holds one fewer: a block of one item, an `apply`'s,
-    /// allocates nothing for it).
+    /// Where each item ends in `bytes`.
+    ends: Ends,
+    /// Items in the block (the last one ends where `bytes` ends).
     count: usize,
     /// Items already cut into tasks.
     taken: usize,
@@ -228,7 +226,7 @@ impl Items {
         Items {
             first,
             bytes,
-            ends: Vec::new(),
+            ends: Ends::Same(0),
             count: 0,
             taken: 0,
             fds: Vec::new(),
@@ -253,7 +251,9 @@ impl Items {
         debug_assert_eq!(self.taken, 0);
         if n < self.count {
             let end = n.checked_sub(1).map_or(TASK_HEAD, |i| self.end(i));
-            self.ends.truncate(n.saturating_sub(1));
+            if let Ends::Listed(ends) = &mut self.ends {
+                ends.truncate(n.saturating_sub(1));
+            }
             self.count = n;
             self.bytes.truncate(end);
             self.fd_ends.truncate(n);
@@ -281,9 +281,11 @@ impl Items {
     #[inline]
     fn end(&self, i: usize) -> usize {
         if i + 1 == self.count {
-            self.bytes.len()
-        } else {
-            self.ends[i]
+            return self.bytes.len();
+        }
+        match &self.ends {
+            Ends::Same(size) => TASK_HEAD + (i + 1) * size,
+            Ends::Listed(ends) => ends[i],
         }
     }
 
@@ -305,36 +307,105 @@ impl Items {
 
     /// Appends `item`; `index` (its place in the job) names it in the error.
     pub(crate) fn push<T: Serialize>(&mut self, item: &T, index: usize) -> Result<(), Error> {
-        let (before, fds_before) = (self.bytes.len(), self.fds.len());
+        let before = self.bytes.len();
         if let Err(e) =
             buffer::encode_noting_run(item, &mut self.bytes, &mut self.fds, &mut self.run)
         {
-            // What it wrote before failing is not an item.
-            self.bytes.truncate(before);
-            self.fds.truncate(fds_before);
-            self.run = self.run.filter(|r| r.at + r.len <= before);
-            return Err(Error::Encode {
-                item: index,
-                what: "argument",
-                type_name: type_name::<T>(),
-                reason: e.to_string(),
-            });
+            return Err(self.encode_failed::<T>(before, index, e));
         }
         self.close_item(before);
         Ok(())
     }
 
+    /// Encodes items from `items` until the block holds `max_items` of
+    /// them or `max_bytes` bytes, or `items` ends, disposing of each after
+    /// ([`frame::recycle`]); the first has the job's index
+    /// `first_index() + len()`, which names it in the error.
+    pub(crate) fn fill<T: Serialize>(
+        &mut self,
+        items: &mut impl Iterator<Item = T>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Result<(), Error> {
+        debug_assert!(self.taken == 0 && self.lent.is_none());
+        // (So the block's bytes are its `bytes` after the head.)
+        let byte_limit = TASK_HEAD.saturating_add(max_bytes);
+        let mut fds = std::mem::take(&mut self.fds);
+        let filled = buffer::encoding_each(&mut fds, |enc| {
+            while self.count < max_items && self.bytes.len() < byte_limit {
+                let Some(item) = items.next() else {
+                    break;
+                };
+                let before = self.bytes.len();
+                if let Err(e) = enc.encode(&item, &mut self.bytes, &mut self.run) {
+                    let index = self.first + self.count;
+                    return Err(self.encode_failed::<T>(before, index, e));
+                }
+                self.note_end(before, enc.fds());
+                frame::recycle(item);
+                if self.count == 1 {
+                    // Room for the block's items, if they are like the first.
+                    let size = self.bytes.len() - before;
+                    let more = items.size_hint().0.min(max_items - 1);
+                    self.bytes.reserve(more.saturating_mul(size).min(max_bytes));
+                }
+            }
+            Ok(())
+        });
+        self.fds = fds;
+        filled
+    }
+
+    /// The error of item `index` (of the job), which did not encode; what
+    /// it wrote (from `before` on) is not an item.
+    #[cold]
+    fn encode_failed<T>(&mut self, before: usize, index: usize, e: codec::Error) -> Error {
+        self.bytes.truncate(before);
+        self.run = self.run.filter(|r| r.at + r.len <= before);
+        Error::Encode {
+            item: index,
+            what: "argument",
+            type_name: type_name::<T>(),
+            reason: e.to_string(),
+        }
+    }
+
     /// Counts the item whose encoding starts at `before` (and ends at the
     /// end of `bytes`), noting where it ends and where its descriptors end.
     fn close_item(&mut self, before: usize) {
-        if self.count > 0 {
-            self.ends.push(before);
+        self.note_end(before, self.fds.len());
+    }
+
+    /// [`close_item`](Self::close_item), the descriptors of the items
+    /// ending at `fds` (those in `self.fds` may be elsewhere meanwhile).
+    #[inline(always)]
+    fn note_end(&mut self, before: usize, fds: usize) {
+        let size = self.bytes.len() - before;
+        match self.ends {
+            // Another item of the same size, without buffers: a count.
+            Ends::Same(s) if s == size && self.count > 0 && fds == 0 => self.count += 1,
+            _ => self.note_end_apart(before, size, fds),
+        }
+    }
+
+    /// [`note_end`](Self::note_end) of anything but another item of the
+    /// same size without buffers.
+    fn note_end_apart(&mut self, before: usize, size: usize, fds: usize) {
+        match &mut self.ends {
+            _ if self.count == 0 => self.ends = Ends::Same(size),
+            Ends::Same(s) if *s == size => {}
+            Ends::Same(s) => {
+                // The first item of another size: from now on, every end.
+                let s = *s;
+                self.ends = Ends::Listed((1..=self.count).map(|k| TASK_HEAD + k * s).collect());
+            }
+            Ends::Listed(ends) => ends.push(before),
         }
         self.count += 1;
-        if !self.fds.is_empty() {
+        if fds > 0 {
             // From the first item with a buffer on, every item has its end.
             self.fd_ends.resize(self.count - 1, 0);
-            self.fd_ends.push(self.fds.len());
+            self.fd_ends.push(fds);
         }
     }
 
@@ -397,6 +468,18 @@ impl Items {
         self.taken += n;
         (end - from, run)
     }
+}
+
+/// Where the items of a block end.
+#[derive(Debug)]
+enum Ends {
+    /// Every item has this encoded size (as numbers and tuples of numbers
+    /// have, in the pool's fixed-width format): item `i` ends `(i + 1)`
+    /// sizes after [`TASK_HEAD`], and nothing is stored per item.
+    Same(usize),
+    /// Item `i` ends at `ends[i]` (the last one where the bytes end, so
+    /// this holds one fewer).
+    Listed(Vec<usize>),
 }
 
 /// Bytes a new block of items has room for before it grows.
@@ -631,31 +714,45 @@ fn decode_payload<R: DeserializeOwned>(
     each: &mut impl FnMut(Result<R, Error>),
 ) -> bool {
     let end = first + count;
-    for item in first..end {
-        // (Without results after it, the end is the payload's own: no
-        // length to check per item.)
-        let tag = if rest == 0 || payload.len() > rest {
-            payload.byte()
-        } else {
-            None
+    let past = |item: usize| Error::Frame {
+        pid,
+        detail: format!("the outcome of item {item} runs past the end of its task's result"),
+    };
+    let mut item = first;
+    while item < end {
+        // Results, in a tight loop, until something else: the common case.
+        // (Without results after it, the end is the payload's own.)
+        let within = match rest {
+            0 => usize::MAX,
+            _ => payload.len().saturating_sub(rest),
         };
-        let mut outcome = match tag {
-            None => Err(Error::Frame {
-                pid,
-                detail: format!(
-                    "the result of a {count}-item task ends after {} outcomes",
-                    item - first
-                ),
-            }),
-            Some(tag) => decode_one::<R>(payload, tag, item, pid, arg_type),
+        let (n, stopped) = payload.decode_tagged::<R>(OK, end - item, within, |v| each(Ok(v)));
+        item += n;
+        let mut outcome = match stopped {
+            None => break,
+            Some(Stopped::Past) => Err(past(item)),
+            Some(Stopped::Failed(e, bytes)) => Err(result_failed::<R>(item, bytes, e)),
+            Some(Stopped::Other) => {
+                // One outcome at a time: a failure, the end, a run apart.
+                let tag = if rest == 0 || payload.len() > rest {
+                    payload.byte()
+                } else {
+                    None
+                };
+                match tag {
+                    None => Err(Error::Frame {
+                        pid,
+                        detail: format!(
+                            "the result of a {count}-item task ends after {} outcomes",
+                            item - first
+                        ),
+                    }),
+                    Some(tag) => decode_one::<R>(payload, tag, item, pid, arg_type),
+                }
+            }
         };
         if rest > 0 && payload.len() < rest {
-            outcome = Err(Error::Frame {
-                pid,
-                detail: format!(
-                    "the outcome of item {item} runs past the end of its task's result"
-                ),
-            });
+            outcome = Err(past(item));
         }
         // After an argument that did not decode, or a result or outcome
         // that did not, the rest of the payload cannot be found: the same
@@ -669,6 +766,7 @@ fn decode_payload<R: DeserializeOwned>(
             (item + 1..end).for_each(|j| each(Err(e.for_item(j))));
             break;
         }
+        item += 1;
     }
     if rest > 0 {
         while payload.len() > rest && payload.byte().is_some() {}
@@ -690,13 +788,21 @@ fn decode_one<R: DeserializeOwned>(
         return decode_failure(payload, tag, item, pid, arg_type);
     }
     let bytes = payload.len();
-    payload.decode::<R>().map_err(|e| Error::Decode {
+    payload
+        .decode::<R>()
+        .map_err(|e| result_failed::<R>(item, bytes, e))
+}
+
+/// Why item `item`'s result, `bytes` bytes before the end, did not decode.
+#[cold]
+fn result_failed<R>(item: usize, bytes: usize, e: codec::Error) -> Error {
+    Error::Decode {
         item,
         what: "result",
         type_name: type_name::<R>(),
         bytes,
         reason: e.to_string(),
-    })
+    }
 }
 
 /// Decodes one outcome other than a result (tag `tag`): why item `item`
@@ -955,5 +1061,122 @@ mod cut_tests {
             got[6]
         );
         assert_eq!(got.len(), 8);
+    }
+
+    #[test]
+    fn items_of_one_size_then_another_are_cut_at_every_item_boundary() {
+        let header = TaskHeader {
+            id: 0,
+            tramp: 1,
+            func: 2,
+        };
+        // Three items of one size (their ends are not stored), then one of
+        // another (from then on they are), then two of the first size.
+        let items: Vec<Vec<f64>> = [3, 3, 3, 5, 3, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| vec![i as f64; n])
+            .collect();
+        let b = block(0, &items[..3]);
+        assert!(matches!(b.ends, Ends::Same(32)), "{:?}", b.ends);
+        let mut q = VecDeque::from([block(0, &items)]);
+        assert!(matches!(q[0].ends, Ends::Listed(_)));
+        for (n, want) in [(2, 0..2), (1, 2..3), (2, 3..5), (1, 5..6)] {
+            let cut = cut_task(header, &mut q, n);
+            assert_eq!(
+                (cut.first, items_of(&cut.frame, 0).0),
+                (want.start, items[want].to_vec())
+            );
+        }
+        assert!(q.is_empty());
+        // `fill` encodes the same bytes as `push`, and truncates alike.
+        for keep in [0, 2, 4, 6] {
+            let mut pushed = block(0, &items);
+            let mut filled = Items::starting_at(0);
+            filled.fill(&mut items.iter(), 100, 1 << 20).unwrap();
+            pushed.truncate(keep);
+            filled.truncate(keep);
+            assert_eq!((filled.len(), &filled.bytes), (keep, &pushed.bytes));
+            let mut q = VecDeque::from([filled]);
+            if keep > 1 {
+                let cut = cut_task(header, &mut q, keep - 1);
+                assert_eq!(items_of(&cut.frame, 0).0, items[..keep - 1].to_vec());
+            }
+        }
+        // `fill` stops at its limits, in items and in bytes.
+        let mut b = Items::starting_at(0);
+        let mut it = items.iter();
+        b.fill(&mut it, 2, 1 << 20).unwrap();
+        assert_eq!((b.len(), it.len()), (2, 4));
+        let mut b = Items::starting_at(0);
+        b.fill(&mut it, 100, 33).unwrap();
+        assert_eq!((b.len(), it.len()), (2, 2));
+    }
+
+    #[test]
+    fn a_run_of_results_stops_at_a_failure_and_at_its_tasks_end() {
+        // Thousands of results in one task, a panic among them; then a
+        // task whose last result runs past its bytes: the tasks after it
+        // cannot be found.
+        let mut out = Vec::new();
+        let started = ResultFrame::begin(&mut out, 7);
+        let mut parts = Vec::new();
+        let from = out.len();
+        for v in 0..5000u64 {
+            if v == 1234 {
+                out.push(PANICKED);
+                encode_into(&"boom".to_string(), &mut out).unwrap();
+            } else {
+                out.push(OK);
+                encode_into(&v, &mut out).unwrap();
+            }
+        }
+        parts.push(Part {
+            items: 5000,
+            payload: out.len() - from,
+        });
+        for v in [7u64, 8] {
+            out.push(OK);
+            encode_into(&v, &mut out).unwrap();
+        }
+        // Its second result (9 bytes) ends 4 bytes past its task's end.
+        parts.push(Part {
+            items: 2,
+            payload: 14,
+        });
+        parts.push(Part {
+            items: 1,
+            payload: 4,
+        });
+        started.finish(&mut out, 1);
+        let frame = ResultFrame::parse_plain(&out[frame::LEN_PREFIX..])
+            .expect("a plain result")
+            .to_frame(0);
+        let mut got = Vec::new();
+        decode_outcomes::<u64>(frame, 5003, 0, &parts, Pid::from_raw(1), "u64", |r| {
+            got.push(r)
+        });
+        assert_eq!(got.len(), 5003);
+        for (i, r) in got[..5000].iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(*v, i as u64),
+                Err(Error::Panicked { item, message, .. }) => {
+                    assert_eq!((*item, message.as_str()), (1234, "boom"))
+                }
+                other => panic!("item {i}: {other:?}"),
+            }
+        }
+        assert_eq!(got[..5000].iter().filter(|r| r.is_err()).count(), 1);
+        assert_eq!(got[5000].as_ref().ok(), Some(&7));
+        assert!(
+            matches!(&got[5001], Err(Error::Frame { detail, .. }) if detail.contains("item 5001 runs past")),
+            "{:?}",
+            got[5001]
+        );
+        assert!(
+            matches!(&got[5002], Err(Error::Frame { detail, .. }) if detail.contains("ran past its 14 bytes")),
+            "{:?}",
+            got[5002]
+        );
     }
 }

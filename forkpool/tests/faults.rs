@@ -444,6 +444,112 @@ fn values_that_do_not_encode_are_errors_on_both_sides() {
 }
 
 /// Pipes this process holds open for writing, as `pipe:[inode]` names.
+/// A number that does not encode when it equals [`PICKY`].
+#[derive(Debug, Deserialize)]
+struct NoEncodeAt(u64);
+
+/// A number that does not decode when it equals [`PICKY`].
+#[derive(Debug, PartialEq, Serialize)]
+struct NoDecodeAt(u64);
+
+const PICKY: u64 = 150_001;
+
+impl Serialize for NoEncodeAt {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == PICKY {
+            return Err(serde::ser::Error::custom("it will not encode"));
+        }
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NoDecodeAt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u64::deserialize(d)? {
+            PICKY => Err(serde::de::Error::custom("it will not decode")),
+            v => Ok(NoDecodeAt(v)),
+        }
+    }
+}
+
+fn panic_every_10007th(x: u64) -> u64 {
+    if x % 10_007 == 5 {
+        panic!("boom on {x}");
+    }
+    x + 1
+}
+
+#[test]
+fn failing_items_amid_a_big_default_chunk_map_fail_alone_with_their_index() {
+    const N: u64 = 300_000;
+    let pool = TestPool::new(2);
+    // Tasks of thousands of items (default chunks): the lowest failing
+    // item is the error.
+    let err = pool.map(panic_every_10007th, 0..N).unwrap_err();
+    assert!(
+        matches!(&err, Error::Panicked { item: 5, message, .. } if message.contains("boom on 5")),
+        "{err:?}"
+    );
+    // Each item's own outcome: every panic is its item's error, every
+    // other item has its value.
+    let (mut ok, mut panicked) = (0u64, 0u64);
+    for (i, r) in pool.imap_auto(panic_every_10007th, 0..N).enumerate() {
+        match r {
+            Ok(v) => {
+                assert_eq!(v, i as u64 + 1);
+                ok += 1;
+            }
+            Err(Error::Panicked { item, message, .. }) => {
+                assert_eq!((item, i as u64 % 10_007), (i, 5));
+                assert!(message.contains(&format!("boom on {i}")), "{message}");
+                panicked += 1;
+            }
+            Err(other) => panic!("item {i}: {other:?}"),
+        }
+    }
+    let want_panics = (0..N).filter(|x| x % 10_007 == 5).count() as u64;
+    assert_eq!((ok, panicked), (N - want_panics, want_panics));
+    // An argument that does not encode, deep in the input, is named by
+    // its index; nothing runs.
+    let err = pool
+        .map(|p: NoEncodeAt| p.0, (0..N).map(NoEncodeAt))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Encode { item, what: "argument", .. } if *item == PICKY as usize),
+        "{err:?}"
+    );
+    // A result that does not decode fails its item, and the rest of its
+    // task (whose bytes cannot be found after it); every other task's
+    // items have their values.
+    let err = pool.map(NoDecodeAt, 0..N).unwrap_err();
+    assert!(
+        matches!(&err, Error::Decode { item, what: "result", .. } if *item == PICKY as usize),
+        "{err:?}"
+    );
+    let chunk = 1000;
+    let (mut ok, mut failed) = (0u64, Vec::new());
+    for (i, r) in pool.imap(NoDecodeAt, 0..N, chunk).enumerate() {
+        match r {
+            Ok(v) => {
+                assert_eq!(v, NoDecodeAt(i as u64));
+                ok += 1;
+            }
+            Err(Error::Decode {
+                item,
+                what: "result",
+                ..
+            }) => {
+                assert_eq!(item, i);
+                failed.push(i as u64);
+            }
+            Err(other) => panic!("item {i}: {other:?}"),
+        }
+    }
+    let task_end = (PICKY / chunk as u64 + 1) * chunk as u64;
+    assert_eq!(failed, (PICKY..task_end).collect::<Vec<_>>());
+    assert_eq!(ok, N - failed.len() as u64);
+}
+
 fn write_pipes() -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
