@@ -51,7 +51,12 @@ struct State {
 }
 
 /// The sending side: cloned into every task of the job.
-pub(crate) struct Postman(Arc<Inner>);
+pub(crate) struct Postman {
+    inner: Arc<Inner>,
+    /// It still counts among the mailbox's senders (until
+    /// [`send_all`](Self::send_all) or its drop).
+    counted: bool,
+}
 
 /// The receiving side, kept by the job's handle.
 pub(crate) struct Mailbox {
@@ -93,7 +98,10 @@ pub(crate) fn mailbox() -> (Postman, Mailbox) {
         cancelled: AtomicBool::new(false),
     });
     (
-        Postman(inner.clone()),
+        Postman {
+            inner: inner.clone(),
+            counted: true,
+        },
         Mailbox {
             inner,
             taken: VecDeque::new(),
@@ -102,9 +110,11 @@ pub(crate) fn mailbox() -> (Postman, Mailbox) {
 }
 
 impl Postman {
-    /// Delivers completions, in order, with one wake-up (never blocks).
-    pub(crate) fn send_all(&self, batch: impl IntoIterator<Item = Completion>) {
-        let mut st = self.0.state.lock();
+    /// Delivers completions, in order, and stops counting as a sender,
+    /// with one lock and one wake-up (never blocks). (Delivering, then
+    /// dropping, took the mailbox's lock twice for each `apply`.)
+    pub(crate) fn send_all(mut self, batch: impl IntoIterator<Item = Completion>) {
+        let mut st = self.inner.state.lock();
         for c in batch {
             if st.one.is_none() && st.queue.is_empty() {
                 st.one = Some(c);
@@ -112,42 +122,53 @@ impl Postman {
                 st.queue.push_back(c);
             }
         }
+        st.senders -= 1;
+        self.counted = false;
+        let last = st.senders == 0;
         let waker = st.waker.take();
         drop(st);
-        self.0.ready.notify_one();
+        if last {
+            self.inner.ready.notify_all();
+        } else {
+            self.inner.ready.notify_one();
+        }
         if let Some(w) = waker {
             w.wake();
         }
     }
-}
 
-impl Postman {
     /// Whether the job was cancelled (see [`CancelFlag`]).
     pub(crate) fn cancelled(&self) -> bool {
-        self.0.cancelled.load(Ordering::Relaxed)
+        self.inner.cancelled.load(Ordering::Relaxed)
     }
 
     /// Cancels the job.
     pub(crate) fn cancel(&self) {
-        self.0.cancelled.store(true, Ordering::Relaxed);
+        self.inner.cancelled.store(true, Ordering::Relaxed);
     }
 }
 
 impl Clone for Postman {
     fn clone(&self) -> Self {
-        self.0.state.lock().senders += 1;
-        Postman(self.0.clone())
+        self.inner.state.lock().senders += 1;
+        Postman {
+            inner: self.inner.clone(),
+            counted: true,
+        }
     }
 }
 
 impl Drop for Postman {
     fn drop(&mut self) {
-        let mut st = self.0.state.lock();
+        if !self.counted {
+            return;
+        }
+        let mut st = self.inner.state.lock();
         st.senders -= 1;
         if st.senders == 0 {
             let waker = st.waker.take();
             drop(st);
-            self.0.ready.notify_all();
+            self.inner.ready.notify_all();
             if let Some(w) = waker {
                 w.wake();
             }
