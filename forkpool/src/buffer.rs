@@ -717,6 +717,13 @@ impl Encoding<'_> {
         r
     }
 
+    /// Drops the descriptors collected after the first `n` (those of a
+    /// value whose encoding is dropped).
+    pub(crate) fn truncate(&mut self, n: usize) {
+        // SAFETY: as in `encode`: no other use of the `Vec` is under way.
+        unsafe { (*self.fds).truncate(n) }
+    }
+
     /// Descriptors collected so far.
     #[inline]
     pub(crate) fn fds(&self) -> usize {

@@ -1074,6 +1074,42 @@ impl Input {
         self.decode_around_run()
     }
 
+    /// Decodes up to `max` values one after another, passing each to
+    /// `each` (without a run apart, in one tight loop); returns how many,
+    /// and, if one did not decode, why, with the bytes that were left
+    /// before it.
+    #[inline]
+    pub(crate) fn decode_each<T: DeserializeOwned>(
+        &mut self,
+        max: usize,
+        mut each: impl FnMut(T),
+    ) -> (usize, Option<(Error, usize)>) {
+        let mut n = 0;
+        while n < max && self.run.is_some() {
+            let left = self.len();
+            match self.decode::<T>() {
+                Ok(v) => each(v),
+                Err(e) => return (n, Some((e, left))),
+            }
+            n += 1;
+        }
+        let mut rest = &self.bytes[self.pos..];
+        let mut failed = None;
+        while n < max {
+            let left = rest.len();
+            match decode_from::<T>(&mut rest) {
+                Ok(v) => each(v),
+                Err(e) => {
+                    failed = Some((e, left));
+                    break;
+                }
+            }
+            n += 1;
+        }
+        self.pos = self.bytes.len() - rest.len();
+        (n, failed)
+    }
+
     /// Decodes values that each follow the byte `tag`, one after another,
     /// at most `max` of them, passing each to `each`, as long as each ends
     /// within the next `within` bytes: the common case of a payload of

@@ -80,46 +80,48 @@ pub(crate) fn run_items<T: DeserializeOwned, R: Serialize>(
     let mut fds = Vec::new();
     let mut run = None;
     let last = items.len().checked_sub(1);
-    for (k, item) in items.into_iter().enumerate() {
-        let mark = out.len();
-        let fd_mark = fds.len();
-        let run_before = run;
-        out.push(OK);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let r = f(item);
-            // The last result, if it is a big `Vec` of plain numbers, is
-            // written from its own memory (in a worker; nothing follows it
-            // in the frame but a decode failure's bytes).
-            let r = match Some(k) == last {
-                true => match frame::lend(r, out, &mut run) {
-                    Ok(()) => return Ok(()),
-                    Err(r) => r,
-                },
-                false => r,
-            };
-            let encoded = buffer::encode_noting_run(&r, out, &mut fds, &mut run);
-            frame::recycle(r);
-            encoded
-        }));
-        if !matches!(outcome, Ok(Ok(()))) {
-            fds.truncate(fd_mark);
-            run = run_before;
-        }
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                out.truncate(mark);
-                out.push(ENCODE);
-                encode_into(&e.to_string(), out).expect("a String always encodes");
+    buffer::encoding_each(&mut fds, |enc| {
+        for (k, item) in items.into_iter().enumerate() {
+            let mark = out.len();
+            let fd_mark = enc.fds();
+            let run_before = run;
+            out.push(OK);
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let r = f(item);
+                // The last result, if it is a big `Vec` of plain numbers, is
+                // written from its own memory (in a worker; nothing follows
+                // it in the frame but a decode failure's bytes).
+                let r = match Some(k) == last {
+                    true => match frame::lend(r, out, &mut run) {
+                        Ok(()) => return Ok(()),
+                        Err(r) => r,
+                    },
+                    false => r,
+                };
+                let encoded = enc.encode(&r, out, &mut run);
+                frame::recycle(r);
+                encoded
+            }));
+            if !matches!(outcome, Ok(Ok(()))) {
+                enc.truncate(fd_mark);
+                run = run_before;
             }
-            Err(payload) => {
-                out.truncate(mark);
-                out.push(PANICKED);
-                encode_into(&panic_message(payload.as_ref()), out)
-                    .expect("a String always encodes");
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    out.truncate(mark);
+                    out.push(ENCODE);
+                    encode_into(&e.to_string(), out).expect("a String always encodes");
+                }
+                Err(payload) => {
+                    out.truncate(mark);
+                    out.push(PANICKED);
+                    encode_into(&panic_message(payload.as_ref()), out)
+                        .expect("a String always encodes");
+                }
             }
         }
-    }
+    });
     if let Some((e, bytes)) = failure {
         decode_failed(out, e, bytes);
     }
@@ -137,14 +139,9 @@ fn decode_items<T: DeserializeOwned>(mut input: Input) -> (Vec<T>, Option<(codec
     };
     // The count comes off the wire: do not trust it for the reservation.
     let mut items = Vec::with_capacity(count.min(1 << 16) as usize);
-    for _ in 0..count {
-        let left = input.len();
-        match input.decode::<T>() {
-            Ok(item) => items.push(item),
-            Err(e) => return (items, Some((e, left))),
-        }
-    }
-    (items, None)
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
+    let (_, failure) = input.decode_each::<T>(count, |item| items.push(item));
+    (items, failure)
 }
 
 fn decode_failed(out: &mut Vec<u8>, e: codec::Error, bytes: usize) {
