@@ -216,6 +216,89 @@ fn is_plain<T: ?Sized>() -> bool {
     plain_types!(check)
 }
 
+/// The size of `T` if it is a plain number type whose wire form is its
+/// memory on this machine (little-endian): a value of it is then read in
+/// place ([`read_plain`]), as its own `Deserialize` would read it.
+#[inline]
+fn plain_width<T>() -> Option<usize> {
+    (cfg!(target_endian = "little") && is_plain::<T>()).then_some(size_of::<T>())
+}
+
+/// Fewest values worth looking for a plain type for (that compares type
+/// ids, which costs more than decoding a handful of values).
+const PLAIN_IN_PLACE_MIN: usize = 16;
+
+/// If `T` is a plain number type ([`plain_width`]): reads up to `max`
+/// values of it in place from `rest`, as many as it holds whole, passing
+/// each to `each`, and returns how many (what is left, a value cut short
+/// among it, is the general path's). Apart from that path, which then
+/// stays as small as it is for a task of a few items.
+#[inline(never)]
+fn numbers_in_place<T>(rest: &mut &[u8], max: usize, each: &mut impl FnMut(T)) -> usize {
+    let Some(w) = plain_width::<T>() else {
+        return 0;
+    };
+    let whole = (rest.len() / w).min(max);
+    for _ in 0..whole {
+        // SAFETY: `T` is plain (`plain_width`), and `rest` holds at least
+        // `w` bytes (`whole` of them were there).
+        each(unsafe { read_plain::<T>(rest) });
+        *rest = &rest[w..];
+    }
+    whole
+}
+
+/// As [`numbers_in_place`], each value after the byte `tag`, while the tag
+/// is there and the value ends within the first `within` bytes of the
+/// `all` bytes that `rest` ends (see [`Input::decode_tagged`]); anything
+/// else is left to the general path, which reads it again and says why it
+/// stopped.
+#[inline(never)]
+fn tagged_numbers_in_place<T>(
+    all: usize,
+    rest: &mut &[u8],
+    tag: u8,
+    max: usize,
+    within: usize,
+    each: &mut impl FnMut(T),
+) -> usize {
+    let Some(w) = plain_width::<T>() else {
+        return 0;
+    };
+    let mut n = 0;
+    while n < max {
+        let used = all - rest.len();
+        let bytes: &[u8] = rest;
+        match bytes {
+            [t, value @ ..] if *t == tag && value.len() >= w && used + 1 + w <= within => {
+                // SAFETY: `T` is plain (`plain_width`), and `value` holds at
+                // least `w` bytes.
+                each(unsafe { read_plain::<T>(value) });
+                *rest = &value[w..];
+                n += 1;
+            }
+            _ => break,
+        }
+    }
+    n
+}
+
+/// The value of `T` whose wire form starts `bytes`.
+///
+/// # Safety
+///
+/// [`plain_width::<T>()`](plain_width) is `Some(w)` and `bytes` holds at
+/// least `w` bytes.
+#[inline]
+unsafe fn read_plain<T>(bytes: &[u8]) -> T {
+    debug_assert!(plain_width::<T>().is_some_and(|w| bytes.len() >= w));
+    // SAFETY: (the caller's promise) `T` is a plain number type, for which
+    // every bit pattern of its size is a valid value, its wire form is its
+    // little-endian memory and this machine is little-endian, and `bytes`
+    // holds that many bytes; the read is unaligned.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
 /// The size of the plain number type whose slice iterator is `I`, if it is
 /// one.
 #[inline]
@@ -1094,6 +1177,9 @@ impl Input {
             n += 1;
         }
         let mut rest = &self.bytes[self.pos..];
+        if max - n >= PLAIN_IN_PLACE_MIN {
+            n += numbers_in_place(&mut rest, max - n, &mut each);
+        }
         let mut failed = None;
         while n < max {
             let left = rest.len();
@@ -1133,6 +1219,9 @@ impl Input {
         let within = within.min(all.len());
         let mut rest = all;
         let mut n = 0;
+        if max >= PLAIN_IN_PLACE_MIN {
+            n = tagged_numbers_in_place(all.len(), &mut rest, tag, max, within, &mut each);
+        }
         let stopped = loop {
             if n == max {
                 break None;
@@ -1438,6 +1527,92 @@ mod tests {
     use serde::de::DeserializeOwned;
     use std::collections::{BTreeMap, VecDeque};
     use std::fmt::Debug;
+
+    /// Runs of numbers are read in place; the same values one field deep
+    /// (`(u64,)`, not plain) take the general path. Both must stop at the
+    /// same place for the same reason.
+    #[test]
+    fn numbers_read_in_place_stop_where_the_general_path_does() {
+        // Tagged: 40 results (9 bytes each), a failure's tag, then a value
+        // cut short.
+        let mut tagged = Vec::new();
+        for v in 10..50u64 {
+            tagged.push(0);
+            tagged.extend_from_slice(&v.to_le_bytes());
+        }
+        tagged.extend_from_slice(&[1, 0, 9, 9, 9]);
+        fn tagged_run<T: DeserializeOwned>(
+            bytes: &[u8],
+            from: usize,
+            max: usize,
+            within: usize,
+        ) -> (Vec<T>, Option<Stopped>, usize) {
+            let mut input = Input::new(bytes.to_vec(), from, None);
+            let mut got = Vec::new();
+            let (n, stopped) = input.decode_tagged::<T>(0, max, within, |v| got.push(v));
+            assert_eq!(n, got.len());
+            (got, stopped, input.len())
+        }
+        let cases = [
+            (0, 100, usize::MAX),
+            (0, 20, usize::MAX),
+            (0, 100, 9 * 30 - 1),
+            (0, 100, 9 * 30),
+            (0, 100, 9 * 30 + 1),
+            (360, 100, usize::MAX),
+            (361, 100, usize::MAX),
+            (9 * 30, 100, usize::MAX),
+        ];
+        for (from, max, within) in cases {
+            let (plain, p_stop, p_left) = tagged_run::<u64>(&tagged, from, max, within);
+            let (tuples, t_stop, t_left) = tagged_run::<(u64,)>(&tagged, from, max, within);
+            let case = (from, max, within);
+            assert_eq!(
+                plain,
+                tuples.iter().map(|t| t.0).collect::<Vec<_>>(),
+                "{case:?}"
+            );
+            assert_eq!(format!("{p_stop:?}"), format!("{t_stop:?}"), "{case:?}");
+            assert_eq!(p_left, t_left, "{case:?}");
+        }
+        let (got, stopped, _) = tagged_run::<u64>(&tagged, 0, 100, 9 * 30 - 1);
+        assert_eq!((got.len(), got[28]), (29, 38));
+        assert!(matches!(stopped, Some(Stopped::Past)), "{stopped:?}");
+        let (got, stopped, _) = tagged_run::<u64>(&tagged, 0, 100, usize::MAX);
+        assert_eq!(got.len(), 40);
+        assert!(matches!(stopped, Some(Stopped::Other)), "{stopped:?}");
+        let stopped = tagged_run::<u64>(&tagged, 361, 100, usize::MAX).1;
+        assert!(
+            matches!(stopped, Some(Stopped::Failed(_, 3))),
+            "{stopped:?}"
+        );
+        // Untagged: 40 values and a half.
+        let mut items = Vec::new();
+        for v in 5..45u64 {
+            items.extend_from_slice(&v.to_le_bytes());
+        }
+        items.extend_from_slice(&[1, 2, 3, 4]);
+        fn each_run<T: DeserializeOwned>(bytes: &[u8], max: usize) -> (Vec<T>, String, usize) {
+            let mut input = Input::new(bytes.to_vec(), 0, None);
+            let mut got = Vec::new();
+            let (n, failed) = input.decode_each::<T>(max, |v| got.push(v));
+            assert_eq!(n, got.len());
+            (got, format!("{failed:?}"), input.len())
+        }
+        for max in [0, 16, 20, 40, 41, 99] {
+            let (plain, p_failed, p_left) = each_run::<u64>(&items, max);
+            let (tuples, t_failed, t_left) = each_run::<(u64,)>(&items, max);
+            assert_eq!(
+                plain,
+                tuples.iter().map(|t| t.0).collect::<Vec<_>>(),
+                "{max}"
+            );
+            assert_eq!((p_failed, p_left), (t_failed, t_left), "{max}");
+        }
+        let (got, failed, _) = each_run::<u64>(&items, 99);
+        assert_eq!((got.len(), got[39]), (40, 44));
+        assert!(failed.contains("4))"), "{failed}");
+    }
 
     fn enc<V: Serialize + ?Sized>(v: &V) -> Vec<u8> {
         let mut out = Vec::new();
