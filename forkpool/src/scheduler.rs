@@ -260,10 +260,11 @@ fn failed(meta: TaskMeta, pid: Pid, err: &Error) -> Completion {
 }
 
 /// Queues the completion of a task of job `job` that worker `pid`
-/// answered with the plain result `result`: appended to the completion before it when that is the
-/// same job's, the same worker's, and the task just before (one buffer,
-/// one completion for a batch of tiny tasks), else copied into a
-/// completion of its own, with room for more unless the job is over.
+/// answered with the plain result `result` (read in place): appended to
+/// the completion before it when that is the same job's, the same
+/// worker's, and the task just before (one buffer, one completion for a
+/// batch of tiny tasks), else copied into a completion of its own, with
+/// room for more unless the job is over.
 fn deliver_plain(
     done: &mut Vec<Delivery>,
     job: JobId,
