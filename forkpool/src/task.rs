@@ -996,6 +996,24 @@ mod cut_tests {
         assert_eq!(items_of(&c.frame, 3), (items[..1].to_vec(), false));
     }
 
+    /// The `u64` outcomes of the plain result frame in `out` (length
+    /// prefix first) for `items` items from `first` on, in tasks `parts`.
+    fn decode_merged(
+        out: &[u8],
+        items: usize,
+        first: usize,
+        parts: &[Part],
+    ) -> Vec<Result<u64, Error>> {
+        let frame = ResultFrame::parse_plain(&out[frame::LEN_PREFIX..])
+            .expect("a plain result")
+            .to_frame(0);
+        let mut got = Vec::new();
+        decode_outcomes::<u64>(frame, items, first, parts, Pid::from_raw(1), "u64", |r| {
+            got.push(r)
+        });
+        got
+    }
+
     #[test]
     fn merged_results_decode_each_task_within_its_own_bytes() {
         // The collector appends the outcomes of consecutive tasks into one
@@ -1033,13 +1051,7 @@ mod cut_tests {
         part(&mut out, 1, &|o| ok(o, 40));
         assert!(out.len() > at);
         started.finish(&mut out, 1);
-        let frame = ResultFrame::parse_plain(&out[frame::LEN_PREFIX..])
-            .expect("a plain result")
-            .to_frame(0);
-        let mut got = Vec::new();
-        decode_outcomes::<u64>(frame, 8, 100, &parts, Pid::from_raw(1), "u64", |r| {
-            got.push(r)
-        });
+        let got = decode_merged(&out, 8, 100, &parts);
         let ok_at = |i: usize| got[i].as_ref().ok().copied();
         assert_eq!(
             [ok_at(0), ok_at(1), ok_at(2), ok_at(5), ok_at(7)],
@@ -1146,13 +1158,7 @@ mod cut_tests {
             payload: 4,
         });
         started.finish(&mut out, 1);
-        let frame = ResultFrame::parse_plain(&out[frame::LEN_PREFIX..])
-            .expect("a plain result")
-            .to_frame(0);
-        let mut got = Vec::new();
-        decode_outcomes::<u64>(frame, 5003, 0, &parts, Pid::from_raw(1), "u64", |r| {
-            got.push(r)
-        });
+        let got = decode_merged(&out, 5003, 0, &parts);
         assert_eq!(got.len(), 5003);
         for (i, r) in got[..5000].iter().enumerate() {
             match r {
